@@ -1,0 +1,14 @@
+//! gateway entry point: load settings, start telemetry, serve until stopped.
+
+use medchain_gateway::{Settings, build};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    medchain_shared::telemetry::init(&settings.telemetry);
+    tracing::info!(?settings, "starting");
+    let app = build(settings)?;
+    tracing::info!(port = app.port(), "listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+"""Example inputs and the probabilities the Python side computes for them.
+
+    python -m pipeline.fixtures
+
+Writes models/examples/{retina,ecg}/*.png|jpg and models/examples/fixtures.json. The Rust
+services must reproduce every probability within `tolerance`: this is the guard against
+preprocessing drift between training and serving (resize filter, RGB order, normalisation,
+missing-value encoding). Image probabilities come from PIL decoding + pipeline.preprocess +
+ONNX Runtime; tabular ones from ONNX Runtime on the float32 feature vector.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from . import common, preprocess, synth_ecg, synth_retina, tabular
+
+EXAMPLES = common.MODELS_DIR / "examples"
+FIXTURES = EXAMPLES / "fixtures.json"
+TOLERANCE = 1e-3
+EXAMPLE_SEED = 987_000_000  # disjoint from every training and held-out seed
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def tabular_rows(name: str, sess) -> list[dict]:
+    """A handful of real rows (first rows, rows with nullable fields missing) and their output."""
+    cfg = tabular.DATASETS[name]
+    x, y, _ = tabular.load(name)
+    feats = cfg["features"]
+    required = [i for i, f in enumerate(feats) if not f["nullable"]]
+    complete = [r for r in range(len(x)) if not np.isnan(x[r, required]).any()]
+    with_nulls = [r for r in complete if np.isnan(x[r]).any()]
+    rows = complete[:4] + with_nulls[:2] + [complete[-1]]
+    out = []
+    probs = sess.run(["probabilities"], {"features": x[rows]})[0]
+    for r, p in zip(rows, probs):
+        inp = {}
+        for i, f in enumerate(feats):
+            v = float(str(x[r, i]))  # shortest decimal that round-trips the float32
+            if math.isnan(v):
+                inp[f["name"]] = None
+            elif f["integer"]:
+                inp[f["name"]] = int(round(v))
+            else:
+                inp[f["name"]] = v
+        out.append({"disease": name, "model": "tabular", "source_row": int(r),
+                    "true_label": int(y[r]), "input": inp,
+                    "probabilities": [float(v) for v in p]})
+    return out
+
+
+def image_examples(task: str, sess, per_class: int = 2) -> list[dict]:
+    render = synth_retina.render if task == "retina" else synth_ecg.render
+    labels = synth_retina.GRADES if task == "retina" else synth_ecg.CLASSES
+    disease = "diabetes" if task == "retina" else "heart"
+    folder = EXAMPLES / task
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for c, label in enumerate(labels):
+        for k in range(per_class):
+            img = render(c, EXAMPLE_SEED + 10 * c + k)
+            # Retina: one PNG and one JPEG per class; ECG printouts as JPEG (PNG is large).
+            if task == "retina" and k == 0:
+                name = f"{c}-{label}-{k}.png"
+                img.save(folder / name, optimize=True)
+            else:
+                name = f"{c}-{label}-{k}.jpg"
+                img.save(folder / name, quality=90, subsampling=0)
+            x = preprocess.preprocess_file(folder / name)
+            p = common.softmax(sess.run(["logits"], {"image": x})[0])[0]
+            out.append({"disease": disease, "model": task, "file": f"{task}/{name}",
+                        "true_class": c, "probabilities": [float(v) for v in p]})
+    return out
+
+
+def build(only_tabular: bool = False) -> dict:
+    data = {"tolerance": TOLERANCE, "tabular": [], "image": []}
+    for name in tabular.DATASETS:
+        card = json.loads((common.MODELS_DIR / name / "tabular.card.json").read_text())
+        sess = _session(common.MODELS_DIR / name / "tabular.onnx")
+        rows = tabular_rows(name, sess)
+        for r in rows:
+            r["model_sha256"] = card["sha256"]
+        data["tabular"] += rows
+    if not only_tabular:
+        for task, disease in (("retina", "diabetes"), ("ecg", "heart")):
+            path = common.MODELS_DIR / disease / f"{task}.onnx"
+            if not path.exists():
+                print(f"skipping {task}: {path} not built yet")
+                continue
+            card = json.loads(path.with_suffix(".card.json").read_text())
+            items = image_examples(task, _session(path))
+            for it in items:
+                it["model_sha256"] = card["sha256"]
+            data["image"] += items
+    EXAMPLES.mkdir(exist_ok=True)
+    FIXTURES.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {FIXTURES}: {len(data['tabular'])} tabular rows, {len(data['image'])} images")
+    return data
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only-tabular", action="store_true")
+    build(ap.parse_args().only_tabular)

@@ -1,0 +1,310 @@
+"""Image models: generate synthetic data, train (resumable), export to ONNX, check and card.
+
+    python -m pipeline.images generate --task retina     # or ecg
+    python -m pipeline.images train    --task retina     # resumes from its checkpoint
+    python -m pipeline.images export   --task retina     # ONNX + parity + held-out accuracy + card
+
+Everything is a pure function of the seeds below, so a rerun reproduces the same files (up to
+floating-point non-determinism in multi-threaded CPU training). Data and checkpoints live in
+$MEDCHAIN_MODELS_CACHE (default models/.cache/, git-ignored); only the ONNX file and its card are
+committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from . import common, preprocess, synth_ecg, synth_retina
+
+TASKS = {
+    "retina": {
+        "disease": "diabetes",
+        "file": "retina",
+        "model_id": "diabetes-retina-effnetb0",
+        "arch": "efficientnet_b0",
+        "labels": synth_retina.GRADES,
+        "names": synth_retina.GRADE_NAMES,
+        "n_train": 2500,
+        "n_test": 500,
+        # (epochs, training resolution): most epochs at a lower resolution, the last at the
+        # serving resolution (progressive resizing) -- full 224 px training of these networks
+        # from scratch costs CPU hours on this 2-core machine.
+        "schedule": [(3, 160), (2, 224)],
+        "batch": 32,
+        "lr": 3e-3,
+        "flip": True,
+        "seed": 1701,
+        "risk_band_by_class": ["low", "moderate", "moderate", "high", "high"],
+    },
+    "ecg": {
+        "disease": "heart",
+        "file": "ecg",
+        "model_id": "heart-ecg-resnet50",
+        "arch": "resnet50",
+        "labels": synth_ecg.CLASSES,
+        "names": synth_ecg.CLASS_NAMES,
+        "n_train": 2000,
+        "n_test": 400,
+        "schedule": [(2, 192), (3, 224)],
+        "batch": 32,
+        "lr": 2e-3,
+        "flip": False,
+        "seed": 4242,
+        "risk_band_by_class": ["low", "moderate", "high", "moderate"],
+    },
+}
+
+
+def _cache(task: str) -> Path:
+    p = Path(os.environ.get("MEDCHAIN_MODELS_CACHE", common.MODELS_DIR / ".cache")) / task
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _render(args):
+    task, label, seed, jpeg = args
+    if task == "retina":
+        img = synth_retina.render(label, seed)
+    else:
+        img = synth_ecg.render(label, seed)
+    rng = np.random.default_rng([seed, label, 7])
+    if jpeg:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(rng.integers(70, 96)))
+        buf.seek(0)
+        img = Image.open(buf).convert("RGB")
+    return preprocess.resize(img)
+
+
+def sample_plan(task: str, split: str):
+    """(label, seed, jpeg) for every image of a split; balanced classes, disjoint seeds."""
+    cfg = TASKS[task]
+    n = cfg["n_train"] if split == "train" else cfg["n_test"]
+    base = cfg["seed"] * 1000 + (0 if split == "train" else 500)
+    k = len(cfg["labels"])
+    rng = np.random.default_rng([cfg["seed"], 0 if split == "train" else 1])
+    return [(i % k, base * 100_000 + i, bool(rng.random() < 0.5)) for i in range(n)]
+
+
+def generate(task: str):
+    out = _cache(task)
+    for split in ("train", "test"):
+        xf, yf = out / f"{split}_x.npy", out / f"{split}_y.npy"
+        if xf.exists() and yf.exists():
+            print(f"{task}/{split}: already generated ({xf})")
+            continue
+        plan = sample_plan(task, split)
+        with mp.Pool(os.cpu_count()) as pool:
+            xs = list(tqdm(pool.imap(_render, [(task, *p) for p in plan], chunksize=8),
+                           total=len(plan), desc=f"generate {task}/{split}", mininterval=10))
+        np.save(out / f"{split}_x.tmp.npy", np.stack(xs))
+        np.save(yf, np.array([p[0] for p in plan], np.int64))
+        os.replace(out / f"{split}_x.tmp.npy", xf)
+
+
+def build_model(task: str, num_classes: int | None = None):
+    import torchvision
+
+    cfg = TASKS[task]
+    ctor = getattr(torchvision.models, cfg["arch"])
+    return ctor(weights=None, num_classes=num_classes or len(cfg["labels"]))
+
+
+def _batches(x_u8, y, idx, res, flip, rng):
+    import torch
+    import torch.nn.functional as F
+
+    mean = torch.tensor(preprocess.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.STD).view(1, 3, 1, 1)
+    xb = torch.from_numpy(x_u8[idx]).permute(0, 3, 1, 2).float() / 255.0
+    if flip:
+        m = torch.from_numpy(rng.random(len(idx)) < 0.5)
+        xb[m] = xb[m].flip(-1)
+    # Lighting jitter (the generator varies it too; this adds per-epoch variety).
+    xb = (xb * torch.from_numpy(rng.uniform(0.9, 1.1, (len(idx), 1, 1, 1))).float()).clamp(0, 1)
+    if res != preprocess.SIZE:
+        xb = F.interpolate(xb, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+    xb = ((xb - mean) / std).contiguous(memory_format=torch.channels_last)
+    return xb, torch.from_numpy(y[idx])
+
+
+def train(task: str, threads: int):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    cfg = TASKS[task]
+    out = _cache(task)
+    x = np.load(out / "train_x.npy", mmap_mode="r")
+    y = np.load(out / "train_y.npy")
+    torch.manual_seed(cfg["seed"])
+    model = build_model(task).to(memory_format=torch.channels_last)
+    steps_per_epoch = len(y) // cfg["batch"]
+    epochs = [res for n, res in cfg["schedule"] for _ in range(n)]
+    total = steps_per_epoch * len(epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total,
+                                                pct_start=0.15)
+    ckpt = out / "checkpoint.pt"
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = state["step"]
+        print(f"resumed {task} at step {step}/{total}", flush=True)
+
+    def save():
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "step": step}, out / "checkpoint.tmp")
+        os.replace(out / "checkpoint.tmp", ckpt)
+
+    last_save = time.time()
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=f"train {task}", mininterval=30)
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
+        res = epochs[epoch]
+        perm = np.random.default_rng([cfg["seed"], epoch]).permutation(len(y))
+        idx = np.sort(perm[i * cfg["batch"]:(i + 1) * cfg["batch"]])
+        xb, yb = _batches(x, y, idx, res, cfg["flip"], np.random.default_rng([cfg["seed"], step]))
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, res=res, loss=f"{loss.item():.3f}")
+        if time.time() - last_save > 300 or step % steps_per_epoch == 0:
+            save()
+            last_save = time.time()
+            if step % steps_per_epoch == 0:
+                acc = evaluate(model, task, limit=200)
+                print(f"\n{task}: epoch {epoch} done, loss {loss.item():.3f}, "
+                      f"held-out acc (200 imgs) {acc:.3f}", flush=True)
+                model.train()
+    bar.close()
+    model.eval()
+    torch.save(model.state_dict(), out / "final.pth")
+    print(f"{task}: training finished; weights at {out / 'final.pth'}")
+
+
+def evaluate(model, task: str, limit: int | None = None) -> float:
+    import torch
+
+    out = _cache(task)
+    x = np.load(out / "test_x.npy", mmap_mode="r")
+    y = np.load(out / "test_y.npy")
+    n = len(y) if limit is None else min(limit, len(y))
+    idx = np.random.default_rng(0).permutation(len(y))[:n]
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, n, 50):
+            xb = torch.from_numpy(preprocess.normalise(x[np.sort(idx[s:s + 50])]))
+            pred = model(xb).argmax(1).numpy()
+            correct += int((pred == y[np.sort(idx[s:s + 50])]).sum())
+    return correct / n
+
+
+def export_onnx(model, path: Path, num_classes: int):
+    """fp32 ONNX, opset 17, input `image` [N,3,224,224] with a dynamic batch, output `logits`."""
+    import torch
+
+    model.eval()
+    dummy = torch.zeros(2, 3, preprocess.SIZE, preprocess.SIZE)
+    torch.onnx.export(model, (dummy,), str(path), input_names=["image"], output_names=["logits"],
+                      opset_version=17, dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    import onnx
+
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    assert m.graph.output[0].type.tensor_type.shape.dim[1].dim_value == num_classes
+
+
+def export(task: str):
+    import onnxruntime as ort
+    import torch
+
+    cfg = TASKS[task]
+    out = _cache(task)
+    model = build_model(task)
+    model.load_state_dict(torch.load(out / "final.pth", weights_only=True))
+    model.eval()
+    dest_dir = common.MODELS_DIR / cfg["disease"]
+    dest_dir.mkdir(exist_ok=True)
+    onnx_path = dest_dir / f"{cfg['file']}.onnx"
+    export_onnx(model, onnx_path, len(cfg["labels"]))
+
+    x = np.load(out / "test_x.npy", mmap_mode="r")
+    y = np.load(out / "test_y.npy")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    max_diff, correct = 0.0, 0
+    confusion = np.zeros((len(cfg["labels"]),) * 2, np.int64)
+    with torch.no_grad():
+        for s in tqdm(range(0, len(y), 25), desc=f"parity {task}"):
+            xb = preprocess.normalise(x[s:s + 25])
+            pt = torch.softmax(model(torch.from_numpy(xb)), 1).numpy()
+            logits = sess.run(["logits"], {"image": xb})[0]
+            po = common.softmax(logits)
+            max_diff = max(max_diff, float(np.abs(pt - po).max()))
+            pred = po.argmax(1)
+            correct += int((pred == y[s:s + 25]).sum())
+            for t, p in zip(y[s:s + 25], pred):
+                confusion[t, p] += 1
+    acc = correct / len(y)
+    print(f"{task}: held-out accuracy {acc:.4f}, torch vs ORT max |dp| {max_diff:.2e}")
+    if max_diff > 1e-4:
+        raise SystemExit(f"parity check failed: {max_diff} > 1e-4")
+
+    card = common.image_card(
+        model_id=cfg["model_id"], onnx_path=onnx_path, arch=cfg["arch"], labels=cfg["labels"],
+        names=cfg["names"], risk_band_by_class=cfg["risk_band_by_class"],
+        metrics={
+            "heldout_synthetic_accuracy": round(acc, 4),
+            "heldout_size": int(len(y)),
+            "confusion_matrix": confusion.tolist(),
+            "parity_max_abs_prob_diff_torch_vs_onnxruntime": max_diff,
+        },
+        training={
+            "data": f"{cfg['n_train']} synthetic images generated by models/pipeline/"
+                    f"synth_{task}.py (seed {cfg['seed']}), half re-encoded as JPEG",
+            "heldout": f"{cfg['n_test']} further synthetic images with disjoint seeds",
+            "schedule": [{"epochs": n, "resolution": r} for n, r in cfg["schedule"]],
+            "optimizer": f"AdamW, one-cycle lr max {cfg['lr']}, weight decay 0.05, "
+                         "label smoothing 0.05",
+            "weights_init": "random (no pretrained weights can be downloaded here)",
+        },
+    )
+    common.write_card(onnx_path, card)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("step", choices=["generate", "train", "export", "all"])
+    ap.add_argument("--task", choices=list(TASKS), required=True)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    if a.step in ("generate", "all"):
+        generate(a.task)
+    if a.step in ("train", "all"):
+        train(a.task, a.threads)
+    if a.step in ("export", "all"):
+        export(a.task)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+# Shared by the scripts: where tools live and how to say what is happening.
+# MEDCHAIN_TOOLS (default: <repo>/.tools) holds everything set-up installs; it is git-ignored.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${MEDCHAIN_TOOLS:-$ROOT/.tools}"
+ORT_VERSION="1.31.1"
+ORT_LIB="$TOOLS/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSION"
+PYENV="$TOOLS/pyenv"
+NODE_PREFIX="$TOOLS/node"
+ANVIL_PKG="@foundry-rs/anvil-linux-amd64@1.7.1"
+SOLC_PKG="solc@0.8.30"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ORT_LIB}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

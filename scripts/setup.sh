@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what medchain needs on a machine that has only Rust, Python 3 + pip and Node + npm,
+# into git-ignored folders. Idempotent: a second run installs nothing.
+#   scripts/setup.sh            everything the system needs to run
+#   scripts/setup.sh --test     also the Python pipeline environment the tests use
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+mkdir -p "$TOOLS"
+
+with_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_tests=1 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+# ONNX Runtime shared library, taken from the official PyPI wheel (no other host is reachable).
+if [ -f "$ORT_LIB" ]; then
+  say "ONNX Runtime $ORT_VERSION: present ($ORT_LIB)"
+else
+  say "ONNX Runtime $ORT_VERSION: extracting libonnxruntime from the PyPI wheel"
+  dl="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 \
+    -d "$dl" "onnxruntime==$ORT_VERSION"
+  python3 - "$dl" "$ORT_LIB" <<'PY'
+import glob, os, shutil, sys, zipfile
+dl, dest = sys.argv[1], sys.argv[2]
+wheel = glob.glob(os.path.join(dl, "onnxruntime-*.whl"))[0]
+name = "onnxruntime/capi/" + os.path.basename(dest)
+os.makedirs(os.path.dirname(dest), exist_ok=True)
+with zipfile.ZipFile(wheel) as z, z.open(name) as src, open(dest + ".part", "wb") as out:
+    shutil.copyfileobj(src, out)
+os.replace(dest + ".part", dest)
+PY
+  rm -rf "$dl"
+fi
+
+if [ "$with_tests" = 1 ]; then
+  req="$ROOT/models/requirements.txt"
+  stamp="$PYENV/.requirements.sha256"
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    say "Python pipeline environment: present ($PYENV)"
+  else
+    say "Python pipeline environment: installing models/requirements.txt into $PYENV"
+    python3 -m venv "$PYENV"
+    "$PYENV/bin/pip" install --quiet --upgrade pip
+    "$PYENV/bin/pip" install --quiet -r "$req"
+    echo "$want" > "$stamp"
+  fi
+fi
+say "set-up complete"

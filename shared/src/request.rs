@@ -1,0 +1,265 @@
+//! Per-request plumbing: the request id (honoured from `x-request-id` or generated), a tracing
+//! span per request, request metrics, and a JSON body extractor whose errors name the field.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+
+/// Header carrying the request id across gateway → service → chain-svc.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The id of the request being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id of `req`, if the middleware ran.
+    pub fn of(req: &HttpRequest) -> Option<String> {
+        req.extensions().get::<RequestId>().map(|r| r.0.clone())
+    }
+}
+
+/// Accepts a caller's id only if it is short, printable ASCII (it ends up in logs).
+fn acceptable(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+    .then(|| s.to_string())
+}
+
+/// Middleware (outermost): request id, span, access log line and request metrics.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(acceptable)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().to_string();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let span = tracing::info_span!("request", request_id = %id, %method, path = %req.path());
+    let http_req = req.request().clone();
+    let start = Instant::now();
+    let mut res = match next.call(req).instrument(span.clone()).await {
+        Ok(res) => res.map_into_boxed_body(),
+        Err(e) => ServiceResponse::from_err(e, http_req),
+    };
+    let elapsed = start.elapsed();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    let status = res.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1e3,
+            route = %route,
+            "served"
+        )
+    });
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!(crate::metrics::name("http_requests_total"), &labels).increment(1);
+    metrics::histogram!(
+        crate::metrics::name("http_request_duration_seconds"),
+        &labels[..2]
+    )
+    .record(elapsed.as_secs_f64());
+    Ok(res)
+}
+
+/// Largest JSON body a `ValidJson` accepts unless the app registers a `JsonLimit`.
+pub const DEFAULT_JSON_LIMIT: usize = 64 * 1024;
+
+/// App data: the JSON body limit in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLimit(pub usize);
+
+/// A JSON body deserialised strictly: wrong content type → 415, too large → 413, broken JSON →
+/// 400, a field of the wrong type, unknown or missing → 422 naming the field.
+#[derive(Debug)]
+pub struct ValidJson<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<web::Data<JsonLimit>>()
+            .map_or(DEFAULT_JSON_LIMIT, |l| l.0);
+        let content_type_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || m.ends_with("+json")
+            });
+        let body = web::Bytes::from_request(req, payload);
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        Box::pin(async move {
+            match content_type_ok {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(ApiError::UnsupportedMediaType {
+                        detail: "send the body as JSON with `content-type: application/json`"
+                            .into(),
+                        field: None,
+                    });
+                }
+                None => {
+                    return Err(ApiError::UnsupportedMediaType {
+                        detail: "missing `content-type: application/json` header".into(),
+                        field: None,
+                    });
+                }
+            }
+            let too_large = || ApiError::TooLarge {
+                detail: format!("JSON body larger than {limit} bytes"),
+                field: None,
+            };
+            if declared_len.is_some_and(|n| n > limit) {
+                return Err(too_large());
+            }
+            let bytes: Bytes = body
+                .await
+                .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+            if bytes.len() > limit {
+                return Err(too_large());
+            }
+            parse_json(&bytes).map(ValidJson)
+        })
+    }
+}
+
+/// Strict JSON parsing with errors that name the offending field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the body is empty: send a JSON object",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    result.map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let msg = inner.to_string();
+        // serde_path_to_error's path already ends at an unknown key, but stops at the parent
+        // of a missing one.
+        let field = match (unknown_field(&msg), missing_field(&msg)) {
+            (Some(f), _) if path == "." => Some(f),
+            (_, Some(f)) if path == "." => Some(f),
+            (_, Some(f)) => Some(format!("{path}.{f}")),
+            _ => (path != ".").then_some(path),
+        };
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::Invalid { detail: msg, field },
+            _ => ApiError::BadRequest {
+                detail: format!("malformed JSON: {msg}"),
+                field: None,
+            },
+        }
+    })
+}
+
+fn backticked_after<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = msg.strip_prefix(prefix)?;
+    rest.split('`').next()
+}
+
+fn unknown_field(msg: &str) -> Option<String> {
+    backticked_after(msg, "unknown field `").map(str::to_string)
+}
+
+fn missing_field(msg: &str) -> Option<String> {
+    backticked_after(msg, "missing field `").map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        glucose: f64,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        x: u8,
+    }
+
+    fn field_of(json: &str) -> (u16, Option<String>) {
+        match parse_json::<Body>(json.as_bytes()) {
+            Ok(_) => (200, None),
+            Err(e) => {
+                let p = e.problem();
+                (p.status, p.field)
+            }
+        }
+    }
+
+    #[test]
+    fn names_fields_in_errors() {
+        assert_eq!(field_of(r#"{"glucose": 1}"#), (200, None));
+        assert_eq!(
+            field_of(r#"{"glucose": "high"}"#),
+            (422, Some("glucose".into()))
+        );
+        assert_eq!(
+            field_of(r#"{"glucose": 1, "sugar": 2}"#),
+            (422, Some("sugar".into()))
+        );
+        assert_eq!(field_of(r#"{}"#), (422, Some("glucose".into())));
+        assert_eq!(
+            field_of(r#"{"glucose": 1, "inner": {"x": 300}}"#),
+            (422, Some("inner.x".into()))
+        );
+        assert_eq!(field_of(r#"{"glucose": 1,"#).0, 400);
+        assert_eq!(field_of("   ").0, 400);
+    }
+
+    #[test]
+    fn request_ids_from_callers_are_sanitised() {
+        assert!(acceptable(&HeaderValue::from_static("abc-123_x.y:z")).is_some());
+        assert!(acceptable(&HeaderValue::from_static("has space")).is_none());
+        assert!(acceptable(&HeaderValue::from_static("")).is_none());
+        let long = "a".repeat(129);
+        assert!(acceptable(&HeaderValue::from_str(&long).expect("header")).is_none());
+    }
+}

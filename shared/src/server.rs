@@ -1,0 +1,125 @@
+//! Building and running a service's HTTP server the same way everywhere: bind (port 0 in
+//! tests), worker count, graceful shutdown, and the `Application` handle tests use.
+
+use std::fmt::Debug;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_http::Request;
+use actix_service::IntoServiceFactory;
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, Response, Server, ServerHandle, ServiceFactory};
+use actix_web::{Error, HttpServer};
+
+use crate::settings::ServerSettings;
+
+/// A built, not yet running, HTTP server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds according to `settings` and builds the server from `factory`.
+    pub fn build<F, I, S, B>(settings: &ServerSettings, factory: F) -> std::io::Result<Self>
+    where
+        F: Fn() -> I + Send + Clone + 'static,
+        I: IntoServiceFactory<S, Request>,
+        S: ServiceFactory<Request, Config = AppConfig> + 'static,
+        S::Error: Into<Error> + 'static,
+        S::InitError: Debug,
+        S::Response: Into<Response<B>> + 'static,
+        B: MessageBody + 'static,
+    {
+        let listener = settings.bind()?;
+        Self::from_listener(listener, settings, factory)
+    }
+
+    /// Builds the server on an already bound listener.
+    pub fn from_listener<F, I, S, B>(
+        listener: TcpListener,
+        settings: &ServerSettings,
+        factory: F,
+    ) -> std::io::Result<Self>
+    where
+        F: Fn() -> I + Send + Clone + 'static,
+        I: IntoServiceFactory<S, Request>,
+        S: ServiceFactory<Request, Config = AppConfig> + 'static,
+        S::Error: Into<Error> + 'static,
+        S::InitError: Debug,
+        S::Response: Into<Response<B>> + 'static,
+        B: MessageBody + 'static,
+    {
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(factory)
+            .workers(settings.worker_count())
+            .shutdown_timeout(settings.shutdown_timeout_secs)
+            .client_request_timeout(Duration::from_secs(30))
+            .listen(listener)?
+            .run();
+        Ok(Self { port, server })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT/SIGTERM (actix handles the signals) or `handle().stop()`.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// What every service registers on its `App`: service info, the metrics handle, the internal
+/// token, and the `/healthz` + `/metrics` routes.
+#[derive(Debug, Clone)]
+pub struct Common {
+    info: actix_web::web::Data<crate::health::ServiceInfo>,
+    prometheus: actix_web::web::Data<metrics_exporter_prometheus::PrometheusHandle>,
+    token: actix_web::web::Data<crate::auth::InternalToken>,
+}
+
+impl Common {
+    /// `metrics_prefix` starts every metric name of this service (`diabetes`, `gateway`, ...).
+    pub fn new(
+        service: &'static str,
+        version: &'static str,
+        metrics_prefix: &str,
+        auth: &crate::settings::AuthSettings,
+    ) -> Self {
+        Self {
+            info: actix_web::web::Data::new(crate::health::ServiceInfo { service, version }),
+            prometheus: actix_web::web::Data::new(crate::metrics::init(metrics_prefix)),
+            token: actix_web::web::Data::new(crate::auth::InternalToken::new(
+                auth.internal_token.clone(),
+            )),
+        }
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &'static str {
+        self.info.service
+    }
+
+    /// Registers the shared app data and base routes.
+    pub fn register(&self, cfg: &mut actix_web::web::ServiceConfig) {
+        cfg.app_data(self.info.clone())
+            .app_data(self.prometheus.clone())
+            .app_data(self.token.clone())
+            .configure(crate::health::base_routes);
+    }
+}

@@ -1,0 +1,36 @@
+//! One tracing-subscriber set-up for every service: `EnvFilter`, JSON in production, readable
+//! output in development, silent in tests unless `TEST_LOG` is set.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{LogFormat, TelemetrySettings};
+
+/// Installs the global subscriber. `RUST_LOG` overrides the configured filter. Calling it twice
+/// is harmless (the second call keeps the first subscriber).
+pub fn init(settings: &TelemetrySettings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.with_target(false).try_init(),
+    };
+}
+
+/// For tests: logs only when `TEST_LOG` is set (to stderr, readable).
+pub fn init_for_tests() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        init(&TelemetrySettings {
+            format: LogFormat::Pretty,
+            filter: "debug".into(),
+        });
+    }
+}
