@@ -1,13 +1,11 @@
 //! diabetes-svc entry point: load settings, start telemetry, serve until stopped.
 
-use medchain_diabetes_svc::{Settings, build};
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load()?;
+    let settings = medchain_diabetes_svc::load_settings()?;
     medchain_shared::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
-    let app = build(settings)?;
+    let app = medchain_diabetes_svc::build(settings)?;
     tracing::info!(port = app.port(), "listening");
     app.run_until_stopped().await?;
     Ok(())

@@ -1,60 +1,29 @@
-//! heart-svc: skeleton service (health, readiness, metrics); its domain routes come with their issue.
+//! heart-svc: heart risk predictions from its two models (tabular + ecg), each loaded lazily
+//! on first use. Everything but the names and defaults lives in `medchain_shared::ml`.
 
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpResponse, web};
-use medchain_shared::health::{Check, readiness};
-use medchain_shared::request::request_context;
-use medchain_shared::server::{Application, Common};
-use medchain_shared::settings::{
-    self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
+use medchain_shared::ml::service::{self, DiseaseSettings, DiseaseSpec};
+use medchain_shared::server::Application;
+use medchain_shared::settings::SettingsError;
+
+/// The settings tree (see `config/default.toml`).
+pub type Settings = DiseaseSettings;
+
+/// What makes this service heart-svc.
+pub const SPEC: DiseaseSpec = DiseaseSpec {
+    service: "heart-svc",
+    disease: "heart",
+    env_prefix: "HEART",
+    image_route: "ecg",
+    defaults: include_str!("../config/default.toml"),
+    version: env!("CARGO_PKG_VERSION"),
 };
-use serde::Deserialize;
 
-const SERVICE: &str = "heart-svc";
-const ENV_PREFIX: &str = "HEART";
-
-/// All settings of heart-svc.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub server: ServerSettings,
-    pub telemetry: TelemetrySettings,
-    pub auth: AuthSettings,
+/// Loads and validates the settings.
+pub fn load_settings() -> Result<Settings, SettingsError> {
+    DiseaseSettings::load(&SPEC)
 }
 
-impl Settings {
-    /// Embedded defaults → `HEART_CONFIG` file → `HEART__*` env vars; validated.
-    pub fn load() -> Result<Self, SettingsError> {
-        let s: Self = settings::load(include_str!("../config/default.toml"), ENV_PREFIX, &[])?;
-        s.validate()?;
-        Ok(s)
-    }
-
-    /// Checks that cannot be expressed in types.
-    pub fn validate(&self) -> Result<(), SettingsError> {
-        self.auth.validate(ENV_PREFIX, &self.server)
-    }
-}
-
-/// Builds the server (bound, not yet running).
+/// Builds the server (bound, models not loaded).
 pub fn build(settings: Settings) -> std::io::Result<Application> {
-    let common = Common::new(SERVICE, env!("CARGO_PKG_VERSION"), "heart", &settings.auth);
-    Application::build(&settings.server, move || {
-        let common = common.clone();
-        App::new()
-            .wrap(from_fn(request_context))
-            .configure(move |cfg| common.register(cfg))
-            .route("/readyz", web::get().to(readyz))
-    })
-}
-
-async fn readyz() -> HttpResponse {
-    readiness(
-        SERVICE,
-        vec![Check {
-            name: "config".into(),
-            ok: true,
-            detail: "settings loaded and validated".into(),
-        }],
-    )
+    service::build(SPEC, settings)
 }

@@ -36,12 +36,16 @@ TASKS = {
         "names": synth_retina.GRADE_NAMES,
         "n_train": 2500,
         "n_test": 500,
-        # (epochs, training resolution): most epochs at a lower resolution, the last at the
-        # serving resolution (progressive resizing) -- full 224 px training of these networks
-        # from scratch costs CPU hours on this 2-core machine.
-        "schedule": [(3, 160), (2, 224)],
+        # Training phases, each from the previous phase's weights with its own one-cycle
+        # schedule of (epochs, resolution) and, from phase 1 on, a freshly generated training
+        # set (same generator, new seeds) so the longer run sees more distinct images. Phase 0
+        # spends most epochs below the serving resolution (progressive resizing): full 224 px
+        # training of these networks from scratch costs CPU hours on this 2-core machine.
+        "phases": [
+            {"schedule": [(3, 160), (2, 224)], "lr": 3e-3},
+            {"schedule": [(6, 224)], "lr": 1e-3},
+        ],
         "batch": 32,
-        "lr": 3e-3,
         "flip": True,
         "seed": 1701,
         "risk_band_by_class": ["low", "moderate", "moderate", "high", "high"],
@@ -55,9 +59,11 @@ TASKS = {
         "names": synth_ecg.CLASS_NAMES,
         "n_train": 2000,
         "n_test": 400,
-        "schedule": [(2, 192), (3, 224)],
+        "phases": [
+            {"schedule": [(2, 192), (3, 224)], "lr": 2e-3},
+            {"schedule": [(5, 224)], "lr": 1e-3},
+        ],
         "batch": 32,
-        "lr": 2e-3,
         "flip": False,
         "seed": 4242,
         "risk_band_by_class": ["low", "moderate", "high", "moderate"],
@@ -86,19 +92,27 @@ def _render(args):
     return preprocess.resize(img)
 
 
+def _split_names(task: str) -> list[str]:
+    """`test`, then one training set per phase: `train` (phase 0), `train1`, `train2`, ..."""
+    n = len(TASKS[task]["phases"])
+    return ["test", "train"] + [f"train{k}" for k in range(1, n)]
+
+
 def sample_plan(task: str, split: str):
     """(label, seed, jpeg) for every image of a split; balanced classes, disjoint seeds."""
     cfg = TASKS[task]
-    n = cfg["n_train"] if split == "train" else cfg["n_test"]
-    base = cfg["seed"] * 1000 + (0 if split == "train" else 500)
+    n = cfg["n_test"] if split == "test" else cfg["n_train"]
+    # Seed blocks: test = 500, phase k training set = k (k = 0 for `train`).
+    block = 500 if split == "test" else int(split[5:] or 0)
+    base = cfg["seed"] * 1000 + block
     k = len(cfg["labels"])
-    rng = np.random.default_rng([cfg["seed"], 0 if split == "train" else 1])
+    rng = np.random.default_rng([cfg["seed"], 1 if split == "test" else (block + 1 if block else 0)])
     return [(i % k, base * 100_000 + i, bool(rng.random() < 0.5)) for i in range(n)]
 
 
 def generate(task: str):
     out = _cache(task)
-    for split in ("train", "test"):
+    for split in _split_names(task):
         xf, yf = out / f"{split}_x.npy", out / f"{split}_y.npy"
         if xf.exists() and yf.exists():
             print(f"{task}/{split}: already generated ({xf})")
@@ -138,24 +152,57 @@ def _batches(x_u8, y, idx, res, flip, rng):
     return xb, torch.from_numpy(y[idx])
 
 
+def _phase_files(out: Path, k: int) -> tuple[Path, Path, str]:
+    """Checkpoint, final weights and training-set name of phase k."""
+    if k == 0:
+        return out / "checkpoint.pt", out / "final.pth", "train"
+    return out / f"checkpoint-p{k}.pt", out / f"final-p{k}.pth", f"train{k}"
+
+
+def final_weights(task: str) -> tuple[Path, int]:
+    """Weights of the last finished phase and how many phases finished."""
+    out = _cache(task)
+    done = [k for k in range(len(TASKS[task]["phases"])) if _phase_files(out, k)[1].exists()]
+    if not done:
+        raise SystemExit(f"{task}: no finished training phase in {out}")
+    return _phase_files(out, done[-1])[1], done[-1] + 1
+
+
 def train(task: str, threads: int):
+    """Runs every phase that has not finished yet, each resumable from its checkpoint."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out = _cache(task)
+    for k in range(len(TASKS[task]["phases"])):
+        ckpt, final, split = _phase_files(out, k)
+        if final.exists():
+            print(f"{task}: phase {k} already finished ({final})")
+            continue
+        init = _phase_files(out, k - 1)[1] if k else None
+        _train_phase(task, k, ckpt, final, split, init)
+
+
+def _train_phase(task, k, ckpt, final, split, init):
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
     cfg = TASKS[task]
+    phase = cfg["phases"][k]
     out = _cache(task)
-    x = np.load(out / "train_x.npy", mmap_mode="r")
-    y = np.load(out / "train_y.npy")
-    torch.manual_seed(cfg["seed"])
-    model = build_model(task).to(memory_format=torch.channels_last)
+    x = np.load(out / f"{split}_x.npy", mmap_mode="r")
+    y = np.load(out / f"{split}_y.npy")
+    torch.manual_seed(cfg["seed"] + k)
+    model = build_model(task)
+    if init is not None:
+        model.load_state_dict(torch.load(init, weights_only=True))
+    model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(y) // cfg["batch"]
-    epochs = [res for n, res in cfg["schedule"] for _ in range(n)]
+    epochs = [res for n, res in phase["schedule"] for _ in range(n)]
     total = steps_per_epoch * len(epochs)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total,
+    opt = torch.optim.AdamW(model.parameters(), lr=phase["lr"], weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=phase["lr"], total_steps=total,
                                                 pct_start=0.15)
-    ckpt = out / "checkpoint.pt"
     step = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -163,22 +210,23 @@ def train(task: str, threads: int):
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step = state["step"]
-        print(f"resumed {task} at step {step}/{total}", flush=True)
+        print(f"resumed {task} phase {k} at step {step}/{total}", flush=True)
 
     def save():
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "step": step}, out / "checkpoint.tmp")
-        os.replace(out / "checkpoint.tmp", ckpt)
+                    "sched": sched.state_dict(), "step": step}, ckpt.with_suffix(".tmp"))
+        os.replace(ckpt.with_suffix(".tmp"), ckpt)
 
     last_save = time.time()
     model.train()
-    bar = tqdm(total=total, initial=step, desc=f"train {task}", mininterval=30)
+    bar = tqdm(total=total, initial=step, desc=f"train {task} phase {k}", mininterval=30)
     while step < total:
         epoch, i = divmod(step, steps_per_epoch)
         res = epochs[epoch]
-        perm = np.random.default_rng([cfg["seed"], epoch]).permutation(len(y))
+        perm = np.random.default_rng([cfg["seed"], k, epoch]).permutation(len(y))
         idx = np.sort(perm[i * cfg["batch"]:(i + 1) * cfg["batch"]])
-        xb, yb = _batches(x, y, idx, res, cfg["flip"], np.random.default_rng([cfg["seed"], step]))
+        xb, yb = _batches(x, y, idx, res, cfg["flip"],
+                          np.random.default_rng([cfg["seed"], k, step]))
         loss = F.cross_entropy(model(xb), yb, label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,13 +240,13 @@ def train(task: str, threads: int):
             last_save = time.time()
             if step % steps_per_epoch == 0:
                 acc = evaluate(model, task, limit=200)
-                print(f"\n{task}: epoch {epoch} done, loss {loss.item():.3f}, "
+                print(f"\n{task}: phase {k} epoch {epoch} done, loss {loss.item():.3f}, "
                       f"held-out acc (200 imgs) {acc:.3f}", flush=True)
                 model.train()
     bar.close()
     model.eval()
-    torch.save(model.state_dict(), out / "final.pth")
-    print(f"{task}: training finished; weights at {out / 'final.pth'}")
+    torch.save(model.state_dict(), final)
+    print(f"{task}: phase {k} finished; weights at {final}", flush=True)
 
 
 def evaluate(model, task: str, limit: int | None = None) -> float:
@@ -242,7 +290,8 @@ def export(task: str):
     cfg = TASKS[task]
     out = _cache(task)
     model = build_model(task)
-    model.load_state_dict(torch.load(out / "final.pth", weights_only=True))
+    weights, phases_done = final_weights(task)
+    model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     dest_dir = common.MODELS_DIR / cfg["disease"]
     dest_dir.mkdir(exist_ok=True)
@@ -280,12 +329,14 @@ def export(task: str):
             "parity_max_abs_prob_diff_torch_vs_onnxruntime": max_diff,
         },
         training={
-            "data": f"{cfg['n_train']} synthetic images generated by models/pipeline/"
+            "data": f"{cfg['n_train']} synthetic images per phase generated by models/pipeline/"
                     f"synth_{task}.py (seed {cfg['seed']}), half re-encoded as JPEG",
             "heldout": f"{cfg['n_test']} further synthetic images with disjoint seeds",
-            "schedule": [{"epochs": n, "resolution": r} for n, r in cfg["schedule"]],
-            "optimizer": f"AdamW, one-cycle lr max {cfg['lr']}, weight decay 0.05, "
-                         "label smoothing 0.05",
+            "phases": [{"schedule": [{"epochs": n, "resolution": r} for n, r in ph["schedule"]],
+                        "max_lr": ph["lr"], "training_set": _phase_files(out, k)[2]}
+                       for k, ph in enumerate(cfg["phases"][:phases_done])],
+            "optimizer": "AdamW per phase, one-cycle learning rate, weight decay 0.05, "
+                         "label smoothing 0.05, batch 32, channels-last",
             "weights_init": "random (no pretrained weights can be downloaded here)",
         },
     )
@@ -298,8 +349,8 @@ def main():
     ap.add_argument("--task", choices=list(TASKS), required=True)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
-    if a.step in ("generate", "all"):
-        generate(a.task)
+    if a.step in ("generate", "train", "all"):
+        generate(a.task)  # only what is missing: train needs every phase's training set
     if a.step in ("train", "all"):
         train(a.task, a.threads)
     if a.step in ("export", "all"):

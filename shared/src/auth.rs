@@ -2,7 +2,7 @@
 //! `x-internal-token` header with the configured secret. Health endpoints are registered
 //! outside the guarded scope, so they stay open.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
@@ -38,7 +38,7 @@ impl InternalToken {
 pub async fn require_internal_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let allowed = match req.app_data::<web::Data<InternalToken>>() {
         Some(token) => token.accepts(
             req.headers()
@@ -49,13 +49,15 @@ pub async fn require_internal_token(
         None => false,
     };
     if !allowed {
-        return Err(ApiError::Unauthorized(format!(
+        let err = ApiError::Unauthorized(format!(
             "missing or wrong `{INTERNAL_TOKEN_HEADER}` header: this endpoint is for medchain \
              services only"
-        ))
-        .into());
+        ));
+        return Ok(req.error_response(err).map_into_right_body());
     }
-    next.call(req).await
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 #[cfg(test)]

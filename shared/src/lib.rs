@@ -6,6 +6,8 @@ pub mod error;
 pub mod health;
 pub mod memory;
 pub mod metrics;
+#[cfg(feature = "ml")]
+pub mod ml;
 pub mod request;
 pub mod server;
 pub mod settings;

@@ -52,6 +52,21 @@ fn parse_limit(raw: &str) -> Option<u64> {
     (v < (1 << 60)).then_some(v)
 }
 
+/// Asks the allocator to hand freed memory back to the kernel (after a model unloads), so
+/// that RSS actually goes down. glibc keeps freed arenas otherwise.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap structures; 0 = keep no padding.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// No-op where the allocator has no trim call.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,11 +56,15 @@ pub async fn request_context(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_string());
     let span = tracing::info_span!("request", request_id = %id, %method, path = %req.path());
-    let http_req = req.request().clone();
     let start = Instant::now();
+    // Inner middleware answers errors as responses (see `auth`), so an `Err` here is rare; it
+    // cannot carry the request id because the request is gone, but it is still logged.
     let mut res = match next.call(req).instrument(span.clone()).await {
         Ok(res) => res.map_into_boxed_body(),
-        Err(e) => ServiceResponse::from_err(e, http_req),
+        Err(e) => {
+            span.in_scope(|| tracing::warn!(error = %e, "request failed in middleware"));
+            return Err(e);
+        }
     };
     let elapsed = start.elapsed();
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -1,0 +1,223 @@
+//! Image decoding and preprocessing exactly as the models were trained (see the card's
+//! `preprocessing`): sniff the format (JPEG/PNG only), check the pixel count from the header
+//! before decoding, decode (large JPEGs at reduced scale with DCT scaling), apply EXIF
+//! orientation, convert to RGB8, resize to the model's size with an antialiased bilinear filter
+//! (SIMD, Pillow-compatible), normalise to NCHW float32.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use serde::Deserialize;
+
+use super::card::Preprocessing;
+use crate::error::ApiError;
+
+/// Multipart field the image travels in.
+pub const IMAGE_FIELD: &str = "image";
+
+/// Upload limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageLimits {
+    /// Largest upload, bytes (413 beyond).
+    pub max_bytes: usize,
+    /// Largest decoded image, megapixels, read from the header before decoding (413 beyond).
+    pub max_megapixels: f64,
+}
+
+/// What preprocessing produced.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `[3, H, W]` float32, normalised.
+    pub tensor: Vec<f32>,
+    pub width: u32,
+    pub height: u32,
+    /// The image as uploaded: format and size.
+    pub format: &'static str,
+    pub original_width: u32,
+    pub original_height: u32,
+    /// 1, 2, 4 or 8: the JPEG DCT reduction used while decoding.
+    pub decode_scale: u32,
+}
+
+fn unsupported(detail: String) -> ApiError {
+    ApiError::UnsupportedMediaType {
+        detail,
+        field: Some(IMAGE_FIELD.into()),
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(IMAGE_FIELD, format!("the image cannot be decoded: {e}"))
+}
+
+/// Decodes and preprocesses an upload for a model with preprocessing `pre`.
+pub fn prepare(
+    bytes: &[u8],
+    pre: &Preprocessing,
+    limits: &ImageLimits,
+) -> Result<Prepared, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::invalid(IMAGE_FIELD, "the image file is empty"));
+    }
+    let format = match image::guess_format(bytes) {
+        Ok(ImageFormat::Jpeg) => ImageFormat::Jpeg,
+        Ok(ImageFormat::Png) => ImageFormat::Png,
+        Ok(other) => {
+            return Err(unsupported(format!(
+                "only JPEG and PNG images are accepted, this is {}",
+                other.extensions_str().first().unwrap_or(&"another format")
+            )));
+        }
+        Err(_) => {
+            return Err(unsupported(
+                "the file is not a JPEG or PNG image".to_string(),
+            ));
+        }
+    };
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(corrupt)?;
+    let pixels = u64::from(w) * u64::from(h);
+    let max_pixels = (limits.max_megapixels * 1e6) as u64;
+    if pixels > max_pixels {
+        return Err(ApiError::TooLarge {
+            detail: format!(
+                "the image is {w}×{h} = {:.1} megapixels; the limit is {} megapixels",
+                pixels as f64 / 1e6,
+                limits.max_megapixels
+            ),
+            field: Some(IMAGE_FIELD.into()),
+        });
+    }
+    if w == 0 || h == 0 {
+        return Err(corrupt("zero width or height"));
+    }
+    let (tw, th) = (pre.resize.width, pre.resize.height);
+    let (rgb, scale) = match format {
+        ImageFormat::Jpeg => match jpeg_scaled(bytes, w, h, tw, th)? {
+            Some(scaled) => scaled,
+            None => (decode_full(bytes, format, max_pixels)?, 1),
+        },
+        _ => (decode_full(bytes, format, max_pixels)?, 1),
+    };
+    let resized = resize(&rgb, tw, th)?;
+    drop(rgb);
+    Ok(Prepared {
+        tensor: normalise(&resized, tw, th, pre),
+        width: tw,
+        height: th,
+        format: if format == ImageFormat::Jpeg {
+            "jpeg"
+        } else {
+            "png"
+        },
+        original_width: w,
+        original_height: h,
+        decode_scale: scale,
+    })
+}
+
+/// Full decode with the `image` crate: any colour type, 16 bits, CMYK, alpha, EXIF orientation.
+fn decode_full(bytes: &[u8], format: ImageFormat, max_pixels: u64) -> Result<RgbImage, ApiError> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    // Worst case RGBA 16-bit: 8 bytes a pixel.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// JPEG decoded at 1/2, 1/4 or 1/8 scale when the result still has at least twice the model's
+/// size on both sides (so the final resize, which dominates, still antialiases), else `None`.
+fn jpeg_scaled(
+    bytes: &[u8],
+    w: u32,
+    h: u32,
+    tw: u32,
+    th: u32,
+) -> Result<Option<(RgbImage, u32)>, ApiError> {
+    let (want_w, want_h) = (2 * tw, 2 * th);
+    if w < 2 * want_w || h < 2 * want_h {
+        return Ok(None);
+    }
+    let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    dec.read_info().map_err(corrupt)?;
+    let info = dec.info().ok_or_else(|| corrupt("no JPEG header"))?;
+    if info.pixel_format == jpeg_decoder::PixelFormat::CMYK32 {
+        return Ok(None); // the `image` crate's colour conversion handles CMYK
+    }
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    let (sw, sh) = dec.scale(clamp(want_w), clamp(want_h)).map_err(corrupt)?;
+    let orientation = dec
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let data = dec.decode().map_err(corrupt)?;
+    let info = dec.info().ok_or_else(|| corrupt("no JPEG header"))?;
+    let (sw, sh) = (u32::from(sw), u32::from(sh));
+    let rgb = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(sw, sh, data),
+        jpeg_decoder::PixelFormat::L8 => {
+            RgbImage::from_raw(sw, sh, data.iter().flat_map(|&v| [v, v, v]).collect())
+        }
+        jpeg_decoder::PixelFormat::L16 => RgbImage::from_raw(
+            sw,
+            sh,
+            data.chunks_exact(2)
+                .flat_map(|c| {
+                    let v = c[0];
+                    [v, v, v]
+                })
+                .collect(),
+        ),
+        jpeg_decoder::PixelFormat::CMYK32 => None,
+    }
+    .ok_or_else(|| corrupt("decoded buffer has the wrong size"))?;
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    let scale = (w / img.width().max(1)).max(h / img.height().max(1)).max(1);
+    let rgb = match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    };
+    Ok(Some((rgb, scale)))
+}
+
+/// Antialiased bilinear (triangle) resize, Pillow-compatible, SIMD.
+fn resize(rgb: &RgbImage, tw: u32, th: u32) -> Result<Vec<u8>, ApiError> {
+    let (w, h) = rgb.dimensions();
+    let src = fast_image_resize::images::ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("resize source: {e}")))?;
+    let mut dst = FirImage::new(tw, th, PixelType::U8x3);
+    Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("resize failed: {e}")))?;
+    Ok(dst.into_vec())
+}
+
+/// HWC u8 → CHW f32, `(v * scale - mean) / std`, in the same float32 order as training.
+fn normalise(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<f32> {
+    let plane = (w * h) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in hwc.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (f32::from(px[c]) / 255.0 - pre.mean[c]) / pre.std[c];
+        }
+    }
+    out
+}

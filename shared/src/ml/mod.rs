@@ -1,0 +1,11 @@
+//! Model serving (feature `ml`, enabled only by the disease services): model cards, the lazy
+//! ONNX Runtime model holder, input validation and image preprocessing, and the prediction
+//! endpoints both disease services mount.
+
+pub mod card;
+pub mod image;
+pub mod model;
+pub mod routes;
+pub mod runtime;
+pub mod service;
+pub mod tabular;

@@ -1,0 +1,515 @@
+//! The lazy model holder: a model loads on the first request that needs it, exactly once
+//! however many requests arrive together (single flight), after its file hash, its tensors and
+//! the memory guard check out; it then serves from one ONNX Runtime session behind a lock,
+//! off the async threads, with a bounded number of waiting requests, and may be unloaded when
+//! idle. A failed load answers 503 and is retried by a later request.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ort::session::Session;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::card::ModelCard;
+use super::runtime::{self, RuntimeSettings};
+use crate::error::ApiError;
+use crate::memory;
+
+/// Settings of one model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Card file, relative to `models.dir` (or absolute). The ONNX file sits next to it.
+    pub card: String,
+    /// Requests that may wait for this model beyond the one running; more get 503 at once.
+    pub max_waiting: usize,
+    /// Unload the session after this many idle seconds; 0 = never.
+    pub idle_unload_secs: u64,
+}
+
+/// The memory guard's budget.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Budget when no cgroup limit is visible, MB (Render free tier: 512).
+    pub limit_mb: u64,
+    /// Kept free under the limit for requests in flight, MB.
+    pub reserve_mb: u64,
+    /// What loading the ONNX Runtime library and environment adds the first time, MB.
+    pub runtime_cost_mb: u64,
+}
+
+impl MemorySettings {
+    /// The limit in force: the cgroup's when there is one (and lower), else the configured one.
+    pub fn limit_bytes(&self) -> u64 {
+        let configured = self.limit_mb << 20;
+        memory::cgroup_limit().map_or(configured, |c| c.min(configured))
+    }
+}
+
+/// Where a model is in its life.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    Unloaded,
+    Loading,
+    Ready,
+    Failed,
+}
+
+struct Loaded {
+    session: Mutex<Session>,
+    load_ms: f64,
+    rss_added_bytes: i64,
+}
+
+enum State {
+    Unloaded,
+    Loading,
+    Ready(Arc<Loaded>),
+    Failed { reason: String, at: Instant },
+}
+
+/// What `/models` shows of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub key: String,
+    pub state: ModelState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub model_id: Option<String>,
+    pub version: Option<String>,
+    pub sha256: Option<String>,
+    pub demo: Option<bool>,
+    pub file: String,
+    pub loads: u64,
+    pub load_ms: Option<f64>,
+    pub rss_added_bytes: Option<i64>,
+    pub expected_load_cost_bytes: Option<u64>,
+    pub last_used_unix_ms: Option<u64>,
+    pub requests_served: u64,
+    pub waiting: usize,
+    pub max_waiting: usize,
+}
+
+/// One lazily loaded model.
+pub struct LazyModel {
+    key: String,
+    onnx_path: PathBuf,
+    card: Result<ModelCard, String>,
+    runtime: RuntimeSettings,
+    memory: MemorySettings,
+    idle_unload: Option<Duration>,
+    max_waiting: usize,
+    state: Mutex<State>,
+    load_lock: tokio::sync::Mutex<()>,
+    queue: Arc<Semaphore>,
+    loads: AtomicU64,
+    served: AtomicU64,
+    last_used_ms: AtomicU64,
+    last_load_ms: Mutex<Option<(f64, i64)>>,
+    verified: Mutex<Option<FileCheck>>,
+}
+
+type FileCheck = ((u64, Option<SystemTime>), Result<(), String>);
+
+impl std::fmt::Debug for LazyModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyModel")
+            .field("key", &self.key)
+            .field("onnx_path", &self.onnx_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl LazyModel {
+    /// Reads the card (a bad card is reported on use and in readiness, not a start-up crash,
+    /// so the service's other model keeps working).
+    pub fn new(
+        key: &str,
+        models_dir: &Path,
+        settings: &ModelSettings,
+        runtime: RuntimeSettings,
+        memory: MemorySettings,
+    ) -> Self {
+        let card_path = models_dir.join(&settings.card);
+        let card = ModelCard::from_file(&card_path).map_err(|e| e.to_string());
+        let onnx_path = match &card {
+            Ok(c) => card_path.with_file_name(&c.file),
+            Err(_) => card_path.with_extension("").with_extension("onnx"),
+        };
+        Self {
+            key: key.to_string(),
+            onnx_path,
+            card,
+            runtime,
+            memory,
+            idle_unload: (settings.idle_unload_secs > 0)
+                .then(|| Duration::from_secs(settings.idle_unload_secs)),
+            max_waiting: settings.max_waiting,
+            state: Mutex::new(State::Unloaded),
+            load_lock: tokio::sync::Mutex::new(()),
+            queue: Arc::new(Semaphore::new(settings.max_waiting + 1)),
+            loads: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            last_used_ms: AtomicU64::new(0),
+            last_load_ms: Mutex::new(None),
+            verified: Mutex::new(None),
+        }
+    }
+
+    /// The model's key (`tabular`, `retina`, `ecg`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The card, or why it could not be read.
+    pub fn card(&self) -> Result<&ModelCard, ApiError> {
+        self.card.as_ref().map_err(|e| {
+            ApiError::unavailable(format!("model `{}` is unavailable: {e}", self.key), None)
+        })
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place in this model's bounded queue, or 503 with `Retry-After` at once.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.queue.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!(crate::metrics::name("model_rejected_total"), "model" => self.key.clone())
+                .increment(1);
+            ApiError::unavailable(
+                format!(
+                    "model `{}` is busy: {} requests are already waiting; retry shortly",
+                    self.key, self.max_waiting
+                ),
+                Some(1),
+            )
+        })
+    }
+
+    /// Runs `f` on the session (loading it first if needed) on the blocking pool. The caller
+    /// holds a permit from `admit` for the whole request.
+    pub async fn run<T, F>(&self, _permit: &OwnedSemaphorePermit, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut Session) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let loaded = self.get_or_load().await?;
+        let span = tracing::Span::current();
+        let key = self.key.clone();
+        let start = Instant::now();
+        let out = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut session = loaded.session.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut session)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("inference task of `{key}` failed: {e}"))
+        })?;
+        metrics::histogram!(crate::metrics::name("inference_seconds"), "model" => self.key.clone())
+            .record(start.elapsed().as_secs_f64());
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        out
+    }
+
+    /// Starts loading in the background (warm-up); returns at once.
+    pub fn warm_up(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.get_or_load().await {
+                tracing::warn!(model = %me.key, error = %e, "warm-up load failed");
+            }
+        });
+    }
+
+    async fn get_or_load(&self) -> Result<Arc<Loaded>, ApiError> {
+        if let State::Ready(l) = &*self.lock_state() {
+            return Ok(l.clone());
+        }
+        let asked = Instant::now();
+        let _single_flight = self.load_lock.lock().await;
+        match &*self.lock_state() {
+            State::Ready(l) => return Ok(l.clone()),
+            // A load that failed while we waited is this request's answer too.
+            State::Failed { reason, at } if *at >= asked => {
+                return Err(self.failed(reason));
+            }
+            _ => {}
+        }
+        *self.lock_state() = State::Loading;
+        metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone()).set(1.0);
+        match self.load().await {
+            Ok(loaded) => {
+                *self.lock_state() = State::Ready(loaded.clone());
+                metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone())
+                    .set(2.0);
+                Ok(loaded)
+            }
+            Err(reason) => {
+                tracing::error!(model = %self.key, %reason, "model load failed");
+                metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone())
+                    .set(-1.0);
+                *self.lock_state() = State::Failed {
+                    reason: reason.clone(),
+                    at: Instant::now(),
+                };
+                Err(self.failed(&reason))
+            }
+        }
+    }
+
+    fn failed(&self, reason: &str) -> ApiError {
+        ApiError::unavailable(
+            format!("model `{}` could not be loaded: {reason}", self.key),
+            Some(5),
+        )
+    }
+
+    async fn load(&self) -> Result<Arc<Loaded>, String> {
+        let card = self.card.as_ref().map_err(Clone::clone)?.clone();
+        self.memory_guard(&card)?;
+        let path = self.onnx_path.clone();
+        let runtime = self.runtime.clone();
+        let key = self.key.clone();
+        let start = Instant::now();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
+            verify_hash(&path, &card.sha256)?;
+            runtime::ensure(&runtime)?;
+            let before = memory::rss_bytes() as i64;
+            let mut session = runtime::session(&runtime, &path)?;
+            check_tensors(&session, &card)?;
+            warm_run(&mut session, &card)?;
+            let rss_added_bytes = memory::rss_bytes() as i64 - before;
+            Ok(Loaded {
+                session: Mutex::new(session),
+                load_ms: start.elapsed().as_secs_f64() * 1e3,
+                rss_added_bytes,
+            })
+        })
+        .await
+        .map_err(|e| format!("load task panicked: {e}"))??;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((loaded.load_ms, loaded.rss_added_bytes));
+        metrics::counter!(crate::metrics::name("model_loads_total"), "model" => key.clone())
+            .increment(1);
+        metrics::gauge!(crate::metrics::name("model_load_seconds"), "model" => key.clone())
+            .set(loaded.load_ms / 1e3);
+        metrics::gauge!(crate::metrics::name("model_rss_added_bytes"), "model" => key.clone())
+            .set(loaded.rss_added_bytes as f64);
+        tracing::info!(
+            model = %key,
+            load_ms = loaded.load_ms,
+            rss_added_mb = loaded.rss_added_bytes as f64 / 1048576.0,
+            "model loaded"
+        );
+        Ok(Arc::new(loaded))
+    }
+
+    /// Refuses a load that would push the process past its memory limit.
+    fn memory_guard(&self, card: &ModelCard) -> Result<(), String> {
+        let limit = self.memory.limit_bytes();
+        let rss = memory::rss_bytes();
+        let runtime = if runtime::is_loaded() {
+            0
+        } else {
+            self.memory.runtime_cost_mb << 20
+        };
+        let need = card.load_cost.rss_added_bytes + runtime;
+        let budget = limit.saturating_sub(self.memory.reserve_mb << 20);
+        if rss + need > budget {
+            return Err(format!(
+                "memory guard: loading needs about {} MB on top of the {} MB in use, but the \
+                 limit is {} MB with {} MB kept in reserve",
+                need >> 20,
+                rss >> 20,
+                limit >> 20,
+                self.memory.reserve_mb
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drops the session if it has been idle long enough and nobody is using it.
+    /// Returns whether it unloaded.
+    pub fn unload_if_idle(&self) -> bool {
+        let Some(idle) = self.idle_unload else {
+            return false;
+        };
+        let last = self.last_used_ms.load(Ordering::Relaxed);
+        if now_ms().saturating_sub(last) < idle.as_millis() as u64 {
+            return false;
+        }
+        let mut state = self.lock_state();
+        let in_use = match &*state {
+            State::Ready(l) => Arc::strong_count(l) > 1,
+            _ => return false,
+        };
+        if in_use {
+            return false;
+        }
+        *state = State::Unloaded;
+        drop(state);
+        memory::release_free_memory();
+        metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone()).set(0.0);
+        tracing::info!(model = %self.key, "unloaded after being idle");
+        true
+    }
+
+    /// Starts the idle-unload watcher, when configured.
+    pub fn spawn_idle_watcher(self: &Arc<Self>) {
+        let Some(idle) = self.idle_unload else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        let tick = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                interval.tick().await;
+                let Some(model) = me.upgrade() else { break };
+                model.unload_if_idle();
+            }
+        });
+    }
+
+    /// Whether the files are in place (readiness; loads nothing).
+    pub fn check_files(&self) -> Result<(), String> {
+        let card = self.card.as_ref().map_err(Clone::clone)?;
+        let meta = std::fs::metadata(&self.onnx_path)
+            .map_err(|e| format!("{}: {e}", self.onnx_path.display()))?;
+        if meta.len() != card.size_bytes {
+            return Err(format!(
+                "{} is {} bytes, its card says {}",
+                self.onnx_path.display(),
+                meta.len(),
+                card.size_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file is present and its sha256 matches the card (readiness; loads nothing). The
+    /// hash is computed once per file version (size + modification time), not at every probe.
+    pub fn verified_file(&self) -> Result<(), String> {
+        self.check_files()?;
+        let card = self.card.as_ref().map_err(Clone::clone)?;
+        let meta = std::fs::metadata(&self.onnx_path).map_err(|e| e.to_string())?;
+        let stamp = (meta.len(), meta.modified().ok());
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, result)) = &*cache
+            && *s == stamp
+        {
+            return result.clone();
+        }
+        let result = verify_hash(&self.onnx_path, &card.sha256);
+        *cache = Some((stamp, result.clone()));
+        result
+    }
+
+    /// What `/models` shows.
+    pub fn status(&self) -> ModelStatus {
+        let (state, reason) = match &*self.lock_state() {
+            State::Unloaded => (ModelState::Unloaded, None),
+            State::Loading => (ModelState::Loading, None),
+            State::Ready(_) => (ModelState::Ready, None),
+            State::Failed { reason, .. } => (ModelState::Failed, Some(reason.clone())),
+        };
+        let (state, reason) = match (&self.card, state) {
+            (Err(e), _) => (ModelState::Failed, Some(e.clone())),
+            (_, s) => (s, reason),
+        };
+        let card = self.card.as_ref().ok();
+        let last_load = *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner());
+        let last_used = self.last_used_ms.load(Ordering::Relaxed);
+        ModelStatus {
+            key: self.key.clone(),
+            state,
+            reason,
+            model_id: card.map(|c| c.model_id.clone()),
+            version: card.map(|c| c.version.clone()),
+            sha256: card.map(|c| c.sha256.clone()),
+            demo: card.map(|c| c.demo),
+            file: self.onnx_path.display().to_string(),
+            loads: self.loads.load(Ordering::Relaxed),
+            load_ms: last_load.map(|l| l.0),
+            rss_added_bytes: last_load.map(|l| l.1),
+            expected_load_cost_bytes: card.map(|c| c.load_cost.rss_added_bytes),
+            last_used_unix_ms: (last_used > 0).then_some(last_used),
+            requests_served: self.served.load(Ordering::Relaxed),
+            waiting: (self.max_waiting + 1).saturating_sub(self.queue.available_permits()),
+            max_waiting: self.max_waiting,
+        }
+    }
+}
+
+fn verify_hash(path: &Path, expected: &str) -> Result<(), String> {
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let actual = hex::encode(hasher.finalize());
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(format!(
+            "{} has sha256 {actual}, but its card says {expected} (file corrupted or replaced)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The session's tensors must be the card's.
+fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), String> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    if inputs != [card.input.name.as_str()] {
+        return Err(format!(
+            "ONNX inputs {inputs:?} do not match the card's [{:?}]",
+            card.input.name
+        ));
+    }
+    if let Some(shape) = session.inputs()[0].dtype().tensor_shape() {
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        if dims != card.input.shape {
+            return Err(format!(
+                "ONNX input shape {dims:?} does not match the card's {:?}",
+                card.input.shape
+            ));
+        }
+    }
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let expected: Vec<&str> = card.outputs.iter().map(|o| o.name.as_str()).collect();
+    if outputs != expected {
+        return Err(format!(
+            "ONNX outputs {outputs:?} do not match the card's {expected:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// One run on a neutral input, so that the first real request does not pay ONNX Runtime's
+/// first-run allocations (and so that the load cost measured includes them).
+fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
+    let dims: Vec<i64> = card.input.shape.iter().map(|&d| d.max(1)).collect();
+    let len = dims.iter().product::<i64>() as usize;
+    let tensor = ort::value::Tensor::from_array((dims, vec![0f32; len]))
+        .map_err(|e| format!("cannot build the warm-up input: {e}"))?;
+    session
+        .run(ort::inputs![card.input.name.as_str() => tensor])
+        .map(|_| ())
+        .map_err(|e| format!("warm-up inference failed: {e}"))
+}

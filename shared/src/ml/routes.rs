@@ -1,0 +1,496 @@
+//! The endpoints both disease services mount: tabular and image predictions, warm-up, the
+//! model listing and readiness. A service supplies its two `LazyModel`s and route names.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::card::{Band, ModelCard};
+use super::image::{IMAGE_FIELD, ImageLimits, Prepared, prepare};
+use super::model::LazyModel;
+use super::runtime::{self, RuntimeSettings};
+use super::tabular::{self, PATIENT_ID};
+use crate::error::{ApiError, ApiResult};
+use crate::health::{Check, readiness};
+use crate::request::ValidJson;
+
+/// A disease service's models and routes.
+#[derive(Debug)]
+pub struct DiseaseModels {
+    pub service: &'static str,
+    pub disease: &'static str,
+    pub tabular: Arc<LazyModel>,
+    /// The image model and the last segment of its route (`retina`, `ecg`).
+    pub image: Arc<LazyModel>,
+    pub image_route: &'static str,
+    pub image_limits: ImageLimits,
+    pub runtime: RuntimeSettings,
+}
+
+impl DiseaseModels {
+    fn all(&self) -> [&Arc<LazyModel>; 2] {
+        [&self.tabular, &self.image]
+    }
+
+    /// Mounts the guarded routes (call inside the internal-token scope).
+    pub fn routes(self: &Arc<Self>, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::from(self.clone()))
+            .route("/v1/predict/tabular", web::post().to(predict_tabular))
+            .route(
+                &format!("/v1/predict/{}", self.image_route),
+                web::post().to(predict_image),
+            )
+            .route("/v1/warmup", web::post().to(warmup))
+            .route("/models", web::get().to(models));
+    }
+
+    /// Starts the idle-unload watchers (call from within the runtime).
+    pub fn spawn_watchers(&self) {
+        for m in self.all() {
+            m.spawn_idle_watcher();
+        }
+    }
+}
+
+/// One class and its probability.
+#[derive(Debug, Serialize)]
+pub struct ClassProbability {
+    pub label: String,
+    pub name: String,
+    pub probability: f64,
+}
+
+/// What was predicted.
+#[derive(Debug, Serialize)]
+pub struct PredictionResult {
+    pub class_index: usize,
+    pub label: String,
+    pub name: String,
+    /// Probability of the predicted class.
+    pub probability: f64,
+    pub probabilities: Vec<ClassProbability>,
+    pub risk_band: String,
+    pub risk: RiskBasis,
+}
+
+/// How the risk band was chosen, with its thresholds.
+#[derive(Debug, Serialize)]
+#[serde(tag = "basis", rename_all = "snake_case")]
+pub enum RiskBasis {
+    /// Tabular: the band of the positive-class probability.
+    PositiveProbability {
+        positive_label: String,
+        positive_probability: f64,
+        bands: Vec<Band>,
+    },
+    /// Image: each class stands for a band.
+    PredictedClass { bands_by_class: Vec<ClassBand> },
+}
+
+/// The band a class stands for.
+#[derive(Debug, Serialize)]
+pub struct ClassBand {
+    pub label: String,
+    pub risk_band: String,
+}
+
+/// The model that answered.
+#[derive(Debug, Serialize)]
+pub struct ModelRef {
+    pub id: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// A prediction response.
+#[derive(Debug, Serialize)]
+pub struct Prediction {
+    pub prediction_id: String,
+    pub disease: String,
+    pub modality: &'static str,
+    pub result: PredictionResult,
+    pub model: ModelRef,
+    pub demo: bool,
+    pub notice: String,
+    pub inference_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+    pub created_at_unix_ms: u64,
+    /// The audit record of this prediction; null until the chain service records it.
+    pub audit: Option<Value>,
+}
+
+/// What the service saw of an uploaded image.
+#[derive(Debug, Serialize)]
+pub struct ImageInfo {
+    pub format: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub decode_scale: u32,
+}
+
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits.iter().map(|&z| f64::from(z - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+fn argmax(p: &[f64]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
+fn build_result(card: &ModelCard, probs: Vec<f64>) -> ApiResult<PredictionResult> {
+    if probs.len() != card.classes.len() || probs.iter().any(|p| !p.is_finite()) {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "model `{}` returned {} values for {} classes",
+            card.model_id,
+            probs.len(),
+            card.classes.len()
+        )));
+    }
+    let best = argmax(&probs);
+    let class = &card.classes[best];
+    let (risk_band, risk) = match &card.risk {
+        Some(r) => {
+            let p = probs[r.positive_class];
+            (
+                card.band_for(p).unwrap_or("unknown").to_string(),
+                RiskBasis::PositiveProbability {
+                    positive_label: card.classes[r.positive_class].label.clone(),
+                    positive_probability: p,
+                    bands: r.bands.clone(),
+                },
+            )
+        }
+        None => (
+            class.risk_band.clone().unwrap_or_else(|| "unknown".into()),
+            RiskBasis::PredictedClass {
+                bands_by_class: card
+                    .classes
+                    .iter()
+                    .map(|c| ClassBand {
+                        label: c.label.clone(),
+                        risk_band: c.risk_band.clone().unwrap_or_else(|| "unknown".into()),
+                    })
+                    .collect(),
+            },
+        ),
+    };
+    Ok(PredictionResult {
+        class_index: best,
+        label: class.label.clone(),
+        name: class.name.clone(),
+        probability: probs[best],
+        probabilities: card
+            .classes
+            .iter()
+            .zip(&probs)
+            .map(|(c, &p)| ClassProbability {
+                label: c.label.clone(),
+                name: c.name.clone(),
+                probability: p,
+            })
+            .collect(),
+        risk_band,
+        risk,
+    })
+}
+
+fn prediction(
+    card: &ModelCard,
+    probs: Vec<f64>,
+    inference_ms: f64,
+    image: Option<ImageInfo>,
+) -> ApiResult<Prediction> {
+    Ok(Prediction {
+        prediction_id: uuid::Uuid::new_v4().to_string(),
+        disease: card.disease.clone(),
+        modality: match card.modality {
+            super::card::Modality::Tabular => "tabular",
+            super::card::Modality::Image => "image",
+        },
+        result: build_result(card, probs)?,
+        model: ModelRef {
+            id: card.model_id.clone(),
+            version: card.version.clone(),
+            sha256: card.sha256.clone(),
+        },
+        demo: card.demo,
+        notice: card.notice.clone(),
+        inference_ms,
+        image,
+        created_at_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        audit: None,
+    })
+}
+
+fn ort_err(what: &'static str) -> impl Fn(ort::Error) -> ApiError {
+    move |e| ApiError::Internal(anyhow::anyhow!("{what}: {e}"))
+}
+
+/// Runs a float32 input of `shape` through `model` and returns the named output and the
+/// time ONNX Runtime took.
+async fn infer(
+    model: &LazyModel,
+    permit: &tokio::sync::OwnedSemaphorePermit,
+    shape: Vec<i64>,
+    data: Vec<f32>,
+    input: String,
+    output: String,
+) -> ApiResult<(Vec<f32>, f64)> {
+    model
+        .run(permit, move |session| {
+            let tensor =
+                ort::value::Tensor::from_array((shape, data)).map_err(ort_err("input tensor"))?;
+            let start = Instant::now();
+            let outputs = session
+                .run(ort::inputs![input.as_str() => tensor])
+                .map_err(ort_err("inference"))?;
+            let elapsed = start.elapsed().as_secs_f64() * 1e3;
+            let (_, values) = outputs[output.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(ort_err("output tensor"))?;
+            Ok((values.to_vec(), elapsed))
+        })
+        .await
+}
+
+/// `POST /v1/predict/tabular`
+async fn predict_tabular(
+    models: web::Data<DiseaseModels>,
+    body: ValidJson<Value>,
+) -> ApiResult<HttpResponse> {
+    let model = &models.tabular;
+    let card = model.card()?;
+    let input = tabular::validate(card, &body.0)?;
+    let permit = model.admit()?;
+    let n = input.features.len() as i64;
+    let output = card
+        .probabilities_output()
+        .unwrap_or("probabilities")
+        .to_string();
+    let (probs, ms) = infer(
+        model,
+        &permit,
+        vec![1, n],
+        input.features,
+        card.input.name.clone(),
+        output,
+    )
+    .await?;
+    let probs = probs.into_iter().map(f64::from).collect();
+    Ok(HttpResponse::Ok().json(prediction(card, probs, ms, None)?))
+}
+
+/// `POST /v1/predict/{retina|ecg}`: multipart with an `image` file and optional `patient_id`.
+async fn predict_image(
+    req: HttpRequest,
+    models: web::Data<DiseaseModels>,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let model = &models.image;
+    let card = model.card()?.clone();
+    let limits = &models.image_limits;
+    check_multipart_headers(&req, limits.max_bytes)?;
+    // The permit is taken before the body is read, so waiting uploads are bounded too.
+    let permit = model.admit()?;
+    let (bytes, _patient_id) = read_image_upload(&req, payload, limits.max_bytes).await?;
+    let pre = card
+        .preprocessing
+        .clone()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("image card without preprocessing")))?;
+    let limits = limits.clone();
+    let span = tracing::Span::current();
+    let prepared: Prepared = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        prepare(&bytes, &pre, &limits)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("preprocessing task failed: {e}")))??;
+    let info = ImageInfo {
+        format: prepared.format,
+        width: prepared.original_width,
+        height: prepared.original_height,
+        decode_scale: prepared.decode_scale,
+    };
+    let shape = vec![1, 3, i64::from(prepared.height), i64::from(prepared.width)];
+    let output = card.logits_output().unwrap_or("logits").to_string();
+    let (logits, ms) = infer(
+        model,
+        &permit,
+        shape,
+        prepared.tensor,
+        card.input.name.clone(),
+        output,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(prediction(&card, softmax(&logits), ms, Some(info))?))
+}
+
+fn check_multipart_headers(req: &HttpRequest, max_bytes: usize) -> ApiResult<()> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+        return Err(ApiError::UnsupportedMediaType {
+            detail: format!(
+                "send the image as multipart/form-data with a file field `{IMAGE_FIELD}`"
+            ),
+            field: None,
+        });
+    }
+    if !ct.to_ascii_lowercase().contains("boundary=") {
+        return Err(ApiError::bad_request(
+            "the multipart content type has no boundary",
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // Allow a little for the multipart framing and a patient id.
+    if declared.is_some_and(|n| n > max_bytes + 16 * 1024) {
+        return Err(too_large(max_bytes));
+    }
+    Ok(())
+}
+
+fn too_large(max_bytes: usize) -> ApiError {
+    ApiError::TooLarge {
+        detail: format!("the upload is larger than {} bytes", max_bytes),
+        field: Some(IMAGE_FIELD.into()),
+    }
+}
+
+async fn read_image_upload(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_bytes: usize,
+) -> ApiResult<(Vec<u8>, Option<String>)> {
+    let mut form = Multipart::new(req.headers(), payload);
+    let mut image: Option<Vec<u8>> = None;
+    let mut patient_id = None;
+    let bad = |e: actix_multipart::MultipartError| {
+        ApiError::bad_request(format!("malformed multipart body: {e}"))
+    };
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(bad)?;
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            IMAGE_FIELD => {
+                if image.is_some() {
+                    return Err(ApiError::invalid(
+                        IMAGE_FIELD,
+                        "send exactly one image per request",
+                    ));
+                }
+                let mut buf = Vec::new();
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk.map_err(bad)?;
+                    if buf.len() + chunk.len() > max_bytes {
+                        return Err(too_large(max_bytes));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                image = Some(buf);
+            }
+            PATIENT_ID => {
+                let mut buf = Vec::new();
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk.map_err(bad)?;
+                    if buf.len() + chunk.len() > 1024 {
+                        return Err(ApiError::invalid(PATIENT_ID, "`patient_id` is too long"));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                let text = String::from_utf8(buf)
+                    .map_err(|_| ApiError::invalid(PATIENT_ID, "`patient_id` must be UTF-8"))?;
+                patient_id = Some(tabular::check_patient_id(&text)?);
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    format!(
+                        "unknown multipart field `{other}`; send the file as `{IMAGE_FIELD}` \
+                         (and optionally `{PATIENT_ID}`)"
+                    ),
+                ));
+            }
+        }
+    }
+    let image = image.ok_or_else(|| {
+        ApiError::invalid(
+            IMAGE_FIELD,
+            format!("missing the multipart file field `{IMAGE_FIELD}`"),
+        )
+    })?;
+    Ok((image, patient_id))
+}
+
+/// `POST /v1/warmup`: starts loading both models in the background; returns at once.
+async fn warmup(models: web::Data<DiseaseModels>) -> HttpResponse {
+    for m in models.all() {
+        m.warm_up();
+    }
+    HttpResponse::Accepted().json(serde_json::json!({
+        "status": "warming",
+        "models": models.all().iter().map(|m| m.key()).collect::<Vec<_>>(),
+    }))
+}
+
+/// `GET /models`: every model's state and figures, and the process's memory.
+async fn models(models: web::Data<DiseaseModels>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "service": models.service,
+        "disease": models.disease,
+        "onnxruntime_loaded": runtime::is_loaded(),
+        "memory": crate::memory::read(),
+        "models": models.all().iter().map(|m| m.status()).collect::<Vec<_>>(),
+    }))
+}
+
+/// `GET /readyz`: settings valid, the ONNX Runtime library present, both model files present
+/// with the card's hash (verified once per file version). Loads nothing.
+pub async fn readyz(models: web::Data<DiseaseModels>) -> HttpResponse {
+    let mut checks = vec![Check {
+        name: "onnxruntime_library".into(),
+        ok: models.runtime.library_present().is_ok(),
+        detail: models
+            .runtime
+            .library_present()
+            .err()
+            .unwrap_or_else(|| models.runtime.library().display().to_string()),
+    }];
+    for m in models.all() {
+        let key = m.key().to_string();
+        let m = m.clone();
+        let result = tokio::task::spawn_blocking(move || m.verified_file())
+            .await
+            .unwrap_or_else(|e| Err(format!("check failed: {e}")));
+        checks.push(Check {
+            name: format!("model_{key}"),
+            ok: result.is_ok(),
+            detail: result
+                .err()
+                .unwrap_or_else(|| "file present, sha256 matches its card".into()),
+        });
+    }
+    readiness(models.service, checks)
+}

@@ -1,0 +1,123 @@
+//! The ONNX Runtime environment: loaded from the shared library only when the first model
+//! loads (an idle service never pays for it), once per process, and the session options every
+//! model uses.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use serde::Deserialize;
+
+/// How ONNX Runtime is found and how sessions are built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Path of `libonnxruntime.so`. Empty: `ORT_DYLIB_PATH`, else the workspace's `.tools`
+    /// copy installed by `scripts/setup.sh`, else the dynamic loader's search path.
+    pub library_path: String,
+    /// Intra-op threads per session; 0 = the cgroup-aware CPU count.
+    pub intra_threads: usize,
+    /// ONNX Runtime's CPU memory arena. Off by default: see the measurement in the README.
+    pub cpu_arena: bool,
+    /// ONNX Runtime's memory-pattern planning (pre-allocates per input shape).
+    pub memory_pattern: bool,
+}
+
+static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+/// Version of the ONNX Runtime library this build expects.
+pub const ORT_VERSION: &str = "1.31.1";
+
+impl RuntimeSettings {
+    /// The library file that will be loaded.
+    pub fn library(&self) -> PathBuf {
+        if !self.library_path.is_empty() {
+            return PathBuf::from(&self.library_path);
+        }
+        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let dev = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools"))
+            .join(format!("onnxruntime-{ORT_VERSION}"))
+            .join(format!("libonnxruntime.so.{ORT_VERSION}"));
+        if dev.exists() {
+            dev
+        } else {
+            PathBuf::from(format!("libonnxruntime.so.{ORT_VERSION}"))
+        }
+    }
+
+    /// Intra-op thread count in force.
+    pub fn threads(&self) -> usize {
+        if self.intra_threads > 0 {
+            self.intra_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// A readiness check that does not load anything: is the library file there?
+    pub fn library_present(&self) -> Result<(), String> {
+        let lib = self.library();
+        if lib.is_absolute() && !lib.exists() {
+            return Err(format!(
+                "ONNX Runtime library not found at {} (run scripts/setup.sh or set \
+                 runtime.library_path / ORT_DYLIB_PATH)",
+                lib.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the library has been loaded in this process.
+pub fn is_loaded() -> bool {
+    ENVIRONMENT.get().is_some()
+}
+
+/// Loads the library and creates the environment, once. Failures are not cached: the next
+/// model load tries again (the file may have been installed meanwhile).
+pub fn ensure(settings: &RuntimeSettings) -> Result<(), String> {
+    if is_loaded() {
+        return Ok(());
+    }
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if is_loaded() {
+        return Ok(());
+    }
+    settings.library_present()?;
+    let lib = settings.library();
+    let env = ort::init_from(&lib)
+        .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?
+        .with_name("medchain")
+        .build()
+        .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
+    tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    let _ = ENVIRONMENT.set(env);
+    Ok(())
+}
+
+/// Builds a session for `path` with the configured options.
+pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Session, String> {
+    let err = |e: ort::Error<_>| format!("cannot configure the session: {e}");
+    let env = ENVIRONMENT
+        .get()
+        .ok_or("ONNX Runtime is not loaded (runtime::ensure was not called)")?;
+    Session::builder(env)
+        .map_err(|e| format!("cannot create a session builder: {e}"))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(err)?
+        .with_intra_threads(settings.threads())
+        .map_err(err)?
+        .with_memory_pattern(settings.memory_pattern)
+        .map_err(err)?
+        .with_execution_providers([ort::ep::CPU::default()
+            .with_arena_allocator(settings.cpu_arena)
+            .build()])
+        .map_err(err)?
+        .commit_from_file(path)
+        .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", path.display()))
+}

@@ -1,0 +1,156 @@
+//! A disease service, assembled: its settings tree and its HTTP application. diabetes-svc and
+//! heart-svc differ only in their names, route and embedded defaults.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, web};
+use serde::Deserialize;
+
+use super::image::ImageLimits;
+use super::model::{LazyModel, MemorySettings, ModelSettings};
+use super::routes::{DiseaseModels, readyz};
+use super::runtime::RuntimeSettings;
+use crate::auth::require_internal_token;
+use crate::request::request_context;
+use crate::server::{Application, Common};
+use crate::settings::{self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings};
+
+/// Every setting of a disease service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiseaseSettings {
+    pub server: ServerSettings,
+    pub telemetry: TelemetrySettings,
+    pub auth: AuthSettings,
+    pub runtime: RuntimeSettings,
+    pub memory: MemorySettings,
+    pub images: ImageLimits,
+    pub models: ModelsSettings,
+}
+
+/// Where the models are and how each is served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSettings {
+    /// Folder the card paths are relative to; empty = this repository's `models/`.
+    pub dir: String,
+    pub tabular: ModelSettings,
+    pub image: ModelSettings,
+}
+
+impl ModelsSettings {
+    /// The models folder in force.
+    pub fn dir(&self) -> PathBuf {
+        if self.dir.is_empty() {
+            let dev = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"));
+            dev.canonicalize().unwrap_or(dev)
+        } else {
+            PathBuf::from(&self.dir)
+        }
+    }
+}
+
+/// What distinguishes one disease service from the other.
+#[derive(Debug, Clone, Copy)]
+pub struct DiseaseSpec {
+    /// `diabetes-svc`
+    pub service: &'static str,
+    /// `diabetes`
+    pub disease: &'static str,
+    /// Env prefix, also the metrics prefix in lower case: `DIABETES`.
+    pub env_prefix: &'static str,
+    /// `retina` → `POST /v1/predict/retina`
+    pub image_route: &'static str,
+    /// The service's embedded default settings (TOML).
+    pub defaults: &'static str,
+    pub version: &'static str,
+}
+
+impl DiseaseSettings {
+    /// Embedded defaults → `<PREFIX>_CONFIG` file → `<PREFIX>__*` env; validated.
+    pub fn load(spec: &DiseaseSpec) -> Result<Self, SettingsError> {
+        let s: Self = settings::load(spec.defaults, spec.env_prefix, &[])?;
+        s.validate(spec)?;
+        Ok(s)
+    }
+
+    /// Checks that types cannot express.
+    pub fn validate(&self, spec: &DiseaseSpec) -> Result<(), SettingsError> {
+        self.auth.validate(spec.env_prefix, &self.server)?;
+        let invalid = |key: &str, reason: &str| SettingsError::Invalid {
+            key: key.into(),
+            env: format!(
+                "{}__{}",
+                spec.env_prefix,
+                key.to_ascii_uppercase().replace('.', "__")
+            ),
+            reason: reason.into(),
+        };
+        if self.images.max_bytes == 0 {
+            return Err(invalid("images.max_bytes", "must be positive"));
+        }
+        if !self.images.max_megapixels.is_finite() || self.images.max_megapixels <= 0.0 {
+            return Err(invalid("images.max_megapixels", "must be positive"));
+        }
+        if self.memory.limit_mb <= self.memory.reserve_mb {
+            return Err(invalid("memory.limit_mb", "must exceed memory.reserve_mb"));
+        }
+        let dir = self.models.dir();
+        if !dir.is_dir() {
+            return Err(invalid(
+                "models.dir",
+                &format!("{} is not a folder", dir.display()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the service's models (nothing is loaded) and its server.
+pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Application> {
+    let dir = settings.models.dir();
+    let model = |key: &str, s: &ModelSettings| {
+        Arc::new(LazyModel::new(
+            key,
+            &dir,
+            s,
+            settings.runtime.clone(),
+            settings.memory.clone(),
+        ))
+    };
+    let models = Arc::new(DiseaseModels {
+        service: spec.service,
+        disease: spec.disease,
+        tabular: model("tabular", &settings.models.tabular),
+        image: model(spec.image_route, &settings.models.image),
+        image_route: spec.image_route,
+        image_limits: settings.images.clone(),
+        runtime: settings.runtime.clone(),
+    });
+    if tokio::runtime::Handle::try_current().is_ok() {
+        models.spawn_watchers();
+    }
+    let common = Common::new(
+        spec.service,
+        spec.version,
+        &spec.env_prefix.to_ascii_lowercase(),
+        &settings.auth,
+    );
+    Application::build(&settings.server, move || {
+        let common = common.clone();
+        let models = models.clone();
+        let guarded = models.clone();
+        App::new()
+            .wrap(from_fn(request_context))
+            .configure(move |cfg| common.register(cfg))
+            .app_data(web::Data::from(models))
+            .route("/readyz", web::get().to(readyz))
+            .service(
+                web::scope("")
+                    .wrap(from_fn(require_internal_token))
+                    .configure(move |cfg| guarded.routes(cfg)),
+            )
+    })
+}

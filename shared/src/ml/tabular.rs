@@ -1,0 +1,170 @@
+//! Tabular input validation driven by the model card: every field typed, finite, within the
+//! card's range and allowed codes; unknown fields rejected; nullable fields may be null or
+//! omitted and reach the model as NaN (XGBoost's missing value).
+
+use serde_json::{Map, Value};
+
+use super::card::{Feature, ModelCard};
+use crate::error::ApiError;
+
+/// Field every prediction request may carry besides the features.
+pub const PATIENT_ID: &str = "patient_id";
+
+/// A validated tabular request.
+#[derive(Debug, Clone)]
+pub struct TabularInput {
+    /// Feature vector in the card's order; NaN for a missing value.
+    pub features: Vec<f32>,
+    /// The features as accepted (for the audit commitment), in card order.
+    pub canonical: Map<String, Value>,
+    pub patient_id: Option<String>,
+}
+
+/// Validates a JSON body against the card's features.
+pub fn validate(card: &ModelCard, body: &Value) -> Result<TabularInput, ApiError> {
+    let obj = body.as_object().ok_or_else(|| ApiError::Invalid {
+        detail: format!(
+            "the body must be a JSON object with the fields {}",
+            field_list(card)
+        ),
+        field: None,
+    })?;
+    for key in obj.keys() {
+        if key != PATIENT_ID && !card.features.iter().any(|f| &f.name == key) {
+            return Err(ApiError::invalid(
+                key.clone(),
+                format!("unknown field `{key}`; expected {}", field_list(card)),
+            ));
+        }
+    }
+    let patient_id = patient_id(obj.get(PATIENT_ID))?;
+    let mut features = Vec::with_capacity(card.features.len());
+    let mut canonical = Map::new();
+    for f in &card.features {
+        let v = feature_value(f, obj.get(&f.name))?;
+        canonical.insert(
+            f.name.clone(),
+            v.map_or(Value::Null, |x| {
+                serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+            }),
+        );
+        features.push(v.map_or(f32::NAN, |x| x as f32));
+    }
+    Ok(TabularInput {
+        features,
+        canonical,
+        patient_id,
+    })
+}
+
+fn field_list(card: &ModelCard) -> String {
+    let names: Vec<&str> = card.features.iter().map(|f| f.name.as_str()).collect();
+    format!("{} (and optionally `{PATIENT_ID}`)", names.join(", "))
+}
+
+fn feature_value(f: &Feature, v: Option<&Value>) -> Result<Option<f64>, ApiError> {
+    let unit = if f.unit == "1" || f.unit == "code" || f.unit == "count" {
+        String::new()
+    } else {
+        format!(" {}", f.unit)
+    };
+    let range = format!("{} and {}{unit}", f.min, f.max);
+    let x = match v {
+        None | Some(Value::Null) if f.nullable => return Ok(None),
+        None => {
+            return Err(ApiError::invalid(
+                &f.name,
+                format!(
+                    "missing field `{}` ({}, between {range})",
+                    f.name, f.description
+                ),
+            ));
+        }
+        Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                &f.name,
+                format!("`{}` is required and may not be null", f.name),
+            ));
+        }
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| {
+            ApiError::invalid(
+                &f.name,
+                format!("`{}` is not a representable number", f.name),
+            )
+        })?,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                &f.name,
+                format!("`{}` must be a number, got {}", f.name, json_type(other)),
+            ));
+        }
+    };
+    if !x.is_finite() {
+        return Err(ApiError::invalid(
+            &f.name,
+            format!("`{}` must be finite", f.name),
+        ));
+    }
+    if f.integer && x.fract() != 0.0 {
+        return Err(ApiError::invalid(
+            &f.name,
+            format!("`{}` must be a whole number, got {x}", f.name),
+        ));
+    }
+    if let Some(allowed) = &f.allowed
+        && !allowed.contains(&x)
+    {
+        let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+        return Err(ApiError::invalid(
+            &f.name,
+            format!(
+                "`{}` must be one of {} ({}), got {x}",
+                f.name,
+                list.join(", "),
+                f.description
+            ),
+        ));
+    }
+    if x < f.min || x > f.max {
+        return Err(ApiError::invalid(
+            &f.name,
+            format!("`{}` must be between {range}, got {x}", f.name),
+        ));
+    }
+    Ok(Some(x))
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Validates an optional patient id: 1 to 128 printable characters.
+pub fn patient_id(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => check_patient_id(s).map(Some),
+        Some(other) => Err(ApiError::invalid(
+            PATIENT_ID,
+            format!("`{PATIENT_ID}` must be a string, got {}", json_type(other)),
+        )),
+    }
+}
+
+/// 1 to 128 characters, none of them control characters.
+pub fn check_patient_id(s: &str) -> Result<String, ApiError> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            PATIENT_ID,
+            format!("`{PATIENT_ID}` must be 1 to 128 printable characters"),
+        ));
+    }
+    Ok(s.to_string())
+}
