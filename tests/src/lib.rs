@@ -1,1 +1,171 @@
-//! Helpers for the end-to-end tests of the whole system (they arrive with the services).
+//! Test support: spawn a service on port 0 with real models and ONNX Runtime, and talk to it.
+//! Used by the services' integration tests and by the end-to-end tests in `tests/tests`.
+
+use std::path::{Path, PathBuf};
+
+use medchain_shared::ml::service::{self, DiseaseSettings, DiseaseSpec};
+use serde_json::Value;
+
+/// The repository's `models/` folder.
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
+}
+
+/// `models/examples/fixtures.json`.
+pub fn fixtures() -> Value {
+    let path = models_dir().join("examples/fixtures.json");
+    let text = std::fs::read_to_string(&path).expect("read fixtures.json");
+    serde_json::from_str(&text).expect("parse fixtures.json")
+}
+
+/// A copy of `models/` in a temporary folder, for tests that break files.
+pub fn models_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&models_dir(), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).expect("copy");
+        }
+    }
+}
+
+/// A running service on loopback.
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// Sent as `x-internal-token` when set.
+    pub token: Option<String>,
+}
+
+/// A token long enough for the settings' validation.
+pub const TEST_TOKEN: &str = "test-internal-token-0123456789";
+
+/// Starts a disease service on port 0 with its embedded defaults, changed by `tweak`.
+pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSettings)) -> TestApp {
+    medchain_shared::telemetry::init_for_tests();
+    let mut settings = DiseaseSettings::load(&spec).expect("embedded defaults load");
+    settings.server.port = 0;
+    settings.server.workers = 2;
+    tweak(&mut settings);
+    settings.validate(&spec).expect("test settings are valid");
+    let token = settings
+        .auth
+        .internal_token
+        .as_ref()
+        .map(|_| TEST_TOKEN.to_string());
+    let app = service::build(spec, settings).expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        token,
+    }
+}
+
+impl TestApp {
+    fn with_token(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.header("x-internal-token", t),
+            None => rb,
+        }
+    }
+
+    /// GET with the internal token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.with_token(self.client.get(format!("{}{path}", self.address)))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// POST a JSON value with the internal token.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.with_token(self.client.post(format!("{}{path}", self.address)))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// POST raw bytes with a content type, with the internal token.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        self.with_token(self.client.post(format!("{}{path}", self.address)))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// POST a multipart form with the internal token.
+    pub async fn post_form(&self, path: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.with_token(self.client.post(format!("{}{path}", self.address)))
+            .multipart(form)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// POST an image file as the `image` part.
+    pub async fn post_image(&self, path: &str, bytes: Vec<u8>, name: &str) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string());
+        self.post_form(path, reqwest::multipart::Form::new().part("image", part))
+            .await
+    }
+
+    /// `GET /models` as JSON.
+    pub async fn models(&self) -> Value {
+        self.get("/models").await.json().await.expect("models json")
+    }
+
+    /// The `/models` entry of `key`.
+    pub async fn model(&self, key: &str) -> Value {
+        let all = self.models().await;
+        all["models"]
+            .as_array()
+            .expect("models array")
+            .iter()
+            .find(|m| m["key"] == key)
+            .cloned()
+            .expect("model listed")
+    }
+}
+
+/// Asserts a problem+json error with `status` naming `field` (when given); returns its body.
+pub async fn assert_problem(res: reqwest::Response, status: u16, field: Option<&str>) -> Value {
+    let got = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert_eq!(got, status, "{body}");
+    assert_eq!(ct, "application/problem+json", "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    if let Some(f) = field {
+        assert_eq!(body["field"], f, "{body}");
+    }
+    body
+}

@@ -78,6 +78,9 @@ pub fn prepare(
             ));
         }
     };
+    if format == ImageFormat::Jpeg && !has_jpeg_end(bytes) {
+        return Err(corrupt("the JPEG is truncated (no end-of-image marker)"));
+    }
     let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(corrupt)?;
@@ -119,6 +122,14 @@ pub fn prepare(
         original_height: h,
         decode_scale: scale,
     })
+}
+
+/// Whether a JPEG ends (give or take a little trailing padding) with its EOI marker. Inside
+/// entropy-coded data 0xFF is always stuffed or a restart marker, so a missing FFD9 near the
+/// end means the file was cut short; lenient decoders would otherwise fill the rest with grey.
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Full decode with the `image` crate: any colour type, 16 bits, CMYK, alpha, EXIF orientation.
@@ -220,4 +231,134 @@ fn normalise(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::card::Resize;
+
+    fn pre() -> Preprocessing {
+        Preprocessing {
+            resize: Resize {
+                width: 224,
+                height: 224,
+                filter: "bilinear_antialiased".into(),
+                keep_aspect: false,
+            },
+            exif_orientation: true,
+            channel_order: "RGB".into(),
+            scale: 1.0 / 255.0,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            layout: "NCHW".into(),
+        }
+    }
+
+    fn limits() -> ImageLimits {
+        ImageLimits {
+            max_bytes: 10 << 20,
+            max_megapixels: 40.0,
+        }
+    }
+
+    fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+            .encode_image(img)
+            .expect("encode");
+        out
+    }
+
+    /// Inserts an EXIF APP1 segment with the given orientation right after SOI.
+    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = vec![
+            b'I', b'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0,
+        ];
+        tiff.extend_from_slice(&orientation.to_le_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let len = (2 + 6 + tiff.len()) as u16;
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(b"Exif\0\0");
+        out.extend_from_slice(&tiff);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    fn red_at(t: &[f32], x: usize, y: usize) -> f32 {
+        t[y * 224 + x]
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // Left half red, right half blue; orientation 6 = rotate 90° clockwise to display,
+        // which puts the left (red) half on top.
+        let img = RgbImage::from_fn(80, 40, |x, _| {
+            if x < 40 {
+                image::Rgb([250, 0, 0])
+            } else {
+                image::Rgb([0, 0, 250])
+            }
+        });
+        let upright = prepare(&jpeg(&img, 95), &pre(), &limits()).expect("plain");
+        assert!(red_at(&upright.tensor, 20, 112) > 1.5 && red_at(&upright.tensor, 200, 112) < 0.0);
+        let rotated =
+            prepare(&with_orientation(&jpeg(&img, 95), 6), &pre(), &limits()).expect("with exif");
+        assert_eq!((rotated.original_width, rotated.original_height), (80, 40));
+        assert!(red_at(&rotated.tensor, 112, 20) > 1.5, "top should be red");
+        assert!(
+            red_at(&rotated.tensor, 112, 200) < 0.0,
+            "bottom should be blue"
+        );
+    }
+
+    #[test]
+    fn large_jpegs_decode_at_reduced_scale_with_the_same_result() {
+        let img = RgbImage::from_fn(2400, 1800, |x, y| {
+            let v = |f: f32| (127.0 + 120.0 * f.sin()) as u8;
+            image::Rgb([
+                v(x as f32 / 97.0),
+                v(y as f32 / 61.0),
+                v((x + y) as f32 / 143.0),
+            ])
+        });
+        let bytes = jpeg(&img, 92);
+        let scaled = prepare(&bytes, &pre(), &limits()).expect("scaled");
+        assert_eq!(scaled.decode_scale, 4);
+        let full = decode_full(&bytes, ImageFormat::Jpeg, 40_000_000).expect("full decode");
+        let reference = normalise(&resize(&full, 224, 224).expect("resize"), 224, 224, &pre());
+        let mean_diff: f32 = scaled
+            .tensor
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / reference.len() as f32;
+        // Normalised units (1/255 of range ≈ 0.017): on average well under two grey levels.
+        assert!(mean_diff < 0.03, "mean |diff| {mean_diff}");
+    }
+
+    #[test]
+    fn small_jpegs_are_decoded_in_full() {
+        let img = RgbImage::from_pixel(600, 400, image::Rgb([10, 20, 30]));
+        assert_eq!(
+            prepare(&jpeg(&img, 90), &pre(), &limits())
+                .expect("ok")
+                .decode_scale,
+            1
+        );
+    }
+
+    #[test]
+    fn the_pixel_limit_is_checked_from_the_header() {
+        let img = RgbImage::from_pixel(3000, 2000, image::Rgb([1, 2, 3]));
+        let small = ImageLimits {
+            max_bytes: 10 << 20,
+            max_megapixels: 5.0,
+        };
+        let err = prepare(&jpeg(&img, 50), &pre(), &small).expect_err("too many pixels");
+        assert_eq!(err.problem().status, 413);
+    }
 }

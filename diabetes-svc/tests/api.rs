@@ -1,0 +1,513 @@
+//! diabetes-svc against real ONNX Runtime and the real models in `models/`, on port 0.
+
+use medchain_diabetes_svc::SPEC;
+use medchain_tests::{TEST_TOKEN, assert_problem, fixtures, models_copy, spawn_disease};
+use serde_json::{Value, json};
+
+fn valid_body() -> Value {
+    json!({
+        "pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
+        "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50
+    })
+}
+
+fn probabilities(body: &Value) -> Vec<f64> {
+    body["result"]["probabilities"]
+        .as_array()
+        .expect("probabilities")
+        .iter()
+        .map(|p| p["probability"].as_f64().expect("number"))
+        .collect()
+}
+
+fn assert_close(got: &[f64], want: &Value, tol: f64, what: &str) {
+    let want: Vec<f64> = want
+        .as_array()
+        .expect("fixture probabilities")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: got {got:?}, fixture {want:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tabular_fixtures_are_reproduced() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let fx = fixtures();
+    let tol = fx["tolerance"].as_f64().expect("tolerance");
+    let rows: Vec<&Value> = fx["tabular"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["disease"] == "diabetes")
+        .collect();
+    assert!(rows.len() >= 5);
+    for row in rows {
+        let res = app.post_json("/v1/predict/tabular", &row["input"]).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["model"]["sha256"], row["model_sha256"]);
+        assert_close(
+            &probabilities(&body),
+            &row["probabilities"],
+            tol,
+            &row.to_string(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn retina_fixtures_are_reproduced() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let fx = fixtures();
+    let tol = fx["tolerance"].as_f64().expect("tolerance");
+    let items: Vec<&Value> = fx["image"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter(|r| r["disease"] == "diabetes")
+        .collect();
+    assert!(items.len() >= 5, "retina fixtures missing");
+    for item in items {
+        let file = item["file"].as_str().expect("file");
+        let bytes = std::fs::read(medchain_tests::models_dir().join("examples").join(file))
+            .expect("example image");
+        let res = app.post_image("/v1/predict/retina", bytes, file).await;
+        assert_eq!(res.status(), 200, "{file}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["demo"], true);
+        assert!(
+            body["notice"]
+                .as_str()
+                .is_some_and(|n| n.contains("not for clinical use"))
+        );
+        assert_close(&probabilities(&body), &item["probabilities"], tol, file);
+    }
+}
+
+#[tokio::test]
+async fn a_prediction_carries_model_risk_and_notice() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let body: Value = app
+        .post_json("/v1/predict/tabular", &valid_body())
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["disease"], "diabetes");
+    assert_eq!(body["model"]["id"], "diabetes-tabular-xgb");
+    assert_eq!(body["result"]["label"], "diabetes");
+    assert_eq!(body["result"]["risk_band"], "high");
+    assert_eq!(body["result"]["risk"]["bands"][0]["below"], 0.3);
+    assert!(body["inference_ms"].as_f64().is_some_and(|t| t > 0.0));
+    assert!(body["notice"].as_str().is_some_and(|n| !n.is_empty()));
+    assert!(body["audit"].is_null());
+}
+
+#[tokio::test]
+async fn fifty_concurrent_first_requests_load_the_model_once() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    assert_eq!(app.model("tabular").await["state"], "unloaded");
+    let body = valid_body();
+    let requests = (0..50).map(|_| app.post_json("/v1/predict/tabular", &body));
+    let responses = futures_util::future::join_all(requests).await;
+    assert!(responses.iter().all(|r| r.status() == 200));
+    let model = app.model("tabular").await;
+    assert_eq!(model["loads"], 1, "{model}");
+    assert_eq!(model["requests_served"], 50, "{model}");
+    assert_eq!(model["state"], "ready");
+}
+
+#[tokio::test]
+async fn serves_only_its_own_models() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    assert_eq!(
+        app.post_json("/v1/predict/tabular", &valid_body())
+            .await
+            .status(),
+        200
+    );
+    let png = std::fs::read(medchain_tests::models_dir().join("examples/retina/0-no_dr-0.png"))
+        .expect("example");
+    assert_eq!(
+        app.post_image("/v1/predict/retina", png, "x.png")
+            .await
+            .status(),
+        200
+    );
+    let models = app.models().await;
+    let list = models["models"].as_array().expect("models");
+    assert_eq!(list.len(), 2);
+    for m in list {
+        assert_eq!(m["state"], "ready", "{m}");
+        assert!(
+            m["model_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("diabetes-"))
+        );
+        assert!(m["file"].as_str().is_some_and(|f| f.contains("/diabetes/")));
+    }
+    // No heart route either.
+    assert_eq!(
+        app.post_json("/v1/predict/ecg", &json!({})).await.status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_model_fails_its_endpoint_only_and_is_retried() {
+    let models = models_copy();
+    let onnx = models.path().join("diabetes/tabular.onnx");
+    let good = std::fs::read(&onnx).expect("read model");
+    let mut bad = good.clone();
+    for b in bad.iter_mut().skip(100).take(64) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&onnx, &bad).expect("corrupt model");
+    let dir = models.path().to_str().expect("utf-8").to_string();
+    let app = spawn_disease(SPEC, |s| s.models.dir = dir).await;
+
+    let res = app.post_json("/v1/predict/tabular", &valid_body()).await;
+    let problem = assert_problem(res, 503, None).await;
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("tabular") && detail.contains("sha256"),
+        "{detail}"
+    );
+    let status = app.model("tabular").await;
+    assert_eq!(status["state"], "failed");
+    assert!(
+        status["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("sha256"))
+    );
+
+    // The other model and health still work.
+    let png = std::fs::read(medchain_tests::models_dir().join("examples/retina/1-mild_npdr-0.png"))
+        .expect("example");
+    assert_eq!(
+        app.post_image("/v1/predict/retina", png, "x.png")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 503);
+
+    // Put the file back: the next request retries the load and succeeds.
+    std::fs::write(&onnx, &good).expect("restore model");
+    assert_eq!(
+        app.post_json("/v1/predict/tabular", &valid_body())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.model("tabular").await["loads"], 1);
+}
+
+#[tokio::test]
+async fn the_memory_guard_refuses_a_load_under_a_small_limit() {
+    let app = spawn_disease(SPEC, |s| {
+        s.memory.limit_mb = 16;
+        s.memory.reserve_mb = 8;
+    })
+    .await;
+    let res = app.post_json("/v1/predict/tabular", &valid_body()).await;
+    let problem = assert_problem(res, 503, None).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("memory guard")),
+        "{problem}"
+    );
+    assert_eq!(app.model("tabular").await["loads"], 0);
+}
+
+#[tokio::test]
+async fn the_internal_token_guards_everything_but_health() {
+    let mut app = spawn_disease(SPEC, |s| {
+        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+    })
+    .await;
+    assert_eq!(
+        app.post_json("/v1/predict/tabular", &valid_body())
+            .await
+            .status(),
+        200
+    );
+    app.token = Some("wrong-token-but-long-enough".into());
+    for path in ["/models", "/metrics"] {
+        assert_problem(app.get(path).await, 401, None).await;
+    }
+    assert_problem(
+        app.post_json("/v1/predict/tabular", &valid_body()).await,
+        401,
+        None,
+    )
+    .await;
+    app.token = None;
+    assert_problem(app.post_json("/v1/warmup", &json!({})).await, 401, None).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_ne!(app.get("/readyz").await.status(), 401);
+}
+
+#[tokio::test]
+async fn warmup_loads_both_models_in_the_background() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let res = app.post_json("/v1/warmup", &json!({})).await;
+    assert_eq!(res.status(), 202);
+    for key in ["tabular", "retina"] {
+        let mut state = Value::Null;
+        for _ in 0..600 {
+            state = app.model(key).await["state"].clone();
+            if state == "ready" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(state, "ready", "{key} did not finish loading");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_model_is_unloaded_and_loads_again_on_use() {
+    let app = spawn_disease(SPEC, |s| s.models.tabular.idle_unload_secs = 1).await;
+    assert_eq!(
+        app.post_json("/v1/predict/tabular", &valid_body())
+            .await
+            .status(),
+        200
+    );
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = app.model("tabular").await["state"].clone();
+        if state == "unloaded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "unloaded");
+    assert_eq!(
+        app.post_json("/v1/predict/tabular", &valid_body())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.model("tabular").await["loads"], 2);
+}
+
+#[tokio::test]
+async fn tabular_validation_names_the_field() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let with = |k: &str, v: Value| {
+        let mut b = valid_body();
+        b[k] = v;
+        b
+    };
+    let without = |k: &str| {
+        let mut b = valid_body();
+        b.as_object_mut().expect("object").remove(k);
+        b
+    };
+    let cases: Vec<(Value, u16, Option<&str>)> = vec![
+        (with("glucose", json!(700)), 422, Some("glucose")),
+        (with("glucose", json!(-5)), 422, Some("glucose")),
+        (with("glucose", json!("148")), 422, Some("glucose")),
+        (with("glucose", json!(null)), 422, Some("glucose")),
+        (with("glucose", json!(true)), 422, Some("glucose")),
+        (with("glucose", json!([148])), 422, Some("glucose")),
+        (with("glucose", json!(1e300)), 422, Some("glucose")),
+        (with("pregnancies", json!(2.5)), 422, Some("pregnancies")),
+        (with("age", json!(150)), 422, Some("age")),
+        (with("bmi", json!(0)), 422, Some("bmi")),
+        (with("sugar", json!(1)), 422, Some("sugar")),
+        (with("patient_id", json!(12)), 422, Some("patient_id")),
+        (with("patient_id", json!("")), 422, Some("patient_id")),
+        (without("glucose"), 422, Some("glucose")),
+        (json!([1, 2, 3]), 422, None),
+        (json!("text"), 422, None),
+        // Nullable fields may be null or left out.
+        (with("skin_thickness", json!(null)), 200, None),
+        (without("insulin"), 200, None),
+        (with("patient_id", json!("MRN-0042")), 200, None),
+    ];
+    for (body, status, field) in cases {
+        let res = app.post_json("/v1/predict/tabular", &body).await;
+        if status == 200 {
+            assert_eq!(res.status(), 200, "{body}");
+        } else {
+            assert_problem(res, status, field).await;
+        }
+    }
+    let raw_cases: Vec<(&str, &[u8], u16)> = vec![
+        ("application/json", b"", 400),
+        ("application/json", b"{\"glucose\": ", 400),
+        ("application/json", b"{\"glucose\": NaN}", 400),
+        ("text/plain", b"{}", 415),
+    ];
+    for (ct, body, status) in raw_cases {
+        let res = app.post_raw("/v1/predict/tabular", ct, body.to_vec()).await;
+        assert_problem(res, status, None).await;
+    }
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(100_000));
+    let res = app
+        .post_raw("/v1/predict/tabular", "application/json", huge.into_bytes())
+        .await;
+    assert_problem(res, 413, None).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+fn png(img: image::DynamicImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
+/// A PNG whose header claims `w`×`h` pixels, with a token data chunk (a decompression bomb's
+/// header: decoding it would need w×h×3 bytes).
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    v.extend_from_slice(&13u32.to_be_bytes());
+    v.extend_from_slice(&ihdr);
+    v.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    for (kind, data) in [
+        (&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0, 0, 0, 0, 1][..]),
+        (b"IEND", &[]),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(data);
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(&chunk);
+        v.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    v
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[tokio::test]
+async fn image_inputs_are_checked_before_decoding() {
+    let app = spawn_disease(SPEC, |s| s.images.max_bytes = 2_000_000).await;
+    let example =
+        std::fs::read(medchain_tests::models_dir().join("examples/retina/2-moderate_npdr-1.jpg"))
+            .expect("example");
+    let path = "/v1/predict/retina";
+    let gray =
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(64, 48, image::Luma([90])));
+    let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+        64,
+        48,
+        image::Rgba([200, 80, 30, 128]),
+    ));
+    let rgb16 = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+        64,
+        48,
+        image::Rgb([50_000u16, 20_000, 9_000]),
+    ));
+    let one =
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([1, 2, 3])));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("empty", vec![], 422),
+        ("text", b"this is not an image".to_vec(), 415),
+        ("gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(), 415),
+        (
+            "svg",
+            b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>".to_vec(),
+            415,
+        ),
+        ("truncated jpeg", example[..example.len() / 3].to_vec(), 422),
+        ("bomb", png_header_only(50_000, 50_000), 413),
+        ("too large", vec![0xff; 2_100_000], 413),
+        ("gray", png(gray), 200),
+        ("alpha", png(rgba), 200),
+        ("16-bit", png(rgb16), 200),
+        ("1x1", png(one), 200),
+    ];
+    for (what, bytes, status) in cases {
+        let res = app.post_image(path, bytes, "upload").await;
+        if status == 200 {
+            assert_eq!(res.status(), 200, "{what}");
+        } else {
+            let body = assert_problem(res, status, None).await;
+            assert!(
+                body["field"].is_null() || body["field"] == "image",
+                "{what}: {body}"
+            );
+        }
+    }
+    let form = || reqwest::multipart::Form::new();
+    let part = |b: &[u8]| reqwest::multipart::Part::bytes(b.to_vec()).file_name("x.jpg");
+    // Missing part, two images, wrong field name, not multipart, no boundary.
+    assert_problem(
+        app.post_form(path, form().text("patient_id", "p1")).await,
+        422,
+        Some("image"),
+    )
+    .await;
+    assert_problem(
+        app.post_form(
+            path,
+            form()
+                .part("image", part(&example))
+                .part("image", part(&example)),
+        )
+        .await,
+        422,
+        Some("image"),
+    )
+    .await;
+    assert_problem(
+        app.post_form(path, form().part("photo", part(&example)))
+            .await,
+        422,
+        Some("photo"),
+    )
+    .await;
+    assert_problem(
+        app.post_raw(path, "image/jpeg", example.clone()).await,
+        415,
+        None,
+    )
+    .await;
+    assert_problem(
+        app.post_raw(path, "multipart/form-data", example.clone())
+            .await,
+        400,
+        None,
+    )
+    .await;
+    let ok = app
+        .post_form(
+            path,
+            form()
+                .part("image", part(&example))
+                .text("patient_id", "MRN-7"),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}

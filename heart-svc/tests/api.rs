@@ -1,0 +1,171 @@
+//! heart-svc against real ONNX Runtime and the real models in `models/`, on port 0. (The
+//! shared machinery — lazy loading, guards, image checks — is exercised in diabetes-svc's tests.)
+
+use medchain_heart_svc::SPEC;
+use medchain_tests::{assert_problem, fixtures, models_dir, spawn_disease};
+use serde_json::{Value, json};
+
+fn valid_body() -> Value {
+    json!({
+        "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
+        "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6
+    })
+}
+
+fn probabilities(body: &Value) -> Vec<f64> {
+    body["result"]["probabilities"]
+        .as_array()
+        .expect("probabilities")
+        .iter()
+        .map(|p| p["probability"].as_f64().expect("number"))
+        .collect()
+}
+
+fn assert_close(got: &[f64], want: &Value, tol: f64, what: &str) {
+    let want: Vec<f64> = want
+        .as_array()
+        .expect("fixture")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: got {got:?}, fixture {want:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tabular_fixtures_are_reproduced() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let fx = fixtures();
+    let tol = fx["tolerance"].as_f64().expect("tolerance");
+    let rows: Vec<&Value> = fx["tabular"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["disease"] == "heart")
+        .collect();
+    assert!(rows.len() >= 5);
+    assert!(
+        rows.iter()
+            .any(|r| r["input"]["ca"].is_null() || r["input"]["thal"].is_null())
+    );
+    for row in rows {
+        let res = app.post_json("/v1/predict/tabular", &row["input"]).await;
+        assert_eq!(res.status(), 200, "{row}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["model"]["id"], "heart-tabular-xgb");
+        assert_close(
+            &probabilities(&body),
+            &row["probabilities"],
+            tol,
+            &row.to_string(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn ecg_fixtures_are_reproduced_or_the_missing_model_is_named() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let fx = fixtures();
+    let tol = fx["tolerance"].as_f64().expect("tolerance");
+    let items: Vec<&Value> = fx["image"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter(|r| r["disease"] == "heart")
+        .collect();
+    if models_dir().join("heart/ecg.card.json").exists() {
+        assert!(items.len() >= 4, "ECG fixtures missing");
+        for item in items {
+            let file = item["file"].as_str().expect("file");
+            let bytes = std::fs::read(models_dir().join("examples").join(file)).expect("image");
+            let res = app.post_image("/v1/predict/ecg", bytes, file).await;
+            assert_eq!(res.status(), 200, "{file}");
+            let body: Value = res.json().await.expect("json");
+            assert_eq!(body["demo"], true);
+            assert_close(&probabilities(&body), &item["probabilities"], tol, file);
+        }
+    } else {
+        // Until the ECG model is trained, its endpoint says so and the rest serves.
+        assert!(items.is_empty());
+        let png = std::fs::read(models_dir().join("examples/retina/0-no_dr-0.png")).expect("png");
+        let body = assert_problem(
+            app.post_image("/v1/predict/ecg", png, "x.png").await,
+            503,
+            None,
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains("ecg")),
+            "{body}"
+        );
+        assert_eq!(
+            app.post_json("/v1/predict/tabular", &valid_body())
+                .await
+                .status(),
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn categorical_codes_are_checked_against_their_sets() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let with = |k: &str, v: Value| {
+        let mut b = valid_body();
+        b[k] = v;
+        b
+    };
+    for (field, value) in [
+        ("cp", json!(5)),
+        ("cp", json!(0)),
+        ("sex", json!(2)),
+        ("thal", json!(4)),
+        ("slope", json!(0)),
+        ("restecg", json!(3)),
+        ("ca", json!(4)),
+        ("fbs", json!(0.5)),
+        ("oldpeak", json!(-1)),
+        ("thalach", json!(400)),
+    ] {
+        let res = app
+            .post_json("/v1/predict/tabular", &with(field, value))
+            .await;
+        assert_problem(res, 422, Some(field)).await;
+    }
+    for body in [with("ca", json!(null)), with("thal", json!(null))] {
+        assert_eq!(
+            app.post_json("/v1/predict/tabular", &body).await.status(),
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn serves_only_its_own_models() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    assert_eq!(
+        app.post_json("/v1/predict/tabular", &valid_body())
+            .await
+            .status(),
+        200
+    );
+    let models = app.models().await;
+    assert_eq!(models["disease"], "heart");
+    for m in models["models"].as_array().expect("models") {
+        assert!(
+            m["file"].as_str().is_some_and(|f| f.contains("/heart/")),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        app.post_json("/v1/predict/retina", &json!({}))
+            .await
+            .status(),
+        404
+    );
+}
