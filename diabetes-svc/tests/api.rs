@@ -1,7 +1,10 @@
 //! diabetes-svc against real ONNX Runtime and the real models in `models/`, on port 0.
 
 use medchain_diabetes_svc::SPEC;
-use medchain_tests::{TEST_TOKEN, assert_problem, fixtures, models_copy, spawn_disease};
+use medchain_tests::{
+    TEST_TOKEN, assert_problem, check_image_fixtures, check_tabular_fixtures, models_copy,
+    spawn_disease,
+};
 use serde_json::{Value, json};
 
 fn valid_body() -> Value {
@@ -11,84 +14,16 @@ fn valid_body() -> Value {
     })
 }
 
-fn probabilities(body: &Value) -> Vec<f64> {
-    body["result"]["probabilities"]
-        .as_array()
-        .expect("probabilities")
-        .iter()
-        .map(|p| p["probability"].as_f64().expect("number"))
-        .collect()
-}
-
-fn assert_close(got: &[f64], want: &Value, tol: f64, what: &str) {
-    let want: Vec<f64> = want
-        .as_array()
-        .expect("fixture probabilities")
-        .iter()
-        .map(|v| v.as_f64().expect("number"))
-        .collect();
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (g, w) in got.iter().zip(&want) {
-        assert!(
-            (g - w).abs() <= tol,
-            "{what}: got {got:?}, fixture {want:?}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn tabular_fixtures_are_reproduced() {
     let app = spawn_disease(SPEC, |_| {}).await;
-    let fx = fixtures();
-    let tol = fx["tolerance"].as_f64().expect("tolerance");
-    let rows: Vec<&Value> = fx["tabular"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter(|r| r["disease"] == "diabetes")
-        .collect();
-    assert!(rows.len() >= 5);
-    for row in rows {
-        let res = app.post_json("/v1/predict/tabular", &row["input"]).await;
-        assert_eq!(res.status(), 200);
-        let body: Value = res.json().await.expect("json");
-        assert_eq!(body["model"]["sha256"], row["model_sha256"]);
-        assert_close(
-            &probabilities(&body),
-            &row["probabilities"],
-            tol,
-            &row.to_string(),
-        );
-    }
+    assert!(check_tabular_fixtures(&app, "diabetes").await >= 5);
 }
 
 #[tokio::test]
 async fn retina_fixtures_are_reproduced() {
     let app = spawn_disease(SPEC, |_| {}).await;
-    let fx = fixtures();
-    let tol = fx["tolerance"].as_f64().expect("tolerance");
-    let items: Vec<&Value> = fx["image"]
-        .as_array()
-        .expect("images")
-        .iter()
-        .filter(|r| r["disease"] == "diabetes")
-        .collect();
-    assert!(items.len() >= 5, "retina fixtures missing");
-    for item in items {
-        let file = item["file"].as_str().expect("file");
-        let bytes = std::fs::read(medchain_tests::models_dir().join("examples").join(file))
-            .expect("example image");
-        let res = app.post_image("/v1/predict/retina", bytes, file).await;
-        assert_eq!(res.status(), 200, "{file}");
-        let body: Value = res.json().await.expect("json");
-        assert_eq!(body["demo"], true);
-        assert!(
-            body["notice"]
-                .as_str()
-                .is_some_and(|n| n.contains("not for clinical use"))
-        );
-        assert_close(&probabilities(&body), &item["probabilities"], tol, file);
-    }
+    assert!(check_image_fixtures(&app, "diabetes", "/v1/predict/retina").await >= 5);
 }
 
 #[tokio::test]
@@ -510,4 +445,33 @@ async fn image_inputs_are_checked_before_decoding() {
         .await;
     assert_eq!(ok.status(), 200);
     assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_show_model_queue_and_memory_figures() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    assert_eq!(
+        app.post_json("/v1/predict/tabular", &valid_body())
+            .await
+            .status(),
+        200
+    );
+    let text = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    for needle in [
+        "diabetes_model_loads_total{model=\"tabular\"}",
+        "diabetes_model_load_seconds{model=\"tabular\"}",
+        "diabetes_inference_seconds_bucket{model=\"tabular\"",
+        "diabetes_model_queue_depth{model=\"retina\"} 0",
+        "diabetes_model_state{model=\"tabular\"} 2",
+        "diabetes_process_resident_memory_bytes",
+        "diabetes_process_peak_resident_memory_bytes",
+        "diabetes_http_requests_total{",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
 }

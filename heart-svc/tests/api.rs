@@ -2,7 +2,10 @@
 //! shared machinery — lazy loading, guards, image checks — is exercised in diabetes-svc's tests.)
 
 use medchain_heart_svc::SPEC;
-use medchain_tests::{assert_problem, fixtures, models_dir, spawn_disease};
+use medchain_tests::{
+    assert_problem, check_image_fixtures, check_tabular_fixtures, fixtures, models_dir,
+    spawn_disease,
+};
 use serde_json::{Value, json};
 
 fn valid_body() -> Value {
@@ -12,86 +15,28 @@ fn valid_body() -> Value {
     })
 }
 
-fn probabilities(body: &Value) -> Vec<f64> {
-    body["result"]["probabilities"]
-        .as_array()
-        .expect("probabilities")
-        .iter()
-        .map(|p| p["probability"].as_f64().expect("number"))
-        .collect()
-}
-
-fn assert_close(got: &[f64], want: &Value, tol: f64, what: &str) {
-    let want: Vec<f64> = want
-        .as_array()
-        .expect("fixture")
-        .iter()
-        .map(|v| v.as_f64().expect("number"))
-        .collect();
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (g, w) in got.iter().zip(&want) {
-        assert!(
-            (g - w).abs() <= tol,
-            "{what}: got {got:?}, fixture {want:?}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn tabular_fixtures_are_reproduced() {
     let app = spawn_disease(SPEC, |_| {}).await;
+    assert!(check_tabular_fixtures(&app, "heart").await >= 5);
     let fx = fixtures();
-    let tol = fx["tolerance"].as_f64().expect("tolerance");
-    let rows: Vec<&Value> = fx["tabular"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter(|r| r["disease"] == "heart")
-        .collect();
-    assert!(rows.len() >= 5);
+    let rows = fx["tabular"].as_array().expect("rows");
     assert!(
-        rows.iter()
-            .any(|r| r["input"]["ca"].is_null() || r["input"]["thal"].is_null())
+        rows.iter().any(|r| r["disease"] == "heart"
+            && (r["input"]["ca"].is_null() || r["input"]["thal"].is_null()))
     );
-    for row in rows {
-        let res = app.post_json("/v1/predict/tabular", &row["input"]).await;
-        assert_eq!(res.status(), 200, "{row}");
-        let body: Value = res.json().await.expect("json");
-        assert_eq!(body["model"]["id"], "heart-tabular-xgb");
-        assert_close(
-            &probabilities(&body),
-            &row["probabilities"],
-            tol,
-            &row.to_string(),
-        );
-    }
 }
 
 #[tokio::test]
 async fn ecg_fixtures_are_reproduced_or_the_missing_model_is_named() {
     let app = spawn_disease(SPEC, |_| {}).await;
-    let fx = fixtures();
-    let tol = fx["tolerance"].as_f64().expect("tolerance");
-    let items: Vec<&Value> = fx["image"]
-        .as_array()
-        .expect("images")
-        .iter()
-        .filter(|r| r["disease"] == "heart")
-        .collect();
     if models_dir().join("heart/ecg.card.json").exists() {
-        assert!(items.len() >= 4, "ECG fixtures missing");
-        for item in items {
-            let file = item["file"].as_str().expect("file");
-            let bytes = std::fs::read(models_dir().join("examples").join(file)).expect("image");
-            let res = app.post_image("/v1/predict/ecg", bytes, file).await;
-            assert_eq!(res.status(), 200, "{file}");
-            let body: Value = res.json().await.expect("json");
-            assert_eq!(body["demo"], true);
-            assert_close(&probabilities(&body), &item["probabilities"], tol, file);
-        }
+        assert!(check_image_fixtures(&app, "heart", "/v1/predict/ecg").await >= 4);
     } else {
         // Until the ECG model is trained, its endpoint says so and the rest serves.
-        assert!(items.is_empty());
+        let fx = fixtures();
+        let images = fx["image"].as_array().expect("images");
+        assert!(!images.iter().any(|r| r["disease"] == "heart"));
         let png = std::fs::read(models_dir().join("examples/retina/0-no_dr-0.png")).expect("png");
         let body = assert_problem(
             app.post_image("/v1/predict/ecg", png, "x.png").await,

@@ -45,9 +45,24 @@ pub fn readiness(service: &str, checks: Vec<Check>) -> HttpResponse {
     }
 }
 
+/// App data: refreshes a service's own gauges (queue depths, model states) at every scrape.
+pub struct ScrapeHook(pub Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for ScrapeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrapeHook")
+    }
+}
+
 /// `GET /metrics`: Prometheus text exposition, with current memory figures.
-pub async fn metrics(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+pub async fn metrics(
+    handle: web::Data<PrometheusHandle>,
+    hook: Option<web::Data<ScrapeHook>>,
+) -> HttpResponse {
     crate::metrics::record_memory();
+    if let Some(hook) = hook {
+        (hook.0)();
+    }
     HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"

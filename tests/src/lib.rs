@@ -169,3 +169,85 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, field: Option<&
     }
     body
 }
+
+/// The class probabilities of a prediction response, in class order.
+pub fn probabilities(body: &Value) -> Vec<f64> {
+    body["result"]["probabilities"]
+        .as_array()
+        .expect("probabilities")
+        .iter()
+        .map(|p| p["probability"].as_f64().expect("number"))
+        .collect()
+}
+
+/// Asserts every probability is within `tol` of the fixture's.
+pub fn assert_close(got: &[f64], want: &Value, tol: f64, what: &str) {
+    let want: Vec<f64> = want
+        .as_array()
+        .expect("fixture probabilities")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: got {got:?}, fixture {want:?}"
+        );
+    }
+}
+
+/// Posts every tabular fixture row of `disease` and checks the probabilities; returns how many.
+pub async fn check_tabular_fixtures(app: &TestApp, disease: &str) -> usize {
+    let fx = fixtures();
+    let tol = fx["tolerance"].as_f64().expect("tolerance");
+    let rows: Vec<&Value> = fx["tabular"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["disease"] == disease)
+        .collect();
+    for row in &rows {
+        let res = app.post_json("/v1/predict/tabular", &row["input"]).await;
+        assert_eq!(res.status(), 200, "{row}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["model"]["sha256"], row["model_sha256"]);
+        assert_close(
+            &probabilities(&body),
+            &row["probabilities"],
+            tol,
+            &row.to_string(),
+        );
+    }
+    rows.len()
+}
+
+/// Uploads every image fixture of `disease` to `route` and checks the probabilities and the
+/// demo notice; returns how many.
+pub async fn check_image_fixtures(app: &TestApp, disease: &str, route: &str) -> usize {
+    let fx = fixtures();
+    let tol = fx["tolerance"].as_f64().expect("tolerance");
+    let items: Vec<&Value> = fx["image"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter(|r| r["disease"] == disease)
+        .collect();
+    for item in &items {
+        let file = item["file"].as_str().expect("file");
+        let bytes = std::fs::read(models_dir().join("examples").join(file)).expect("image");
+        let res = app.post_image(route, bytes, file).await;
+        assert_eq!(res.status(), 200, "{file}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["model"]["sha256"], item["model_sha256"]);
+        assert_eq!(body["demo"], true);
+        assert!(
+            body["notice"]
+                .as_str()
+                .is_some_and(|n| n.contains("not for clinical use")),
+            "{body}"
+        );
+        assert_close(&probabilities(&body), &item["probabilities"], tol, file);
+    }
+    items.len()
+}

@@ -38,6 +38,28 @@ impl DiseaseModels {
         [&self.tabular, &self.image]
     }
 
+    /// Sets the per-model gauges from the models' current status.
+    fn record_gauges(&self) {
+        for m in self.all() {
+            let s = m.status();
+            let key = s.key.clone();
+            metrics::gauge!(crate::metrics::name("model_queue_depth"), "model" => key.clone())
+                .set(s.waiting as f64);
+            metrics::gauge!(crate::metrics::name("model_requests_served"), "model" => key)
+                .set(s.requests_served as f64);
+        }
+    }
+
+    /// The hook `/metrics` calls at every scrape.
+    pub fn scrape_hook(self: &Arc<Self>) -> crate::health::ScrapeHook {
+        let me = Arc::downgrade(self);
+        crate::health::ScrapeHook(Box::new(move || {
+            if let Some(models) = me.upgrade() {
+                models.record_gauges();
+            }
+        }))
+    }
+
     /// Mounts the guarded routes (call inside the internal-token scope).
     pub fn routes(self: &Arc<Self>, cfg: &mut web::ServiceConfig) {
         cfg.app_data(web::Data::from(self.clone()))

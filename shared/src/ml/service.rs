@@ -138,14 +138,17 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
         &spec.env_prefix.to_ascii_lowercase(),
         &settings.auth,
     );
+    let hook = web::Data::new(models.scrape_hook());
     Application::build(&settings.server, move || {
         let common = common.clone();
         let models = models.clone();
+        let hook = hook.clone();
         let guarded = models.clone();
         App::new()
             .wrap(from_fn(request_context))
             .configure(move |cfg| common.register(cfg))
             .app_data(web::Data::from(models))
+            .app_data(hook)
             .route("/readyz", web::get().to(readyz))
             .service(
                 web::scope("")
