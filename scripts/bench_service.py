@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Memory and latency of one disease service, release build, on this machine.
 
-    scripts/bench_service.py diabetes [--arena] [--memory-pattern] [--json out.json]
-    scripts/bench_service.py heart
+    scripts/bench_service.py diabetes [--arena on|off] [--memory-pattern on|off] [--json out.json]
+    scripts/bench_service.py heart --tabular-only
 
 Starts target/release/<disease>-svc on a free loopback port and reports, from /proc:
 RSS at idle (before any prediction), after each model's first load, and peak RSS (VmHWM) under
@@ -94,10 +94,15 @@ def pct(values, q):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("disease", choices=list(IMAGE_ROUTE))
-    ap.add_argument("--arena", action="store_true", help="enable ONNX Runtime's CPU arena")
-    ap.add_argument("--memory-pattern", action="store_true", help="enable memory patterns")
+    ap.add_argument("--arena", choices=["on", "off"], help="ONNX Runtime's CPU arena "
+                    "(default: the service's setting)")
+    ap.add_argument("--memory-pattern", choices=["on", "off"], help="memory-pattern planning "
+                    "(default: the service's setting)")
     ap.add_argument("--warm", type=int, default=200, help="warm tabular requests")
     ap.add_argument("--warm-images", type=int, default=30, help="warm image requests")
+    ap.add_argument("--idle-unload", type=int, default=0, metavar="SECS",
+                    help="also measure RSS before/after the image model unloads when idle")
+    ap.add_argument("--tabular-only", action="store_true", help="skip the image model")
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args()
 
@@ -108,10 +113,13 @@ def main():
     env = dict(os.environ, **{
         f"{prefix}__SERVER__PORT": str(port),
         f"{prefix}__TELEMETRY__FILTER": "warn",
-        f"{prefix}__RUNTIME__CPU_ARENA": str(a.arena).lower(),
-        f"{prefix}__RUNTIME__MEMORY_PATTERN": str(a.memory_pattern).lower(),
         f"{prefix}__MODELS__IMAGE__MAX_WAITING": "32",
+        f"{prefix}__MODELS__IMAGE__IDLE_UNLOAD_SECS": str(a.idle_unload),
     })
+    if a.arena:
+        env[f"{prefix}__RUNTIME__CPU_ARENA"] = str(a.arena == "on").lower()
+    if a.memory_pattern:
+        env[f"{prefix}__RUNTIME__MEMORY_PATTERN"] = str(a.memory_pattern == "on").lower()
     base = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(binary)], env=env, stderr=subprocess.DEVNULL)
@@ -124,7 +132,8 @@ def main():
                 if proc.poll() is not None:
                     sys.exit(f"{binary} exited")
                 time.sleep(0.005)
-        fig = {"binary": str(binary), "arena": a.arena, "memory_pattern": a.memory_pattern,
+        fig = {"binary": str(binary), "arena": a.arena or "default",
+               "memory_pattern": a.memory_pattern or "default",
                "ready_ms": round((time.perf_counter() - t0) * 1e3, 1)}
         time.sleep(0.5)
         fig["idle_rss_mb"] = round(status(proc.pid)["VmRSS"], 1)
@@ -133,11 +142,6 @@ def main():
         ms, _ = post_json(base, "/v1/predict/tabular", TABULAR[a.disease])
         fig["first_tabular_ms"] = round(ms, 1)
         fig["rss_after_tabular_load_mb"] = round(status(proc.pid)["VmRSS"], 1)
-        small = sorted((ROOT / "models/examples" / IMAGE_ROUTE[a.disease]).glob("*.jpg"))[0]
-        ms, _ = post_image(base, img_path, small.read_bytes())
-        fig["first_image_ms"] = round(ms, 1)
-        fig["rss_after_image_load_mb"] = round(status(proc.pid)["VmRSS"], 1)
-
         lat, inf = [], []
         for _ in range(a.warm):
             ms, body = post_json(base, "/v1/predict/tabular", TABULAR[a.disease])
@@ -145,6 +149,12 @@ def main():
             inf.append(body["inference_ms"])
         fig["tabular_warm_ms"] = {"p50": round(pct(lat, 50), 3), "p95": round(pct(lat, 95), 3),
                                   "inference_p50": round(pct(inf, 50), 3)}
+        if a.tabular_only:
+            return finish(proc, fig, a)
+        small = sorted((ROOT / "models/examples" / IMAGE_ROUTE[a.disease]).glob("*.jpg"))[0]
+        ms, _ = post_image(base, img_path, small.read_bytes())
+        fig["first_image_ms"] = round(ms, 1)
+        fig["rss_after_image_load_mb"] = round(status(proc.pid)["VmRSS"], 1)
         lat, inf = [], []
         data = small.read_bytes()
         for _ in range(a.warm_images):
@@ -167,7 +177,31 @@ def main():
             "rss_after_mb": round(st["VmRSS"], 1), "peak_rss_mb": round(st["VmHWM"], 1),
         }
         fig["peak_rss_mb"] = round(st["VmHWM"], 1)
+        if a.idle_unload:
+            before = status(proc.pid)["VmRSS"]
+            deadline = time.time() + a.idle_unload + 30
+            state = None
+            while time.time() < deadline:
+                _, models = request(base + "/models")
+                state = next(m["state"] for m in models["models"] if m["key"] != "tabular")
+                if state == "unloaded":
+                    break
+                time.sleep(0.2)
+            fig["idle_unload"] = {"after_secs": a.idle_unload, "state": state,
+                                  "rss_before_mb": round(before, 1),
+                                  "rss_after_mb": round(status(proc.pid)["VmRSS"], 1)}
+        fig["peak_rss_mb"] = round(status(proc.pid)["VmHWM"], 1) if "peak_rss_mb" not in fig \
+            else fig["peak_rss_mb"]
     finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+    finish(proc, fig, a)
+
+
+def finish(proc, fig, a):
+    if proc.poll() is None:
+        fig["peak_rss_mb"] = round(status(proc.pid)["VmHWM"], 1)
         proc.terminate()
         proc.wait(10)
     print(json.dumps(fig, indent=1))

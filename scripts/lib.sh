@@ -7,8 +7,10 @@ ORT_VERSION="1.31.1"
 ORT_LIB="$TOOLS/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSION"
 PYENV="$TOOLS/pyenv"
 NODE_PREFIX="$TOOLS/node"
-ANVIL_PKG="@foundry-rs/anvil-linux-amd64@1.7.1"
-SOLC_PKG="solc@0.8.30"
+ANVIL_VERSION="1.7.1"
+SOLC_VERSION="0.8.30"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ORT_LIB}"
+export MEDCHAIN_NODE_MODULES="${MEDCHAIN_NODE_MODULES:-$NODE_PREFIX/node_modules}"
+export MEDCHAIN_ANVIL="${MEDCHAIN_ANVIL:-$MEDCHAIN_NODE_MODULES/@foundry-rs/anvil-linux-amd64/bin/anvil}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -36,6 +36,23 @@ PY
   rm -rf "$dl"
 fi
 
+# anvil (local chain) and solc (solcjs, offline) from the npm registry, pinned.
+node_ok() {
+  [ -x "$MEDCHAIN_ANVIL" ] && [ -f "$MEDCHAIN_NODE_MODULES/solc/package.json" ] &&
+    grep -q "\"version\": \"$SOLC_VERSION\"" "$MEDCHAIN_NODE_MODULES/solc/package.json" &&
+    "$MEDCHAIN_ANVIL" --version 2>/dev/null | grep -q "$ANVIL_VERSION"
+}
+if node_ok; then
+  say "anvil $ANVIL_VERSION and solc $SOLC_VERSION: present ($NODE_PREFIX)"
+else
+  say "anvil $ANVIL_VERSION and solc $SOLC_VERSION: installing from npm into $NODE_PREFIX"
+  mkdir -p "$NODE_PREFIX"
+  [ -f "$NODE_PREFIX/package.json" ] || echo '{"private": true}' > "$NODE_PREFIX/package.json"
+  npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --silent \
+    "solc@$SOLC_VERSION" "@foundry-rs/anvil-linux-amd64@$ANVIL_VERSION"
+  node_ok || { echo "anvil/solc install did not produce working binaries" >&2; exit 1; }
+fi
+
 if [ "$with_tests" = 1 ]; then
   req="$ROOT/models/requirements.txt"
   stamp="$PYENV/.requirements.sha256"

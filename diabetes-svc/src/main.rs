@@ -2,6 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    medchain_shared::memory::limit_malloc_arenas(2);
     let settings = medchain_diabetes_svc::load_settings()?;
     medchain_shared::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");

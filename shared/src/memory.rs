@@ -63,6 +63,25 @@ pub fn release_free_memory() {
     }
 }
 
+/// Caps glibc's malloc arenas (unless `MALLOC_ARENA_MAX` is set): with one arena per thread
+/// that ever allocated, activations freed by inference on many blocking threads stay cached
+/// in many arenas and RSS grows with concurrency. Measured in the README (`bench_service.py`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn limit_malloc_arenas(arenas: i32) {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets a glibc tunable; M_ARENA_MAX (-8) takes a positive count.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+/// No-op where the allocator has no such tunable.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn limit_malloc_arenas(_arenas: i32) {}
+
 /// No-op where the allocator has no trim call.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}

@@ -31,6 +31,9 @@ pub struct DiseaseModels {
     pub image_route: &'static str,
     pub image_limits: ImageLimits,
     pub runtime: RuntimeSettings,
+    /// Decodes running at once: each holds a decoded image, so this bounds their memory
+    /// whatever the number of uploads waiting.
+    pub decode_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl DiseaseModels {
@@ -337,12 +340,18 @@ async fn predict_image(
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("image card without preprocessing")))?;
     let limits = limits.clone();
     let span = tracing::Span::current();
+    let _decode_slot = models
+        .decode_slots
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("decode slots closed: {e}")))?;
     let prepared: Prepared = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         prepare(&bytes, &pre, &limits)
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("preprocessing task failed: {e}")))??;
+    drop(_decode_slot);
     let info = ImageInfo {
         format: prepared.format,
         width: prepared.original_width,

@@ -128,6 +128,9 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
         image_route: spec.image_route,
         image_limits: settings.images.clone(),
         runtime: settings.runtime.clone(),
+        decode_slots: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )),
     });
     if tokio::runtime::Handle::try_current().is_ok() {
         models.spawn_watchers();
