@@ -1,4 +1,8 @@
-//! chain-svc: skeleton service (health, readiness, metrics); its domain routes come with their issue.
+//! chain-svc: owns the audit contract and the signing key. So far: the contract bindings,
+//! deterministic deployment and the embedded anvil; the outbox and HTTP API come next.
+
+pub mod anvil;
+pub mod chain;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, web};

@@ -1,0 +1,110 @@
+//! The embedded default chain: a local anvil child process (installed by `scripts/setup.sh`
+//! from npm), its state persisted in the data dir, stopped with the service.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running anvil; killed when dropped.
+#[derive(Debug)]
+pub struct Anvil {
+    child: Child,
+    port: u16,
+}
+
+impl Anvil {
+    /// anvil's binary: `MEDCHAIN_ANVIL`, else the workspace's `.tools` copy, else `anvil` on
+    /// the PATH.
+    pub fn binary(configured: &str) -> PathBuf {
+        if !configured.is_empty() {
+            return PathBuf::from(configured);
+        }
+        if let Some(p) = std::env::var_os("MEDCHAIN_ANVIL").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let dev = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../.tools/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+        ));
+        if dev.exists() {
+            dev
+        } else {
+            PathBuf::from("anvil")
+        }
+    }
+
+    /// Starts anvil on a free loopback port, loading and saving its state in `state_dir`.
+    pub fn start(binary: &Path, state_dir: &Path, chain_id: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(state_dir)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--chain-id", &chain_id.to_string()])
+            .arg("--state")
+            .arg(state_dir.join("anvil-state.json"))
+            .args(["--state-interval", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot start anvil ({}): {e}", binary.display()),
+                )
+            })?;
+        let mut anvil = Self { child, port };
+        anvil.wait_ready(Duration::from_secs(20))?;
+        Ok(anvil)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> std::io::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(std::io::Error::other(format!("anvil exited: {status}")));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(std::io::Error::other("anvil did not open its port in time"))
+    }
+
+    /// Its JSON-RPC URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it, letting it write its state first.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let pid = self.child.id();
+        // SIGTERM so anvil dumps its state; kill if it does not go.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The audit contract on an Ethereum node: bindings from the committed artifact, deterministic
+//! (CREATE2) deployment whose address follows from the deployer and the bytecode, a check that
+//! the code found at the address is ours, recording, reading, and decoded reverts.
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, Bytes, TxHash, address, keccak256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolValue;
+
+/// Bindings generated from the committed artifact (`contracts/MedchainAudit.json`).
+mod bindings {
+    // The generated constructor and `record` mirror the contract's parameter lists.
+    #![allow(clippy::too_many_arguments, missing_docs)]
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        MedchainAudit,
+        "contracts/MedchainAudit.json"
+    );
+}
+pub use bindings::MedchainAudit;
+
+/// The CREATE2 deployment proxy present at this address on anvil, Sepolia, mainnet and most
+/// public chains (deploy data = 32-byte salt ‖ init code).
+pub const CREATE2_FACTORY: Address = address!("4e59b44847b379578588920ca78fbf26c0b4956c");
+
+/// What can go wrong talking to the chain, with reverts decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("prediction {0} is already recorded on chain")]
+    Duplicate(B256),
+    #[error("{0} is not a recorder of the audit contract")]
+    NotRecorder(Address),
+    #[error("{0} is not the admin of the audit contract")]
+    NotAdmin(Address),
+    #[error("the contract rejected the record: {0}")]
+    Invalid(String),
+    #[error("the code at {0} is not the MedchainAudit contract")]
+    WrongCode(Address),
+    #[error("no code at {0}")]
+    NoContract(Address),
+    #[error("chain node: {0}")]
+    Node(String),
+}
+
+impl ChainError {
+    fn from_contract(e: alloy::contract::Error) -> Self {
+        use MedchainAudit::MedchainAuditErrors as E;
+        match e.as_decoded_interface_error::<E>() {
+            Some(E::DuplicatePrediction(d)) => Self::Duplicate(d.predictionId),
+            Some(E::NotRecorder(d)) => Self::NotRecorder(d.caller),
+            Some(E::NotAdmin(d)) => Self::NotAdmin(d.caller),
+            Some(E::InvalidRecord(d)) => Self::Invalid(d.reason),
+            Some(E::ZeroAddress(_)) => Self::Invalid("zero address".into()),
+            None => Self::Node(e.to_string()),
+        }
+    }
+
+    /// Whether sending again later may succeed (node down, nonce race), as opposed to a
+    /// decided answer of the contract.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Node(_))
+    }
+}
+
+/// One record as the contract takes it: hashes and small codes only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordInput {
+    pub prediction_id: B256,
+    pub patient_ref: B256,
+    pub model_id_hash: B256,
+    pub input_commitment: B256,
+    pub disease: u8,
+    pub modality: u8,
+    pub label: u8,
+    pub probability_bps: u16,
+}
+
+/// A mined record.
+#[derive(Debug, Clone)]
+pub struct Mined {
+    pub tx_hash: TxHash,
+    pub block_number: u64,
+}
+
+/// The contract, reached through one provider built once.
+#[derive(Debug, Clone)]
+pub struct AuditChain {
+    provider: DynProvider,
+    signer: Address,
+    contract: Address,
+}
+
+/// Init code of the contract with its constructor arguments.
+pub fn init_code(admin: Address, recorder: Address) -> Bytes {
+    let mut code = MedchainAudit::BYTECODE.to_vec();
+    code.extend_from_slice(&(admin, recorder).abi_encode_params());
+    code.into()
+}
+
+/// Where the CREATE2 deployment of (admin, recorder, salt) lands.
+pub fn deployment_address(admin: Address, recorder: Address, salt: B256) -> Address {
+    CREATE2_FACTORY.create2(salt, keccak256(init_code(admin, recorder)))
+}
+
+impl AuditChain {
+    /// Connects with `signer` and makes sure the contract is at its deterministic address:
+    /// deploys it when there is no code there yet, and refuses foreign code.
+    pub async fn connect(
+        rpc_url: alloy::transports::http::reqwest::Url,
+        signer: PrivateKeySigner,
+        salt: B256,
+        configured: Option<Address>,
+    ) -> Result<Self, ChainError> {
+        let me = signer.address();
+        // Nonces are read from the node before every send (no cached counter that a failed
+        // send would leave ahead of the chain), and every call is simulated first.
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(rpc_url)
+            .erased();
+        let contract = match configured {
+            Some(addr) => addr,
+            None => deployment_address(me, me, salt),
+        };
+        let chain = Self {
+            provider,
+            signer: me,
+            contract,
+        };
+        match chain.check_code().await {
+            Ok(()) => {}
+            Err(ChainError::NoContract(_)) if configured.is_none() => {
+                chain.deploy(salt).await?;
+                chain.check_code().await?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(chain)
+    }
+
+    async fn deploy(&self, salt: B256) -> Result<(), ChainError> {
+        let node = |e: &dyn std::fmt::Display| ChainError::Node(e.to_string());
+        let factory_code = self
+            .provider
+            .get_code_at(CREATE2_FACTORY)
+            .await
+            .map_err(|e| node(&e))?;
+        if factory_code.is_empty() {
+            return Err(ChainError::Node(format!(
+                "no CREATE2 deployment proxy at {CREATE2_FACTORY}; configure the contract \
+                 address instead"
+            )));
+        }
+        let mut data = salt.to_vec();
+        data.extend_from_slice(&init_code(self.signer, self.signer));
+        let tx = TransactionRequest::default()
+            .to(CREATE2_FACTORY)
+            .input(Bytes::from(data).into());
+        let receipt = self
+            .provider
+            .send_transaction(tx)
+            .await
+            .map_err(|e| node(&e))?
+            .get_receipt()
+            .await
+            .map_err(|e| node(&e))?;
+        if !receipt.status() {
+            return Err(ChainError::Node(format!(
+                "deployment transaction {} reverted",
+                receipt.transaction_hash
+            )));
+        }
+        tracing::info!(contract = %self.contract, tx = %receipt.transaction_hash, "audit contract deployed");
+        Ok(())
+    }
+
+    /// The code at the contract address must be exactly our runtime bytecode.
+    pub async fn check_code(&self) -> Result<(), ChainError> {
+        let code = self
+            .provider
+            .get_code_at(self.contract)
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))?;
+        if code.is_empty() {
+            return Err(ChainError::NoContract(self.contract));
+        }
+        if code != MedchainAudit::DEPLOYED_BYTECODE {
+            return Err(ChainError::WrongCode(self.contract));
+        }
+        Ok(())
+    }
+
+    /// The contract's address.
+    pub fn contract(&self) -> Address {
+        self.contract
+    }
+
+    /// The signer's address.
+    pub fn signer(&self) -> Address {
+        self.signer
+    }
+
+    /// The provider (reads: balances, blocks, transactions).
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// Sends one record and waits for its receipt.
+    pub async fn record(&self, r: &RecordInput) -> Result<Mined, ChainError> {
+        let c = MedchainAudit::new(self.contract, &self.provider);
+        let call = c.record(
+            r.prediction_id,
+            r.patient_ref,
+            r.model_id_hash,
+            r.input_commitment,
+            r.disease,
+            r.modality,
+            r.label,
+            r.probability_bps,
+        );
+        // Simulate first: a revert (duplicate, not a recorder) is decided here, decoded, and
+        // no transaction is signed for it.
+        call.call().await.map_err(ChainError::from_contract)?;
+        let pending = call.send().await.map_err(ChainError::from_contract)?;
+        let receipt = pending
+            .get_receipt()
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))?;
+        if !receipt.status() {
+            return Err(ChainError::Node(format!(
+                "record transaction {} reverted",
+                receipt.transaction_hash
+            )));
+        }
+        Ok(Mined {
+            tx_hash: receipt.transaction_hash,
+            block_number: receipt.block_number.unwrap_or_default(),
+        })
+    }
+
+    /// The on-chain record of `prediction_id`, if any.
+    pub async fn get(
+        &self,
+        prediction_id: B256,
+    ) -> Result<Option<MedchainAudit::Record>, ChainError> {
+        let c = MedchainAudit::new(self.contract, &self.provider);
+        let rec = c
+            .getRecord(prediction_id)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok((rec.timestamp != 0).then_some(rec))
+    }
+
+    /// Grants `account` the recorder role (the signer must be admin).
+    pub async fn grant_recorder(&self, account: Address) -> Result<(), ChainError> {
+        let c = MedchainAudit::new(self.contract, &self.provider);
+        let call = c.grantRecorder(account);
+        call.call().await.map_err(ChainError::from_contract)?;
+        call.send()
+            .await
+            .map_err(ChainError::from_contract)?
+            .get_receipt()
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))?;
+        Ok(())
+    }
+}
