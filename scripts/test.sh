@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: lints, Rust unit + integration + end-to-end tests, and the model
-# pipeline's tests. Installs what the tests need first (scripts/setup.sh --test).
+# Runs the whole test suite: lints, the model pipeline's tests, and the Rust unit, integration
+# and end-to-end tests. Installs what the tests need first (scripts/setup.sh --test). Ends with
+# one line counting every test run: "N passed, N failed".
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 "$ROOT/scripts/setup.sh" --test
 cd "$ROOT"
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -11,7 +14,27 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 say "model pipeline tests (pytest)"
-"$PYENV/bin/python" -m pytest -q models/tests
+set +e
+"$PYENV/bin/python" -m pytest -q models/tests 2>&1 | tee "$logs/pytest.log"
+py_status=${PIPESTATUS[0]}
 
 say "Rust tests (cargo test)"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee "$logs/cargo.log"
+rs_status=${PIPESTATUS[0]}
+set -e
+
+python3 - "$logs/pytest.log" "$logs/cargo.log" <<'PY'
+import re, sys
+passed = failed = 0
+py = open(sys.argv[1]).read()
+for n, kind in re.findall(r"(\d+) (passed|failed|error)", py.splitlines()[-1] if py.strip() else ""):
+    if kind == "passed":
+        passed += int(n)
+    else:
+        failed += int(n)
+for p, f in re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", open(sys.argv[2]).read()):
+    passed += int(p)
+    failed += int(f)
+print(f"{passed} passed, {failed} failed")
+PY
+[ "$py_status" = 0 ] && [ "$rs_status" = 0 ]
