@@ -3,6 +3,7 @@
 
 pub mod anvil;
 pub mod chain;
+pub mod outbox;
 pub mod privacy;
 
 use actix_web::middleware::from_fn;
