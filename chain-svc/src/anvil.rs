@@ -36,8 +36,18 @@ impl Anvil {
 
     /// Starts anvil on a free loopback port, loading and saving its state in `state_dir`.
     pub fn start(binary: &Path, state_dir: &Path, chain_id: u64) -> std::io::Result<Self> {
-        std::fs::create_dir_all(state_dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(binary, state_dir, chain_id, port)
+    }
+
+    /// Starts anvil on `port` (e.g. the port of an earlier run, so clients reconnect).
+    pub fn start_on(
+        binary: &Path,
+        state_dir: &Path,
+        chain_id: u64,
+        port: u16,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(state_dir)?;
         let child = Command::new(binary)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--chain-id", &chain_id.to_string()])
@@ -70,6 +80,11 @@ impl Anvil {
             std::thread::sleep(Duration::from_millis(25));
         }
         Err(std::io::Error::other("anvil did not open its port in time"))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Its JSON-RPC URL.

@@ -259,6 +259,40 @@ impl AuditChain {
         Ok((rec.timestamp != 0).then_some(rec))
     }
 
+    /// How many records the contract holds.
+    pub async fn record_count(&self) -> Result<u64, ChainError> {
+        let c = MedchainAudit::new(self.contract, &self.provider);
+        let n = c
+            .recordCount()
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok(n.to::<u64>())
+    }
+
+    /// The transaction that recorded `prediction_id`, found from the contract's event (after a
+    /// crash between sending and noting the receipt, the resend is refused as a duplicate).
+    pub async fn find_recorded(&self, prediction_id: B256) -> Result<Option<Mined>, ChainError> {
+        use alloy::rpc::types::Filter;
+        use alloy::sol_types::SolEvent;
+        let filter = Filter::new()
+            .address(self.contract)
+            .event_signature(MedchainAudit::PredictionRecorded::SIGNATURE_HASH)
+            .topic1(prediction_id)
+            .from_block(0);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))?;
+        Ok(logs.first().and_then(|l| {
+            Some(Mined {
+                tx_hash: l.transaction_hash?,
+                block_number: l.block_number?,
+            })
+        }))
+    }
+
     /// Grants `account` the recorder role (the signer must be admin).
     pub async fn grant_recorder(&self, account: Address) -> Result<(), ChainError> {
         let c = MedchainAudit::new(self.contract, &self.provider);

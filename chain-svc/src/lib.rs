@@ -5,6 +5,7 @@ pub mod anvil;
 pub mod chain;
 pub mod outbox;
 pub mod privacy;
+pub mod sender;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, web};
