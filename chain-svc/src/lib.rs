@@ -1,67 +1,334 @@
-//! chain-svc: owns the audit contract and the signing key. So far: the contract bindings,
-//! deterministic deployment and the embedded anvil; the outbox and HTTP API come next.
+//! chain-svc: owns the audit contract and the signing key; accepts prediction records into a
+//! durable outbox and sends them to the chain in the background. With no RPC URL configured it
+//! runs its own anvil (the embedded default).
 
 pub mod anvil;
 pub mod chain;
 pub mod outbox;
 pub mod privacy;
+pub mod records;
 pub mod sender;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, web};
+use alloy::primitives::{Address, B256, U256, keccak256};
+use alloy::providers::Provider;
+use alloy::signers::local::PrivateKeySigner;
+use medchain_shared::auth::require_internal_token;
 use medchain_shared::health::{Check, readiness};
 use medchain_shared::request::request_context;
 use medchain_shared::server::{Application, Common};
 use medchain_shared::settings::{
     self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
 };
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::anvil::Anvil;
+use crate::chain::AuditChain;
+use crate::outbox::Outbox;
+use crate::privacy::PatientKey;
+use crate::records::RecordsState;
+use crate::sender::{Backoff, Sender};
 
 const SERVICE: &str = "chain-svc";
 const ENV_PREFIX: &str = "CHAIN";
 
-/// All settings of chain-svc.
+/// All settings of chain-svc (see `config/default.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
+    pub storage: StorageSettings,
+    pub chain: ChainSettings,
+    pub secrets: SecretSettings,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub data_dir: String,
+}
+
+/// The chain and the contract.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSettings {
+    /// Empty: the embedded anvil. May embed an API key, hence a secret.
+    pub rpc_url: Option<SecretString>,
+    pub chain_id: u64,
+    pub contract_address: String,
+    pub deploy_salt: String,
+    pub poll_interval_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub anvil_binary: String,
+}
+
+/// Keys (never committed, never logged).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSettings {
+    #[serde(default)]
+    pub signer_key: Option<SecretString>,
+    pub signer_key_file: String,
+    #[serde(default)]
+    pub patient_key: Option<SecretString>,
+    pub patient_key_file: String,
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        env: format!(
+            "{ENV_PREFIX}__{}",
+            key.to_ascii_uppercase().replace('.', "__")
+        ),
+        reason: reason.into(),
+    }
 }
 
 impl Settings {
     /// Embedded defaults → `CHAIN_CONFIG` file → `CHAIN__*` env vars; validated.
     pub fn load() -> Result<Self, SettingsError> {
-        let s: Self = settings::load(include_str!("../config/default.toml"), ENV_PREFIX, &[])?;
+        let mut s: Self = settings::load(include_str!("../config/default.toml"), ENV_PREFIX, &[])?;
+        if s.chain
+            .rpc_url
+            .as_ref()
+            .is_some_and(|u| u.expose_secret().is_empty())
+        {
+            s.chain.rpc_url = None;
+        }
         s.validate()?;
         Ok(s)
     }
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.auth.validate(ENV_PREFIX, &self.server)
+        self.auth.validate(ENV_PREFIX, &self.server)?;
+        if !self.chain.contract_address.is_empty()
+            && self.chain.contract_address.parse::<Address>().is_err()
+        {
+            return Err(invalid("chain.contract_address", "not an address"));
+        }
+        if self.chain.rpc_url.is_some() {
+            let signer =
+                self.secrets.signer_key.is_some() || !self.secrets.signer_key_file.is_empty();
+            let patient =
+                self.secrets.patient_key.is_some() || !self.secrets.patient_key_file.is_empty();
+            if !signer {
+                return Err(invalid(
+                    "secrets.signer_key",
+                    "required with an external chain.rpc_url (or secrets.signer_key_file)",
+                ));
+            }
+            if !patient {
+                return Err(invalid(
+                    "secrets.patient_key",
+                    "required with an external chain.rpc_url (or secrets.patient_key_file)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data folder in force.
+    pub fn data_dir(&self) -> PathBuf {
+        if !self.storage.data_dir.is_empty() {
+            return PathBuf::from(&self.storage.data_dir);
+        }
+        if let Some(d) = std::env::var_os("MEDCHAIN_DATA_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d).join("chain");
+        }
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.data/chain"))
     }
 }
 
-/// Builds the server (bound, not yet running).
-pub fn build(settings: Settings) -> std::io::Result<Application> {
+/// A secret from the setting, else from its file, else (development only) generated once into
+/// the data dir with mode 0600.
+fn secret_bytes(
+    value: &Option<SecretString>,
+    file: &str,
+    dev_file: Option<&Path>,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    if let Some(v) = value {
+        return Ok(v.expose_secret().trim().to_string());
+    }
+    if !file.is_empty() {
+        return Ok(std::fs::read_to_string(file)?.trim().to_string());
+    }
+    let path = dev_file.ok_or_else(|| anyhow::anyhow!("secret not configured"))?;
+    if let Ok(v) = std::fs::read_to_string(path) {
+        return Ok(v.trim().to_string());
+    }
+    let v = generate();
+    write_private(path, &v)?;
+    Ok(v)
+}
+
+fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(value.as_bytes())
+}
+
+fn random_hex32() -> String {
+    let mut b = [0u8; 32];
+    // A failure here leaves an all-zero key, which both key parsers below reject.
+    let _ = getrandom::fill(&mut b);
+    alloy::primitives::hex::encode(b)
+}
+
+/// A started chain-svc: the HTTP server, its sender, and (embedded default) its anvil.
+#[derive(Debug)]
+pub struct Running {
+    pub app: Application,
+    pub contract: Address,
+    pub rpc_url: String,
+    anvil: Option<Anvil>,
+}
+
+impl Running {
+    /// The HTTP port.
+    pub fn port(&self) -> u16 {
+        self.app.port()
+    }
+
+    /// Serves until stopped, then stops the embedded anvil (which saves its state).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.app.run_until_stopped().await;
+        if let Some(anvil) = self.anvil {
+            anvil.stop();
+        }
+        result
+    }
+}
+
+/// Starts everything: anvil if embedded, keys, contract (deployed or found), outbox, sender,
+/// and the HTTP server.
+pub async fn build(settings: Settings) -> anyhow::Result<Running> {
+    let data = settings.data_dir();
+    std::fs::create_dir_all(&data)?;
+    let embedded = settings.chain.rpc_url.is_none();
+    let anvil = if embedded {
+        let bin = Anvil::binary(&settings.chain.anvil_binary);
+        let dir = data.join("anvil");
+        Some(tokio::task::spawn_blocking(move || Anvil::start(&bin, &dir, 31337)).await??)
+    } else {
+        None
+    };
+    let rpc_url = match (&anvil, &settings.chain.rpc_url) {
+        (Some(a), _) => a.url(),
+        (None, Some(u)) => u.expose_secret().to_string(),
+        (None, None) => unreachable!("embedded when no URL"),
+    };
+    let dev = |name: &str| embedded.then(|| data.join(name));
+    let signer_hex = secret_bytes(
+        &settings.secrets.signer_key,
+        &settings.secrets.signer_key_file,
+        dev("dev-signer.key").as_deref(),
+        random_hex32,
+    )?;
+    let signer: PrivateKeySigner = signer_hex
+        .parse()
+        .map_err(|_| anyhow::anyhow!("secrets.signer_key is not a valid private key"))?;
+    let patient_key = PatientKey::new(
+        secret_bytes(
+            &settings.secrets.patient_key,
+            &settings.secrets.patient_key_file,
+            dev("dev-patient.key").as_deref(),
+            random_hex32,
+        )?
+        .into_bytes(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let url: alloy::transports::http::reqwest::Url = rpc_url.parse()?;
+    if embedded {
+        // The development signer pays for its own transactions on the local chain.
+        let p = alloy::providers::ProviderBuilder::new().connect_http(url.clone());
+        let _: () = p
+            .raw_request(
+                "anvil_setBalance".into(),
+                (signer.address(), U256::from(10u128.pow(21))),
+            )
+            .await?;
+    }
+    let configured = (!settings.chain.contract_address.is_empty())
+        .then(|| settings.chain.contract_address.parse::<Address>())
+        .transpose()?;
+    let salt: B256 = keccak256(settings.chain.deploy_salt.as_bytes());
+    let chain = AuditChain::connect(url, signer, salt, configured).await?;
+    let chain_id = chain.provider().get_chain_id().await?;
+    let outbox = Arc::new(Outbox::open(&data.join("outbox.redb"))?);
+    let sender = Sender::new(
+        outbox.clone(),
+        chain.clone(),
+        Backoff {
+            initial: Duration::from_millis(settings.chain.backoff_initial_ms),
+            max: Duration::from_millis(settings.chain.backoff_max_ms),
+        },
+    );
+    let wake = sender.notifier();
+    tokio::spawn(sender.run(Duration::from_millis(settings.chain.poll_interval_ms)));
+    tracing::info!(contract = %chain.contract(), signer = %chain.signer(), chain_id, embedded, "audit contract ready");
+
+    let state = web::Data::new(RecordsState {
+        outbox,
+        patient_key,
+        wake,
+        contract: chain.contract(),
+        chain_id,
+    });
+    let ready_chain = web::Data::new(chain.clone());
     let common = Common::new(SERVICE, env!("CARGO_PKG_VERSION"), "chain", &settings.auth);
-    Application::build(&settings.server, move || {
+    let app = Application::build(&settings.server, move || {
         let common = common.clone();
         App::new()
             .wrap(from_fn(request_context))
             .configure(move |cfg| common.register(cfg))
+            .app_data(state.clone())
+            .app_data(ready_chain.clone())
             .route("/readyz", web::get().to(readyz))
+            .service(
+                web::scope("")
+                    .wrap(from_fn(require_internal_token))
+                    .route("/v1/records", web::post().to(records::accept))
+                    .route("/v1/records/{id}", web::get().to(records::get)),
+            )
+    })?;
+    Ok(Running {
+        app,
+        contract: chain.contract(),
+        rpc_url,
+        anvil,
     })
 }
 
-async fn readyz() -> HttpResponse {
+/// `GET /readyz`: node reachable and our contract at the address.
+async fn readyz(chain: web::Data<AuditChain>) -> HttpResponse {
+    let code = chain.check_code().await;
     readiness(
         SERVICE,
         vec![Check {
-            name: "config".into(),
-            ok: true,
-            detail: "settings loaded and validated".into(),
+            name: "contract".into(),
+            ok: code.is_ok(),
+            detail: code.err().map_or_else(
+                || format!("MedchainAudit at {}", chain.contract()),
+                |e| e.to_string(),
+            ),
         }],
     )
 }

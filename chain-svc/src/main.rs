@@ -1,14 +1,12 @@
-//! chain-svc entry point: load settings, start telemetry, serve until stopped.
-
-use medchain_chain_svc::{Settings, build};
+//! chain-svc entry point: load settings, start telemetry, start the chain side, serve.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load()?;
+    let settings = medchain_chain_svc::Settings::load()?;
     medchain_shared::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
-    let app = build(settings)?;
-    tracing::info!(port = app.port(), "listening");
-    app.run_until_stopped().await?;
+    let running = medchain_chain_svc::build(settings).await?;
+    tracing::info!(port = running.port(), contract = %running.contract, "listening");
+    running.run_until_stopped().await?;
     Ok(())
 }

@@ -195,6 +195,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// Field every prediction request may carry, and the check on it: 1 to 128 characters, none of
+/// them control characters (it is hashed before it goes anywhere).
+pub fn check_patient_id(s: &str) -> Result<String, ApiError> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "patient_id",
+            "`patient_id` must be 1 to 128 printable characters",
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn backticked_after<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = msg.strip_prefix(prefix)?;
     rest.split('`').next()

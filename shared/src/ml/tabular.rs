@@ -157,14 +157,4 @@ pub fn patient_id(v: Option<&Value>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// 1 to 128 characters, none of them control characters.
-pub fn check_patient_id(s: &str) -> Result<String, ApiError> {
-    let s = s.trim();
-    if s.is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            PATIENT_ID,
-            format!("`{PATIENT_ID}` must be 1 to 128 printable characters"),
-        ));
-    }
-    Ok(s.to_string())
-}
+pub use crate::request::check_patient_id;
