@@ -28,7 +28,7 @@ trap stop INT TERM EXIT
 start() { # name port
   "$bin/$1" &
   pids+=("$!")
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     if python3 - "$2" <<'PY' 2>/dev/null; then return 0; fi
 import sys, urllib.request
 urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=1)
