@@ -11,10 +11,16 @@ say "building release binaries (the first build takes several minutes)"
 cargo build --release --quiet --bins
 bin="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
-MEDCHAIN_INTERNAL_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-export MEDCHAIN_INTERNAL_TOKEN
 export MEDCHAIN_DATA_DIR="${MEDCHAIN_DATA_DIR:-$ROOT/.data}"
 mkdir -p "$MEDCHAIN_DATA_DIR"
+# The services' shared internal token: yours if set, else a fresh one for this run, written
+# (mode 0600) where your curl commands can read it.
+token_file="$MEDCHAIN_DATA_DIR/internal-token"
+if [ -z "${MEDCHAIN_INTERNAL_TOKEN:-}" ]; then
+  MEDCHAIN_INTERNAL_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+fi
+export MEDCHAIN_INTERNAL_TOKEN
+(umask 077 && printf '%s' "$MEDCHAIN_INTERNAL_TOKEN" > "$token_file")
 
 pids=()
 stop() {
@@ -45,4 +51,5 @@ start diabetes-svc 8081
 start heart-svc 8082
 start gateway 8080
 say "medchain is up: open http://127.0.0.1:8080/  (Ctrl-C stops everything)"
+say "services' internal token: $token_file  (export MEDCHAIN_INTERNAL_TOKEN=\$(cat $token_file))"
 wait -n "${pids[@]}" || true
