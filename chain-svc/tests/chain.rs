@@ -1,28 +1,14 @@
 //! The audit contract on a real anvil: deterministic deployment found again after a restart,
 //! records, duplicates and roles, decoded reverts.
 
-use alloy::primitives::{Address, B256, U256};
+mod common;
+
+use alloy::primitives::{Address, B256};
 use alloy::providers::Provider;
-use alloy::signers::local::PrivateKeySigner;
 use medchain_chain_svc::anvil::Anvil;
 use medchain_chain_svc::chain::{AuditChain, ChainError, RecordInput, deployment_address};
 
 const SALT: B256 = B256::repeat_byte(0x42);
-
-async fn funded(anvil: &Anvil) -> PrivateKeySigner {
-    // A fresh key funded through anvil's cheat RPC: no well-known key in the repository.
-    let signer = PrivateKeySigner::random();
-    let provider =
-        alloy::providers::ProviderBuilder::new().connect_http(anvil.url().parse().expect("url"));
-    let _: () = provider
-        .raw_request(
-            "anvil_setBalance".into(),
-            (signer.address(), U256::from(10u128.pow(20))),
-        )
-        .await
-        .expect("fund");
-    signer
-}
 
 fn record(n: u8) -> RecordInput {
     RecordInput {
@@ -50,7 +36,7 @@ async fn deploys_once_records_and_survives_a_node_restart() {
     let state = tempfile::tempdir().expect("tempdir");
     let bin = Anvil::binary("");
     let anvil = Anvil::start(&bin, state.path(), 31337).expect("anvil starts");
-    let key = funded(&anvil).await;
+    let key = common::funded_key(&anvil.url()).await;
     let url = anvil.url().parse().expect("url");
 
     let chain = AuditChain::connect(url, key.clone(), SALT, None)
@@ -95,7 +81,7 @@ async fn deploys_once_records_and_survives_a_node_restart() {
     }
 
     // Another key may read but not write.
-    let stranger = funded(&anvil).await;
+    let stranger = common::funded_key(&anvil.url()).await;
     let theirs = AuditChain::connect(
         anvil.url().parse().expect("url"),
         stranger.clone(),
@@ -133,7 +119,7 @@ async fn deploys_once_records_and_survives_a_node_restart() {
 async fn foreign_or_missing_code_is_refused() {
     let state = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil");
-    let key = funded(&anvil).await;
+    let key = common::funded_key(&anvil.url()).await;
     let nobody = Address::repeat_byte(0x11);
     match AuditChain::connect(
         anvil.url().parse().expect("url"),

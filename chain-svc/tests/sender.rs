@@ -1,27 +1,17 @@
 //! The outbox sender against a real anvil: everything accepted is confirmed exactly once,
 //! including across a node outage and a resend after a crash.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{B256, U256};
 use alloy::providers::Provider;
-use alloy::signers::local::PrivateKeySigner;
 use medchain_chain_svc::anvil::Anvil;
 use medchain_chain_svc::chain::{AuditChain, RecordInput};
 use medchain_chain_svc::outbox::{Entry, Outbox, Status};
 use medchain_chain_svc::sender::{Backoff, Sender};
-
-async fn fund(url: &str, signer: &PrivateKeySigner) {
-    let provider = alloy::providers::ProviderBuilder::new().connect_http(url.parse().expect("url"));
-    let _: () = provider
-        .raw_request(
-            "anvil_setBalance".into(),
-            (signer.address(), U256::from(10u128.pow(20))),
-        )
-        .await
-        .expect("fund");
-}
 
 fn entry(n: u16, now: u64) -> Entry {
     let mut id = [0u8; 32];
@@ -46,8 +36,7 @@ async fn every_accepted_record_is_confirmed_exactly_once() {
     let bin = Anvil::binary("");
     let anvil = Anvil::start(&bin, state.path(), 31337).expect("anvil");
     let port = anvil.port();
-    let key = PrivateKeySigner::random();
-    fund(&anvil.url(), &key).await;
+    let key = common::funded_key(&anvil.url()).await;
     let chain = AuditChain::connect(anvil.url().parse().expect("url"), key, B256::ZERO, None)
         .await
         .expect("deploy");
