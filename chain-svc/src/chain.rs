@@ -66,7 +66,7 @@ impl ChainError {
 }
 
 /// One record as the contract takes it: hashes and small codes only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordInput {
     pub prediction_id: B256,
     pub patient_ref: B256,

@@ -28,14 +28,9 @@ pub enum Status {
 /// One outbox entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    pub prediction_id: B256,
-    pub patient_ref: B256,
-    pub model_id_hash: B256,
-    pub input_commitment: B256,
-    pub disease: u8,
-    pub modality: u8,
-    pub label: u8,
-    pub probability_bps: u16,
+    /// What goes on chain.
+    #[serde(flatten)]
+    pub record: RecordInput,
     /// Kept off chain; returned in the receipt; deleting it makes the commitment unlinkable.
     pub salt: B256,
     pub status: Status,
@@ -50,14 +45,7 @@ impl Entry {
     /// A new pending entry.
     pub fn new(r: &RecordInput, salt: B256, now_ms: u64) -> Self {
         Self {
-            prediction_id: r.prediction_id,
-            patient_ref: r.patient_ref,
-            model_id_hash: r.model_id_hash,
-            input_commitment: r.input_commitment,
-            disease: r.disease,
-            modality: r.modality,
-            label: r.label,
-            probability_bps: r.probability_bps,
+            record: r.clone(),
             salt,
             status: Status::Pending,
             accepted_at_ms: now_ms,
@@ -68,18 +56,9 @@ impl Entry {
         }
     }
 
-    /// The record as the contract takes it.
-    pub fn record(&self) -> RecordInput {
-        RecordInput {
-            prediction_id: self.prediction_id,
-            patient_ref: self.patient_ref,
-            model_id_hash: self.model_id_hash,
-            input_commitment: self.input_commitment,
-            disease: self.disease,
-            modality: self.modality,
-            label: self.label,
-            probability_bps: self.probability_bps,
-        }
+    /// The prediction id (the key).
+    pub fn id(&self) -> B256 {
+        self.record.prediction_id
     }
 }
 
@@ -124,7 +103,7 @@ impl Outbox {
         let tx = self.db.begin_write().map_err(storage)?;
         let stored = {
             let mut records = tx.open_table(RECORDS).map_err(storage)?;
-            let key = entry.prediction_id.0;
+            let key = entry.id().0;
             let existing = records
                 .get(&key)
                 .map_err(storage)?
@@ -132,8 +111,8 @@ impl Outbox {
                 .transpose()
                 .map_err(storage)?;
             match existing {
-                Some(old) if old.record() == entry.record() => old,
-                Some(_) => return Err(OutboxError::Conflict(entry.prediction_id)),
+                Some(old) if old.record == entry.record => old,
+                Some(_) => return Err(OutboxError::Conflict(entry.id())),
                 None => {
                     let bytes = serde_json::to_vec(&entry).map_err(storage)?;
                     records.insert(&key, bytes.as_slice()).map_err(storage)?;
@@ -271,7 +250,7 @@ mod tests {
             .pending(10)
             .expect("pending")
             .iter()
-            .map(|e| e.prediction_id.0[0])
+            .map(|e| e.id().0[0])
             .collect();
         assert_eq!(ids, [1, 2, 3]);
         let done = o
@@ -305,7 +284,7 @@ mod tests {
         assert_eq!(again, first);
         assert_eq!(o.pending_stats().expect("stats").0, 1);
         let mut other = entry(1, 10);
-        other.label = 1;
+        other.record.label = 1;
         assert!(matches!(o.enqueue(other), Err(OutboxError::Conflict(_))));
         assert!(matches!(
             o.mark_confirmed(&B256::repeat_byte(8), TxHash::ZERO, 1),

@@ -156,13 +156,13 @@ pub async fn accept(
         let same = |old: &Entry| {
             let mut again = record.clone();
             again.input_commitment = privacy::commitment(&old.salt, &digest);
-            old.record() == again
+            old.record == again
         };
         if let Some(old) = outbox.get(&record.prediction_id)? {
             return if same(&old) {
                 Ok(old)
             } else {
-                Err(OutboxError::Conflict(old.prediction_id))
+                Err(OutboxError::Conflict(old.id()))
             };
         }
         match outbox.enqueue(Entry::new(&record, salt, now_ms())) {
@@ -179,11 +179,11 @@ pub async fn accept(
     .map_err(outbox_error)?;
     state.wake.notify_one();
     Ok(HttpResponse::Accepted().json(Receipt {
-        prediction_id: b256_to_id(&stored.prediction_id),
+        prediction_id: b256_to_id(&stored.id()),
         status: stored.status,
-        patient_ref: stored.patient_ref,
-        model_id_hash: stored.model_id_hash,
-        input_commitment: stored.input_commitment,
+        patient_ref: stored.record.patient_ref,
+        model_id_hash: stored.record.model_id_hash,
+        input_commitment: stored.record.input_commitment,
         salt: stored.salt,
         contract: state.contract,
         chain_id: state.chain_id,
@@ -200,17 +200,17 @@ pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiRe
         .map_err(outbox_error)?
         .ok_or_else(|| ApiError::NotFound(format!("no record for prediction {id}")))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
-        "prediction_id": b256_to_id(&entry.prediction_id),
+        "prediction_id": b256_to_id(&entry.id()),
         "status": entry.status,
         "attempts": entry.attempts,
         "last_error": entry.last_error,
         "tx_hash": entry.tx_hash,
         "block_number": entry.block_number,
-        "patient_ref": entry.patient_ref,
-        "model_id_hash": entry.model_id_hash,
-        "input_commitment": entry.input_commitment,
-        "label": entry.label,
-        "probability_bps": entry.probability_bps,
+        "patient_ref": entry.record.patient_ref,
+        "model_id_hash": entry.record.model_id_hash,
+        "input_commitment": entry.record.input_commitment,
+        "label": entry.record.label,
+        "probability_bps": entry.record.probability_bps,
         "contract": state.contract,
         "chain_id": state.chain_id,
     })))

@@ -80,16 +80,15 @@ impl Sender {
             match self.send(&entry).await {
                 Ok(()) => pass.confirmed += 1,
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(prediction = %entry.prediction_id, error = %e, "send failed; will retry");
+                    tracing::warn!(prediction = %entry.id(), error = %e, "send failed; will retry");
                     self.outbox
-                        .mark_attempt_failed(&entry.prediction_id, &e.to_string())?;
+                        .mark_attempt_failed(&entry.id(), &e.to_string())?;
                     pass.node_failed = true;
                     return Ok(pass);
                 }
                 Err(e) => {
-                    tracing::error!(prediction = %entry.prediction_id, error = %e, "record rejected");
-                    self.outbox
-                        .mark_rejected(&entry.prediction_id, &e.to_string())?;
+                    tracing::error!(prediction = %entry.id(), error = %e, "record rejected");
+                    self.outbox.mark_rejected(&entry.id(), &e.to_string())?;
                     pass.rejected += 1;
                 }
             }
@@ -98,14 +97,14 @@ impl Sender {
     }
 
     async fn send(&self, entry: &Entry) -> Result<(), ChainError> {
-        let id = entry.prediction_id;
-        let mined = match self.chain.record(&entry.record()).await {
+        let id = entry.id();
+        let mined = match self.chain.record(&entry.record).await {
             Ok(m) => m,
             Err(ChainError::Duplicate(_)) => {
                 // Ours if the chain holds our commitment: a resend after a crash.
                 let on_chain = self.chain.get(id).await?;
                 match on_chain {
-                    Some(r) if r.inputCommitment == entry.input_commitment => self
+                    Some(r) if r.inputCommitment == entry.record.input_commitment => self
                         .chain
                         .find_recorded(id)
                         .await?

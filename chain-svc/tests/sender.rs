@@ -80,23 +80,20 @@ async fn every_accepted_record_is_confirmed_exactly_once() {
     let crashed = entry(20, 20);
     outbox.enqueue(crashed.clone()).expect("enqueue");
     let direct = chain
-        .record(&crashed.record())
+        .record(&crashed.record)
         .await
         .expect("sent before the crash");
     let pass = sender.pass(64).await.expect("pass");
     assert_eq!(pass.confirmed, 1);
-    let stored = outbox
-        .get(&crashed.prediction_id)
-        .expect("get")
-        .expect("present");
+    let stored = outbox.get(&crashed.id()).expect("get").expect("present");
     assert_eq!(stored.status, Status::Confirmed);
     assert_eq!(stored.tx_hash, Some(direct.tx_hash));
     assert_eq!(chain.record_count().await.expect("count"), 16);
 
     // Someone else's record under the same id is not ours: rejected, not confirmed.
     let mut foreign = entry(20, 21);
-    foreign.prediction_id = crashed.prediction_id;
-    foreign.input_commitment = B256::repeat_byte(0xEE);
+    foreign.record.prediction_id = crashed.id();
+    foreign.record.input_commitment = B256::repeat_byte(0xEE);
     let other = Outbox::open(&state.path().join("other.redb")).expect("outbox");
     other.enqueue(foreign.clone()).expect("enqueue");
     let other = Arc::new(other);
@@ -114,7 +111,7 @@ async fn every_accepted_record_is_confirmed_exactly_once() {
     assert_eq!(pass.rejected, 1);
     assert_eq!(
         other
-            .get(&foreign.prediction_id)
+            .get(&foreign.id())
             .expect("get")
             .expect("present")
             .status,
