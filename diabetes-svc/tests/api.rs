@@ -62,12 +62,7 @@ async fn fifty_concurrent_first_requests_load_the_model_once() {
 #[tokio::test]
 async fn serves_only_its_own_models() {
     let app = spawn_disease(SPEC, |_| {}).await;
-    assert_eq!(
-        app.post_json("/v1/predict/tabular", &valid_body())
-            .await
-            .status(),
-        200
-    );
+    app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     let png = std::fs::read(medchain_tests::models_dir().join("examples/retina/0-no_dr-0.png"))
         .expect("example");
     assert_eq!(
@@ -137,12 +132,7 @@ async fn a_corrupt_model_fails_its_endpoint_only_and_is_retried() {
 
     // Put the file back: the next request retries the load and succeeds.
     std::fs::write(&onnx, &good).expect("restore model");
-    assert_eq!(
-        app.post_json("/v1/predict/tabular", &valid_body())
-            .await
-            .status(),
-        200
-    );
+    app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     assert_eq!(app.model("tabular").await["loads"], 1);
 }
 
@@ -170,12 +160,7 @@ async fn the_internal_token_guards_everything_but_health() {
         s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
     })
     .await;
-    assert_eq!(
-        app.post_json("/v1/predict/tabular", &valid_body())
-            .await
-            .status(),
-        200
-    );
+    app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     app.token = Some("wrong-token-but-long-enough".into());
     for path in ["/models", "/metrics"] {
         assert_problem(app.get(path).await, 401, None).await;
@@ -198,42 +183,16 @@ async fn warmup_loads_both_models_in_the_background() {
     let res = app.post_json("/v1/warmup", &json!({})).await;
     assert_eq!(res.status(), 202);
     for key in ["tabular", "retina"] {
-        let mut state = Value::Null;
-        for _ in 0..600 {
-            state = app.model(key).await["state"].clone();
-            if state == "ready" {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(state, "ready", "{key} did not finish loading");
+        app.wait_for_model_state(key, "ready").await;
     }
 }
 
 #[tokio::test]
 async fn an_idle_model_is_unloaded_and_loads_again_on_use() {
     let app = spawn_disease(SPEC, |s| s.models.tabular.idle_unload_secs = 1).await;
-    assert_eq!(
-        app.post_json("/v1/predict/tabular", &valid_body())
-            .await
-            .status(),
-        200
-    );
-    let mut state = Value::Null;
-    for _ in 0..100 {
-        state = app.model("tabular").await["state"].clone();
-        if state == "unloaded" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(state, "unloaded");
-    assert_eq!(
-        app.post_json("/v1/predict/tabular", &valid_body())
-            .await
-            .status(),
-        200
-    );
+    app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
+    app.wait_for_model_state("tabular", "unloaded").await;
+    app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     assert_eq!(app.model("tabular").await["loads"], 2);
 }
 
@@ -450,12 +409,7 @@ async fn image_inputs_are_checked_before_decoding() {
 #[tokio::test]
 async fn metrics_show_model_queue_and_memory_figures() {
     let app = spawn_disease(SPEC, |_| {}).await;
-    assert_eq!(
-        app.post_json("/v1/predict/tabular", &valid_body())
-            .await
-            .status(),
-        200
-    );
+    app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     let text = app
         .get("/metrics")
         .await

@@ -48,12 +48,7 @@ async fn ecg_fixtures_are_reproduced_or_the_missing_model_is_named() {
             body["detail"].as_str().is_some_and(|d| d.contains("ecg")),
             "{body}"
         );
-        assert_eq!(
-            app.post_json("/v1/predict/tabular", &valid_body())
-                .await
-                .status(),
-            200
-        );
+        app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     }
 }
 
@@ -93,12 +88,7 @@ async fn categorical_codes_are_checked_against_their_sets() {
 #[tokio::test]
 async fn serves_only_its_own_models() {
     let app = spawn_disease(SPEC, |_| {}).await;
-    assert_eq!(
-        app.post_json("/v1/predict/tabular", &valid_body())
-            .await
-            .status(),
-        200
-    );
+    app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     let models = app.models().await;
     assert_eq!(models["disease"], "heart");
     for m in models["models"].as_array().expect("models") {

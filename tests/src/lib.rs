@@ -129,6 +129,28 @@ impl TestApp {
             .await
     }
 
+    /// POSTs JSON, asserts 200 and returns the body.
+    pub async fn post_json_ok(&self, path: &str, body: &Value) -> Value {
+        let res = self.post_json(path, body).await;
+        let status = res.status().as_u16();
+        let v: Value = res.json().await.expect("json body");
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Polls `/models` until model `key` is in `state` (at most 30 s); returns its entry.
+    pub async fn wait_for_model_state(&self, key: &str, state: &str) -> Value {
+        let mut entry = Value::Null;
+        for _ in 0..300 {
+            entry = self.model(key).await;
+            if entry["state"] == state {
+                return entry;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("model {key} did not reach {state}: {entry}");
+    }
+
     /// `GET /models` as JSON.
     pub async fn models(&self) -> Value {
         self.get("/models").await.json().await.expect("models json")
