@@ -20,17 +20,27 @@ use sha2::{Digest, Sha256};
 const PATIENT_DOMAIN: &[u8] = b"medchain/patient/v1";
 const INPUT_DOMAIN: &[u8] = b"medchain/input/v1";
 
-/// The server secret patient references are keyed with.
-#[derive(Debug, Clone)]
-pub struct PatientKey(SecretSlice<u8>);
+/// The server secret patient references are keyed with: the HMAC, keyed once at start-up, so
+/// the request path has nothing left that can fail.
+#[derive(Clone)]
+pub struct PatientKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for PatientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PatientKey([REDACTED])")
+    }
+}
 
 impl PatientKey {
     /// At least 32 bytes of secret.
     pub fn new(secret: Vec<u8>) -> Result<Self, String> {
-        if secret.len() < 32 {
+        let secret = SecretSlice::from(secret);
+        if secret.expose_secret().len() < 32 {
             return Err("the patient HMAC key must be at least 32 bytes".into());
         }
-        Ok(Self(secret.into()))
+        Hmac::<Sha256>::new_from_slice(secret.expose_secret())
+            .map(Self)
+            .map_err(|e| format!("unusable patient HMAC key: {e}"))
     }
 
     /// The on-chain reference of `patient_id` (zero when there is none).
@@ -38,8 +48,7 @@ impl PatientKey {
         let Some(id) = patient_id else {
             return B256::ZERO;
         };
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose_secret())
-            .expect("HMAC accepts keys of any length");
+        let mut mac = self.0.clone();
         mac.update(PATIENT_DOMAIN);
         mac.update(id.as_bytes());
         B256::from_slice(&mac.finalize().into_bytes())
