@@ -28,28 +28,11 @@ async fn tabular_fixtures_are_reproduced() {
 }
 
 #[tokio::test]
-async fn ecg_fixtures_are_reproduced_or_the_missing_model_is_named() {
+async fn ecg_fixtures_are_reproduced() {
     let app = spawn_disease(SPEC, |_| {}).await;
-    if models_dir().join("heart/ecg.card.json").exists() {
-        assert!(check_image_fixtures(&app, "heart", "/v1/predict/ecg").await >= 4);
-    } else {
-        // Until the ECG model is trained, its endpoint says so and the rest serves.
-        let fx = fixtures();
-        let images = fx["image"].as_array().expect("images");
-        assert!(!images.iter().any(|r| r["disease"] == "heart"));
-        let png = std::fs::read(models_dir().join("examples/retina/0-no_dr-0.png")).expect("png");
-        let body = assert_problem(
-            app.post_image("/v1/predict/ecg", png, "x.png").await,
-            503,
-            None,
-        )
-        .await;
-        assert!(
-            body["detail"].as_str().is_some_and(|d| d.contains("ecg")),
-            "{body}"
-        );
-        app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
-    }
+    assert!(check_image_fixtures(&app, "heart", "/v1/predict/ecg").await >= 8);
+    let models = app.models().await;
+    assert_eq!(models["models"][1]["state"], "loaded", "{models}");
 }
 
 #[tokio::test]

@@ -81,6 +81,23 @@ def image_examples(task: str, sess, per_class: int = 2) -> list[dict]:
     return out
 
 
+def edge_examples() -> list[str]:
+    """Inputs the services must accept although no model was trained on them: the same retina
+    photo saved as a CMYK JPEG (print workflows produce these). Tests compare its prediction
+    with the RGB original's (the colour conversions of PIL and the Rust decoder differ
+    slightly, so not at fixture tolerance)."""
+    from PIL import Image
+
+    folder = EXAMPLES / "edge"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = EXAMPLES / "retina" / f"0-{synth_retina.GRADES[0]}-1.jpg"
+    if not src.exists():
+        return []
+    dst = folder / "retina-cmyk.jpg"
+    Image.open(src).convert("CMYK").save(dst, quality=92)
+    return [str(dst.relative_to(EXAMPLES))]
+
+
 def build(only_tabular: bool = False) -> dict:
     data = {"tolerance": TOLERANCE, "tabular": [], "image": []}
     for name in tabular.DATASETS:
@@ -102,6 +119,8 @@ def build(only_tabular: bool = False) -> dict:
                 it["model_sha256"] = card["sha256"]
             data["image"] += items
     EXAMPLES.mkdir(exist_ok=True)
+    if not only_tabular:
+        edge_examples()
     FIXTURES.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {FIXTURES}: {len(data['tabular'])} tabular rows, {len(data['image'])} images")
     return data
