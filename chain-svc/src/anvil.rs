@@ -11,6 +11,39 @@ use std::time::{Duration, Instant};
 pub struct Anvil {
     child: Child,
     port: u16,
+    /// Names the running child, so that a restart after `kill -9` of its parent can stop the
+    /// orphan (which still holds the state file) before starting a new one.
+    pid_file: PathBuf,
+}
+
+/// Stops an anvil left running by an earlier process that died without stopping it.
+fn reap_stale(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let is_anvil = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("anvil"));
+    if is_anvil {
+        tracing::warn!(pid, "stopping an orphaned anvil from an earlier run");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5)
+            && std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 impl Anvil {
@@ -48,6 +81,8 @@ impl Anvil {
         port: u16,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(state_dir)?;
+        let pid_file = state_dir.join("anvil.pid");
+        reap_stale(&pid_file);
         let child = Command::new(binary)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--chain-id", &chain_id.to_string()])
@@ -63,7 +98,12 @@ impl Anvil {
                     format!("cannot start anvil ({}): {e}", binary.display()),
                 )
             })?;
-        let mut anvil = Self { child, port };
+        std::fs::write(&pid_file, child.id().to_string())?;
+        let mut anvil = Self {
+            child,
+            port,
+            pid_file,
+        };
         anvil.wait_ready(Duration::from_secs(20))?;
         Ok(anvil)
     }
@@ -107,12 +147,14 @@ impl Anvil {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_file(&self.pid_file);
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 }
 

@@ -85,6 +85,15 @@ pub struct Mined {
     pub block_number: u64,
 }
 
+/// A record event found on chain.
+#[derive(Debug, Clone)]
+pub struct RecordedLog {
+    pub prediction_id: B256,
+    pub tx_hash: Option<TxHash>,
+    pub block_number: Option<u64>,
+    pub event: MedchainAudit::PredictionRecorded,
+}
+
 /// The contract, reached through one provider built once.
 #[derive(Debug, Clone)]
 pub struct AuditChain {
@@ -291,6 +300,43 @@ impl AuditChain {
                 block_number: l.block_number?,
             })
         }))
+    }
+
+    /// Every record of a patient reference, oldest first, from the contract's indexed event.
+    pub async fn records_of(&self, patient_ref: B256) -> Result<Vec<RecordedLog>, ChainError> {
+        use alloy::rpc::types::Filter;
+        use alloy::sol_types::SolEvent;
+        let filter = Filter::new()
+            .address(self.contract)
+            .event_signature(MedchainAudit::PredictionRecorded::SIGNATURE_HASH)
+            .topic2(patient_ref)
+            .from_block(0);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))?;
+        logs.iter()
+            .map(|l| {
+                let decoded = l
+                    .log_decode::<MedchainAudit::PredictionRecorded>()
+                    .map_err(|e| ChainError::Node(format!("undecodable record event: {e}")))?;
+                Ok(RecordedLog {
+                    prediction_id: decoded.inner.data.predictionId,
+                    tx_hash: l.transaction_hash,
+                    block_number: l.block_number,
+                    event: decoded.inner.data,
+                })
+            })
+            .collect()
+    }
+
+    /// The signer's balance in wei.
+    pub async fn signer_balance(&self) -> Result<alloy::primitives::U256, ChainError> {
+        self.provider
+            .get_balance(self.signer)
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))
     }
 
     /// Grants `account` the recorder role (the signer must be admin).

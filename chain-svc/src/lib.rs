@@ -19,7 +19,7 @@ use alloy::primitives::{Address, B256, U256, keccak256};
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use medchain_shared::auth::require_internal_token;
-use medchain_shared::health::{Check, readiness};
+use medchain_shared::health::{Check, ScrapeHook, readiness};
 use medchain_shared::request::request_context;
 use medchain_shared::server::{Application, Common};
 use medchain_shared::settings::{
@@ -69,6 +69,12 @@ pub struct ChainSettings {
     pub poll_interval_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// Reads (record lookups, verify, readiness) give up on the node after this long.
+    pub read_timeout_ms: u64,
+    /// `/readyz` fails while the signer holds less than this (wei): it could not pay for gas.
+    pub min_signer_balance_wei: u64,
+    /// Largest image body `verify` hashes.
+    pub verify_max_bytes: usize,
     pub anvil_binary: String,
 }
 
@@ -220,6 +226,7 @@ impl Running {
 /// Starts everything: anvil if embedded, keys, contract (deployed or found), outbox, sender,
 /// and the HTTP server.
 pub async fn build(settings: Settings) -> anyhow::Result<Running> {
+    medchain_shared::http::init_tls();
     let data = settings.data_dir();
     std::fs::create_dir_all(&data)?;
     let embedded = settings.chain.rpc_url.is_none();
@@ -285,14 +292,23 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
     tokio::spawn(sender.run(Duration::from_millis(settings.chain.poll_interval_ms)));
     tracing::info!(contract = %chain.contract(), signer = %chain.signer(), chain_id, embedded, "audit contract ready");
 
+    let read_timeout = Duration::from_millis(settings.chain.read_timeout_ms);
     let state = web::Data::new(RecordsState {
-        outbox,
+        outbox: outbox.clone(),
         patient_key,
         wake,
         contract: chain.contract(),
         chain_id,
+        chain: chain.clone(),
+        verify_max_bytes: settings.chain.verify_max_bytes,
+        read_timeout,
     });
-    let ready_chain = web::Data::new(chain.clone());
+    let ready = web::Data::new(Readiness {
+        chain: chain.clone(),
+        min_balance: U256::from(settings.chain.min_signer_balance_wei),
+        timeout: read_timeout,
+    });
+    let hook = web::Data::new(ScrapeHook(Box::new(move || outbox_gauges(&outbox))));
     let common = Common::new(SERVICE, env!("CARGO_PKG_VERSION"), "chain", &settings.auth);
     let app = Application::build(&settings.server, move || {
         let common = common.clone();
@@ -300,13 +316,19 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
             .wrap(from_fn(request_context))
             .configure(move |cfg| common.register(cfg))
             .app_data(state.clone())
-            .app_data(ready_chain.clone())
+            .app_data(ready.clone())
+            .app_data(hook.clone())
             .route("/readyz", web::get().to(readyz))
             .service(
                 web::scope("")
                     .wrap(from_fn(require_internal_token))
                     .route("/v1/records", web::post().to(records::accept))
-                    .route("/v1/records/{id}", web::get().to(records::get)),
+                    .route("/v1/records/{id}", web::get().to(records::get))
+                    .route("/v1/records/{id}/verify", web::post().to(records::verify))
+                    .route(
+                        "/v1/patients/{patient_id}/records",
+                        web::get().to(records::by_patient),
+                    ),
             )
     })?;
     Ok(Running {
@@ -317,18 +339,61 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
     })
 }
 
-/// `GET /readyz`: node reachable and our contract at the address.
-async fn readyz(chain: web::Data<AuditChain>) -> HttpResponse {
-    let code = chain.check_code().await;
+/// Pending count and the oldest pending record's age, current at every scrape.
+fn outbox_gauges(outbox: &Outbox) {
+    use medchain_shared::metrics::name;
+    match outbox.pending_stats() {
+        Ok((n, oldest)) => {
+            metrics::gauge!(name("outbox_pending")).set(n as f64);
+            let age = oldest.map_or(0.0, |at| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                now.saturating_sub(at) as f64 / 1e3
+            });
+            metrics::gauge!(name("outbox_oldest_pending_age_seconds")).set(age);
+        }
+        Err(e) => tracing::error!(error = %e, "outbox unreadable for metrics"),
+    }
+}
+
+/// What `/readyz` checks.
+#[derive(Debug)]
+struct Readiness {
+    chain: AuditChain,
+    min_balance: U256,
+    timeout: Duration,
+}
+
+/// `GET /readyz`: node reachable, our contract at the address, the signer able to pay for gas.
+async fn readyz(r: web::Data<Readiness>) -> HttpResponse {
+    let code = match tokio::time::timeout(r.timeout, r.chain.check_code()).await {
+        Ok(res) => res.map_err(|e| e.to_string()),
+        Err(_) => Err("the chain node did not answer in time".to_string()),
+    };
+    let balance = match tokio::time::timeout(r.timeout, r.chain.signer_balance()).await {
+        Ok(Ok(b)) if b >= r.min_balance => Ok(format!("{} holds {b} wei", r.chain.signer())),
+        Ok(Ok(b)) => Err(format!(
+            "signer {} holds {b} wei, below the {} wei it needs to pay for records",
+            r.chain.signer(),
+            r.min_balance
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the chain node did not answer in time".to_string()),
+    };
+    let check = |name: &str, res: Result<String, String>| Check {
+        name: name.into(),
+        ok: res.is_ok(),
+        detail: res.unwrap_or_else(|e| e),
+    };
     readiness(
         SERVICE,
-        vec![Check {
-            name: "contract".into(),
-            ok: code.is_ok(),
-            detail: code.err().map_or_else(
-                || format!("MedchainAudit at {}", chain.contract()),
-                |e| e.to_string(),
+        vec![
+            check(
+                "contract",
+                code.map(|()| format!("MedchainAudit at {}", r.chain.contract())),
             ),
-        }],
+            check("signer_funds", balance),
+        ],
     )
 }

@@ -156,6 +156,13 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The pending entries of one patient reference.
+    pub fn pending_of(&self, patient_ref: &B256) -> Result<Vec<Entry>, OutboxError> {
+        let mut out = self.pending(usize::MAX)?;
+        out.retain(|e| e.record.patient_ref == *patient_ref);
+        Ok(out)
+    }
+
     /// How many are pending, and since when the oldest waits.
     pub fn pending_stats(&self) -> Result<(u64, Option<u64>), OutboxError> {
         let tx = self.db.begin_read().map_err(storage)?;

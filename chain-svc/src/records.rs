@@ -1,17 +1,21 @@
-//! `POST /v1/records` (accept into the outbox, 202) and `GET /v1/records/{id}`.
+//! The record routes: `POST /v1/records` (accept into the outbox, 202), `GET /v1/records/{id}`
+//! (outbox status and the chain's copy), `GET /v1/patients/{patient_id}/records` and
+//! `POST /v1/records/{id}/verify` (does the original input match the commitment on chain?).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix_web::{HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use alloy::primitives::{Address, B256};
+use futures_util::StreamExt;
 use medchain_shared::error::{ApiError, ApiResult};
 use medchain_shared::request::ValidJson;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::chain::RecordInput;
+use crate::chain::{AuditChain, ChainError, MedchainAudit, RecordInput};
 use crate::outbox::{Entry, Outbox, OutboxError, Status};
 use crate::privacy::{self, PatientKey};
 
@@ -23,7 +27,15 @@ pub struct RecordsState {
     pub wake: Arc<Notify>,
     pub contract: Address,
     pub chain_id: u64,
+    pub chain: AuditChain,
+    /// Largest image accepted by verify (hashed as it streams, never held whole).
+    pub verify_max_bytes: usize,
+    /// How long a read may wait for the chain node.
+    pub read_timeout: Duration,
 }
+
+const DISEASES: [&str; 2] = ["diabetes", "heart"];
+const MODALITIES: [&str; 2] = ["tabular", "image"];
 
 /// The model that made the prediction.
 #[derive(Debug, Deserialize)]
@@ -124,8 +136,8 @@ pub async fn accept(
 ) -> ApiResult<HttpResponse> {
     let r = body.0;
     let prediction_id = id_to_b256(&r.prediction_id)?;
-    let disease = code("disease", &r.disease, &["diabetes", "heart"])?;
-    let modality = code("modality", &r.modality, &["tabular", "image"])?;
+    let disease = code("disease", &r.disease, &DISEASES)?;
+    let modality = code("modality", &r.modality, &MODALITIES)?;
     if !r.probability.is_finite() || !(0.0..=1.0).contains(&r.probability) {
         return Err(ApiError::invalid(
             "probability",
@@ -178,6 +190,7 @@ pub async fn accept(
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("outbox task: {e}")))?
     .map_err(outbox_error)?;
     state.wake.notify_one();
+    metrics::counter!(medchain_shared::metrics::name("records_accepted_total")).increment(1);
     Ok(HttpResponse::Accepted().json(Receipt {
         prediction_id: b256_to_id(&stored.id()),
         status: stored.status,
@@ -190,27 +203,348 @@ pub async fn accept(
     }))
 }
 
-/// `GET /v1/records/{id}`
-pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiResult<HttpResponse> {
-    let key = id_to_b256(&id)?;
+fn name_of(codes: &[&str], code: u8) -> Value {
+    (code as usize)
+        .checked_sub(1)
+        .and_then(|i| codes.get(i))
+        .map_or(json!(code), |n| json!(n))
+}
+
+/// The chain's copy of a record, decoded.
+fn on_chain_json(r: &MedchainAudit::Record) -> Value {
+    json!({
+        "patient_ref": r.patientRef,
+        "model_id_hash": r.modelIdHash,
+        "input_commitment": r.inputCommitment,
+        "disease": name_of(&DISEASES, r.disease),
+        "modality": name_of(&MODALITIES, r.modality),
+        "label": r.label,
+        "probability_bps": r.probabilityBps,
+        "timestamp": r.timestamp,
+        "recorder": r.recorder,
+    })
+}
+
+/// Whether the chain's copy holds exactly what the outbox sent.
+fn same_as_sent(r: &MedchainAudit::Record, e: &Entry) -> bool {
+    let s = &e.record;
+    r.patientRef == s.patient_ref
+        && r.modelIdHash == s.model_id_hash
+        && r.inputCommitment == s.input_commitment
+        && r.disease == s.disease
+        && r.modality == s.modality
+        && r.label == s.label
+        && r.probabilityBps == s.probability_bps
+}
+
+/// Runs a chain read under the read timeout; a node that is down or slow is a 503.
+async fn read_chain<T>(
+    state: &RecordsState,
+    f: impl Future<Output = Result<T, ChainError>>,
+) -> ApiResult<T> {
+    match tokio::time::timeout(state.read_timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::unavailable(
+            format!("cannot read the chain: {e}"),
+            Some(5),
+        )),
+        Err(_) => Err(ApiError::unavailable(
+            format!(
+                "the chain node did not answer within {} ms",
+                state.read_timeout.as_millis()
+            ),
+            Some(5),
+        )),
+    }
+}
+
+async fn outbox_get(state: &RecordsState, key: B256) -> ApiResult<Option<Entry>> {
     let outbox = state.outbox.clone();
-    let entry = web::block(move || outbox.get(&key))
+    web::block(move || outbox.get(&key))
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("outbox task: {e}")))?
-        .map_err(outbox_error)?
-        .ok_or_else(|| ApiError::NotFound(format!("no record for prediction {id}")))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+        .map_err(outbox_error)
+}
+
+/// `GET /v1/records/{id}`: the outbox's view (status, attempts, transaction) and the chain's
+/// copy, compared. A record this instance never saw (another instance, or a host that lost
+/// its disk) is answered from the chain alone.
+pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    let key = id_to_b256(&id)?;
+    let entry = outbox_get(&state, key).await?;
+    let chain = read_chain(&state, state.chain.get(key)).await;
+    let Some(entry) = entry else {
+        return match chain? {
+            Some(r) => Ok(HttpResponse::Ok().json(json!({
+                "prediction_id": b256_to_id(&key),
+                "status": Status::Confirmed,
+                "source": "chain",
+                "on_chain": on_chain_json(&r),
+                "contract": state.contract,
+                "chain_id": state.chain_id,
+            }))),
+            None => Err(ApiError::NotFound(format!("no record for prediction {id}"))),
+        };
+    };
+    let (on_chain, matches, chain_error) = match &chain {
+        Ok(Some(r)) => (
+            on_chain_json(r),
+            json!(same_as_sent(r, &entry)),
+            Value::Null,
+        ),
+        Ok(None) => (Value::Null, Value::Null, Value::Null),
+        Err(e) => (Value::Null, Value::Null, json!(e.to_string())),
+    };
+    Ok(HttpResponse::Ok().json(json!({
         "prediction_id": b256_to_id(&entry.id()),
         "status": entry.status,
+        "source": "outbox",
         "attempts": entry.attempts,
         "last_error": entry.last_error,
+        "accepted_at_unix_ms": entry.accepted_at_ms,
         "tx_hash": entry.tx_hash,
         "block_number": entry.block_number,
         "patient_ref": entry.record.patient_ref,
         "model_id_hash": entry.record.model_id_hash,
         "input_commitment": entry.record.input_commitment,
+        "disease": name_of(&DISEASES, entry.record.disease),
+        "modality": name_of(&MODALITIES, entry.record.modality),
         "label": entry.record.label,
         "probability_bps": entry.record.probability_bps,
+        "on_chain": on_chain,
+        "matches_chain": matches,
+        "chain_error": chain_error,
+        "contract": state.contract,
+        "chain_id": state.chain_id,
+    })))
+}
+
+/// `GET /v1/patients/{patient_id}/records`: every record of the patient on chain (found by the
+/// keyed reference, oldest first) and those still waiting in the outbox.
+pub async fn by_patient(
+    state: web::Data<RecordsState>,
+    patient_id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let pid = medchain_shared::request::check_patient_id(&patient_id)?;
+    let patient_ref = state.patient_key.patient_ref(Some(&pid));
+    let logs = read_chain(&state, state.chain.records_of(patient_ref)).await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut records: Vec<Value> = logs
+        .iter()
+        .map(|l| {
+            seen.insert(l.prediction_id);
+            json!({
+                "prediction_id": b256_to_id(&l.prediction_id),
+                "status": Status::Confirmed,
+                "tx_hash": l.tx_hash,
+                "block_number": l.block_number,
+                "model_id_hash": l.event.modelIdHash,
+                "input_commitment": l.event.inputCommitment,
+                "disease": name_of(&DISEASES, l.event.disease),
+                "modality": name_of(&MODALITIES, l.event.modality),
+                "label": l.event.label,
+                "probability_bps": l.event.probabilityBps,
+                "timestamp": l.event.timestamp,
+                "recorder": l.event.recorder,
+            })
+        })
+        .collect();
+    let outbox = state.outbox.clone();
+    let waiting = web::block(move || outbox.pending_of(&patient_ref))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("outbox task: {e}")))?
+        .map_err(outbox_error)?;
+    for e in waiting.iter().filter(|e| !seen.contains(&e.id())) {
+        records.push(json!({
+            "prediction_id": b256_to_id(&e.id()),
+            "status": e.status,
+            "accepted_at_unix_ms": e.accepted_at_ms,
+            "model_id_hash": e.record.model_id_hash,
+            "input_commitment": e.record.input_commitment,
+            "disease": name_of(&DISEASES, e.record.disease),
+            "modality": name_of(&MODALITIES, e.record.modality),
+            "label": e.record.label,
+            "probability_bps": e.record.probability_bps,
+        }));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "patient_ref": patient_ref,
+        "count": records.len(),
+        "records": records,
+        "contract": state.contract,
+        "chain_id": state.chain_id,
+    })))
+}
+
+/// The JSON form of a verify request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyJson {
+    /// The tabular features exactly as sent for the prediction (order and integer spelling
+    /// do not matter; see the canonical encoding).
+    #[serde(default)]
+    pub features: Option<Map<String, Value>>,
+    /// Or the input's SHA-256 directly (e.g. of an image hashed elsewhere).
+    #[serde(default)]
+    pub input_digest: Option<B256>,
+    /// The salt from the receipt; without it, the salt this service stored.
+    #[serde(default)]
+    pub salt: Option<B256>,
+    /// Also check that the record belongs to this patient.
+    #[serde(default)]
+    pub patient_id: Option<String>,
+}
+
+/// Query of a verify request whose body is the image itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    #[serde(default)]
+    pub salt: Option<String>,
+    #[serde(default)]
+    pub patient_id: Option<String>,
+}
+
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+}
+
+/// SHA-256 of a streamed body, refusing more than `max` bytes.
+async fn hash_stream(mut payload: web::Payload, max: usize) -> ApiResult<(B256, usize)> {
+    let mut h = Sha256::new();
+    let mut n = 0usize;
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        n += chunk.len();
+        if n > max {
+            return Err(ApiError::TooLarge {
+                detail: format!("the image is larger than {max} bytes"),
+                field: Some("image".into()),
+            });
+        }
+        h.update(&chunk);
+    }
+    if n == 0 {
+        return Err(ApiError::invalid(
+            "image",
+            "the body is empty: send the original image bytes, or JSON with `features` or \
+             `input_digest`",
+        ));
+    }
+    Ok((B256::from_slice(&h.finalize()), n))
+}
+
+/// `POST /v1/records/{id}/verify`: recomputes the commitment from the original input and the
+/// salt, and compares it with the chain's copy (not the outbox's: the chain is the witness).
+/// JSON body `{features | input_digest, salt?, patient_id?}`, or the original image as the raw
+/// body (any non-JSON content type) with `?salt=` and `?patient_id=` in the query.
+pub async fn verify(
+    req: HttpRequest,
+    state: web::Data<RecordsState>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let key = id_to_b256(&id)?;
+    let (digest, salt, patient_id, input_kind) = if is_json(&req) {
+        let body = ValidJson::<VerifyJson>::from_request(&req, &mut payload.into_inner())
+            .await?
+            .0;
+        let digest = match (&body.features, body.input_digest) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "input_digest",
+                    "send either `features` or `input_digest`, not both",
+                ));
+            }
+            (Some(f), None) => {
+                let bytes = medchain_shared::audit::canonical_features(f).map_err(|k| {
+                    ApiError::invalid(
+                        format!("features.{k}"),
+                        format!("feature `{k}` must be a finite number or null"),
+                    )
+                })?;
+                privacy::input_digest(&bytes)
+            }
+            (None, Some(d)) => d,
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "features",
+                    "send the original `features` (or `input_digest`, or the image as the body)",
+                ));
+            }
+        };
+        let kind = if body.features.is_some() {
+            "features"
+        } else {
+            "input_digest"
+        };
+        (digest, body.salt, body.patient_id, kind)
+    } else {
+        let q = web::Query::<VerifyQuery>::from_query(req.query_string())
+            .map_err(|e| ApiError::invalid("query", format!("bad query string: {e}")))?
+            .into_inner();
+        let salt = q
+            .salt
+            .map(|s| {
+                s.parse::<B256>()
+                    .map_err(|_| ApiError::invalid("salt", "`salt` must be 32 bytes of hex"))
+            })
+            .transpose()?;
+        let (digest, _) = hash_stream(payload, state.verify_max_bytes).await?;
+        (digest, salt, q.patient_id, "image")
+    };
+    let patient_ref = patient_id
+        .as_deref()
+        .map(medchain_shared::request::check_patient_id)
+        .transpose()?
+        .map(|p| state.patient_key.patient_ref(Some(&p)));
+
+    let entry = outbox_get(&state, key).await?;
+    let on_chain = read_chain(&state, state.chain.get(key)).await?;
+    let Some(record) = on_chain else {
+        return Err(match entry {
+            Some(e) if e.status == Status::Pending => ApiError::Conflict(format!(
+                "prediction {id} is accepted but not on chain yet (pending); verify once it is \
+                 confirmed"
+            )),
+            Some(e) => ApiError::Conflict(format!(
+                "prediction {id} is not on chain: {}",
+                e.last_error.unwrap_or_else(|| "rejected".into())
+            )),
+            None => ApiError::NotFound(format!("no record for prediction {id}")),
+        });
+    };
+    let (salt, salt_source) = match (salt, entry.as_ref()) {
+        (Some(s), _) => (s, "request"),
+        (None, Some(e)) => (e.salt, "service"),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "salt",
+                "this service holds no salt for the record: send the `salt` from the receipt",
+            ));
+        }
+    };
+    let input_matches = privacy::commitment(&salt, &digest) == record.inputCommitment;
+    let patient_matches = patient_ref.map(|r| r == record.patientRef);
+    let verified = input_matches && patient_matches.unwrap_or(true);
+    Ok(HttpResponse::Ok().json(json!({
+        "prediction_id": b256_to_id(&key),
+        "verified": verified,
+        "checks": {
+            "input_commitment": input_matches,
+            "patient": patient_matches,
+        },
+        "input": input_kind,
+        "input_digest": digest,
+        "salt_source": salt_source,
+        "on_chain": on_chain_json(&record),
         "contract": state.contract,
         "chain_id": state.chain_id,
     })))

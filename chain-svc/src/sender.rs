@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use medchain_shared::metrics::name;
 use tokio::sync::Notify;
 
 use crate::chain::{AuditChain, ChainError};
@@ -78,8 +79,13 @@ impl Sender {
         let mut pass = Pass::default();
         for entry in self.outbox.pending(limit)? {
             match self.send(&entry).await {
-                Ok(()) => pass.confirmed += 1,
+                Ok(()) => {
+                    metrics::counter!(name("records_confirmed_total")).increment(1);
+                    pass.confirmed += 1;
+                }
                 Err(e) if e.is_transient() => {
+                    metrics::counter!(name("send_failures_total"), "kind" => "transient")
+                        .increment(1);
                     tracing::warn!(prediction = %entry.id(), error = %e, "send failed; will retry");
                     self.outbox
                         .mark_attempt_failed(&entry.id(), &e.to_string())?;
@@ -87,6 +93,8 @@ impl Sender {
                     return Ok(pass);
                 }
                 Err(e) => {
+                    metrics::counter!(name("send_failures_total"), "kind" => "rejected")
+                        .increment(1);
                     tracing::error!(prediction = %entry.id(), error = %e, "record rejected");
                     self.outbox.mark_rejected(&entry.id(), &e.to_string())?;
                     pass.rejected += 1;

@@ -152,3 +152,267 @@ async fn bad_requests_are_refused() {
         .expect("get");
     assert_eq!(missing.status(), 404);
 }
+
+fn digest_of(bytes: &[u8]) -> String {
+    format!(
+        "0x{}",
+        alloy::primitives::hex::encode(medchain_shared::audit::sha256(bytes))
+    )
+}
+
+fn record_for(id: &str, patient: &str, digest: &str, modality: &str) -> Value {
+    let mut b = body(id);
+    b["patient_id"] = json!(patient);
+    b["input_digest"] = json!(digest);
+    b["modality"] = json!(modality);
+    b
+}
+
+async fn wait_confirmed(base: &str, id: &str) -> Value {
+    for _ in 0..200 {
+        let rec = get(base, id).await;
+        if rec["status"] == "confirmed" {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} not confirmed");
+}
+
+async fn verify(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = request
+        .header("x-internal-token", TOKEN)
+        .send()
+        .await
+        .expect("verify");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn records_verify_against_the_chain_and_list_by_patient() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (base, rpc) = spawn(data.path()).await;
+    let client = reqwest::Client::new();
+    let features = json!({"pregnancies": 6, "glucose": 148, "bmi": 33.6, "insulin": null});
+    let canonical =
+        medchain_shared::audit::canonical_features(features.as_object().expect("object"))
+            .expect("canonical");
+    let image = b"\xff\xd8\xff\xe0 pretend these are the uploaded JPEG bytes".to_vec();
+    let (tab, img, other) = (
+        "11111111-2222-4333-8444-555555555555",
+        "21111111-2222-4333-8444-555555555555",
+        "31111111-2222-4333-8444-555555555555",
+    );
+    let mut receipts = Vec::new();
+    for (id, patient, digest, modality) in [
+        (tab, "MRN-7", digest_of(&canonical), "tabular"),
+        (img, "MRN-7", digest_of(&image), "image"),
+        (other, "MRN-8", digest_of(b"x"), "tabular"),
+    ] {
+        let res = post(
+            &base,
+            &record_for(id, patient, &digest, modality),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(res.status(), 202);
+        receipts.push(res.json::<Value>().await.expect("receipt"));
+    }
+    for id in [tab, img, other] {
+        let rec = wait_confirmed(&base, id).await;
+        assert_eq!(rec["matches_chain"], true, "{rec}");
+        assert_eq!(rec["on_chain"]["input_commitment"], rec["input_commitment"]);
+        assert_eq!(rec["on_chain"]["disease"], "diabetes");
+    }
+    let url = |id: &str| format!("{base}/v1/records/{id}/verify");
+
+    // Tabular: the same features, in any order and integer spelling, with the stored salt.
+    let reordered = json!({"features": {"bmi": 33.6, "glucose": 148.0, "pregnancies": 6}});
+    let (s, v) = verify(client.post(url(tab)).json(&reordered)).await;
+    assert_eq!(
+        (s, &v["verified"], &v["salt_source"]),
+        (200, &json!(true), &json!("service")),
+        "{v}"
+    );
+    // One changed value: the chain says no.
+    let changed = json!({"features": {"bmi": 33.6, "glucose": 149, "pregnancies": 6}});
+    let (s, v) = verify(client.post(url(tab)).json(&changed)).await;
+    assert_eq!((s, &v["verified"]), (200, &json!(false)), "{v}");
+    // The receipt's salt works; another salt does not.
+    let with_salt =
+        json!({"features": features, "salt": receipts[0]["salt"], "patient_id": "MRN-7"});
+    let (_, v) = verify(client.post(url(tab)).json(&with_salt)).await;
+    assert_eq!(
+        (&v["verified"], &v["salt_source"]),
+        (&json!(true), &json!("request")),
+        "{v}"
+    );
+    assert_eq!(v["checks"]["patient"], true);
+    let wrong_salt = json!({"features": features, "salt": format!("0x{}", "11".repeat(32))});
+    let (_, v) = verify(client.post(url(tab)).json(&wrong_salt)).await;
+    assert_eq!(v["verified"], false);
+    // The right input but another patient: not verified, and the check says which part failed.
+    let wrong_patient = json!({"features": features, "patient_id": "MRN-8"});
+    let (_, v) = verify(client.post(url(tab)).json(&wrong_patient)).await;
+    assert_eq!(
+        (
+            &v["verified"],
+            &v["checks"]["input_commitment"],
+            &v["checks"]["patient"]
+        ),
+        (&json!(false), &json!(true), &json!(false)),
+        "{v}"
+    );
+
+    // Image: the raw bytes as the body; one flipped byte fails.
+    let (s, v) = verify(
+        client
+            .post(url(img))
+            .header("content-type", "image/jpeg")
+            .body(image.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["verified"], &v["input"]),
+        (200, &json!(true), &json!("image")),
+        "{v}"
+    );
+    let mut tampered = image.clone();
+    tampered[10] ^= 1;
+    let (_, v) = verify(
+        client
+            .post(url(img))
+            .header("content-type", "image/jpeg")
+            .body(tampered),
+    )
+    .await;
+    assert_eq!(v["verified"], false);
+    let salt = receipts[1]["salt"].as_str().expect("salt").to_string();
+    let (_, v) = verify(
+        client
+            .post(format!("{}?salt={salt}&patient_id=MRN-7", url(img)))
+            .header("content-type", "application/octet-stream")
+            .body(image.clone()),
+    )
+    .await;
+    assert_eq!(
+        (&v["verified"], &v["salt_source"]),
+        (&json!(true), &json!("request")),
+        "{v}"
+    );
+
+    // Bad verify requests name what is wrong.
+    for (body, field) in [
+        (json!({}), "features"),
+        (json!({"features": {"age": "50"}}), "features.age"),
+        (
+            json!({"features": {}, "input_digest": digest_of(b"")}),
+            "input_digest",
+        ),
+        (json!({"features": {}, "nonsense": 1}), "nonsense"),
+    ] {
+        let (s, v) = verify(client.post(url(tab)).json(&body)).await;
+        assert_eq!((s, &v["field"]), (422, &json!(field)), "{v}");
+    }
+    let (s, _) = verify(
+        client
+            .post(url(tab))
+            .header("content-type", "image/png")
+            .body(Vec::new()),
+    )
+    .await;
+    assert_eq!(s, 422);
+    let unknown = "99999999-2222-4333-8444-555555555555";
+    let (s, v) = verify(client.post(url(unknown)).json(&reordered)).await;
+    assert_eq!(s, 404, "{v}");
+
+    // Per patient: the keyed reference finds exactly that patient's records.
+    let list = |p: &str| {
+        client
+            .get(format!("{base}/v1/patients/{p}/records"))
+            .header("x-internal-token", TOKEN)
+            .send()
+    };
+    let mine: Value = list("MRN-7")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = mine["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["prediction_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, [tab, img], "{mine}");
+    assert_eq!(mine["records"][1]["modality"], "image");
+    assert_eq!(mine["patient_ref"], receipts[0]["patient_ref"]);
+    let theirs: Value = list("MRN-8")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(theirs["count"], 1);
+    let nobody: Value = list("MRN-9")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(nobody["count"], 0);
+
+    // Readiness: contract present and signer funded; an empty signer makes it not ready.
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let key = std::fs::read_to_string(data.path().join("dev-signer.key")).expect("dev key");
+    let signer: alloy::signers::local::PrivateKeySigner = key.trim().parse().expect("key");
+    let provider = ProviderBuilder::new().connect_http(rpc.parse().expect("url"));
+    let _: () = provider
+        .raw_request(
+            "anvil_setBalance".into(),
+            (signer.address(), alloy::primitives::U256::ZERO),
+        )
+        .await
+        .expect("drain");
+    let not_ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(not_ready.status(), 503);
+    let body: Value = not_ready.json().await.expect("json");
+    let funds = body["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "signer_funds")
+        .expect("funds check")
+        .clone();
+    assert_eq!(funds["ok"], false, "{body}");
+
+    // Metrics: the outbox gauges and counters are exported.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .header("x-internal-token", TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "chain_outbox_pending 0",
+        "chain_outbox_oldest_pending_age_seconds",
+        "chain_records_accepted_total",
+        "chain_records_confirmed_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from metrics");
+    }
+}

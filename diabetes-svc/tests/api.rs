@@ -42,7 +42,25 @@ async fn a_prediction_carries_model_risk_and_notice() {
     assert_eq!(body["result"]["risk"]["bands"][0]["below"], 0.3);
     assert!(body["inference_ms"].as_f64().is_some_and(|t| t > 0.0));
     assert!(body["notice"].as_str().is_some_and(|n| !n.is_empty()));
-    assert!(body["audit"].is_null());
+    assert!(body["audit"].is_null(), "no patient id, nothing to record");
+}
+
+#[tokio::test]
+async fn an_unreachable_chain_service_leaves_the_prediction_answered_and_unrecorded() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let mut body = valid_body();
+    body["patient_id"] = json!("MRN-0042");
+    let p = app.post_json_ok("/v1/predict/tabular", &body).await;
+    assert_eq!(p["result"]["label"], "diabetes");
+    assert_eq!(p["audit"]["status"], "unrecorded", "{p}");
+    assert!(
+        p["audit"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unreachable")),
+        "{p}"
+    );
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(metrics.contains("diabetes_audit_unrecorded_total{reason=\"unreachable\"}"));
 }
 
 #[tokio::test]
@@ -427,5 +445,26 @@ async fn metrics_show_model_queue_and_memory_figures() {
         "diabetes_http_requests_total{",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_cmyk_jpeg_is_converted_and_predicts_like_its_rgb_original() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let dir = medchain_tests::models_dir().join("examples");
+    let mut out = Vec::new();
+    for file in ["retina/0-no_dr-1.jpg", "edge/retina-cmyk.jpg"] {
+        let bytes = std::fs::read(dir.join(file)).expect("example");
+        let res = app.post_image("/v1/predict/retina", bytes, file).await;
+        assert_eq!(res.status(), 200, "{file}");
+        out.push(res.json::<Value>().await.expect("json"));
+    }
+    assert_eq!(out[0]["result"]["label"], out[1]["result"]["label"]);
+    let (rgb, cmyk) = (
+        medchain_tests::probabilities(&out[0]),
+        medchain_tests::probabilities(&out[1]),
+    );
+    for (a, b) in rgb.iter().zip(&cmyk) {
+        assert!((a - b).abs() < 0.05, "rgb {rgb:?} vs cmyk {cmyk:?}");
     }
 }

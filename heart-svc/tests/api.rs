@@ -3,8 +3,7 @@
 
 use medchain_heart_svc::SPEC;
 use medchain_tests::{
-    assert_problem, check_image_fixtures, check_tabular_fixtures, fixtures, models_dir,
-    spawn_disease,
+    assert_problem, check_image_fixtures, check_tabular_fixtures, fixtures, spawn_disease,
 };
 use serde_json::{Value, json};
 

@@ -89,14 +89,15 @@ def measure_load_rss(onnx_path: Path, shape, dtype: str) -> dict:
 
 
 def base_card(*, model_id: str, onnx_path: Path, disease: str, modality: str, demo: bool,
-              notice: str, framework: dict, input_spec: dict, outputs: list, classes: list) -> dict:
+              notice: str, framework: dict, input_spec: dict, outputs: list, classes: list,
+              version: str = "1.0.0") -> dict:
     import onnx
 
     m = onnx.load(str(onnx_path), load_external_data=False)
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "model_id": model_id,
-        "version": "1.0.0",
+        "version": version,
         "disease": disease,
         "modality": modality,
         "file": onnx_path.name,
@@ -113,7 +114,7 @@ def base_card(*, model_id: str, onnx_path: Path, disease: str, modality: str, de
 
 
 def image_card(*, model_id, onnx_path, arch, labels, names, risk_band_by_class, metrics, training,
-               disease=None, demo=True, notice=DEMO_NOTICE, framework=None):
+               disease=None, demo=True, notice=DEMO_NOTICE, framework=None, version="1.0.0"):
     from . import preprocess
 
     disease = disease or ("diabetes" if onnx_path.parent.name == "diabetes" else "heart")
@@ -121,7 +122,7 @@ def image_card(*, model_id, onnx_path, arch, labels, names, risk_band_by_class, 
                   "dtype": "float32"}
     card = base_card(
         model_id=model_id, onnx_path=onnx_path, disease=disease, modality="image", demo=demo,
-        notice=notice,
+        notice=notice, version=version,
         framework=framework or {"name": "pytorch", "architecture": f"torchvision.models.{arch}",
                                 "versions": versions()},
         input_spec=input_spec,

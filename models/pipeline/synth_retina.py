@@ -6,10 +6,10 @@ International Clinical Diabetic Retinopathy scale. They are not medical images.
 
 Grades (what the generator draws):
   0 no DR          -- no lesions
-  1 mild NPDR      -- a few microaneurysms (small sharp red dots)
+  1 mild NPDR      -- a few microaneurysms (small, sharp, very dark red dots)
   2 moderate NPDR  -- more microaneurysms, dot/blot haemorrhages, some hard exudates
   3 severe NPDR    -- many haemorrhages in all four quadrants, venous beading, cotton-wool spots
-  4 proliferative  -- new vessels (fine tangled loops) at the disc or elsewhere, plus severe signs,
+  4 proliferative  -- new vessels (bright red tangled loops) at the disc or elsewhere, plus severe signs,
                       sometimes a pre-retinal (boat-shaped) haemorrhage
 
 Every image is a pure function of (grade, seed) so data sets are reproducible.
@@ -119,9 +119,12 @@ def render(grade: int, seed: int, size: int = 256) -> Image.Image:
     cotton = lambda: (int(rng.uniform(225, 245)), int(rng.uniform(200, 225)), int(rng.uniform(190, 215)))
     k = s / 256  # lesion sizes scale with the image
 
+    # Microaneurysms are the only sign of grade 1, so they must survive the resize to 224 px,
+    # the blur and JPEG: darker than haemorrhages and at least ~2 px across after resizing.
+    ma_red = lambda: (int(rng.uniform(55, 95)), int(rng.uniform(5, 20)), int(rng.uniform(5, 20)))
     if grade >= 1:
-        n_ma = {1: rng.integers(3, 8), 2: rng.integers(8, 16)}.get(grade, rng.integers(12, 22))
-        _dots(draw, rng, int(n_ma), (cx, cy), radius, 1.6 * k, 2.6 * k, dark_red)
+        n_ma = {1: rng.integers(5, 11), 2: rng.integers(10, 18)}.get(grade, rng.integers(12, 22))
+        _dots(draw, rng, int(n_ma), (cx, cy), radius, 2.2 * k, 3.2 * k, ma_red)
     if grade >= 2:
         n_h = {2: rng.integers(3, 7)}.get(grade, rng.integers(16, 30))
         _dots(draw, rng, int(n_h), (cx, cy), radius, 3.5 * k, 6.5 * k, dark_red,
@@ -134,20 +137,22 @@ def render(grade: int, seed: int, size: int = 256) -> Image.Image:
         # Neovascularisation: many fine, tortuous loops at the disc or on an arcade.
         at = disc if rng.random() < 0.6 else (cx + rng.normal(0, radius * 0.3),
                                               cy + rng.normal(0, radius * 0.3))
-        nv = tuple(int(v) for v in np.array(vessel) * 0.85)
-        for _ in range(int(rng.integers(10, 18))):
-            pts = [(at[0] + rng.normal(0, 4 * k), at[1] + rng.normal(0, 4 * k))]
+        # New vessels are brighter red than the old ones and form a dense tangle: drawn wide
+        # enough (2 px at 256) to be seen at the serving resolution.
+        nv = (int(rng.uniform(185, 225)), int(rng.uniform(30, 60)), int(rng.uniform(40, 70)))
+        for _ in range(int(rng.integers(16, 26))):
+            pts = [(at[0] + rng.normal(0, 5 * k), at[1] + rng.normal(0, 5 * k))]
             ang = rng.uniform(0, 2 * np.pi)
-            for _ in range(8):
+            for _ in range(9):
                 ang += rng.normal(0, 0.9)
                 pts.append((pts[-1][0] + 3.5 * k * np.cos(ang), pts[-1][1] + 3.5 * k * np.sin(ang)))
-            draw.line(pts, fill=nv, width=max(1, int(round(1.3 * k))))
-        if rng.random() < 0.5:
+            draw.line(pts, fill=nv, width=max(2, int(round(2 * k))))
+        if rng.random() < 0.6:
             px, py = cx + rng.normal(0, radius * 0.3), cy + radius * rng.uniform(0.1, 0.5)
             w, h = radius * rng.uniform(0.12, 0.22), radius * rng.uniform(0.06, 0.1)
             draw.chord([px - w, py - h, px + w, py + h], 0, 180, fill=dark_red())
 
-    pil = pil.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.3, 0.9) * k))
+    pil = pil.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.3, 0.7) * k))
     arr = np.asarray(pil).astype(np.float32)
     arr *= rng.uniform(0.8, 1.15)
     arr += rng.normal(0, rng.uniform(1, 4), arr.shape)

@@ -1,9 +1,11 @@
 //! The library every medchain service uses: settings, telemetry, errors, health and metrics,
 //! the internal-token check and process memory figures. It knows no service.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod http;
 pub mod memory;
 pub mod metrics;
 #[cfg(feature = "ml")]

@@ -38,6 +38,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A running service on loopback.
 #[derive(Debug)]
 pub struct TestApp {
@@ -56,6 +64,10 @@ pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSet
     let mut settings = DiseaseSettings::load(&spec).expect("embedded defaults load");
     settings.server.port = 0;
     settings.server.workers = 2;
+    // chain-svc is somewhere else in each test: by default a closed port (an unreachable
+    // chain-svc), never whatever happens to listen on the development port.
+    settings.chain.url = format!("http://127.0.0.1:{}", closed_port());
+    settings.chain.timeout_ms = 500;
     tweak(&mut settings);
     settings.validate(&spec).expect("test settings are valid");
     let token = settings

@@ -2,6 +2,7 @@
 //! ONNX Runtime model holder, input validation and image preprocessing, and the prediction
 //! endpoints both disease services mount.
 
+pub mod audit;
 pub mod card;
 pub mod image;
 pub mod model;

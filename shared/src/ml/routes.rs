@@ -18,7 +18,7 @@ use super::runtime::{self, RuntimeSettings};
 use super::tabular::{self, PATIENT_ID};
 use crate::error::{ApiError, ApiResult};
 use crate::health::{Check, readiness};
-use crate::request::ValidJson;
+use crate::request::{RequestId, ValidJson};
 
 /// A disease service's models and routes.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct DiseaseModels {
     /// Decodes running at once: each holds a decoded image, so this bounds their memory
     /// whatever the number of uploads waiting.
     pub decode_slots: Arc<tokio::sync::Semaphore>,
+    /// Records predictions that carry a patient id on chain-svc.
+    pub audit: super::audit::AuditClient,
 }
 
 impl DiseaseModels {
@@ -147,7 +149,9 @@ pub struct Prediction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageInfo>,
     pub created_at_unix_ms: u64,
-    /// The audit record of this prediction; null until the chain service records it.
+    /// The audit record of this prediction: chain-svc's receipt (status `pending`, then
+    /// `confirmed` on chain), or `unrecorded` with the reason; null when no `patient_id` was
+    /// given (nothing to record).
     pub audit: Option<Value>,
 }
 
@@ -296,12 +300,17 @@ async fn infer(
 
 /// `POST /v1/predict/tabular`
 async fn predict_tabular(
+    req: HttpRequest,
     models: web::Data<DiseaseModels>,
     body: ValidJson<Value>,
 ) -> ApiResult<HttpResponse> {
     let model = &models.tabular;
     let card = model.card()?;
     let input = tabular::validate(card, &body.0)?;
+    let digest = crate::audit::canonical_features(&input.canonical)
+        .map(|c| crate::audit::sha256(&c))
+        .map_err(|k| ApiError::Internal(anyhow::anyhow!("feature `{k}` not canonical")))?;
+    let patient_id = input.patient_id.clone();
     let permit = model.admit()?;
     let n = input.features.len() as i64;
     let output = card
@@ -317,8 +326,14 @@ async fn predict_tabular(
         output,
     )
     .await?;
+    drop(permit);
     let probs = probs.into_iter().map(f64::from).collect();
-    Ok(HttpResponse::Ok().json(prediction(card, probs, ms, None)?))
+    let mut p = prediction(card, probs, ms, None)?;
+    p.audit = models
+        .audit
+        .record(&p, patient_id.as_deref(), digest, RequestId::of(&req))
+        .await;
+    Ok(HttpResponse::Ok().json(p))
 }
 
 /// `POST /v1/predict/{retina|ecg}`: multipart with an `image` file and optional `patient_id`.
@@ -333,7 +348,7 @@ async fn predict_image(
     check_multipart_headers(&req, limits.max_bytes)?;
     // The permit is taken before the body is read, so waiting uploads are bounded too.
     let permit = model.admit()?;
-    let (bytes, _patient_id) = read_image_upload(&req, payload, limits.max_bytes).await?;
+    let (bytes, patient_id) = read_image_upload(&req, payload, limits.max_bytes).await?;
     let pre = card
         .preprocessing
         .clone()
@@ -345,9 +360,16 @@ async fn predict_image(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("decode slots closed: {e}")))?;
-    let prepared: Prepared = tokio::task::spawn_blocking(move || {
+    let want_digest = patient_id.is_some();
+    let (prepared, digest): (Prepared, [u8; 32]) = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
-        prepare(&bytes, &pre, &limits)
+        let prepared = prepare(&bytes, &pre, &limits)?;
+        let digest = if want_digest {
+            crate::audit::sha256(&bytes)
+        } else {
+            [0; 32]
+        };
+        Ok::<_, ApiError>((prepared, digest))
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("preprocessing task failed: {e}")))??;
@@ -369,7 +391,13 @@ async fn predict_image(
         output,
     )
     .await?;
-    Ok(HttpResponse::Ok().json(prediction(&card, softmax(&logits), ms, Some(info))?))
+    drop(permit);
+    let mut p = prediction(&card, softmax(&logits), ms, Some(info))?;
+    p.audit = models
+        .audit
+        .record(&p, patient_id.as_deref(), digest, RequestId::of(&req))
+        .await;
+    Ok(HttpResponse::Ok().json(p))
 }
 
 fn check_multipart_headers(req: &HttpRequest, max_bytes: usize) -> ApiResult<()> {

@@ -8,6 +8,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, web};
 use serde::Deserialize;
 
+use super::audit::{AuditClient, ChainClientSettings};
 use super::image::ImageLimits;
 use super::model::{LazyModel, MemorySettings, ModelSettings};
 use super::routes::{DiseaseModels, readyz};
@@ -28,6 +29,7 @@ pub struct DiseaseSettings {
     pub memory: MemorySettings,
     pub images: ImageLimits,
     pub models: ModelsSettings,
+    pub chain: ChainClientSettings,
 }
 
 /// Where the models are and how each is served.
@@ -131,6 +133,7 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
         decode_slots: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         )),
+        audit: AuditClient::new(&settings.chain, settings.auth.internal_token.clone()),
     });
     if tokio::runtime::Handle::try_current().is_ok() {
         models.spawn_watchers();

@@ -1,0 +1,187 @@
+//! chain-svc as a real process, killed with `kill -9` while records stream in: after a restart
+//! on the same data dir every accepted record is confirmed on chain exactly once, and the
+//! orphaned embedded anvil of the killed process is replaced, not duplicated.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "crash-test-token-0123456789";
+const RECORDS: usize = 60;
+
+fn start(data: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("chain-svc.log"))
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_chain-svc"))
+        .env("CHAIN__STORAGE__DATA_DIR", data.join("state"))
+        .env("CHAIN__SERVER__PORT", port.to_string())
+        .env("CHAIN__SERVER__WORKERS", "2")
+        .env("CHAIN__AUTH__INTERNAL_TOKEN", TOKEN)
+        .env("CHAIN__CHAIN__POLL_INTERVAL_MS", "100")
+        .env("CHAIN__TELEMETRY__FILTER", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start chain-svc")
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("chain-svc did not come up");
+}
+
+fn id(n: usize) -> String {
+    format!("{n:08x}-0000-4000-8000-00000000c0de")
+}
+
+fn record(n: usize) -> Value {
+    json!({
+        "prediction_id": id(n),
+        "disease": "heart",
+        "modality": "tabular",
+        "model": {"id": "heart-tabular-xgb", "version": "1.0.0", "sha256": "00"},
+        "label": (n % 2),
+        "probability": 0.5,
+        "patient_id": "MRN-CRASH",
+        "input_digest": format!("0x{:064x}", n + 1),
+    })
+}
+
+/// anvil processes whose command line names this test's data dir.
+fn anvils_for(data: &Path) -> usize {
+    let needle = data.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("anvil") && c.contains(&needle) && !c.contains("chain-svc"))
+        .count()
+}
+
+#[tokio::test]
+async fn kill_9_under_writes_loses_nothing_and_records_nothing_twice() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut child = start(data.path(), port);
+    wait_healthy(&client, &base).await;
+
+    // Four writers, each retrying its record until it is accepted (as a disease service
+    // would): a request cut off by the crash is sent again after the restart.
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let (client, base, next, accepted) =
+            (client.clone(), base.clone(), next.clone(), accepted.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= RECORDS {
+                    return;
+                }
+                loop {
+                    let res = client
+                        .post(format!("{base}/v1/records"))
+                        .header("x-internal-token", TOKEN)
+                        .json(&record(n))
+                        .send()
+                        .await;
+                    match res {
+                        Ok(r) if r.status() == 202 => break,
+                        Ok(r) => panic!("record {n}: {} {:?}", r.status(), r.text().await),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    while accepted.load(Ordering::SeqCst) < RECORDS / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().expect("kill -9"); // SIGKILL: no shutdown hook runs
+    child.wait().expect("reaped");
+    let at_kill = accepted.load(Ordering::SeqCst);
+    assert!(at_kill < RECORDS, "the crash must land mid-stream");
+
+    let mut child = start(data.path(), port);
+    wait_healthy(&client, &base).await;
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert_eq!(anvils_for(data.path()), 1, "the orphaned anvil was stopped");
+
+    // Every record confirmed, on chain, as sent.
+    for n in 0..RECORDS {
+        let mut rec = Value::Null;
+        for _ in 0..400 {
+            rec = client
+                .get(format!("{base}/v1/records/{}", id(n)))
+                .header("x-internal-token", TOKEN)
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            if rec["status"] == "confirmed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(rec["status"], "confirmed", "record {n}: {rec}");
+        assert_eq!(rec["matches_chain"], true, "record {n}: {rec}");
+    }
+    // Exactly once: the chain's events for the patient are the 60 records, no more.
+    let listed: Value = client
+        .get(format!("{base}/v1/patients/MRN-CRASH/records"))
+        .header("x-internal-token", TOKEN)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let ids: std::collections::BTreeSet<String> = listed["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["prediction_id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(listed["count"], RECORDS, "{listed}");
+    assert_eq!(ids, (0..RECORDS).map(id).collect());
+    eprintln!("killed after {at_kill} of {RECORDS} accepted; all confirmed once");
+
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    // The second process's anvil is an orphan now; stop it the way a restart would.
+    let _ = std::fs::read_to_string(data.path().join("state/anvil/anvil.pid"))
+        .map(|pid| Command::new("kill").arg(pid.trim()).status());
+}

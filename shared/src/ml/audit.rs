@@ -1,0 +1,118 @@
+//! Recording predictions: a disease service sends every prediction that carries a patient id
+//! to chain-svc (internal token, short timeout) and returns chain-svc's receipt in its answer.
+//! When chain-svc cannot be reached the prediction is still answered, with the audit marked
+//! `unrecorded` and the reason, and a metric counts it. Images never travel: only the SHA-256
+//! of the uploaded bytes (or of the canonical features, see `crate::audit`).
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::routes::Prediction;
+
+/// Where chain-svc is and how long a record may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainClientSettings {
+    /// chain-svc's base URL; empty = predictions are not recorded (audit says why).
+    pub url: String,
+    pub timeout_ms: u64,
+}
+
+/// The client a disease service records through.
+#[derive(Debug, Clone)]
+pub struct AuditClient {
+    http: reqwest::Client,
+    records_url: Option<String>,
+    token: Option<SecretString>,
+}
+
+impl AuditClient {
+    /// A client for `settings`, sending `token` as the internal token.
+    pub fn new(settings: &ChainClientSettings, token: Option<SecretString>) -> Self {
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        let http = crate::http::client_builder(timeout)
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        let url = settings.url.trim().trim_end_matches('/');
+        Self {
+            http,
+            records_url: (!url.is_empty()).then(|| format!("{url}/v1/records")),
+            token,
+        }
+    }
+
+    /// Records `p` for `patient_id` (no patient, no record: returns `None`).
+    pub async fn record(
+        &self,
+        p: &Prediction,
+        patient_id: Option<&str>,
+        input_digest: [u8; 32],
+        request_id: Option<String>,
+    ) -> Option<Value> {
+        let patient_id = patient_id?;
+        let digest = format!("0x{}", hex::encode(input_digest));
+        let Some(url) = &self.records_url else {
+            return Some(unrecorded(
+                "not_configured",
+                "no chain service is configured (chain.url)",
+                &digest,
+            ));
+        };
+        let body = json!({
+            "prediction_id": p.prediction_id,
+            "disease": p.disease,
+            "modality": p.modality,
+            "model": {"id": p.model.id, "version": p.model.version, "sha256": p.model.sha256},
+            "label": p.result.class_index,
+            "probability": p.result.probability,
+            "patient_id": patient_id,
+            "input_digest": digest,
+        });
+        let mut req = self.http.post(url).json(&body);
+        if let Some(t) = &self.token {
+            req = req.header(crate::auth::INTERNAL_TOKEN_HEADER, t.expose_secret());
+        }
+        if let Some(id) = request_id {
+            req = req.header(crate::request::REQUEST_ID_HEADER, id);
+        }
+        let outcome = match req.send().await {
+            Ok(res) if res.status() == reqwest::StatusCode::ACCEPTED => {
+                match res.json::<Value>().await {
+                    Ok(mut receipt) => {
+                        receipt["input_digest"] = json!(digest);
+                        Ok(receipt)
+                    }
+                    Err(e) => Err(("bad_answer", format!("chain-svc answered unreadably: {e}"))),
+                }
+            }
+            Ok(res) => {
+                let status = res.status();
+                let detail = res
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["detail"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                Err(("refused", format!("chain-svc answered {status}: {detail}")))
+            }
+            Err(e) if e.is_timeout() => {
+                Err(("timeout", format!("chain-svc did not answer in time: {e}")))
+            }
+            Err(e) => Err(("unreachable", format!("chain-svc is unreachable: {e}"))),
+        };
+        Some(outcome.unwrap_or_else(|(kind, reason)| {
+            tracing::warn!(prediction = %p.prediction_id, kind, %reason, "prediction not recorded");
+            unrecorded(kind, &reason, &digest)
+        }))
+    }
+}
+
+fn unrecorded(kind: &'static str, reason: &str, digest: &str) -> Value {
+    metrics::counter!(crate::metrics::name("audit_unrecorded_total"), "reason" => kind)
+        .increment(1);
+    json!({"status": "unrecorded", "reason": reason, "input_digest": digest})
+}

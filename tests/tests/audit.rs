@@ -1,0 +1,170 @@
+//! End to end: diabetes-svc records predictions on a real chain-svc (with its embedded anvil),
+//! and the original inputs verify against the chain while changed ones do not.
+
+use std::time::Duration;
+
+use medchain_chain_svc::{Running, Settings as ChainSettings};
+use medchain_diabetes_svc::SPEC;
+use medchain_tests::{TEST_TOKEN, TestApp, models_dir, spawn_disease};
+use serde_json::{Value, json};
+
+async fn chain_svc(data: &std::path::Path) -> String {
+    let mut s = ChainSettings::load().expect("defaults");
+    s.server.port = 0;
+    s.server.workers = 1;
+    s.storage.data_dir = data.to_str().expect("utf-8").into();
+    s.chain.poll_interval_ms = 100;
+    s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+    let running: Running = medchain_chain_svc::build(s)
+        .await
+        .expect("chain-svc starts");
+    let base = format!("http://127.0.0.1:{}", running.port());
+    tokio::spawn(running.run_until_stopped());
+    base
+}
+
+fn features() -> Value {
+    json!({
+        "pregnancies": 2, "glucose": 120, "blood_pressure": 70, "skin_thickness": null,
+        "insulin": 80, "bmi": 28.4, "diabetes_pedigree_function": 0.35, "age": 41
+    })
+}
+
+async fn chain(
+    app: &TestApp,
+    base: &str,
+    path: &str,
+    body: Option<reqwest::RequestBuilder>,
+) -> Value {
+    let rb = body.unwrap_or_else(|| app.client.get(format!("{base}{path}")));
+    let res = rb
+        .header("x-internal-token", TEST_TOKEN)
+        .send()
+        .await
+        .expect("chain-svc");
+    res.json().await.expect("json")
+}
+
+async fn confirmed(app: &TestApp, base: &str, id: &str) -> Value {
+    for _ in 0..200 {
+        let rec = chain(app, base, &format!("/v1/records/{id}"), None).await;
+        if rec["status"] == "confirmed" {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} was not confirmed");
+}
+
+#[tokio::test]
+async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = chain_svc(data.path()).await;
+    let chain_url = base.clone();
+    let app = spawn_disease(SPEC, move |s| {
+        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+        s.chain.url = chain_url;
+        s.chain.timeout_ms = 2000;
+    })
+    .await;
+
+    // Tabular: recorded, then confirmed on chain with the prediction's result.
+    let mut body = features();
+    body["patient_id"] = json!("MRN-E2E-1");
+    let p = app.post_json_ok("/v1/predict/tabular", &body).await;
+    let id = p["prediction_id"].as_str().expect("id").to_string();
+    assert_eq!(p["audit"]["status"], "pending", "{p}");
+    assert_eq!(p["audit"]["prediction_id"], id.as_str());
+    let canonical =
+        medchain_shared::audit::canonical_features(features().as_object().expect("obj"))
+            .expect("canonical");
+    let digest = format!("0x{}", to_hex(&medchain_shared::audit::sha256(&canonical)));
+    assert_eq!(p["audit"]["input_digest"], digest.as_str());
+    let rec = confirmed(&app, &base, &id).await;
+    assert_eq!(rec["on_chain"]["label"], p["result"]["class_index"]);
+    let bps = (p["result"]["probability"].as_f64().expect("p") * 1e4).round() as u64;
+    assert_eq!(rec["on_chain"]["probability_bps"], bps);
+    assert_eq!(
+        (&rec["on_chain"]["disease"], &rec["on_chain"]["modality"]),
+        (&json!("diabetes"), &json!("tabular"))
+    );
+
+    // Verify: the original features pass (as the clinician would paste them), a change fails.
+    let verify = |id: &str| app.client.post(format!("{base}/v1/records/{id}/verify"));
+    let ok = chain(
+        &app,
+        &base,
+        "",
+        Some(verify(&id).json(&json!({"features": features(), "patient_id": "MRN-E2E-1"}))),
+    )
+    .await;
+    assert_eq!(ok["verified"], true, "{ok}");
+    let mut changed = features();
+    changed["glucose"] = json!(121);
+    let bad = chain(
+        &app,
+        &base,
+        "",
+        Some(verify(&id).json(&json!({"features": changed}))),
+    )
+    .await;
+    assert_eq!(bad["verified"], false, "{bad}");
+
+    // Image: the uploaded bytes are the input; they verify, one changed byte does not.
+    let image = std::fs::read(models_dir().join("examples/retina/0-no_dr-1.jpg")).expect("example");
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(image.clone()).file_name("eye.jpg"),
+        )
+        .text("patient_id", "MRN-E2E-1");
+    let res = app.post_form("/v1/predict/retina", form).await;
+    assert_eq!(res.status(), 200);
+    let q: Value = res.json().await.expect("json");
+    let img_id = q["prediction_id"].as_str().expect("id").to_string();
+    assert_eq!(q["audit"]["status"], "pending", "{q}");
+    confirmed(&app, &base, &img_id).await;
+    let ok = chain(
+        &app,
+        &base,
+        "",
+        Some(
+            verify(&img_id)
+                .header("content-type", "image/jpeg")
+                .body(image.clone()),
+        ),
+    )
+    .await;
+    assert_eq!(ok["verified"], true, "{ok}");
+    let mut tampered = image;
+    let last = tampered.len() - 3;
+    tampered[last] ^= 0x40;
+    let bad = chain(
+        &app,
+        &base,
+        "",
+        Some(
+            verify(&img_id)
+                .header("content-type", "image/jpeg")
+                .body(tampered),
+        ),
+    )
+    .await;
+    assert_eq!(bad["verified"], false);
+
+    // Without a patient id nothing is recorded; the patient's list holds exactly the two.
+    let anonymous = app.post_json_ok("/v1/predict/tabular", &features()).await;
+    assert!(anonymous["audit"].is_null());
+    let listed = chain(&app, &base, "/v1/patients/MRN-E2E-1/records", None).await;
+    let ids: Vec<&str> = listed["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["prediction_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, [id.as_str(), img_id.as_str()]);
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
