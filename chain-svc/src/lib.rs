@@ -233,7 +233,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
     let anvil = if embedded {
         let bin = Anvil::binary(&settings.chain.anvil_binary);
         let dir = data.join("anvil");
-        Some(tokio::task::spawn_blocking(move || Anvil::start(&bin, &dir, 31337)).await??)
+        let id = settings.chain.chain_id;
+        Some(tokio::task::spawn_blocking(move || Anvil::start(&bin, &dir, id)).await??)
     } else {
         None
     };
@@ -263,6 +264,18 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
     )
     .map_err(anyhow::Error::msg)?;
     let url: alloy::transports::http::reqwest::Url = rpc_url.parse()?;
+    let chain_id = alloy::providers::ProviderBuilder::new()
+        .connect_http(url.clone())
+        .get_chain_id()
+        .await?;
+    if chain_id != settings.chain.chain_id {
+        // Checked before anything is deployed or signed: say it plainly at start-up.
+        anyhow::bail!(
+            "the node at chain.rpc_url is chain {chain_id}, but chain.chain_id is {} \
+             (CHAIN__CHAIN__CHAIN_ID)",
+            settings.chain.chain_id
+        );
+    }
     if embedded {
         // The development signer pays for its own transactions on the local chain.
         let p = alloy::providers::ProviderBuilder::new().connect_http(url.clone());
@@ -278,7 +291,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
         .transpose()?;
     let salt: B256 = keccak256(settings.chain.deploy_salt.as_bytes());
     let chain = AuditChain::connect(url, signer, salt, configured).await?;
-    let chain_id = chain.provider().get_chain_id().await?;
     let outbox = Arc::new(Outbox::open(&data.join("outbox.redb"))?);
     let sender = Sender::new(
         outbox.clone(),

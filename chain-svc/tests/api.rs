@@ -416,3 +416,29 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         assert!(metrics.contains(name), "{name} missing from metrics");
     }
 }
+
+#[tokio::test]
+async fn an_external_node_on_another_chain_is_refused_before_anything_is_sent() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let anvil = medchain_chain_svc::anvil::Anvil::start(
+        &medchain_chain_svc::anvil::Anvil::binary(""),
+        state.path(),
+        31337,
+    )
+    .expect("anvil");
+    let mut s = Settings::load().expect("defaults");
+    s.server.port = 0;
+    s.storage.data_dir = state.path().join("svc").to_str().expect("utf-8").into();
+    s.chain.rpc_url = Some(anvil.url().into());
+    s.chain.chain_id = 11_155_111; // Sepolia's id, but the node is the local anvil
+    s.secrets.signer_key = Some(format!("0x{}", "11".repeat(32)).into());
+    s.secrets.patient_key = Some("p".repeat(32).into());
+    let err = build(s).await.expect_err("wrong chain");
+    assert!(err.to_string().contains("chain.chain_id"), "{err}");
+    let provider = ProviderBuilder::new().connect_http(anvil.url().parse().expect("url"));
+    assert_eq!(
+        provider.get_block_number().await.expect("block"),
+        0,
+        "nothing was sent"
+    );
+}
