@@ -9,8 +9,12 @@ PYENV="$TOOLS/pyenv"
 NODE_PREFIX="$TOOLS/node"
 ANVIL_VERSION="1.7.1"
 SOLC_VERSION="0.8.30"
+PLAYWRIGHT_VERSION="1.65.1"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ORT_LIB}"
 export MEDCHAIN_NODE_MODULES="${MEDCHAIN_NODE_MODULES:-$NODE_PREFIX/node_modules}"
 export MEDCHAIN_ANVIL="${MEDCHAIN_ANVIL:-$MEDCHAIN_NODE_MODULES/@foundry-rs/anvil-linux-amd64/bin/anvil}"
+
+# The browser tests' Chromium: Debian's package unless MEDCHAIN_CHROMIUM names another.
+export MEDCHAIN_CHROMIUM="${MEDCHAIN_CHROMIUM:-/usr/bin/chromium}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

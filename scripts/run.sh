@@ -3,13 +3,28 @@
 # builds release binaries, starts chain-svc, diabetes-svc, heart-svc and the gateway on
 # loopback with a fresh internal token, waits until each answers /healthz, prints the URL,
 # and stops everything on Ctrl-C.
+#   MEDCHAIN_BIN_DIR=<dir>     use the binaries there instead of building release ones
+#                              (the browser test runs the debug binaries of the test build)
+#   MEDCHAIN_PORT_BASE=<port>  gateway on it, diabetes-svc +1, heart-svc +2, chain-svc +3
+#                              (default 8080)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 
-say "building release binaries (the first build takes several minutes)"
-cargo build --release --quiet --bins
-bin="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+if [ -n "${MEDCHAIN_BIN_DIR:-}" ]; then
+  bin="$MEDCHAIN_BIN_DIR"
+else
+  say "building release binaries (the first build takes several minutes)"
+  cargo build --release --quiet --bins
+  bin="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
+base="${MEDCHAIN_PORT_BASE:-8080}"
+export GATEWAY__SERVER__PORT="$base" DIABETES__SERVER__PORT="$((base + 1))"
+export HEART__SERVER__PORT="$((base + 2))" CHAIN__SERVER__PORT="$((base + 3))"
+export GATEWAY__UPSTREAMS__DIABETES="http://127.0.0.1:$((base + 1))"
+export GATEWAY__UPSTREAMS__HEART="http://127.0.0.1:$((base + 2))"
+export GATEWAY__UPSTREAMS__CHAIN="http://127.0.0.1:$((base + 3))"
+export DIABETES__CHAIN__URL="http://127.0.0.1:$((base + 3))" HEART__CHAIN__URL="http://127.0.0.1:$((base + 3))"
 
 export MEDCHAIN_DATA_DIR="${MEDCHAIN_DATA_DIR:-$ROOT/.data}"
 mkdir -p "$MEDCHAIN_DATA_DIR"
@@ -46,10 +61,10 @@ PY
   exit 1
 }
 
-start chain-svc 8083
-start diabetes-svc 8081
-start heart-svc 8082
-start gateway 8080
-say "medchain is up: open http://127.0.0.1:8080/  (Ctrl-C stops everything)"
+start chain-svc "$((base + 3))"
+start diabetes-svc "$((base + 1))"
+start heart-svc "$((base + 2))"
+start gateway "$base"
+say "medchain is up: open http://127.0.0.1:$base/  (Ctrl-C stops everything)"
 say "services' internal token: $token_file  (export MEDCHAIN_INTERNAL_TOKEN=\$(cat $token_file))"
 wait -n "${pids[@]}" || true

@@ -2,7 +2,8 @@
 # Installs what medchain needs on a machine that has only Rust, Python 3 + pip and Node + npm,
 # into git-ignored folders. Idempotent: a second run installs nothing.
 #   scripts/setup.sh            everything the system needs to run
-#   scripts/setup.sh --test     also the Python pipeline environment the tests use
+#   scripts/setup.sh --test     also what the tests use: the Python pipeline environment,
+#                               playwright-core (npm) and Chromium (Debian's package)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mkdir -p "$TOOLS"
 
@@ -65,6 +66,26 @@ if [ "$with_tests" = 1 ]; then
     "$PYENV/bin/pip" install --quiet --upgrade pip
     "$PYENV/bin/pip" install --quiet -r "$req"
     echo "$want" > "$stamp"
+  fi
+fi
+if [ "$with_tests" = 1 ]; then
+  pw="$MEDCHAIN_NODE_MODULES/playwright-core/package.json"
+  if [ -f "$pw" ] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$pw"; then
+    say "playwright-core $PLAYWRIGHT_VERSION: present"
+  else
+    say "playwright-core $PLAYWRIGHT_VERSION: installing from npm into $NODE_PREFIX"
+    npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --silent \
+      "playwright-core@$PLAYWRIGHT_VERSION"
+  fi
+  if [ -x "$MEDCHAIN_CHROMIUM" ]; then
+    say "Chromium: present ($MEDCHAIN_CHROMIUM)"
+  else
+    say "Chromium: installing Debian's chromium package (apt-get)"
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends chromium
+    [ -x "$MEDCHAIN_CHROMIUM" ] || { echo "chromium did not install at $MEDCHAIN_CHROMIUM" >&2; exit 1; }
   fi
 fi
 say "set-up complete"

@@ -1,4 +1,15 @@
-//! gateway: skeleton service (health, readiness, metrics); its domain routes come with their issue.
+//! gateway: the only public front. Serves the web page and the public API under `/api/v1/`,
+//! proxying each route to its upstream (diabetes-svc, heart-svc, chain-svc) with streamed
+//! bodies, per-route limits and timeouts, round-robin with passive health, the internal token,
+//! request ids, CORS, per-client rate limits and optional API keys. No business logic.
+
+pub mod edge;
+pub mod page;
+pub mod proxy;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, web};
@@ -8,36 +19,197 @@ use medchain_shared::server::{Application, Common};
 use medchain_shared::settings::{
     self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
 };
+use secrecy::SecretString;
 use serde::Deserialize;
+
+use crate::edge::{ClientGate, cors_and_limits};
+use crate::proxy::{Proxy, Upstream};
+use crate::routes::{ROUTES, UpstreamKey};
 
 const SERVICE: &str = "gateway";
 const ENV_PREFIX: &str = "GATEWAY";
 
-/// All settings of gateway.
+/// All settings of the gateway (see `config/default.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
+    pub upstreams: UpstreamsSettings,
+    pub proxy: ProxySettings,
+    pub limits: LimitSettings,
+    pub clients: ClientSettings,
+}
+
+/// Base URLs of each upstream's instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsSettings {
+    pub diabetes: Vec<String>,
+    pub heart: Vec<String>,
+    pub chain: Vec<String>,
+}
+
+/// Timeouts and passive health.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    pub connect_timeout_ms: u64,
+    pub tabular_timeout_ms: u64,
+    pub image_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub wake_grace_ms: u64,
+    pub sleep_after_secs: u64,
+    pub eject_secs: u64,
+    pub readiness_timeout_ms: u64,
+}
+
+/// Body size limits per kind of route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub tabular_max_bytes: usize,
+    pub image_max_bytes: usize,
+    pub verify_max_bytes: usize,
+}
+
+/// Who may call the public API, and how often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// Origins (scheme://host[:port]) of web frontends hosted elsewhere; the gateway's own
+    /// page needs none.
+    pub cors_origins: Vec<String>,
+    /// Requests per second per client, and the burst above it.
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    /// Take the client address from `X-Forwarded-For` (behind Render's proxy), not the peer.
+    pub trust_forwarded_for: bool,
+    /// When not empty, `/api/v1/` needs one of these in `x-api-key`.
+    #[serde(default)]
+    pub api_keys: Vec<SecretString>,
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        env: format!(
+            "{ENV_PREFIX}__{}",
+            key.to_ascii_uppercase().replace('.', "__")
+        ),
+        reason: reason.into(),
+    }
 }
 
 impl Settings {
-    /// Embedded defaults → `GATEWAY_CONFIG` file → `GATEWAY__*` env vars; validated.
+    /// Embedded defaults → `GATEWAY_CONFIG` file → `GATEWAY__*` env vars (lists comma
+    /// separated); validated.
     pub fn load() -> Result<Self, SettingsError> {
-        let s: Self = settings::load(include_str!("../config/default.toml"), ENV_PREFIX, &[])?;
+        let s: Self = settings::load(
+            include_str!("../config/default.toml"),
+            ENV_PREFIX,
+            &[
+                "upstreams.diabetes",
+                "upstreams.heart",
+                "upstreams.chain",
+                "clients.cors_origins",
+                "clients.api_keys",
+            ],
+        )?;
         s.validate()?;
         Ok(s)
     }
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.auth.validate(ENV_PREFIX, &self.server)
+        self.auth.validate(ENV_PREFIX, &self.server)?;
+        for (key, urls) in [
+            ("upstreams.diabetes", &self.upstreams.diabetes),
+            ("upstreams.heart", &self.upstreams.heart),
+            ("upstreams.chain", &self.upstreams.chain),
+        ] {
+            if urls.is_empty() {
+                return Err(invalid(key, "needs at least one URL"));
+            }
+            for u in urls {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && reqwest::Url::parse(u).is_ok();
+                if !ok {
+                    return Err(invalid(key, format!("`{u}` is not an http(s) URL")));
+                }
+            }
+        }
+        for o in &self.clients.cors_origins {
+            if reqwest::Url::parse(o).is_err() || o.ends_with('/') {
+                return Err(invalid(
+                    "clients.cors_origins",
+                    format!("`{o}` is not an origin like https://app.example.org"),
+                ));
+            }
+        }
+        if self.clients.rate_per_second == 0 || self.clients.rate_burst == 0 {
+            return Err(invalid("clients.rate_per_second", "must be positive"));
+        }
+        if self
+            .clients
+            .api_keys
+            .iter()
+            .any(|k| secrecy::ExposeSecret::expose_secret(k).len() < 16)
+        {
+            return Err(invalid(
+                "clients.api_keys",
+                "each key needs at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Gateway {
+    pub proxy: Proxy,
+    pub diabetes: Upstream,
+    pub heart: Upstream,
+    pub chain: Upstream,
+    pub limits: LimitSettings,
+    pub timeouts: ProxySettings,
+}
+
+impl Gateway {
+    /// The upstream behind `key`.
+    pub fn upstream(&self, key: UpstreamKey) -> &Upstream {
+        match key {
+            UpstreamKey::Diabetes => &self.diabetes,
+            UpstreamKey::Heart => &self.heart,
+            UpstreamKey::Chain => &self.chain,
+        }
     }
 }
 
 /// Builds the server (bound, not yet running).
 pub fn build(settings: Settings) -> std::io::Result<Application> {
+    let p = &settings.proxy;
+    let eject = Duration::from_secs(p.eject_secs);
+    let client = medchain_shared::http::client_builder(Duration::from_millis(p.connect_timeout_ms))
+        .build()
+        .map_err(std::io::Error::other)?;
+    let gateway = Arc::new(Gateway {
+        proxy: Proxy {
+            client,
+            token: settings.auth.internal_token.clone(),
+            wake_grace: Duration::from_millis(p.wake_grace_ms),
+            sleep_after: Duration::from_secs(p.sleep_after_secs),
+        },
+        diabetes: Upstream::new("diabetes-svc", &settings.upstreams.diabetes, eject),
+        heart: Upstream::new("heart-svc", &settings.upstreams.heart, eject),
+        chain: Upstream::new("chain-svc", &settings.upstreams.chain, eject),
+        limits: settings.limits.clone(),
+        timeouts: settings.proxy.clone(),
+    });
+    let gate = Arc::new(ClientGate::new(&settings.clients));
+    gate.spawn_cleanup();
     let common = Common::new(
         SERVICE,
         env!("CARGO_PKG_VERSION"),
@@ -46,20 +218,49 @@ pub fn build(settings: Settings) -> std::io::Result<Application> {
     );
     Application::build(&settings.server, move || {
         let common = common.clone();
+        let gateway = web::Data::from(gateway.clone());
+        let gate = web::Data::from(gate.clone());
         App::new()
             .wrap(from_fn(request_context))
             .configure(move |cfg| common.register(cfg))
+            .app_data(gateway)
+            .app_data(gate)
+            .app_data(web::PayloadConfig::new(usize::MAX))
             .route("/readyz", web::get().to(readyz))
+            .service(
+                web::scope("/api/v1")
+                    .wrap(from_fn(cors_and_limits))
+                    .configure(routes::register),
+            )
+            .configure(page::register)
     })
 }
 
-async fn readyz() -> HttpResponse {
+/// `GET /readyz`: each upstream asked once (not polled in the background, which would keep
+/// free-tier instances awake). Point a platform's health check at `/healthz` instead.
+async fn readyz(g: web::Data<Gateway>) -> HttpResponse {
+    let t = Duration::from_millis(g.timeouts.readiness_timeout_ms);
+    let (d, h, c) = tokio::join!(
+        proxy::ready(&g.proxy, &g.diabetes, t),
+        proxy::ready(&g.proxy, &g.heart, t),
+        proxy::ready(&g.proxy, &g.chain, t),
+    );
+    let check = |name: &str, (ok, detail): (bool, String)| Check {
+        name: name.into(),
+        ok,
+        detail,
+    };
     readiness(
         SERVICE,
-        vec![Check {
-            name: "config".into(),
-            ok: true,
-            detail: "settings loaded and validated".into(),
-        }],
+        vec![
+            check("diabetes-svc", d),
+            check("heart-svc", h),
+            check("chain-svc", c),
+        ],
     )
+}
+
+/// The routes table, for tests and the OpenAPI check.
+pub fn route_table() -> &'static [routes::Route] {
+    ROUTES
 }

@@ -61,6 +61,7 @@ pub const TEST_TOKEN: &str = "test-internal-token-0123456789";
 /// Starts a disease service on port 0 with its embedded defaults, changed by `tweak`.
 pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSettings)) -> TestApp {
     medchain_shared::telemetry::init_for_tests();
+    medchain_shared::http::init_tls();
     let mut settings = DiseaseSettings::load(&spec).expect("embedded defaults load");
     settings.server.port = 0;
     settings.server.workers = 2;

@@ -74,6 +74,7 @@ impl DiseaseModels {
                 web::post().to(predict_image),
             )
             .route("/v1/warmup", web::post().to(warmup))
+            .route("/v1/cards", web::get().to(cards))
             .route("/models", web::get().to(models));
     }
 
@@ -511,6 +512,21 @@ async fn warmup(models: web::Data<DiseaseModels>) -> HttpResponse {
     HttpResponse::Accepted().json(serde_json::json!({
         "status": "warming",
         "models": models.all().iter().map(|m| m.key()).collect::<Vec<_>>(),
+    }))
+}
+
+/// `GET /v1/cards`: both model cards (features with units and ranges, classes, preprocessing,
+/// provenance, metrics, the demo notice), for forms and model summaries. Loads nothing.
+async fn cards(models: web::Data<DiseaseModels>) -> HttpResponse {
+    let card = |m: &Arc<LazyModel>| match m.card() {
+        Ok(c) => serde_json::to_value(c).unwrap_or(Value::Null),
+        Err(e) => serde_json::json!({"error": e.to_string()}),
+    };
+    HttpResponse::Ok().json(serde_json::json!({
+        "disease": models.disease,
+        "tabular": card(&models.tabular),
+        "image": card(&models.image),
+        "image_route": models.image_route,
     }))
 }
 

@@ -1,0 +1,222 @@
+//! The public API's edge: CORS for allowlisted frontend origins, optional client API keys, and
+//! per-client rate limiting (governor's keyed GCRA limiter; the client is its API key, else its
+//! address). Errors use the one problem shape.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, ResponseError, web};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use medchain_shared::error::ApiError;
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+
+use crate::ClientSettings;
+
+/// Header a client presents its API key in.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Who a client is, for rate limiting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientKey {
+    Key(usize),
+    Addr(IpAddr),
+    Unknown,
+}
+
+/// CORS allowlist, API keys and the limiter.
+#[derive(Debug)]
+pub struct ClientGate {
+    origins: Vec<String>,
+    api_keys: Vec<Vec<u8>>,
+    trust_forwarded_for: bool,
+    limiter: Arc<DefaultKeyedRateLimiter<ClientKey>>,
+}
+
+impl ClientGate {
+    pub fn new(s: &ClientSettings) -> Self {
+        let per_second = NonZeroU32::new(s.rate_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(s.rate_burst).unwrap_or(NonZeroU32::MIN);
+        Self {
+            origins: s.cors_origins.clone(),
+            api_keys: s
+                .api_keys
+                .iter()
+                .map(|k| k.expose_secret().as_bytes().to_vec())
+                .collect(),
+            trust_forwarded_for: s.trust_forwarded_for,
+            limiter: Arc::new(RateLimiter::keyed(
+                Quota::per_second(per_second).allow_burst(burst),
+            )),
+        }
+    }
+
+    /// Forgets clients that have been quiet long enough to be back at a full burst, once a
+    /// minute, so the limiter's memory follows the active clients only.
+    pub fn spawn_cleanup(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let limiter = Arc::downgrade(&self.limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(l) = limiter.upgrade() else { return };
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+        });
+    }
+
+    fn allowed_origin(&self, origin: &str) -> bool {
+        self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    /// The API key presented, if it is one of ours.
+    fn key_index(&self, presented: &[u8]) -> Option<usize> {
+        // Compare with every key in constant time each, so timing says nothing about which.
+        let mut found = None;
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if bool::from(k.as_slice().ct_eq(presented)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    fn client_addr(&self, req: &ServiceRequest) -> Option<IpAddr> {
+        if self.trust_forwarded_for
+            && let Some(first) = req
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        {
+            return Some(first);
+        }
+        req.peer_addr().map(|a| a.ip())
+    }
+}
+
+fn problem(req: ServiceRequest, e: &ApiError) -> ServiceResponse<BoxBody> {
+    req.into_response(e.error_response())
+}
+
+/// Whether `origin` is the gateway's own (same-origin requests need no CORS).
+fn same_origin(req: &ServiceRequest, origin: &str) -> bool {
+    let host = req.connection_info().host().to_string();
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(&host))
+}
+
+/// Middleware on `/api/v1`: CORS, API key, rate limit.
+pub async fn cors_and_limits(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(gate) = req.app_data::<web::Data<ClientGate>>().cloned() else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let cross = origin
+        .as_deref()
+        .filter(|o| !same_origin(&req, o))
+        .map(str::to_string);
+    let cors_ok = cross.as_deref().is_some_and(|o| gate.allowed_origin(o));
+
+    // Preflight: answered here, never forwarded.
+    if req.method() == Method::OPTIONS
+        && req.headers().contains_key("access-control-request-method")
+    {
+        let Some(o) = cross.filter(|_| cors_ok) else {
+            let e = ApiError::Unauthorized(
+                "this origin is not allowed to call the API (clients.cors_origins)".into(),
+            );
+            let mut res = problem(req, &e);
+            *res.response_mut().status_mut() = StatusCode::FORBIDDEN;
+            return Ok(res);
+        };
+        let res = HttpResponse::NoContent()
+            .insert_header(("access-control-allow-origin", o))
+            .insert_header(("access-control-allow-methods", "GET, POST"))
+            .insert_header((
+                "access-control-allow-headers",
+                "content-type, x-api-key, x-request-id",
+            ))
+            .insert_header(("access-control-max-age", "600"))
+            .insert_header((header::VARY, "origin"))
+            .finish();
+        return Ok(req.into_response(res));
+    }
+
+    let key = if gate.api_keys.is_empty() {
+        None
+    } else {
+        let presented = req
+            .headers()
+            .get(API_KEY_HEADER)
+            .map(|v| v.as_bytes().to_vec());
+        match presented.as_deref().and_then(|p| gate.key_index(p)) {
+            Some(i) => Some(i),
+            None => {
+                let e = ApiError::Unauthorized(format!(
+                    "missing or unknown `{API_KEY_HEADER}` header: this API needs a client key"
+                ));
+                return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
+            }
+        }
+    };
+    let client = match key {
+        Some(i) => ClientKey::Key(i),
+        None => gate
+            .client_addr(&req)
+            .map_or(ClientKey::Unknown, ClientKey::Addr),
+    };
+    if let Err(not_until) = gate.limiter.check_key(&client) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        metrics::counter!(medchain_shared::metrics::name("rate_limited_total")).increment(1);
+        let e = ApiError::RateLimited {
+            detail: format!(
+                "too many requests from this client; retry in {} ms",
+                wait.as_millis()
+            ),
+            retry_after: wait.as_secs().max(1),
+        };
+        return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
+    }
+    let res = next.call(req).await?.map_into_boxed_body();
+    Ok(with_cors(res, cors_ok.then_some(origin)))
+}
+
+fn with_cors(
+    mut res: ServiceResponse<BoxBody>,
+    origin: Option<Option<String>>,
+) -> ServiceResponse<BoxBody> {
+    if let Some(Some(o)) = origin
+        && let Ok(v) = HeaderValue::from_str(&o)
+    {
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
+    res
+}

@@ -1,0 +1,390 @@
+//! Forwarding to upstreams: round-robin over each upstream's instances with passive health (an
+//! instance whose connection fails or times out is skipped for a while; nothing is polled), the
+//! internal token and request id added, bodies streamed both ways with a size cap, per-route
+//! timeouts with extra time for an instance that may be waking from sleep, and failures turned
+//! into 502/503/504 problems naming the upstream — never a hang.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{self, HeaderName};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use medchain_shared::error::ApiError;
+use medchain_shared::metrics::name;
+use medchain_shared::request::RequestId;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::mpsc;
+
+/// One instance of an upstream.
+#[derive(Debug)]
+struct Instance {
+    base: String,
+    /// Skipped until then after a transport failure.
+    ejected_until: Mutex<Option<Instant>>,
+    /// Last time it answered; an instance silent for longer than the sleep threshold gets the
+    /// wake grace on top of the route timeout.
+    last_answer: Mutex<Option<Instant>>,
+}
+
+/// An upstream service and its instances.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: &'static str,
+    instances: Vec<Instance>,
+    next: AtomicUsize,
+    eject_for: Duration,
+}
+
+impl Upstream {
+    /// `urls` are base URLs (`https://heart-svc.onrender.com`, `http://10.0.0.5:8082`).
+    pub fn new(name: &'static str, urls: &[String], eject_for: Duration) -> Self {
+        Self {
+            name,
+            instances: urls
+                .iter()
+                .map(|u| Instance {
+                    base: u.trim_end_matches('/').to_string(),
+                    ejected_until: Mutex::new(None),
+                    last_answer: Mutex::new(None),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            eject_for,
+        }
+    }
+
+    /// Instances in the order to try them: round-robin from the next one, healthy first;
+    /// ejected ones last (soonest back first), so a request is never refused untried.
+    fn order(&self) -> Vec<usize> {
+        let n = self.instances.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut healthy = Vec::with_capacity(n);
+        let mut ejected = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            match *lock(&self.instances[i].ejected_until) {
+                Some(until) if until > now => ejected.push((until, i)),
+                _ => healthy.push(i),
+            }
+        }
+        ejected.sort();
+        healthy.extend(ejected.into_iter().map(|(_, i)| i));
+        healthy
+    }
+
+    fn eject(&self, i: usize) {
+        *lock(&self.instances[i].ejected_until) = Some(Instant::now() + self.eject_for);
+        metrics::counter!(name("upstream_ejections_total"), "upstream" => self.name).increment(1);
+    }
+
+    fn answered(&self, i: usize) {
+        let inst = &self.instances[i];
+        *lock(&inst.ejected_until) = None;
+        *lock(&inst.last_answer) = Some(Instant::now());
+    }
+
+    fn may_be_asleep(&self, i: usize, after: Duration) -> bool {
+        lock(&self.instances[i].last_answer).is_none_or(|t| t.elapsed() > after)
+    }
+
+    /// The instances' base URLs (for readiness).
+    pub fn bases(&self) -> impl Iterator<Item = &str> {
+        self.instances.iter().map(|i| i.base.as_str())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How one route is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePolicy {
+    pub timeout: Duration,
+    pub max_body: usize,
+}
+
+/// Everything forwarding needs.
+#[derive(Debug)]
+pub struct Proxy {
+    pub client: reqwest::Client,
+    pub token: Option<SecretString>,
+    /// Added to the timeout of a request to an instance that may be asleep.
+    pub wake_grace: Duration,
+    /// Silence after which an instance may be asleep (Render free tier: 15 minutes).
+    pub sleep_after: Duration,
+}
+
+/// Request headers passed on (everything else is dropped: cookies, auth of the client,
+/// hop-by-hop headers).
+const FORWARD_REQUEST: [HeaderName; 3] =
+    [header::CONTENT_TYPE, header::ACCEPT, header::CONTENT_LENGTH];
+/// Response headers passed back.
+const FORWARD_RESPONSE: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::RETRY_AFTER,
+    header::CACHE_CONTROL,
+    header::CONTENT_LENGTH,
+];
+
+/// A request body fed from the client as it arrives: a small bounded channel, so a slow
+/// upstream slows the client down instead of the gateway buffering the upload.
+struct BodyFeed {
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Result<web::Bytes, std::io::Error>>>>,
+    /// Whether any chunk went out: only a body nobody read can be sent to another instance.
+    taken: Arc<AtomicBool>,
+}
+
+impl BodyFeed {
+    fn body(&self) -> reqwest::Body {
+        let rx = self.rx.clone();
+        let taken = self.taken.clone();
+        reqwest::Body::wrap_stream(futures_util::stream::unfold(
+            (rx, taken),
+            |(rx, taken)| async move {
+                let item = rx.lock().await.recv().await?;
+                taken.store(true, Ordering::Relaxed);
+                Some((item, (rx, taken)))
+            },
+        ))
+    }
+}
+
+/// Reads the client's body into the channel, enforcing `max` bytes. Returns whether the
+/// limit was exceeded (the upstream request then fails and the client gets 413).
+async fn pump(
+    mut payload: web::Payload,
+    tx: mpsc::Sender<Result<web::Bytes, std::io::Error>>,
+    max: usize,
+) -> bool {
+    let mut n = 0usize;
+    while let Some(chunk) = payload.next().await {
+        let item = match chunk {
+            Ok(c) => {
+                n += c.len();
+                if n > max {
+                    let _ = tx
+                        .send(Err(std::io::Error::other("request body over the limit")))
+                        .await;
+                    return true;
+                }
+                Ok(c)
+            }
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return false;
+        }
+    }
+    false
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::TooLarge {
+        detail: format!("the request body is larger than this route's limit of {max} bytes"),
+        field: None,
+    }
+}
+
+fn upstream_error(up: &Upstream, status: u16, detail: String) -> ApiError {
+    ApiError::Upstream {
+        upstream: up.name.to_string(),
+        status,
+        detail,
+    }
+}
+
+/// Forwards `req` (with its streamed body) to `path` on `up`.
+pub async fn forward(
+    proxy: &Proxy,
+    up: &Upstream,
+    policy: RoutePolicy,
+    req: &HttpRequest,
+    payload: web::Payload,
+    path: &str,
+) -> Result<HttpResponse, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > policy.max_body) {
+        return Err(too_large(policy.max_body));
+    }
+    let method = req.method().clone();
+    let has_body = method == Method::POST || method == Method::PUT;
+    let (tx, rx) = mpsc::channel(4);
+    let feed = BodyFeed {
+        rx: Arc::new(tokio::sync::Mutex::new(rx)),
+        taken: Arc::new(AtomicBool::new(false)),
+    };
+    // The pump runs on this worker (the payload is not Send) alongside the upstream call.
+    let over_limit = if has_body {
+        Some(actix_web::rt::spawn(pump(payload, tx, policy.max_body)))
+    } else {
+        drop(tx);
+        None
+    };
+    let query = req.query_string();
+    let request_id = RequestId::of(req);
+    let started = Instant::now();
+    let mut last_err = None;
+    for i in up.order() {
+        let inst = &up.instances[i];
+        let url = if query.is_empty() {
+            format!("{}{path}", inst.base)
+        } else {
+            format!("{}{path}?{query}", inst.base)
+        };
+        let timeout = if up.may_be_asleep(i, proxy.sleep_after) {
+            policy.timeout + proxy.wake_grace
+        } else {
+            policy.timeout
+        };
+        let mut rb = proxy
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_str().as_bytes())
+                    .unwrap_or(reqwest::Method::GET),
+                &url,
+            )
+            .timeout(timeout);
+        for h in &FORWARD_REQUEST {
+            if let Some(v) = req.headers().get(h) {
+                rb = rb.header(h.as_str(), v.as_bytes());
+            }
+        }
+        if let Some(t) = &proxy.token {
+            rb = rb.header(
+                medchain_shared::auth::INTERNAL_TOKEN_HEADER,
+                t.expose_secret(),
+            );
+        }
+        if let Some(id) = &request_id {
+            rb = rb.header(medchain_shared::request::REQUEST_ID_HEADER, id);
+        }
+        if has_body {
+            rb = rb.body(feed.body());
+        }
+        match rb.send().await {
+            Ok(res) => {
+                up.answered(i);
+                record(up, "answered", started);
+                return Ok(respond(up, res));
+            }
+            Err(e) => {
+                let connect = e.is_connect();
+                if connect || e.is_timeout() {
+                    up.eject(i);
+                }
+                tracing::warn!(upstream = up.name, instance = %inst.base, error = %e, connect, "upstream call failed");
+                // Only a request that never reached the instance may go to another one:
+                // idempotent reads, and bodies nobody has read yet.
+                let retry = connect && !feed.taken.load(Ordering::Relaxed);
+                last_err = Some((e, timeout));
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    // Unblocks a pump waiting on a full channel, then asks it whether the limit stopped it.
+    drop(feed);
+    if let Some(h) = over_limit
+        && h.await.unwrap_or(false)
+    {
+        record(up, "too_large", started);
+        return Err(too_large(policy.max_body));
+    }
+    let Some((e, timeout)) = last_err else {
+        return Err(upstream_error(up, 503, "no instance is configured".into()));
+    };
+    if e.is_timeout() {
+        record(up, "timeout", started);
+        Err(upstream_error(
+            up,
+            504,
+            format!("did not answer within {} ms", timeout.as_millis()),
+        ))
+    } else if e.is_connect() {
+        record(up, "unreachable", started);
+        Err(upstream_error(
+            up,
+            502,
+            "no instance could be reached".into(),
+        ))
+    } else {
+        record(up, "failed", started);
+        Err(upstream_error(up, 502, format!("the call failed: {e}")))
+    }
+}
+
+fn record(up: &Upstream, outcome: &'static str, started: Instant) {
+    metrics::counter!(name("upstream_requests_total"), "upstream" => up.name, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(name("upstream_duration_seconds"), "upstream" => up.name)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The upstream's answer, streamed back. A 5xx that is not one of our problem documents
+/// (e.g. a platform's HTML error page) becomes a 502 problem naming the upstream.
+fn respond(up: &Upstream, res: reqwest::Response) -> HttpResponse {
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let ours = res
+        .headers()
+        .get(header::CONTENT_TYPE.as_str())
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    if status.is_server_error() && !ours {
+        let e = upstream_error(
+            up,
+            502,
+            format!("answered {status} without a JSON body (is the URL right?)"),
+        );
+        return actix_web::ResponseError::error_response(&e);
+    }
+    let mut out = HttpResponse::build(status);
+    copy_headers(res.headers(), &mut out);
+    out.streaming(res.bytes_stream())
+}
+
+fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
+    for h in &FORWARD_RESPONSE {
+        if *h == header::CONTENT_LENGTH {
+            continue; // the streaming body sets its own framing
+        }
+        if let Some(v) = from.get(h.as_str()) {
+            to.insert_header((h.clone(), v.as_bytes()));
+        }
+    }
+}
+
+/// The upstream's `/readyz`, asked once with a short timeout.
+pub async fn ready(proxy: &Proxy, up: &Upstream, timeout: Duration) -> (bool, String) {
+    let mut details = Vec::new();
+    let mut any = false;
+    for base in up.bases() {
+        let res = proxy
+            .client
+            .get(format!("{base}/readyz"))
+            .timeout(timeout)
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => {
+                any = true;
+                details.push(format!("{base}: ready"));
+            }
+            Ok(r) => details.push(format!("{base}: {}", r.status())),
+            Err(e) if e.is_timeout() => details.push(format!("{base}: no answer in time")),
+            Err(_) => details.push(format!("{base}: unreachable")),
+        }
+    }
+    (any, details.join("; "))
+}

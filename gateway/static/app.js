@@ -1,0 +1,354 @@
+// medchain web page: talks only to this gateway's /api/v1. No inline script, no build step.
+"use strict";
+
+const API = "/api/v1";
+const state = { cards: {}, warmed: {}, last: null, pollTimer: null };
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function apiKeyHeaders() {
+  const key = $("#api-key").value.trim();
+  return key ? { "x-api-key": key } : {};
+}
+
+async function call(path, options = {}) {
+  const res = await fetch(API + path, {
+    ...options,
+    headers: { ...(options.headers || {}), ...apiKeyHeaders() },
+  });
+  const type = res.headers.get("content-type") || "";
+  const body = type.includes("json") ? await res.json() : { detail: await res.text() };
+  if (!res.ok) {
+    const where = body.field ? ` (field: ${body.field})` : body.upstream ? ` (${body.upstream})` : "";
+    const err = new Error(`${body.detail || res.statusText}${where}`);
+    err.status = res.status;
+    err.field = body.field;
+    throw err;
+  }
+  return body;
+}
+
+function showError(message) {
+  const el = $("#error");
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+// ---- tabs -------------------------------------------------------------------------------
+function selectTab(tab) {
+  for (const t of document.querySelectorAll("[role=tab]")) {
+    const on = t === tab;
+    t.setAttribute("aria-selected", String(on));
+    t.tabIndex = on ? 0 : -1;
+    $("#" + t.getAttribute("aria-controls")).hidden = !on;
+  }
+  openDisease(tab.dataset.disease);
+}
+
+function setupTabs() {
+  const tabs = [...document.querySelectorAll("[role=tab]")];
+  tabs.forEach((tab, i) => {
+    tab.addEventListener("click", () => selectTab(tab));
+    tab.addEventListener("keydown", (e) => {
+      const d = e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0;
+      if (!d) return;
+      const next = tabs[(i + d + tabs.length) % tabs.length];
+      next.focus();
+      selectTab(next);
+    });
+  });
+}
+
+// ---- panels, built from the model cards ---------------------------------------------------
+function panel(disease) {
+  return $(`.panel[data-disease=${disease}]`);
+}
+
+async function openDisease(disease) {
+  const p = panel(disease);
+  if (!state.warmed[disease]) {
+    state.warmed[disease] = true;
+    // Wakes a sleeping instance and loads both models in the background: the first
+    // prediction is then fast.
+    call(`/${disease}/warmup`, { method: "POST" })
+      .then(() => setServiceState(p, "Models are loading in the background."))
+      .catch((e) => setServiceState(p, `Could not warm the service yet: ${e.message}`));
+  }
+  if (!state.cards[disease]) {
+    try {
+      state.cards[disease] = await call(`/${disease}/cards`);
+      buildForm(p, state.cards[disease]);
+    } catch (e) {
+      state.warmed[disease] = false;
+      setServiceState(p, `The ${disease} service is not reachable: ${e.message}`);
+    }
+  }
+}
+
+function setServiceState(p, text) {
+  const el = $(".service-state", p);
+  if (el) el.textContent = text;
+}
+
+function unitText(unit) {
+  return unit && !["1", "code", "count"].includes(unit) ? ` ${unit}` : "";
+}
+
+function buildForm(p, cards) {
+  const tabular = cards.tabular;
+  const fields = $(".fields", p);
+  fields.replaceChildren();
+  for (const f of tabular.features) {
+    const wrap = document.createElement("div");
+    wrap.className = "field";
+    const label = document.createElement("label");
+    const range = f.allowed
+      ? `one of ${f.allowed.join(", ")}`
+      : `${f.min}–${f.max}${unitText(f.unit)}`;
+    label.append(`${f.description} `);
+    const hint = document.createElement("span");
+    hint.className = "hint";
+    hint.textContent = `(${range}${f.nullable ? "; optional" : ""})`;
+    label.append(hint);
+    let input;
+    if (f.allowed) {
+      input = document.createElement("select");
+      input.append(new Option(f.nullable ? "— not measured —" : "— choose —", ""));
+      input.required = !f.nullable;
+      for (const a of f.allowed) input.append(new Option(String(a), String(a)));
+    } else {
+      input = document.createElement("input");
+      input.type = "number";
+      input.min = f.min;
+      input.max = f.max;
+      input.step = f.integer ? "1" : "any";
+      input.inputMode = f.integer ? "numeric" : "decimal";
+      input.required = !f.nullable;
+    }
+    input.name = f.name;
+    input.dataset.feature = f.name;
+    label.append(input);
+    wrap.append(label);
+    fields.append(wrap);
+  }
+  $(".panel-title", p).textContent = `${cards.disease === "diabetes" ? "Diabetes" : "Heart disease"} risk`;
+  $(".image-legend", p).textContent = p.dataset.imageLabel;
+  const img = cards.image;
+  setServiceState(
+    p,
+    `Models: ${tabular.model_id} ${tabular.version}${img && img.model_id ? `, ${img.model_id} ${img.version}` : ""}.`,
+  );
+}
+
+function initPanels() {
+  const tpl = $("#panel-template");
+  for (const p of document.querySelectorAll(".panel")) {
+    p.append(tpl.content.cloneNode(true));
+    $("form.tabular", p).addEventListener("submit", (e) => submitTabular(e, p));
+    $("form.image", p).addEventListener("submit", (e) => submitImage(e, p));
+  }
+}
+
+// ---- predictions ---------------------------------------------------------------------------
+function features(p) {
+  const out = {};
+  for (const input of p.querySelectorAll("[data-feature]")) {
+    input.removeAttribute("aria-invalid");
+    const v = input.value.trim();
+    out[input.dataset.feature] = v === "" ? null : Number(v);
+  }
+  return out;
+}
+
+async function submitTabular(e, p) {
+  e.preventDefault();
+  const disease = p.dataset.disease;
+  const form = e.currentTarget;
+  const button = $("button[type=submit]", form);
+  const body = features(p);
+  const patient = form.elements.patient_id.value.trim();
+  if (patient) body.patient_id = patient;
+  button.disabled = true;
+  showError("");
+  try {
+    const result = await call(`/${disease}/predict/tabular`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const input = { ...body };
+    delete input.patient_id;
+    show(result, { kind: "features", features: input, patient });
+  } catch (err) {
+    if (err.field) {
+      const bad = p.querySelector(`[data-feature="${err.field}"]`);
+      if (bad) {
+        bad.setAttribute("aria-invalid", "true");
+        bad.focus();
+      }
+    }
+    showError(err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function submitImage(e, p) {
+  e.preventDefault();
+  const disease = p.dataset.disease;
+  const form = e.currentTarget;
+  const file = form.elements.image.files[0];
+  if (!file) {
+    showError("Choose an image first.");
+    form.elements.image.focus();
+    return;
+  }
+  const button = $("button[type=submit]", form);
+  const data = new FormData();
+  data.append("image", file);
+  const patient = form.elements.patient_id.value.trim();
+  if (patient) data.append("patient_id", patient);
+  button.disabled = true;
+  showError("");
+  try {
+    const result = await call(`/${disease}/predict/${p.dataset.image}`, { method: "POST", body: data });
+    show(result, { kind: "image", file, patient });
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function show(result, input) {
+  state.last = { result, input };
+  $("#result").hidden = false;
+  const notice = $("#demo-notice");
+  notice.hidden = false;
+  notice.textContent =
+    result.demo && !/^demo/i.test(result.notice) ? `Demo model: ${result.notice}` : result.notice;
+  const r = result.result;
+  const summary = $("#result-summary");
+  summary.replaceChildren();
+  summary.append(`${r.name}: probability ${(r.probability * 100).toFixed(1)}% — risk band `);
+  const band = document.createElement("span");
+  band.className = `band-${r.risk_band}`;
+  band.id = "risk-band";
+  band.textContent = r.risk_band;
+  summary.append(band);
+  const rows = $("#probabilities tbody");
+  rows.replaceChildren();
+  for (const c of r.probabilities) {
+    const tr = document.createElement("tr");
+    const name = document.createElement("td");
+    name.textContent = c.name;
+    const pct = document.createElement("td");
+    pct.textContent = `${(c.probability * 100).toFixed(1)}%`;
+    const bar = document.createElement("td");
+    const meter = document.createElement("meter");
+    meter.min = 0;
+    meter.max = 1;
+    meter.value = c.probability;
+    meter.setAttribute("aria-label", `${c.name} probability`);
+    bar.append(meter);
+    tr.append(name, pct, bar);
+    rows.append(tr);
+  }
+  const m = result.model;
+  $("#model-summary").textContent =
+    `Model ${m.id} version ${m.version} (sha256 ${m.sha256.slice(0, 12)}…), inference ${result.inference_ms.toFixed(1)} ms.`;
+  showAudit(result.audit);
+  $("#result").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+// ---- audit record ---------------------------------------------------------------------------
+function setAuditFields(fields) {
+  const dl = $("#audit-fields");
+  dl.replaceChildren();
+  for (const [k, v] of fields) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    if (k === "Status") dd.id = "audit-status";
+    if (k === "Record id") dd.id = "audit-id";
+    dl.append(dt, dd);
+  }
+}
+
+function showAudit(audit) {
+  clearTimeout(state.pollTimer);
+  $("#verify").hidden = true;
+  $("#verify-result").textContent = "";
+  if (!audit) {
+    setAuditFields([["Status", "not recorded (no patient id given)"]]);
+    return;
+  }
+  if (audit.status === "unrecorded") {
+    setAuditFields([["Status", "unrecorded"], ["Reason", audit.reason]]);
+    return;
+  }
+  state.last.receipt = audit;
+  setAuditFields([["Record id", audit.prediction_id], ["Status", audit.status]]);
+  poll(audit.prediction_id, 0);
+}
+
+async function poll(id, attempt) {
+  try {
+    const rec = await call(`/records/${encodeURIComponent(id)}`);
+    const fields = [["Record id", id], ["Status", rec.status]];
+    if (rec.tx_hash) fields.push(["Transaction", rec.tx_hash]);
+    if (rec.block_number != null) fields.push(["Block", String(rec.block_number)]);
+    if (rec.last_error) fields.push(["Last error", rec.last_error]);
+    setAuditFields(fields);
+    if (rec.status === "confirmed") {
+      $("#verify").hidden = false;
+      return;
+    }
+    if (rec.status === "rejected") return;
+  } catch (e) {
+    setAuditFields([["Record id", id], ["Status", `unknown (${e.message})`]]);
+  }
+  const delay = Math.min(1000 * 2 ** Math.floor(attempt / 5), 10000);
+  state.pollTimer = setTimeout(() => poll(id, attempt + 1), delay);
+}
+
+async function verify() {
+  const { result, input, receipt } = state.last;
+  const out = $("#verify-result");
+  out.textContent = "Checking…";
+  try {
+    let v;
+    const path = `/records/${encodeURIComponent(result.prediction_id)}/verify`;
+    if (input.kind === "features") {
+      v = await call(path, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ features: input.features, salt: receipt.salt, patient_id: input.patient || undefined }),
+      });
+    } else {
+      const q = new URLSearchParams({ salt: receipt.salt });
+      if (input.patient) q.set("patient_id", input.patient);
+      v = await call(`${path}?${q}`, {
+        method: "POST",
+        headers: { "content-type": input.file.type || "application/octet-stream" },
+        body: input.file,
+      });
+    }
+    out.textContent = v.verified
+      ? "Verified: this input and patient match the record on chain."
+      : "NOT verified: the input or patient does not match the record on chain.";
+  } catch (e) {
+    out.textContent = `Could not verify: ${e.message}`;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const key = sessionStorage.getItem("medchain-api-key");
+  if (key) $("#api-key").value = key;
+  $("#api-key").addEventListener("change", (e) => sessionStorage.setItem("medchain-api-key", e.target.value));
+  $("#verify").addEventListener("click", verify);
+  initPanels();
+  setupTabs();
+  openDisease("diabetes");
+});

@@ -1,0 +1,572 @@
+//! The gateway against real stub upstreams (actix servers on port 0): routing, headers,
+//! timeouts, upstream down, round-robin with a bad instance, CORS, rate limits, API keys,
+//! body limits, and the OpenAPI document against the route table.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures_util::StreamExt;
+use medchain_gateway::{Settings, build, route_table};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "gateway-test-token-0123456789";
+
+/// A stub upstream: echoes what it received, drains bodies, can be slow or broken.
+#[derive(Clone, Default)]
+struct Stub {
+    hits: Arc<AtomicUsize>,
+    delay_ms: u64,
+    html_500: bool,
+}
+
+async fn stub_handler(
+    req: HttpRequest,
+    mut body: web::Payload,
+    stub: web::Data<Stub>,
+) -> HttpResponse {
+    stub.hits.fetch_add(1, Ordering::SeqCst);
+    if stub.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(stub.delay_ms)).await;
+    }
+    if stub.html_500 {
+        return HttpResponse::InternalServerError()
+            .content_type("text/html")
+            .body("<html>Service waking up</html>");
+    }
+    let mut bytes = 0usize;
+    let mut first = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else { break };
+        bytes += chunk.len();
+        if first.len() < 4096 {
+            first.extend_from_slice(&chunk[..chunk.len().min(4096 - first.len())]);
+        }
+    }
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    HttpResponse::Ok().json(json!({
+        "path": req.path(),
+        "query": req.query_string(),
+        "method": req.method().as_str(),
+        "token": h("x-internal-token"),
+        "request_id": h("x-request-id"),
+        "cookie": h("cookie"),
+        "content_type": h("content-type"),
+        "bytes": bytes,
+        "head": String::from_utf8_lossy(&first),
+    }))
+}
+
+async fn spawn_stub(stub: Stub) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let data = web::Data::new(stub);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(usize::MAX))
+            .default_service(web::to(stub_handler))
+    })
+    .workers(1)
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn closed() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+fn settings(d: Vec<String>, h: Vec<String>, c: Vec<String>) -> Settings {
+    medchain_shared::telemetry::init_for_tests();
+    medchain_shared::http::init_tls();
+    let mut s = Settings::load().expect("defaults");
+    s.server.port = 0;
+    s.server.workers = 1;
+    s.auth.internal_token = Some(TOKEN.to_string().into());
+    s.upstreams.diabetes = d;
+    s.upstreams.heart = h;
+    s.upstreams.chain = c;
+    s.proxy.wake_grace_ms = 0;
+    s
+}
+
+async fn start(s: Settings) -> String {
+    s.validate().expect("valid");
+    let app = build(s).expect("gateway");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    base
+}
+
+async fn json_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
+    let (d, h, c) = (Stub::default(), Stub::default(), Stub::default());
+    let s = settings(
+        vec![spawn_stub(d.clone()).await],
+        vec![spawn_stub(h.clone()).await],
+        vec![spawn_stub(c.clone()).await],
+    );
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    for r in route_table() {
+        let path = r
+            .path
+            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
+            .replace("{patient_id}", "MRN 42");
+        let target = r
+            .target
+            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
+            .replace("{patient_id}", "MRN%2042");
+        let url = format!("{gw}/api/v1{path}?x=1");
+        let rb = if r.method == "GET" {
+            client.get(&url)
+        } else {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(r#"{"a":1}"#)
+        };
+        let res = rb
+            .header("x-request-id", "trace-abc-123")
+            .header("cookie", "session=secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.headers()["x-request-id"], "trace-abc-123");
+        let (status, seen) = json_of(res).await;
+        assert_eq!(status, 200, "{} {}: {seen}", r.method, r.path);
+        assert_eq!(seen["path"], target.as_str(), "{}", r.path);
+        assert_eq!(seen["query"], "x=1");
+        assert_eq!(seen["method"], r.method);
+        assert_eq!(seen["token"], TOKEN, "the internal token is added");
+        assert_eq!(
+            seen["request_id"], "trace-abc-123",
+            "the request id is forwarded"
+        );
+        assert!(
+            seen["cookie"].is_null(),
+            "client cookies stay at the gateway"
+        );
+        if r.method == "POST" {
+            assert_eq!(seen["head"], r#"{"a":1}"#);
+        }
+    }
+    // Generated when the client sends none, and the same id reaches the upstream.
+    let res = client
+        .get(format!("{gw}/api/v1/diabetes/models"))
+        .send()
+        .await
+        .expect("send");
+    let id = res.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let (_, seen) = json_of(res).await;
+    assert_eq!(seen["request_id"], id.as_str());
+    assert_eq!(d.hits.load(Ordering::SeqCst), 6);
+    assert_eq!(h.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(c.hits.load(Ordering::SeqCst), 3);
+
+    let (status, p) = json_of(
+        client
+            .get(format!("{gw}/api/v1/nothing"))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 404, "{p}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_exactly_the_routes() {
+    let s = settings(vec![closed()], vec![closed()], vec![closed()]);
+    let gw = start(s).await;
+    let doc: Value = reqwest::get(format!("{gw}/api/v1/openapi.json"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("ops").keys() {
+            documented.push((method.to_ascii_uppercase(), path.clone()));
+        }
+    }
+    let mut routed: Vec<(String, String)> = route_table()
+        .iter()
+        .map(|r| (r.method.to_string(), format!("/api/v1{}", r.path)))
+        .collect();
+    routed.push(("GET".into(), "/api/v1/openapi.json".into()));
+    documented.sort();
+    routed.sort();
+    assert_eq!(documented, routed);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_times_out_and_a_dead_one_is_named_while_the_other_serves() {
+    let slow = Stub {
+        delay_ms: 3000,
+        ..Stub::default()
+    };
+    let heart = Stub::default();
+    let mut s = settings(
+        vec![spawn_stub(slow).await],
+        vec![spawn_stub(heart).await],
+        vec![closed()],
+    );
+    s.proxy.tabular_timeout_ms = 300;
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let (status, p) = json_of(
+        client
+            .post(format!("{gw}/api/v1/diabetes/predict/tabular"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 504, "{p}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered within the timeout"
+    );
+    assert_eq!(p["upstream"], "diabetes-svc");
+    let (status, p) = json_of(
+        client
+            .get(format!(
+                "{gw}/api/v1/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d"
+            ))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 502, "{p}");
+    assert_eq!(p["upstream"], "chain-svc");
+    let (status, _) = json_of(
+        client
+            .post(format!("{gw}/api/v1/heart/predict/tabular"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 200, "the other disease is unaffected");
+}
+
+#[tokio::test]
+async fn a_platform_error_page_becomes_a_problem_naming_the_upstream() {
+    let broken = Stub {
+        html_500: true,
+        ..Stub::default()
+    };
+    let s = settings(
+        vec![spawn_stub(broken).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    let gw = start(s).await;
+    let res = reqwest::get(format!("{gw}/api/v1/diabetes/models"))
+        .await
+        .expect("get");
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .contains("problem+json")
+    );
+    let (status, p) = json_of(res).await;
+    assert_eq!(
+        (status, &p["upstream"]),
+        (502, &json!("diabetes-svc")),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_skips_an_instance_that_fails() {
+    let (a, b) = (Stub::default(), Stub::default());
+    let s = settings(
+        vec![closed()],
+        vec![
+            closed(),
+            spawn_stub(a.clone()).await,
+            spawn_stub(b.clone()).await,
+        ],
+        vec![closed()],
+    );
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    for i in 0..12 {
+        let res = client
+            .post(format!("{gw}/api/v1/heart/predict/tabular"))
+            .json(&json!({"n": i}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            res.status(),
+            200,
+            "request {i} served despite the dead instance"
+        );
+    }
+    let (ha, hb) = (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst));
+    assert_eq!(ha + hb, 12);
+    assert!(
+        ha >= 4 && hb >= 4,
+        "both live instances share the load: {ha} / {hb}"
+    );
+    let metrics = client
+        .get(format!("{gw}/metrics"))
+        .header("x-internal-token", TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let ejections = metrics
+        .lines()
+        .find(|l| l.starts_with("gateway_upstream_ejections_total{upstream=\"heart-svc\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("ejection counter");
+    assert_eq!(
+        ejections, 1.0,
+        "the dead instance was tried once, then skipped"
+    );
+}
+
+#[tokio::test]
+async fn cors_allows_only_listed_origins() {
+    let mut s = settings(
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    s.clients.cors_origins = vec!["https://app.example.org".into()];
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let url = format!("{gw}/api/v1/diabetes/models");
+    let ok = client
+        .get(&url)
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+    let other = client
+        .get(&url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("send");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let pre = client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(pre.status(), 204);
+    assert!(
+        pre.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("h")
+            .contains("x-api-key")
+    );
+    let denied = client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(denied.status(), 403);
+    // The gateway's own page (same origin) needs no CORS and is not refused.
+    let host = gw.trim_start_matches("http://");
+    let same = client
+        .get(&url)
+        .header("origin", format!("http://{host}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(same.status(), 200);
+}
+
+#[tokio::test]
+async fn clients_are_rate_limited_and_api_keys_are_checked() {
+    let mut s = settings(
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    s.clients.rate_per_second = 1;
+    s.clients.rate_burst = 3;
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let url = format!("{gw}/api/v1/diabetes/models");
+    for _ in 0..3 {
+        assert_eq!(client.get(&url).send().await.expect("send").status(), 200);
+    }
+    let limited = client.get(&url).send().await.expect("send");
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    let (_, p) = json_of(limited).await;
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("too many")),
+        "{p}"
+    );
+    // Health is never limited.
+    assert_eq!(
+        client
+            .get(format!("{gw}/healthz"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+
+    let mut s = settings(
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    s.clients.api_keys = vec!["client-key-0123456789abcdef".to_string().into()];
+    let gw = start(s).await;
+    let url = format!("{gw}/api/v1/diabetes/models");
+    assert_eq!(client.get(&url).send().await.expect("send").status(), 401);
+    assert_eq!(
+        client
+            .get(&url)
+            .header("x-api-key", "client-key-wrong-0000000")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .get(&url)
+            .header("x-api-key", "client-key-0123456789abcdef")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+    // The page itself is public (it asks for the key).
+    assert_eq!(
+        client
+            .get(format!("{gw}/"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_a_routes_limit_are_refused() {
+    let stub = Stub::default();
+    let s = settings(
+        vec![spawn_stub(stub.clone()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let big = vec![b' '; 70 * 1024];
+    let (status, p) = json_of(
+        client
+            .post(format!("{gw}/api/v1/diabetes/predict/tabular"))
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 413, "{p}");
+    assert_eq!(
+        stub.hits.load(Ordering::SeqCst),
+        0,
+        "refused before the upstream"
+    );
+    // Without a declared length (chunked), the limit is enforced while streaming.
+    let stream =
+        futures_util::stream::iter((0..70).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+    let (status, p) = json_of(
+        client
+            .post(format!("{gw}/api/v1/diabetes/predict/tabular"))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 413, "{p}");
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_content_security_policy() {
+    let s = settings(vec![closed()], vec![closed()], vec![closed()]);
+    let gw = start(s).await;
+    let res = reqwest::get(format!("{gw}/")).await.expect("get");
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = res.text().await.expect("html");
+    assert!(
+        !html.contains("<script>") && !html.contains(" style="),
+        "no inline script or style"
+    );
+    assert!(html.contains("Not a medical device"));
+    for asset in ["/app.js", "/style.css"] {
+        assert_eq!(
+            reqwest::get(format!("{gw}{asset}"))
+                .await
+                .expect("get")
+                .status(),
+            200
+        );
+    }
+}
