@@ -256,9 +256,26 @@ function show(result, input) {
   }
   const m = result.model;
   $("#model-summary").textContent =
-    `Model ${m.id} version ${m.version} (sha256 ${m.sha256.slice(0, 12)}…), inference ${result.inference_ms.toFixed(1)} ms.`;
+    `Model ${m.id} version ${m.version} (sha256 ${m.sha256.slice(0, 12)}…), inference ${result.inference_ms.toFixed(1)} ms. ` +
+    cardSummary(result.disease, m.id);
   showAudit(result.audit);
   $("#result").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+// The model card in one sentence: what it learned from and how well it did.
+function cardSummary(disease, modelId) {
+  const cards = state.cards[disease];
+  if (!cards) return "";
+  const card = [cards.tabular, cards.image].find((c) => c && c.model_id === modelId);
+  if (!card) return "";
+  const metrics = card.metrics || {};
+  const parts = [];
+  if (card.training && card.training.data) parts.push(`Trained on ${card.training.data}.`);
+  if (metrics.cv_roc_auc_mean != null)
+    parts.push(`Cross-validated ROC AUC ${metrics.cv_roc_auc_mean} ± ${metrics.cv_roc_auc_std}.`);
+  if (metrics.heldout_synthetic_accuracy != null)
+    parts.push(`Held-out accuracy on synthetic images ${metrics.heldout_synthetic_accuracy}.`);
+  return parts.join(" ");
 }
 
 // ---- audit record ---------------------------------------------------------------------------

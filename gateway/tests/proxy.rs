@@ -570,3 +570,35 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
         );
     }
 }
+
+#[tokio::test]
+async fn readiness_aggregates_the_upstreams_when_asked() {
+    let up = spawn_stub(Stub::default()).await;
+    let gw = start(settings(vec![up.clone()], vec![up.clone()], vec![up])).await;
+    let (status, body) = json_of(reqwest::get(format!("{gw}/readyz")).await.expect("get")).await;
+    assert_eq!(status, 200, "{body}");
+    let gw = start(settings(
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+        vec![spawn_stub(Stub::default()).await],
+    ))
+    .await;
+    let (status, body) = json_of(reqwest::get(format!("{gw}/readyz")).await.expect("get")).await;
+    assert_eq!(status, 503);
+    let failing: Vec<&str> = body["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(failing, ["heart-svc"], "{body}");
+    // Liveness never depends on the upstreams.
+    assert_eq!(
+        reqwest::get(format!("{gw}/healthz"))
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+}
