@@ -86,3 +86,41 @@ async fn serves_only_its_own_models() {
         404
     );
 }
+
+#[tokio::test]
+async fn an_ecg_stored_sideways_with_exif_orientation_is_turned_upright() {
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let dir = medchain_tests::models_dir().join("examples");
+    let mut probs = Vec::new();
+    for file in [
+        "ecg/2-myocardial_infarction-0.jpg",
+        "edge/ecg-exif-rotated.jpg",
+        "edge/ecg-rotated-no-exif.jpg",
+    ] {
+        let bytes = std::fs::read(dir.join(file)).expect("example");
+        let res = app.post_image("/v1/predict/ecg", bytes, file).await;
+        assert_eq!(res.status(), 200, "{file}");
+        let body: Value = res.json().await.expect("json");
+        probs.push(medchain_tests::probabilities(&body));
+    }
+    let diff = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    assert!(
+        diff(&probs[0], &probs[1]) < 0.05,
+        "EXIF-rotated {:?} vs upright {:?}",
+        probs[1],
+        probs[0]
+    );
+    // The control: the same sideways pixels without EXIF read differently, so the check above
+    // would fail if the orientation were ignored.
+    assert!(
+        diff(&probs[0], &probs[2]) > 0.2,
+        "sideways without EXIF {:?} vs upright {:?}",
+        probs[2],
+        probs[0]
+    );
+}

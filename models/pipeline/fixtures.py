@@ -82,10 +82,10 @@ def image_examples(task: str, sess, per_class: int = 2) -> list[dict]:
 
 
 def edge_examples() -> list[str]:
-    """Inputs the services must accept although no model was trained on them: the same retina
-    photo saved as a CMYK JPEG (print workflows produce these). Tests compare its prediction
-    with the RGB original's (the colour conversions of PIL and the Rust decoder differ
-    slightly, so not at fixture tolerance)."""
+    """Inputs the services must handle although no model was trained on them: the same retina
+    photo saved as a CMYK JPEG (print workflows produce these), and an ECG stored sideways with
+    an EXIF orientation. Tests compare their predictions with the originals' (colour conversion
+    and re-encoding differ slightly, so not at fixture tolerance)."""
     from PIL import Image
 
     folder = EXAMPLES / "edge"
@@ -95,7 +95,19 @@ def edge_examples() -> list[str]:
         return []
     dst = folder / "retina-cmyk.jpg"
     Image.open(src).convert("CMYK").save(dst, quality=92)
-    return [str(dst.relative_to(EXAMPLES))]
+    out = [dst]
+    # A phone photo of an ECG printout, stored sideways with an EXIF orientation (6: rotate
+    # 90° clockwise to display) — and the same pixels without it, as the test's control: the
+    # ECG model was trained upright, so ignoring EXIF changes its answer.
+    ecg = EXAMPLES / "ecg" / f"2-{synth_ecg.CLASSES[2]}-0.jpg"
+    if ecg.exists():
+        sideways = Image.open(ecg).convert("RGB").transpose(Image.ROTATE_90)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        sideways.save(folder / "ecg-exif-rotated.jpg", quality=92, exif=exif.tobytes())
+        sideways.save(folder / "ecg-rotated-no-exif.jpg", quality=92)
+        out += [folder / "ecg-exif-rotated.jpg", folder / "ecg-rotated-no-exif.jpg"]
+    return [str(p.relative_to(EXAMPLES)) for p in out]
 
 
 def build(only_tabular: bool = False) -> dict:
