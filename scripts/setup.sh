@@ -56,15 +56,16 @@ fi
 
 if [ "$with_tests" = 1 ]; then
   req="$ROOT/models/requirements.txt"
+  deploy_req="$ROOT/tests/deploy/requirements.txt"
   stamp="$PYENV/.requirements.sha256"
-  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  want="$(cat "$req" "$deploy_req" | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "Python pipeline environment: present ($PYENV)"
   else
-    say "Python pipeline environment: installing models/requirements.txt into $PYENV"
+    say "Python test environment: installing models/requirements.txt and tests/deploy/requirements.txt into $PYENV"
     python3 -m venv "$PYENV"
     "$PYENV/bin/pip" install --quiet --upgrade pip
-    "$PYENV/bin/pip" install --quiet -r "$req"
+    "$PYENV/bin/pip" install --quiet -r "$req" -r "$deploy_req"
     echo "$want" > "$stamp"
   fi
 fi

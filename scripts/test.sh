@@ -13,9 +13,9 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-say "model pipeline tests (pytest)"
+say "model pipeline and deployment-file tests (pytest)"
 set +e
-"$PYENV/bin/python" -m pytest -q models/tests 2>&1 | tee "$logs/pytest.log"
+"$PYENV/bin/python" -m pytest -q models/tests tests/deploy 2>&1 | tee "$logs/pytest.log"
 py_status=${PIPESTATUS[0]}
 
 say "Rust tests (cargo test)"

@@ -75,6 +75,11 @@ pub struct ChainSettings {
     pub min_signer_balance_wei: u64,
     /// Largest image body `verify` hashes.
     pub verify_max_bytes: usize,
+    /// The external node is a disposable development chain (an anvil container): keys may be
+    /// generated into the data dir and the signer funded with `anvil_setBalance`, as with the
+    /// embedded anvil. Never on a real network.
+    #[serde(default)]
+    pub dev_chain: bool,
     pub anvil_binary: String,
 }
 
@@ -124,7 +129,7 @@ impl Settings {
         {
             return Err(invalid("chain.contract_address", "not an address"));
         }
-        if self.chain.rpc_url.is_some() {
+        if self.chain.rpc_url.is_some() && !self.chain.dev_chain {
             let signer =
                 self.secrets.signer_key.is_some() || !self.secrets.signer_key_file.is_empty();
             let patient =
@@ -243,7 +248,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
         (None, Some(u)) => u.expose_secret().to_string(),
         (None, None) => unreachable!("embedded when no URL"),
     };
-    let dev = |name: &str| embedded.then(|| data.join(name));
+    let dev_chain = embedded || settings.chain.dev_chain;
+    let dev = |name: &str| dev_chain.then(|| data.join(name));
     let signer_hex = secret_bytes(
         &settings.secrets.signer_key,
         &settings.secrets.signer_key_file,
@@ -276,7 +282,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
             settings.chain.chain_id
         );
     }
-    if embedded {
+    if dev_chain {
         // The development signer pays for its own transactions on the local chain.
         let p = alloy::providers::ProviderBuilder::new().connect_http(url.clone());
         let _: () = p

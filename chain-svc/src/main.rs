@@ -3,6 +3,9 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = medchain_chain_svc::Settings::load()?;
+    if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
+        std::process::exit(code);
+    }
     medchain_shared::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
     let running = medchain_chain_svc::build(settings).await?;

@@ -63,6 +63,9 @@ pub struct ProxySettings {
     pub sleep_after_secs: u64,
     pub eject_secs: u64,
     pub readiness_timeout_ms: u64,
+    /// Keep connections to upstreams alive. Off behind a DNS name that lists several instances
+    /// (docker compose `--scale`): each request then resolves and connects anew.
+    pub reuse_connections: bool,
 }
 
 /// Body size limits per kind of route.
@@ -117,6 +120,19 @@ impl Settings {
                 "clients.api_keys",
             ],
         )?;
+        let mut s = s;
+        // `host:port` (what Render's `fromService … property: hostport` gives) means plain http.
+        for urls in [
+            &mut s.upstreams.diabetes,
+            &mut s.upstreams.heart,
+            &mut s.upstreams.chain,
+        ] {
+            for u in urls.iter_mut() {
+                if !u.contains("://") {
+                    *u = format!("http://{u}");
+                }
+            }
+        }
         s.validate()?;
         Ok(s)
     }
@@ -192,9 +208,12 @@ impl Gateway {
 pub fn build(settings: Settings) -> std::io::Result<Application> {
     let p = &settings.proxy;
     let eject = Duration::from_secs(p.eject_secs);
-    let client = medchain_shared::http::client_builder(Duration::from_millis(p.connect_timeout_ms))
-        .build()
-        .map_err(std::io::Error::other)?;
+    let mut builder =
+        medchain_shared::http::client_builder(Duration::from_millis(p.connect_timeout_ms));
+    if !p.reuse_connections {
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    let client = builder.build().map_err(std::io::Error::other)?;
     let gateway = Arc::new(Gateway {
         proxy: Proxy {
             client,

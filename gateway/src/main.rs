@@ -5,6 +5,9 @@ use medchain_gateway::{Settings, build};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
+        std::process::exit(code);
+    }
     medchain_shared::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
     let app = build(settings)?;

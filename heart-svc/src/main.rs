@@ -4,6 +4,9 @@
 async fn main() -> anyhow::Result<()> {
     medchain_shared::memory::limit_malloc_arenas(2);
     let settings = medchain_heart_svc::load_settings()?;
+    if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
+        std::process::exit(code);
+    }
     medchain_shared::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
     let app = medchain_heart_svc::build(settings)?;

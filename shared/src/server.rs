@@ -123,3 +123,35 @@ impl Common {
             .configure(crate::health::base_routes);
     }
 }
+
+/// `<binary> healthcheck`: asks this process's own `/healthz` on loopback and exits 0 or 1 — the
+/// container health check, so runtime images need no curl. Returns `None` for any other
+/// command line (the caller then serves).
+pub fn healthcheck_command(settings: &crate::settings::ServerSettings) -> Option<i32> {
+    if std::env::args().nth(1).as_deref() != Some("healthcheck") {
+        return None;
+    }
+    Some(match probe_healthz(settings.port) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            1
+        }
+    })
+}
+
+fn probe_healthz(port: u16) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 16];
+    let n = s.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    if line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("/healthz answered {line:?}")))
+    }
+}

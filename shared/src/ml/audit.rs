@@ -38,9 +38,11 @@ impl AuditClient {
             .build()
             .unwrap_or_default();
         let url = settings.url.trim().trim_end_matches('/');
+        // `host:port` (Render's `fromService … property: hostport`) means plain http.
+        let scheme = if url.contains("://") { "" } else { "http://" };
         Self {
             http,
-            records_url: (!url.is_empty()).then(|| format!("{url}/v1/records")),
+            records_url: (!url.is_empty()).then(|| format!("{scheme}{url}/v1/records")),
             token,
         }
     }

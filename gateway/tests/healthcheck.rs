@@ -1,0 +1,44 @@
+//! `gateway healthcheck` (the container health check) exits 0 while the server answers on its
+//! port and 1 when nothing does.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn check(port: u16) -> i32 {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("healthcheck")
+        .env("GATEWAY__SERVER__PORT", port.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run")
+        .code()
+        .expect("exit code")
+}
+
+#[test]
+fn the_health_check_command_reports_the_server_state() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    assert_eq!(check(port), 1, "nothing listens yet");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env("GATEWAY__SERVER__PORT", port.to_string())
+        .env("GATEWAY__SERVER__WORKERS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gateway");
+    let mut code = 1;
+    for _ in 0..100 {
+        code = check(port);
+        if code == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code, 0);
+}

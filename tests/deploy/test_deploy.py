@@ -1,0 +1,147 @@
+"""Static checks of the deployment files (there is no Docker engine or Render account here).
+
+* docker-compose.yml against the Compose Specification schema (check-jsonschema's vendored
+  `vendor.compose-spec`), plus what the schema cannot say: 512 MB per service, health checks,
+  start order on health, a heart service that can be scaled.
+* render.yaml and deploy/render-paid.yaml against the documented Blueprint fields (Render's
+  JSON schema cannot be fetched here): known service types, runtimes and plans, required fields
+  per type, every fromGroup/fromService reference resolving, health checks on /healthz (which
+  never loads a model), no secret value committed. Users should also run
+  `render blueprints validate` with Render's CLI.
+* The Dockerfiles are the generator's output, copy only files that exist, and a disease image
+  copies only its own disease's models. (No Dockerfile linter installs from the registries
+  reachable here: hadolint ships as GitHub release binaries only.)
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ["gateway", "diabetes-svc", "heart-svc", "chain-svc"]
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_matches_the_compose_specification():
+    exe = Path(sys.executable).with_name("check-jsonschema")
+    res = subprocess.run([str(exe), "--builtin-schema", "vendor.compose-spec",
+                          str(ROOT / "docker-compose.yml")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_compose_caps_every_service_at_512m_and_starts_on_health():
+    c = compose()
+    names = set(c["services"])
+    assert names == {"anvil", *SERVICES}
+    for name, svc in c["services"].items():
+        assert svc.get("mem_limit") == "512m", name
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in names, f"{name} depends on unknown {dep}"
+            assert cond == {"condition": "service_healthy"}, name
+        build = svc["build"]
+        assert (ROOT / build["context"] / build["dockerfile"]).exists(), name
+    heart = c["services"]["heart-svc"]
+    assert "container_name" not in heart and "ports" not in heart, "heart-svc must be scalable"
+    gw = c["services"]["gateway"]
+    assert gw["ports"] == ["8080:8080"]
+    assert gw["environment"]["GATEWAY__UPSTREAMS__HEART"] == "http://heart-svc:8082"
+    assert gw["environment"]["GATEWAY__PROXY__REUSE_CONNECTIONS"] == "false"
+    # Only the gateway is published.
+    assert [n for n, s in c["services"].items() if "ports" in s] == ["gateway"]
+
+
+# What Render documents for Blueprint services (https://render.com/docs/blueprint-spec).
+TYPES = {"web", "pserv", "worker", "cron", "keyvalue", "redis"}
+RUNTIMES = {"docker", "image", "node", "python", "ruby", "go", "rust", "elixir"}
+PLANS = {"free", "starter", "standard", "pro", "pro plus", "pro max", "pro ultra"}
+SERVICE_FIELDS = {"type", "name", "runtime", "plan", "region", "dockerfilePath", "dockerContext",
+                  "dockerCommand", "healthCheckPath", "envVars", "autoDeploy", "numInstances",
+                  "scaling", "disk", "buildFilter", "rootDir", "preDeployCommand", "domains",
+                  "image", "registryCredential", "maxShutdownDelaySeconds"}
+SECRET = re.compile(r"TOKEN|KEY|SECRET|RPC_URL|PASSWORD", re.I)
+
+
+@pytest.mark.parametrize("path", ["render.yaml", "deploy/render-paid.yaml"])
+def test_render_blueprint_uses_documented_fields_and_commits_no_secret(path):
+    bp = yaml.safe_load((ROOT / path).read_text())
+    assert set(bp) <= {"services", "envVarGroups", "databases", "previews", "projects"}
+    groups = {g["name"]: g for g in bp.get("envVarGroups", [])}
+    services = {s["name"]: s for s in bp["services"]}
+    assert len(services) == 4
+    for name, s in services.items():
+        assert set(s) <= SERVICE_FIELDS, f"{name}: unknown fields {set(s) - SERVICE_FIELDS}"
+        assert s["type"] in TYPES and s["runtime"] in RUNTIMES and s["plan"] in PLANS, name
+        if s["runtime"] == "docker":
+            assert (ROOT / s["dockerfilePath"]).exists(), name
+            assert (ROOT / s.get("dockerContext", ".")).is_dir(), name
+        if s["type"] == "web":
+            # Render probes it often: it must never load a model or call another service.
+            assert s.get("healthCheckPath") == "/healthz", name
+        if "numInstances" in s and "scaling" in s:
+            pytest.fail(f"{name}: numInstances and scaling exclude each other")
+        if "scaling" in s:
+            sc = s["scaling"]
+            assert 1 <= sc["minInstances"] <= sc["maxInstances"], name
+            assert sc.get("targetCPUPercent") or sc.get("targetMemoryPercent"), name
+        for ev in s.get("envVars", []):
+            if "fromGroup" in ev:
+                assert ev["fromGroup"] in groups, f"{name}: unknown group {ev['fromGroup']}"
+                continue
+            key = ev["key"]
+            if "fromService" in ev:
+                ref = ev["fromService"]
+                assert ref["name"] in services, f"{name}: {key} refers to unknown {ref['name']}"
+                assert services[ref["name"]]["type"] == ref["type"], f"{name}: {key}"
+                assert ref["property"] in {"host", "port", "hostport", "connectionString"}, key
+                continue
+            sources = {"value", "sync", "generateValue"} & set(ev)
+            assert len(sources) == 1, f"{name}: {key} needs exactly one source"
+            if SECRET.search(key) and not key.endswith("CHAIN_ID"):
+                assert "value" not in ev, f"{name}: {key} looks secret but has a committed value"
+    for g in groups.values():
+        for ev in g["envVars"]:
+            assert "value" not in ev or not SECRET.search(ev["key"]), ev["key"]
+    gateway = services["medchain-gateway"]
+    assert gateway["type"] == "web", "the gateway is the public service"
+
+
+def test_the_free_blueprint_keeps_services_public_but_token_protected():
+    bp = yaml.safe_load((ROOT / "render.yaml").read_text())
+    for s in bp["services"]:
+        assert s["plan"] == "free" and s["type"] == "web", s["name"]
+        assert {"fromGroup": "medchain-internal"} in s["envVars"], s["name"]
+
+
+def test_the_paid_blueprint_keeps_services_private_and_scales_heart():
+    bp = yaml.safe_load((ROOT / "deploy/render-paid.yaml").read_text())
+    types = {s["name"]: s["type"] for s in bp["services"]}
+    assert types == {"medchain-gateway": "web", "medchain-diabetes": "pserv",
+                     "medchain-heart": "pserv", "medchain-chain": "pserv"}
+    heart = next(s for s in bp["services"] if s["name"] == "medchain-heart")
+    assert heart["scaling"]["maxInstances"] > 1
+
+
+def test_dockerfiles_are_generated_and_copy_only_their_own_models():
+    res = subprocess.run([sys.executable, str(ROOT / "deploy/gen_dockerfiles.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+    for svc in SERVICES:
+        text = (ROOT / svc / "Dockerfile").read_text()
+        assert "USER 10001" in text and "HEALTHCHECK" in text, svc
+        copies = re.findall(r"^COPY (?!--from)(\S+) ", text, re.M)
+        for src in copies:
+            if src != ".":
+                assert (ROOT / src).exists(), f"{svc}: COPY {src} does not exist"
+        models = [c for c in copies if c.startswith("models/")]
+        expected = {"diabetes-svc": ["models/diabetes"], "heart-svc": ["models/heart"]}
+        assert models == expected.get(svc, []), f"{svc} copies {models}"
+        assert f"--bin {svc}" in text, svc
