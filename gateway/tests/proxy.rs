@@ -602,3 +602,90 @@ async fn readiness_aggregates_the_upstreams_when_asked() {
         200
     );
 }
+
+/// A stub that accepts a connection, reads a little, and hangs up without answering.
+async fn spawn_hang_up() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 512];
+            let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+            drop(sock);
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), accepted)
+}
+
+#[tokio::test]
+async fn a_prediction_that_reached_an_instance_is_never_sent_to_another() {
+    let (bad, accepted) = spawn_hang_up().await;
+    let good = Stub::default();
+    let s = settings(
+        vec![bad, spawn_stub(good.clone()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..2 {
+        let res = client
+            .post(format!("{gw}/api/v1/diabetes/predict/tabular"))
+            .json(&json!({"n": i}))
+            .send()
+            .await
+            .expect("send");
+        statuses.push(res.status().as_u16());
+    }
+    statuses.sort();
+    // Round-robin sends one to each; the one cut off after connecting is a 502, not a retry.
+    assert_eq!(statuses, [200, 502]);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        good.hits.load(Ordering::SeqCst),
+        1,
+        "no second attempt elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_that_may_be_asleep_gets_the_wake_grace_once() {
+    let slow = Stub {
+        delay_ms: 700,
+        ..Stub::default()
+    };
+    let mut s = settings(vec![spawn_stub(slow).await], vec![closed()], vec![closed()]);
+    s.proxy.tabular_timeout_ms = 300;
+    s.proxy.wake_grace_ms = 2000;
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let url = format!("{gw}/api/v1/diabetes/predict/tabular");
+    // Never heard from: it may be waking up, so the first call may take route + grace.
+    let first = client
+        .post(&url)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(first.status(), 200);
+    // It answered a moment ago: now the route's own timeout applies.
+    let (status, p) = json_of(
+        client
+            .post(&url)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 504, "{p}");
+}
