@@ -123,6 +123,7 @@ impl AuditChain {
         salt: B256,
         configured: Option<Address>,
     ) -> Result<Self, ChainError> {
+        medchain_shared::http::init_tls();
         let me = signer.address();
         // Nonces are read from the node before every send (no cached counter that a failed
         // send would leave ahead of the chain), and every call is simulated first.
@@ -282,35 +283,28 @@ impl AuditChain {
     /// The transaction that recorded `prediction_id`, found from the contract's event (after a
     /// crash between sending and noting the receipt, the resend is refused as a duplicate).
     pub async fn find_recorded(&self, prediction_id: B256) -> Result<Option<Mined>, ChainError> {
-        use alloy::rpc::types::Filter;
-        use alloy::sol_types::SolEvent;
-        let filter = Filter::new()
-            .address(self.contract)
-            .event_signature(MedchainAudit::PredictionRecorded::SIGNATURE_HASH)
-            .topic1(prediction_id)
-            .from_block(0);
-        let logs = self
-            .provider
-            .get_logs(&filter)
-            .await
-            .map_err(|e| ChainError::Node(e.to_string()))?;
+        let logs = self.record_events(|f| f.topic1(prediction_id)).await?;
         Ok(logs.first().and_then(|l| {
             Some(Mined {
-                tx_hash: l.transaction_hash?,
+                tx_hash: l.tx_hash?,
                 block_number: l.block_number?,
             })
         }))
     }
 
-    /// Every record of a patient reference, oldest first, from the contract's indexed event.
-    pub async fn records_of(&self, patient_ref: B256) -> Result<Vec<RecordedLog>, ChainError> {
+    /// The contract's `PredictionRecorded` events matching `narrow`, decoded, oldest first.
+    async fn record_events(
+        &self,
+        narrow: impl FnOnce(alloy::rpc::types::Filter) -> alloy::rpc::types::Filter,
+    ) -> Result<Vec<RecordedLog>, ChainError> {
         use alloy::rpc::types::Filter;
         use alloy::sol_types::SolEvent;
-        let filter = Filter::new()
-            .address(self.contract)
-            .event_signature(MedchainAudit::PredictionRecorded::SIGNATURE_HASH)
-            .topic2(patient_ref)
-            .from_block(0);
+        let filter = narrow(
+            Filter::new()
+                .address(self.contract)
+                .event_signature(MedchainAudit::PredictionRecorded::SIGNATURE_HASH)
+                .from_block(0),
+        );
         let logs = self
             .provider
             .get_logs(&filter)
@@ -329,6 +323,11 @@ impl AuditChain {
                 })
             })
             .collect()
+    }
+
+    /// Every record of a patient reference, oldest first, from the contract's indexed event.
+    pub async fn records_of(&self, patient_ref: B256) -> Result<Vec<RecordedLog>, ChainError> {
+        self.record_events(|f| f.topic2(patient_ref)).await
     }
 
     /// The signer's balance in wei.

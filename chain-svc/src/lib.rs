@@ -96,14 +96,7 @@ pub struct SecretSettings {
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        key: key.into(),
-        env: format!(
-            "{ENV_PREFIX}__{}",
-            key.to_ascii_uppercase().replace('.', "__")
-        ),
-        reason: reason.into(),
-    }
+    SettingsError::invalid(ENV_PREFIX, key, reason)
 }
 
 impl Settings {

@@ -77,6 +77,7 @@ fn anvils_for(data: &Path) -> usize {
 
 #[tokio::test]
 async fn kill_9_under_writes_loses_nothing_and_records_nothing_twice() {
+    medchain_shared::http::init_tls();
     let data = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -31,7 +31,7 @@ async fn ecg_fixtures_are_reproduced() {
     let app = spawn_disease(SPEC, |_| {}).await;
     assert!(check_image_fixtures(&app, "heart", "/v1/predict/ecg").await >= 8);
     let models = app.models().await;
-    assert_eq!(models["models"][1]["state"], "loaded", "{models}");
+    assert_eq!(models["models"][1]["state"], "ready", "{models}");
 }
 
 #[tokio::test]

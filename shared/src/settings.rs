@@ -25,6 +25,18 @@ pub enum SettingsError {
     },
 }
 
+impl SettingsError {
+    /// An invalid setting `key` (e.g. `chain.contract_address`) of the service whose env vars
+    /// start with `prefix`, naming the env var that sets it.
+    pub fn invalid(prefix: &str, key: &str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            env: format!("{prefix}__{}", key.to_ascii_uppercase().replace('.', "__")),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Where and how a service listens.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,6 +6,7 @@ use alloy::signers::local::PrivateKeySigner;
 
 /// A fresh key funded through anvil's cheat RPC: no well-known key in the repository.
 pub async fn funded_key(rpc_url: &str) -> PrivateKeySigner {
+    medchain_shared::http::init_tls();
     let signer = PrivateKeySigner::random();
     let provider =
         alloy::providers::ProviderBuilder::new().connect_http(rpc_url.parse().expect("url"));
