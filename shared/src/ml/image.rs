@@ -2,12 +2,10 @@
 //! `preprocessing`): sniff the format (JPEG/PNG only), check the pixel count from the header
 //! before decoding, decode (large JPEGs at reduced scale with DCT scaling), apply EXIF
 //! orientation, convert to RGB8, resize to the model's size with an antialiased bilinear filter
-//! (SIMD, Pillow-compatible), normalise to NCHW float32.
+//! (bit-exact with Pillow), normalise to NCHW float32.
 
 use std::io::Cursor;
 
-use fast_image_resize::images::Image as FirImage;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::Deserialize;
@@ -205,20 +203,16 @@ fn jpeg_scaled(
     Ok(Some((rgb, scale)))
 }
 
-/// Antialiased bilinear (triangle) resize, Pillow-compatible, SIMD.
+/// Antialiased bilinear (triangle) resize, bit-exact with Pillow's (see `resample`).
 fn resize(rgb: &RgbImage, tw: u32, th: u32) -> Result<Vec<u8>, ApiError> {
     let (w, h) = rgb.dimensions();
-    let src = fast_image_resize::images::ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("resize source: {e}")))?;
-    let mut dst = FirImage::new(tw, th, PixelType::U8x3);
-    Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
-        )
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("resize failed: {e}")))?;
-    Ok(dst.into_vec())
+    Ok(super::resample::resize_rgb8(
+        rgb.as_raw(),
+        w as usize,
+        h as usize,
+        tw as usize,
+        th as usize,
+    ))
 }
 
 /// HWC u8 → CHW f32, `(v * scale - mean) / std`, in the same float32 order as training.
