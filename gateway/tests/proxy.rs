@@ -112,6 +112,24 @@ async fn start(s: Settings) -> String {
     base
 }
 
+/// GET `url`; status and JSON body.
+async fn get_json(url: String) -> (u16, Value) {
+    json_of(reqwest::get(url).await.expect("get")).await
+}
+
+/// POST `body` as JSON to `url`; status and JSON body.
+async fn post_json(url: String, body: Value) -> (u16, Value) {
+    json_of(
+        reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await
+}
+
 async fn json_of(res: reqwest::Response) -> (u16, Value) {
     let status = res.status().as_u16();
     (status, res.json().await.expect("json"))
@@ -186,14 +204,7 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
     assert_eq!(h.hits.load(Ordering::SeqCst), 5);
     assert_eq!(c.hits.load(Ordering::SeqCst), 3);
 
-    let (status, p) = json_of(
-        client
-            .get(format!("{gw}/api/v1/nothing"))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, p) = get_json(format!("{gw}/api/v1/nothing")).await;
     assert_eq!(status, 404, "{p}");
 }
 
@@ -238,44 +249,21 @@ async fn a_slow_upstream_times_out_and_a_dead_one_is_named_while_the_other_serve
     );
     s.proxy.tabular_timeout_ms = 300;
     let gw = start(s).await;
-    let client = reqwest::Client::new();
     let started = Instant::now();
-    let (status, p) = json_of(
-        client
-            .post(format!("{gw}/api/v1/diabetes/predict/tabular"))
-            .json(&json!({}))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, p) = post_json(format!("{gw}/api/v1/diabetes/predict/tabular"), json!({})).await;
     assert_eq!(status, 504, "{p}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "answered within the timeout"
     );
     assert_eq!(p["upstream"], "diabetes-svc");
-    let (status, p) = json_of(
-        client
-            .get(format!(
-                "{gw}/api/v1/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d"
-            ))
-            .send()
-            .await
-            .expect("send"),
-    )
+    let (status, p) = get_json(format!(
+        "{gw}/api/v1/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d"
+    ))
     .await;
     assert_eq!(status, 502, "{p}");
     assert_eq!(p["upstream"], "chain-svc");
-    let (status, _) = json_of(
-        client
-            .post(format!("{gw}/api/v1/heart/predict/tabular"))
-            .json(&json!({}))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, _) = post_json(format!("{gw}/api/v1/heart/predict/tabular"), json!({})).await;
     assert_eq!(status, 200, "the other disease is unaffected");
 }
 
@@ -575,7 +563,7 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
 async fn readiness_aggregates_the_upstreams_when_asked() {
     let up = spawn_stub(Stub::default()).await;
     let gw = start(settings(vec![up.clone()], vec![up.clone()], vec![up])).await;
-    let (status, body) = json_of(reqwest::get(format!("{gw}/readyz")).await.expect("get")).await;
+    let (status, body) = get_json(format!("{gw}/readyz")).await;
     assert_eq!(status, 200, "{body}");
     let gw = start(settings(
         vec![spawn_stub(Stub::default()).await],
@@ -583,7 +571,7 @@ async fn readiness_aggregates_the_upstreams_when_asked() {
         vec![spawn_stub(Stub::default()).await],
     ))
     .await;
-    let (status, body) = json_of(reqwest::get(format!("{gw}/readyz")).await.expect("get")).await;
+    let (status, body) = get_json(format!("{gw}/readyz")).await;
     assert_eq!(status, 503);
     let failing: Vec<&str> = body["checks"]
         .as_array()
@@ -678,14 +666,6 @@ async fn an_instance_that_may_be_asleep_gets_the_wake_grace_once() {
         .expect("send");
     assert_eq!(first.status(), 200);
     // It answered a moment ago: now the route's own timeout applies.
-    let (status, p) = json_of(
-        client
-            .post(&url)
-            .json(&json!({}))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, p) = post_json(url.clone(), json!({})).await;
     assert_eq!(status, 504, "{p}");
 }
