@@ -160,11 +160,10 @@ pub async fn accept(
         label: r.label,
         probability_bps: (r.probability * 10_000.0).round() as u16,
     };
-    let outbox = state.outbox.clone();
     let digest = r.input_digest;
     // Idempotent: a retry of the same request (same fields, same input) gets the stored
     // record back; its salt is the first request's, so compare through the commitment.
-    let stored = web::block(move || -> Result<Entry, OutboxError> {
+    let stored = with_outbox(&state, move |outbox| -> Result<Entry, OutboxError> {
         let same = |old: &Entry| {
             let mut again = record.clone();
             again.input_commitment = privacy::commitment(&old.salt, &digest);
@@ -186,9 +185,7 @@ pub async fn accept(
             other => other,
         }
     })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("outbox task: {e}")))?
-    .map_err(outbox_error)?;
+    .await?;
     state.wake.notify_one();
     metrics::counter!(medchain_shared::metrics::name("records_accepted_total")).increment(1);
     Ok(HttpResponse::Accepted().json(Receipt {
@@ -258,12 +255,20 @@ async fn read_chain<T>(
     }
 }
 
-async fn outbox_get(state: &RecordsState, key: B256) -> ApiResult<Option<Entry>> {
+/// Runs an outbox operation on the blocking pool (redb reads and fsyncs block).
+async fn with_outbox<T: Send + 'static>(
+    state: &RecordsState,
+    f: impl FnOnce(&Outbox) -> Result<T, OutboxError> + Send + 'static,
+) -> ApiResult<T> {
     let outbox = state.outbox.clone();
-    web::block(move || outbox.get(&key))
+    web::block(move || f(&outbox))
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("outbox task: {e}")))?
         .map_err(outbox_error)
+}
+
+async fn outbox_get(state: &RecordsState, key: B256) -> ApiResult<Option<Entry>> {
+    with_outbox(state, move |o| o.get(&key)).await
 }
 
 /// `GET /v1/records/{id}`: the outbox's view (status, attempts, transaction) and the chain's
@@ -349,11 +354,7 @@ pub async fn by_patient(
             })
         })
         .collect();
-    let outbox = state.outbox.clone();
-    let waiting = web::block(move || outbox.pending_of(&patient_ref))
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("outbox task: {e}")))?
-        .map_err(outbox_error)?;
+    let waiting = with_outbox(&state, move |o| o.pending_of(&patient_ref)).await?;
     for e in waiting.iter().filter(|e| !seen.contains(&e.id())) {
         records.push(json!({
             "prediction_id": b256_to_id(&e.id()),
