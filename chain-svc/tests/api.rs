@@ -1,6 +1,8 @@
 //! chain-svc over HTTP with its embedded anvil: accept → pending → confirmed, idempotent
 //! accept, conflicts, validation, the internal token, and nothing identifying in the calldata.
 
+mod common;
+
 use std::time::Duration;
 
 use alloy::primitives::TxHash;
@@ -49,15 +51,7 @@ async fn post(base: &str, v: &Value, token: Option<&str>) -> reqwest::Response {
 }
 
 async fn get(base: &str, id: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/v1/records/{id}"))
-        .header("x-internal-token", TOKEN)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
+    common::get_json(&format!("{base}/v1/records/{id}"), TOKEN).await
 }
 
 #[tokio::test]
@@ -144,12 +138,7 @@ async fn bad_requests_are_refused() {
         let p: Value = res.json().await.expect("problem");
         assert_eq!(p["field"], field, "{p}");
     }
-    let missing = reqwest::Client::new()
-        .get(format!("{base}/v1/records/{id}"))
-        .header("x-internal-token", TOKEN)
-        .send()
-        .await
-        .expect("get");
+    let missing = common::get_with_token(&format!("{base}/v1/records/{id}"), TOKEN).await;
     assert_eq!(missing.status(), 404);
 }
 
@@ -328,18 +317,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(s, 404, "{v}");
 
     // Per patient: the keyed reference finds exactly that patient's records.
-    let list = |p: &str| {
-        client
-            .get(format!("{base}/v1/patients/{p}/records"))
-            .header("x-internal-token", TOKEN)
-            .send()
-    };
-    let mine: Value = list("MRN-7")
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let mine: Value = common::get_json(&format!("{base}/v1/patients/MRN-7/records"), TOKEN).await;
     let ids: Vec<&str> = mine["records"]
         .as_array()
         .expect("records")
@@ -349,19 +327,9 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(ids, [tab, img], "{mine}");
     assert_eq!(mine["records"][1]["modality"], "image");
     assert_eq!(mine["patient_ref"], receipts[0]["patient_ref"]);
-    let theirs: Value = list("MRN-8")
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let theirs: Value = common::get_json(&format!("{base}/v1/patients/MRN-8/records"), TOKEN).await;
     assert_eq!(theirs["count"], 1);
-    let nobody: Value = list("MRN-9")
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let nobody: Value = common::get_json(&format!("{base}/v1/patients/MRN-9/records"), TOKEN).await;
     assert_eq!(nobody["count"], 0);
 
     // Readiness: contract present and signer funded; an empty signer makes it not ready.
@@ -398,12 +366,8 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(funds["ok"], false, "{body}");
 
     // Metrics: the outbox gauges and counters are exported.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .header("x-internal-token", TOKEN)
-        .send()
+    let metrics = common::get_with_token(&format!("{base}/metrics"), TOKEN)
         .await
-        .expect("metrics")
         .text()
         .await
         .expect("text");

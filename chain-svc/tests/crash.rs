@@ -2,6 +2,8 @@
 //! on the same data dir every accepted record is confirmed on chain exactly once, and the
 //! orphaned embedded anvil of the killed process is replaced, not duplicated.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -143,15 +145,7 @@ async fn kill_9_under_writes_loses_nothing_and_records_nothing_twice() {
     for n in 0..RECORDS {
         let mut rec = Value::Null;
         for _ in 0..400 {
-            rec = client
-                .get(format!("{base}/v1/records/{}", id(n)))
-                .header("x-internal-token", TOKEN)
-                .send()
-                .await
-                .expect("get")
-                .json()
-                .await
-                .expect("json");
+            rec = common::get_json(&format!("{base}/v1/records/{}", id(n)), TOKEN).await;
             if rec["status"] == "confirmed" {
                 break;
             }
@@ -161,15 +155,7 @@ async fn kill_9_under_writes_loses_nothing_and_records_nothing_twice() {
         assert_eq!(rec["matches_chain"], true, "record {n}: {rec}");
     }
     // Exactly once: the chain's events for the patient are the 60 records, no more.
-    let listed: Value = client
-        .get(format!("{base}/v1/patients/MRN-CRASH/records"))
-        .header("x-internal-token", TOKEN)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed = common::get_json(&format!("{base}/v1/patients/MRN-CRASH/records"), TOKEN).await;
     let ids: std::collections::BTreeSet<String> = listed["records"]
         .as_array()
         .expect("records")

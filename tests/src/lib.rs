@@ -184,6 +184,16 @@ impl TestApp {
 
 /// Asserts a problem+json error with `status` naming `field` (when given); returns its body.
 pub async fn assert_problem(res: reqwest::Response, status: u16, field: Option<&str>) -> Value {
+    assert_problem_for(res, status, field, "").await
+}
+
+/// `assert_problem`, with `what` (the case being checked) in every failure message.
+pub async fn assert_problem_for(
+    res: reqwest::Response,
+    status: u16,
+    field: Option<&str>,
+    what: &str,
+) -> Value {
     let got = res.status().as_u16();
     let ct = res
         .headers()
@@ -191,16 +201,18 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, field: Option<&
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body: Value = res.json().await.expect("error body is JSON");
-    assert_eq!(got, status, "{body}");
-    assert_eq!(ct, "application/problem+json", "{body}");
-    assert_eq!(body["status"], status, "{body}");
+    let text = res.text().await.expect("error body");
+    assert_eq!(got, status, "{what}: {text}");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+    assert_eq!(ct, "application/problem+json", "{what}: {body}");
+    assert_eq!(body["status"], status, "{what}: {body}");
     assert!(
         body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{body}"
+        "{what}: {body}"
     );
     if let Some(f) = field {
-        assert_eq!(body["field"], f, "{body}");
+        assert_eq!(body["field"], f, "{what}: {body}");
     }
     body
 }

@@ -1,4 +1,5 @@
-//! Helpers shared by chain-svc's tests.
+//! Helpers shared by chain-svc's tests. Each test binary uses some of them.
+#![allow(dead_code)]
 
 use alloy::primitives::U256;
 use alloy::providers::Provider;
@@ -18,4 +19,19 @@ pub async fn funded_key(rpc_url: &str) -> PrivateKeySigner {
         .await
         .expect("fund");
     signer
+}
+
+/// GET `url` with the internal token.
+pub async fn get_with_token(url: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .header("x-internal-token", token)
+        .send()
+        .await
+        .expect("get")
+}
+
+/// GET `url` with the internal token; the JSON body.
+pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
+    get_with_token(url, token).await.json().await.expect("json")
 }
