@@ -47,15 +47,15 @@ impl AuditClient {
         }
     }
 
-    /// Records `p` for `patient_id` (no patient, no record: returns `None`).
+    /// Records `p` for the patient, given the patient id and the input's digest (no patient,
+    /// no record: returns `None`).
     pub async fn record(
         &self,
         p: &Prediction,
-        patient_id: Option<&str>,
-        input_digest: [u8; 32],
+        patient: Option<(String, [u8; 32])>,
         request_id: Option<String>,
     ) -> Option<Value> {
-        let patient_id = patient_id?;
+        let (patient_id, input_digest) = patient?;
         let digest = format!("0x{}", hex::encode(input_digest));
         let Some(url) = &self.records_url else {
             return Some(unrecorded(

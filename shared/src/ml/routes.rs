@@ -308,10 +308,15 @@ async fn predict_tabular(
     let model = &models.tabular;
     let card = model.card()?;
     let input = tabular::validate(card, &body.0)?;
-    let digest = crate::audit::canonical_features(&input.canonical)
-        .map(|c| crate::audit::sha256(&c))
-        .map_err(|k| ApiError::Internal(anyhow::anyhow!("feature `{k}` not canonical")))?;
-    let patient_id = input.patient_id.clone();
+    // Only a prediction with a patient id is recorded, so only it needs the input's digest.
+    let audit_input = match &input.patient_id {
+        Some(pid) => {
+            let canonical = crate::audit::canonical_features(&input.canonical)
+                .map_err(|k| ApiError::Internal(anyhow::anyhow!("feature `{k}` not canonical")))?;
+            Some((pid.clone(), crate::audit::sha256(&canonical)))
+        }
+        None => None,
+    };
     let permit = model.admit()?;
     let n = input.features.len() as i64;
     let output = card
@@ -332,7 +337,7 @@ async fn predict_tabular(
     let mut p = prediction(card, probs, ms, None)?;
     p.audit = models
         .audit
-        .record(&p, patient_id.as_deref(), digest, RequestId::of(&req))
+        .record(&p, audit_input, RequestId::of(&req))
         .await;
     Ok(HttpResponse::Ok().json(p))
 }
@@ -361,19 +366,16 @@ async fn predict_image(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("decode slots closed: {e}")))?;
-    let want_digest = patient_id.is_some();
-    let (prepared, digest): (Prepared, [u8; 32]) = tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
-        let prepared = prepare(&bytes, &pre, &limits)?;
-        let digest = if want_digest {
-            crate::audit::sha256(&bytes)
-        } else {
-            [0; 32]
-        };
-        Ok::<_, ApiError>((prepared, digest))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("preprocessing task failed: {e}")))??;
+    let (prepared, audit_input): (Prepared, Option<(String, [u8; 32])>) =
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let prepared = prepare(&bytes, &pre, &limits)?;
+            // The uploaded bytes are the recorded input; hashed only when there is a patient.
+            let audit_input = patient_id.map(|pid| (pid, crate::audit::sha256(&bytes)));
+            Ok::<_, ApiError>((prepared, audit_input))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("preprocessing task failed: {e}")))??;
     drop(_decode_slot);
     let info = ImageInfo {
         format: prepared.format,
@@ -396,7 +398,7 @@ async fn predict_image(
     let mut p = prediction(&card, softmax(&logits), ms, Some(info))?;
     p.audit = models
         .audit
-        .record(&p, patient_id.as_deref(), digest, RequestId::of(&req))
+        .record(&p, audit_input, RequestId::of(&req))
         .await;
     Ok(HttpResponse::Ok().json(p))
 }
