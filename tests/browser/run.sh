@@ -10,15 +10,21 @@ for b in gateway diabetes-svc heart-svc chain-svc; do
 done
 base="$(python3 - <<'PY'
 import random, socket
+# Four consecutive free ports (gateway, diabetes-svc, heart-svc, chain-svc); a base whose ports
+# are taken is skipped.
 for _ in range(200):
     base = random.randrange(20000, 60000)
+    socks = []
     try:
-        socks = []
         for p in range(base, base + 4):
-            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
-        print(base); break
+            s = socket.socket(); socks.append(s); s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
     finally:
         for s in socks: s.close()
+    print(base); break
+else:
+    raise SystemExit("no four consecutive free ports found")
 PY
 )"
 data="$(mktemp -d)"
