@@ -25,9 +25,13 @@ rs_status=${PIPESTATUS[0]}
 say "browser test (headless Chromium against the running system)"
 tests/browser/run.sh 2>&1 | tee "$logs/browser.log"
 br_status=${PIPESTATUS[0]}
+
+say "benchmark command smoke run (debug binaries, few requests; figures not kept)"
+bench/smoke.sh 2>&1 | tee "$logs/bench.log"
+bench_status=${PIPESTATUS[0]}
 set -e
 
-python3 - "$logs/pytest.log" "$logs/cargo.log" "$logs/browser.log" <<'PY'
+python3 - "$logs/pytest.log" "$logs/cargo.log" "$logs/browser.log" "$logs/bench.log" <<'PY'
 import re, sys
 passed = failed = 0
 py = open(sys.argv[1]).read()
@@ -39,9 +43,10 @@ for n, kind in re.findall(r"(\d+) (passed|failed|error)", py.splitlines()[-1] if
 for p, f in re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", open(sys.argv[2]).read()):
     passed += int(p)
     failed += int(f)
-for p, f in re.findall(r"browser: (\d+) passed, (\d+) failed", open(sys.argv[3]).read()):
-    passed += int(p)
-    failed += int(f)
+for log, name in ((sys.argv[3], "browser"), (sys.argv[4], "bench")):
+    for p, f in re.findall(name + r": (\d+) passed, (\d+) failed", open(log).read()):
+        passed += int(p)
+        failed += int(f)
 print(f"{passed} passed, {failed} failed")
 PY
-[ "$py_status" = 0 ] && [ "$rs_status" = 0 ] && [ "$br_status" = 0 ]
+[ "$py_status" = 0 ] && [ "$rs_status" = 0 ] && [ "$br_status" = 0 ] && [ "$bench_status" = 0 ]

@@ -109,6 +109,47 @@ async fn serves_only_its_own_models() {
 }
 
 #[tokio::test]
+async fn readiness_answers_at_once_and_finds_a_corrupt_model_without_loading_it() {
+    let models = models_copy();
+    let onnx = models.path().join("diabetes/retina.onnx");
+    let mut bad = std::fs::read(&onnx).expect("read model");
+    for b in bad.iter_mut().skip(4096).take(64) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&onnx, &bad).expect("corrupt model");
+    let dir = models.path().to_str().expect("utf-8").to_string();
+    let app = spawn_disease(SPEC, |s| s.models.dir = dir).await;
+
+    // The service hashes its files in the background from start-up; readiness never waits
+    // for the hash and turns not-ready once the mismatch is known.
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let res = app.get("/readyz").await;
+        let status = res.status().as_u16();
+        last = res.json().await.expect("json");
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let check = last["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "model_retina"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(check["ok"], false, "{last}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("sha256")),
+        "{last}"
+    );
+    // Nothing was loaded to find it.
+    assert_eq!(app.model("retina").await["loads"], 0);
+    assert_eq!(app.model("tabular").await["loads"], 0);
+}
+
+#[tokio::test]
 async fn a_corrupt_model_fails_its_endpoint_only_and_is_retried() {
     let models = models_copy();
     let onnx = models.path().join("diabetes/tabular.onnx");

@@ -279,6 +279,9 @@ pub async fn forward(
                 return Ok(respond(up, res));
             }
             Err(e) => {
+                // The URL carries path parameters (a patient id on the per-patient route):
+                // it goes neither into logs nor into the public answer.
+                let e = e.without_url();
                 let connect = e.is_connect();
                 if connect || e.is_timeout() {
                     up.eject(i);

@@ -38,12 +38,37 @@ fn status_kib(status: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// cgroup v2 `memory.max`, else cgroup v1 `memory.limit_in_bytes`; "max" or an absurd v1
-/// value (no limit) read as `None`.
+/// The tightest memory limit of this process' cgroups: its own cgroup's (from
+/// `/proc/self/cgroup`: v2 `memory.max`, v1 `memory.limit_in_bytes`) and the mount root's (a
+/// container's own cgroup, when its path is not visible inside it). "max" or an absurd v1
+/// value (no limit) count as none.
 pub fn cgroup_limit() -> Option<u64> {
-    let v2 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
-    let v1 = || std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok();
-    parse_limit(&v2.or_else(v1)?)
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    limit_from(&own, |p| std::fs::read_to_string(p).ok())
+}
+
+fn limit_from(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let mut files = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        if controllers.is_empty() {
+            files.push(format!("/sys/fs/cgroup{path}/memory.max"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            files.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+        }
+    }
+    files.push("/sys/fs/cgroup/memory.max".into());
+    files.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
+    files
+        .iter()
+        .filter_map(|f| read(f))
+        .filter_map(|raw| parse_limit(&raw))
+        .min()
 }
 
 fn parse_limit(raw: &str) -> Option<u64> {
@@ -102,6 +127,45 @@ mod tests {
         assert_eq!(parse_limit("max\n"), None);
         assert_eq!(parse_limit("536870912\n"), Some(536_870_912));
         assert_eq!(parse_limit("9223372036854771712"), None);
+    }
+
+    #[test]
+    fn finds_the_limit_of_its_own_cgroup() {
+        let files = |entries: &'static [(&'static str, &'static str)]| {
+            move |p: &str| {
+                entries
+                    .iter()
+                    .find(|(f, _)| *f == p)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        // cgroup v1, nested: the own cgroup's limit, not the unlimited root's.
+        let v1 = "5:devices:/\n4:memory:/bench/heart-svc\n1:cpu:/\n0::/\n";
+        let read = files(&[
+            (
+                "/sys/fs/cgroup/memory/bench/heart-svc/memory.limit_in_bytes",
+                "536870912\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "9223372036854771712\n",
+            ),
+        ]);
+        assert_eq!(limit_from(v1, read), Some(512 << 20));
+        // cgroup v2 inside a container: its path is not visible, the mount root is its own.
+        let v2 = "0::/system.slice/docker-abc.scope\n";
+        let read = files(&[("/sys/fs/cgroup/memory.max", "268435456\n")]);
+        assert_eq!(limit_from(v2, read), Some(256 << 20));
+        // Both visible: the tighter one.
+        let read = files(&[
+            (
+                "/sys/fs/cgroup/system.slice/docker-abc.scope/memory.max",
+                "max\n",
+            ),
+            ("/sys/fs/cgroup/memory.max", "1073741824\n"),
+        ]);
+        assert_eq!(limit_from(v2, read), Some(1 << 30));
+        assert_eq!(limit_from("", |_| None), None);
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub async fn request_context(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_string());
-    let span = tracing::info_span!("request", request_id = %id, %method, path = %req.path());
+    // The route pattern, never the raw path: path parameters can be patient ids
+    // (`/v1/patients/{patient_id}/records`), which must not reach the logs.
+    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
     let start = Instant::now();
     // Inner middleware answers errors as responses (see `auth`), so an `Err` here is rare; it
     // cannot carry the request id because the request is gone, but it is still logged.
@@ -72,14 +74,7 @@ pub async fn request_context(
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
     }
     let status = res.status().as_u16();
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1e3,
-            route = %route,
-            "served"
-        )
-    });
+    span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "served"));
     let labels = [
         ("route", route),
         ("method", method),

@@ -1,10 +1,13 @@
 //! Test support: spawn a service on port 0 with real models and ONNX Runtime, and talk to it.
-//! Used by the services' integration tests and by the end-to-end tests in `tests/tests`.
+//! Used by the services' integration tests and by the end-to-end tests in `tests/tests`;
+//! [`system`] starts the real binaries as processes (whole-system tests and the benchmark).
 
 use std::path::{Path, PathBuf};
 
 use medchain_shared::ml::service::{self, DiseaseSettings, DiseaseSpec};
 use serde_json::Value;
+
+pub mod system;
 
 /// The repository's `models/` folder.
 pub fn models_dir() -> PathBuf {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod card;
 pub mod image;
 pub mod model;
+pub mod remote;
 pub mod resample;
 pub mod routes;
 pub mod runtime;

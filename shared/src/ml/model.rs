@@ -5,7 +5,7 @@
 //! idle. A failed load answers 503 and is retried by a later request.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::card::ModelCard;
+use super::remote::{self, DownloadSettings, Location};
 use super::runtime::{self, RuntimeSettings};
 use crate::error::ApiError;
 use crate::memory;
@@ -23,8 +24,14 @@ use crate::memory;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
-    /// Card file, relative to `models.dir` (or absolute). The ONNX file sits next to it.
+    /// Card file, relative to `models.dir` (or absolute); the source of truth for the model,
+    /// its sha256 included.
     pub card: String,
+    /// The ONNX file: empty = the card's `file` next to the card; a local path (relative to
+    /// `models.dir`, or absolute); or an `http(s)://` URL, downloaded on first use into
+    /// `models.download.cache_dir` and verified against the card before it is loaded.
+    #[serde(default)]
+    pub file: Location,
     /// Requests that may wait for this model beyond the one running; more get 503 at once.
     pub max_waiting: usize,
     /// Unload the session after this many idle seconds; 0 = never.
@@ -86,6 +93,9 @@ pub struct ModelStatus {
     pub sha256: Option<String>,
     pub demo: Option<bool>,
     pub file: String,
+    /// The URL the file is downloaded from (without its query string), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub loads: u64,
     pub load_ms: Option<f64>,
     pub rss_added_bytes: Option<i64>,
@@ -100,6 +110,9 @@ pub struct ModelStatus {
 pub struct LazyModel {
     key: String,
     onnx_path: PathBuf,
+    /// Where the file is downloaded from, for a model configured by URL.
+    source: Option<Location>,
+    download: DownloadSettings,
     card: Result<ModelCard, String>,
     runtime: RuntimeSettings,
     memory: MemorySettings,
@@ -112,7 +125,9 @@ pub struct LazyModel {
     served: AtomicU64,
     last_used_ms: AtomicU64,
     last_load_ms: Mutex<Option<(f64, i64)>>,
-    verified: Mutex<Option<FileCheck>>,
+    verified: Arc<Mutex<Option<FileCheck>>>,
+    /// A background hash of the file is running (readiness never waits for one).
+    verifying: Arc<AtomicBool>,
 }
 
 type FileCheck = ((u64, Option<SystemTime>), Result<(), String>);
@@ -141,16 +156,26 @@ impl LazyModel {
         settings: &ModelSettings,
         runtime: RuntimeSettings,
         memory: MemorySettings,
+        download: &DownloadSettings,
     ) -> Self {
         let card_path = models_dir.join(&settings.card);
         let card = ModelCard::from_file(&card_path).map_err(|e| e.to_string());
+        let file = &settings.file;
         let onnx_path = match &card {
+            // Downloads are kept under the card's hash: a new model version is a new file.
+            _ if file.is_url() => download.cache_dir().join(match &card {
+                Ok(c) => format!("{}.onnx", c.sha256.to_ascii_lowercase()),
+                Err(_) => format!("{key}.onnx"),
+            }),
+            _ if !file.0.is_empty() => models_dir.join(&file.0),
             Ok(c) => card_path.with_file_name(&c.file),
             Err(_) => card_path.with_extension("").with_extension("onnx"),
         };
         Self {
             key: key.to_string(),
             onnx_path,
+            source: file.is_url().then(|| file.clone()),
+            download: download.clone(),
             card,
             runtime,
             memory,
@@ -164,7 +189,8 @@ impl LazyModel {
             served: AtomicU64::new(0),
             last_used_ms: AtomicU64::new(0),
             last_load_ms: Mutex::new(None),
-            verified: Mutex::new(None),
+            verified: Arc::new(Mutex::new(None)),
+            verifying: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -282,17 +308,42 @@ impl LazyModel {
     async fn load(&self) -> Result<Arc<Loaded>, String> {
         let card = self.card.as_ref().map_err(Clone::clone)?.clone();
         self.memory_guard(&card)?;
+        let remote = self.source.is_some();
+        if let Some(url) = &self.source
+            && !self.onnx_path.is_file()
+        {
+            // Inside the single-flight load: concurrent first requests share this download.
+            remote::fetch(
+                url,
+                &self.onnx_path,
+                &card.sha256,
+                card.size_bytes,
+                &self.download,
+            )
+            .await?;
+        }
         let path = self.onnx_path.clone();
         let runtime = self.runtime.clone();
         let key = self.key.clone();
         let start = Instant::now();
+        let verified = self.verified.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
-            verify_hash(&path, &card.sha256)?;
+            // Hashed again at every load, whatever readiness saw; the result also serves
+            // readiness. A bad downloaded copy is not kept: the next load fetches it again.
+            if let Err(e) = checked_hash(&path, &card.sha256, &verified) {
+                if remote {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(e);
+            }
             runtime::ensure(&runtime)?;
             let before = memory::rss_bytes() as i64;
             let mut session = runtime::session(&runtime, &path)?;
             check_tensors(&session, &card)?;
             warm_run(&mut session, &card)?;
+            // Loading frees large transient buffers (the file's bytes, the parsed protobuf);
+            // glibc keeps them unless asked to give them back.
+            memory::release_free_memory();
             let rss_added_bytes = memory::rss_bytes() as i64 - before;
             Ok(Loaded {
                 session: Mutex::new(session),
@@ -403,22 +454,62 @@ impl LazyModel {
         Ok(())
     }
 
-    /// The file is present and its sha256 matches the card (readiness; loads nothing). The
-    /// hash is computed once per file version (size + modification time), not at every probe.
-    pub fn verified_file(&self) -> Result<(), String> {
+    /// Readiness of the file, without waiting: present with the card's size, and its sha256
+    /// as far as known. The hash is computed once per file version (size + modification time)
+    /// on the blocking pool, started here or by [`LazyModel::start_verification`]; until it
+    /// is known the file counts as ready (it is hashed again before any load, and a mismatch
+    /// then fails that load). Returns what readiness shows.
+    pub fn readiness(self: &Arc<Self>) -> Result<String, String> {
+        if let Some(url) = &self.source
+            && !self.onnx_path.exists()
+        {
+            self.card.as_ref().map_err(Clone::clone)?;
+            return Ok(format!(
+                "not downloaded yet: fetched from {} on first use",
+                url.redacted()
+            ));
+        }
         self.check_files()?;
-        let card = self.card.as_ref().map_err(Clone::clone)?;
-        let meta = std::fs::metadata(&self.onnx_path).map_err(|e| e.to_string())?;
-        let stamp = (meta.len(), meta.modified().ok());
-        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, result)) = &*cache
+        let stamp = file_stamp(&self.onnx_path)?;
+        if let Some((s, result)) = &*self.verified.lock().unwrap_or_else(|e| e.into_inner())
             && *s == stamp
         {
-            return result.clone();
+            return result
+                .clone()
+                .map(|()| "file present, sha256 matches its card".to_string());
         }
-        let result = verify_hash(&self.onnx_path, &card.sha256);
-        *cache = Some((stamp, result.clone()));
-        result
+        self.start_verification();
+        Ok(
+            "file present with its card's size; sha256 being verified (and again before loading)"
+                .to_string(),
+        )
+    }
+
+    /// Hashes the file in the background unless a hash is running or known for this version.
+    pub fn start_verification(self: &Arc<Self>) {
+        let Ok(card) = &self.card else { return };
+        if self.verifying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (path, expected) = (self.onnx_path.clone(), card.sha256.clone());
+        let (verified, verifying) = (self.verified.clone(), self.verifying.clone());
+        let job = move || {
+            let known = file_stamp(&path).is_ok_and(|stamp| {
+                verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s == stamp)
+            });
+            if !known {
+                let _ = checked_hash(&path, &expected, &verified);
+            }
+            verifying.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(job)),
+            Err(_) => job(),
+        }
     }
 
     /// What `/models` shows.
@@ -445,6 +536,7 @@ impl LazyModel {
             sha256: card.map(|c| c.sha256.clone()),
             demo: card.map(|c| c.demo),
             file: self.onnx_path.display().to_string(),
+            source: self.source.as_ref().map(Location::redacted),
             loads: self.loads.load(Ordering::Relaxed),
             load_ms: last_load.map(|l| l.0),
             rss_added_bytes: last_load.map(|l| l.1),
@@ -455,6 +547,23 @@ impl LazyModel {
             max_waiting: self.max_waiting,
         }
     }
+}
+
+fn file_stamp(path: &Path) -> Result<(u64, Option<SystemTime>), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((meta.len(), meta.modified().ok()))
+}
+
+/// Hashes the file and remembers the result for this file version.
+fn checked_hash(
+    path: &Path,
+    expected: &str,
+    cache: &Mutex<Option<FileCheck>>,
+) -> Result<(), String> {
+    let stamp = file_stamp(path)?;
+    let result = verify_hash(path, expected);
+    *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((stamp, result.clone()));
+    result
 }
 
 fn verify_hash(path: &Path, expected: &str) -> Result<(), String> {

@@ -82,6 +82,8 @@ impl DiseaseModels {
     pub fn spawn_watchers(&self) {
         for m in self.all() {
             m.spawn_idle_watcher();
+            // Hash the model files now, in the background, so readiness knows early.
+            m.start_verification();
         }
     }
 }
@@ -446,6 +448,12 @@ async fn read_image_upload(
     payload: web::Payload,
     max_bytes: usize,
 ) -> ApiResult<(Vec<u8>, Option<String>)> {
+    let body_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
     let mut form = Multipart::new(req.headers(), payload);
     let mut image: Option<Vec<u8>> = None;
     let mut patient_id = None;
@@ -463,7 +471,9 @@ async fn read_image_upload(
                         "send exactly one image per request",
                     ));
                 }
-                let mut buf = Vec::new();
+                // Sized once from the request's length (the file is nearly all of it): growing
+                // by doubling would hold up to twice the file per waiting upload.
+                let mut buf = Vec::with_capacity(body_len.min(max_bytes));
                 while let Some(chunk) = field.next().await {
                     let chunk = chunk.map_err(bad)?;
                     if buf.len() + chunk.len() > max_bytes {
@@ -544,7 +554,8 @@ async fn models(models: web::Data<DiseaseModels>) -> HttpResponse {
 }
 
 /// `GET /readyz`: settings valid, the ONNX Runtime library present, both model files present
-/// with the card's hash (verified once per file version). Loads nothing.
+/// with the card's size and not known to mismatch its hash (hashed in the background once per
+/// file version, never waited for). Loads nothing.
 pub async fn readyz(models: web::Data<DiseaseModels>) -> HttpResponse {
     let mut checks = vec![Check {
         name: "onnxruntime_library".into(),
@@ -556,17 +567,11 @@ pub async fn readyz(models: web::Data<DiseaseModels>) -> HttpResponse {
             .unwrap_or_else(|| models.runtime.library().display().to_string()),
     }];
     for m in models.all() {
-        let key = m.key().to_string();
-        let m = m.clone();
-        let result = tokio::task::spawn_blocking(move || m.verified_file())
-            .await
-            .unwrap_or_else(|e| Err(format!("check failed: {e}")));
+        let result = m.readiness();
         checks.push(Check {
-            name: format!("model_{key}"),
+            name: format!("model_{}", m.key()),
             ok: result.is_ok(),
-            detail: result
-                .err()
-                .unwrap_or_else(|| "file present, sha256 matches its card".into()),
+            detail: result.unwrap_or_else(|e| e),
         });
     }
     readiness(models.service, checks)

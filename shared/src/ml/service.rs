@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::audit::{AuditClient, ChainClientSettings};
 use super::image::ImageLimits;
 use super::model::{LazyModel, MemorySettings, ModelSettings};
+use super::remote::DownloadSettings;
 use super::routes::{DiseaseModels, readyz};
 use super::runtime::RuntimeSettings;
 use crate::auth::require_internal_token;
@@ -40,6 +41,8 @@ pub struct ModelsSettings {
     pub dir: String,
     pub tabular: ModelSettings,
     pub image: ModelSettings,
+    /// How models configured by URL are downloaded.
+    pub download: DownloadSettings,
 }
 
 impl ModelsSettings {
@@ -120,6 +123,7 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
             s,
             settings.runtime.clone(),
             settings.memory.clone(),
+            &settings.models.download,
         ))
     };
     let models = Arc::new(DiseaseModels {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Part of the test command: runs the benchmark command itself (`medchain-bench system --quick`)
+# on the debug binaries of the test build, into a temporary folder, and checks that every
+# phase ran and every request succeeded. Its figures are thrown away (debug build, few
+# requests); publishable figures come only from bench/run.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+cd "$ROOT"
+bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+cargo build --quiet --bins
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+if ! "$bin/medchain-bench" system --quick --bin-dir "$bin" --out "$out" >"$out/run.log" 2>&1; then
+  cat "$out/run.log" >&2
+  echo "bench: 0 passed, 1 failed"
+  exit 1
+fi
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+r = json.loads((out / "results/system-quick.json").read_text())
+problems = []
+if len(r["first_predictions"]) != 4 or not all(p["ok"] for p in r["first_predictions"]):
+    problems.append(f"first predictions: {r['first_predictions']}")
+for p in r["peaks"]:
+    if "load" in p and (p["load"]["failed"] or not p["load"]["ok"]):
+        problems.append(f"{p['phase']}: {p['load']}")
+    for name in ("gateway", "diabetes-svc", "heart-svc", "chain-svc"):
+        if not p["memory"].get(name, {}).get("peak_mb"):
+            problems.append(f"{p['phase']}: no peak for {name}")
+if len(r["warm"]) != 30 or any(w["failed"] or not w["ok"] for w in r["warm"]):
+    problems.append("warm runs: " + str([(w["endpoint"], w["route"], w["concurrency"], w["first_failure"]) for w in r["warm"] if w["failed"] or not w["ok"]]))
+if len(r["floor"]) != 4 or not all(f["p50_ms"] and f.get("ratio_direct") for f in r["floor"]):
+    problems.append(f"floor: {r['floor']}")
+if not all(r["startup"][n]["ready_ms"] > 0 for n in ("gateway", "diabetes-svc", "heart-svc", "chain-svc")):
+    problems.append(f"startup: {r['startup']}")
+md = (out / "BENCHMARKS.md").read_text()
+for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor"):
+    if section not in md:
+        problems.append(f"BENCHMARKS.md lacks {section}")
+for p in problems:
+    print("bench smoke:", p, file=sys.stderr)
+print(f"bench: {0 if problems else 1} passed, {1 if problems else 0} failed")
+sys.exit(1 if problems else 0)
+PY

@@ -1,0 +1,92 @@
+//! The floor: raw ONNX Runtime inference time per model for one input, in this process, with
+//! the session options the service itself uses (its settings, loaded the way it loads them),
+//! on the same input the load generator sends, preprocessed by the service's own code.
+
+use std::path::Path;
+use std::time::Instant;
+
+use medchain_shared::ml::card::ModelCard;
+use medchain_shared::ml::service::DiseaseSettings;
+use medchain_shared::ml::{image, runtime, tabular};
+use serde_json::{Value, json};
+
+use crate::load::percentile;
+
+/// The input to time.
+#[derive(Debug)]
+pub enum Input<'a> {
+    Tabular(&'a Value),
+    Image(&'a [u8]),
+}
+
+/// Times `runs` calls of `session.run` (after 3 untimed ones) for the model behind `card`.
+pub fn measure(
+    settings: &DiseaseSettings,
+    card_rel: &str,
+    input: Input<'_>,
+    runs: usize,
+) -> anyhow::Result<Value> {
+    let card_path = settings.models.dir().join(card_rel);
+    let card = ModelCard::from_file(&card_path)?;
+    let onnx = card_path.with_file_name(&card.file);
+    runtime::ensure(&settings.runtime).map_err(anyhow::Error::msg)?;
+    let mut session = runtime::session(&settings.runtime, &onnx).map_err(anyhow::Error::msg)?;
+    let (shape, data, output) = match input {
+        Input::Tabular(body) => {
+            let x = tabular::validate(&card, body).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let n = x.features.len() as i64;
+            let out = card.probabilities_output().unwrap_or("probabilities");
+            (vec![1, n], x.features, out.to_string())
+        }
+        Input::Image(bytes) => {
+            let pre = card
+                .preprocessing
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("image card without preprocessing"))?;
+            let p = image::prepare(bytes, pre, &settings.images)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let shape = vec![1, 3, i64::from(p.height), i64::from(p.width)];
+            let out = card.logits_output().unwrap_or("logits");
+            (shape, p.tensor, out.to_string())
+        }
+    };
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs + 3 {
+        // The tensor is built outside the timed region, as the service does.
+        let tensor = ort::value::Tensor::from_array((shape.clone(), data.clone()))?;
+        let start = Instant::now();
+        let outputs = session.run(ort::inputs![card.input.name.as_str() => tensor])?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let _ = outputs[output.as_str()].try_extract_tensor::<f32>()?;
+        if i >= 3 {
+            times.push(ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(json!({
+        "model_id": card.model_id,
+        "model_version": card.version,
+        "file": onnx.file_name().and_then(|f| f.to_str()),
+        "intra_threads": settings.runtime.threads(),
+        "runs": runs,
+        "p50_ms": percentile(&times, 50.0),
+        "p95_ms": percentile(&times, 95.0),
+        "min_ms": times.first(),
+    }))
+}
+
+/// The model files the floor would load, for the results' version list.
+pub fn card(settings: &DiseaseSettings, card_rel: &str) -> Option<ModelCard> {
+    ModelCard::from_file(&settings.models.dir().join(card_rel)).ok()
+}
+
+/// Whether a path names an existing ONNX Runtime library (reported in the results).
+pub fn library(settings: &DiseaseSettings) -> String {
+    let lib = settings.runtime.library();
+    let exists = Path::new(&lib).exists();
+    format!(
+        "{}{}",
+        lib.display(),
+        if exists { "" } else { " (not found)" }
+    )
+}

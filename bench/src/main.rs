@@ -1,0 +1,114 @@
+//! medchain's benchmark and soak command (run it through `bench/run.sh`, which builds the
+//! release binaries first).
+//!
+//! ```text
+//! medchain-bench system [--quick] [--no-cgroup] [--out DIR] [--bin-dir DIR]
+//! medchain-bench soak [--tabular N] [--images N] [--out DIR] [--bin-dir DIR]
+//! medchain-bench render [--out DIR]
+//! ```
+//!
+//! `system` measures start-up, memory per process, first-prediction and warm latency through
+//! the gateway and direct, the ONNX Runtime floor, and a second run under 512 MB memory
+//! cgroups; `soak` sends a long stream of requests and tracks RSS and file descriptors;
+//! both write `DIR/results/<name>.json` and re-render `DIR/BENCHMARKS.md` from every results
+//! file there. Nothing in the Markdown is written by hand.
+
+mod floor;
+mod inputs;
+mod load;
+mod report;
+mod soak;
+mod systembench;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+/// Parsed command line.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub command: String,
+    pub out: PathBuf,
+    pub bin_dir: PathBuf,
+    pub quick: bool,
+    pub cgroup: bool,
+    pub soak_tabular: usize,
+    pub soak_images: usize,
+    /// The command line as typed, for the results.
+    pub argv: String,
+}
+
+/// The repository (the binary is built from it; models and examples are read from it).
+pub fn repo_root() -> PathBuf {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    p.canonicalize().unwrap_or(p)
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let argv: Vec<String> = std::env::args().collect();
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(PathBuf::from)
+        .context("the executable has no folder")?;
+    let mut args = Args {
+        command: "system".into(),
+        out: repo_root().join("bench"),
+        bin_dir: exe_dir,
+        quick: false,
+        cgroup: true,
+        soak_tabular: 100_000,
+        soak_images: 2_000,
+        argv: argv.join(" "),
+    };
+    let mut it = argv.into_iter().skip(1);
+    let mut first = true;
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "system" | "soak" | "render" if first => args.command = a.clone(),
+            "--quick" => args.quick = true,
+            "--no-cgroup" => args.cgroup = false,
+            "--out" => args.out = PathBuf::from(value("--out")?),
+            "--bin-dir" => args.bin_dir = PathBuf::from(value("--bin-dir")?),
+            "--tabular" => args.soak_tabular = value("--tabular")?.parse()?,
+            "--images" => args.soak_images = value("--images")?.parse()?,
+            "-h" | "--help" => {
+                println!("{}", include_str!("usage.txt"));
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}` (see --help)"),
+        }
+        first = false;
+    }
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse()?;
+    medchain_shared::http::init_tls();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = args.out.join("results");
+    std::fs::create_dir_all(&results)?;
+    match args.command.as_str() {
+        "system" => {
+            let v = rt.block_on(systembench::run(&args))?;
+            let name = if args.quick {
+                "system-quick.json"
+            } else {
+                "system.json"
+            };
+            report::write_json(&results.join(name), &v)?;
+        }
+        "soak" => {
+            let v = rt.block_on(soak::run(&args))?;
+            report::write_json(&results.join("soak.json"), &v)?;
+        }
+        _ => {}
+    }
+    let md = args.out.join("BENCHMARKS.md");
+    std::fs::write(&md, report::render(&results)?)?;
+    println!("wrote {}", md.display());
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! Results: the run's header (date, machine, versions, command), the JSON files, and
+//! `BENCHMARKS.md` rendered from them — every figure in it comes from a results file.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::Args;
+
+fn cmd(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(crate::repo_root())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// Date, commit, machine and versions.
+pub fn header(args: &Args, kind: &str) -> anyhow::Result<Value> {
+    let dirty = cmd("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    Ok(json!({
+        "kind": kind,
+        "quick": args.quick,
+        "date_utc": cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "commit": cmd("git", &["rev-parse", "--short=12", "HEAD"]),
+        "worktree_dirty": dirty,
+        "command": args.argv,
+        "build": if cfg!(debug_assertions) { "debug (not for publication)" } else { "release" },
+        "machine": {
+            "cpu": proc_field("/proc/cpuinfo", "model name"),
+            "cpus_available": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "memory": proc_field("/proc/meminfo", "MemTotal"),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
+        },
+        "versions": {
+            "rustc": cmd("rustc", &["-V"]),
+            "medchain": env!("CARGO_PKG_VERSION"),
+            "onnxruntime": medchain_shared::ml::runtime::ORT_VERSION,
+        },
+        "note": "the load generator runs on the same machine as the services and shares its CPUs",
+    }))
+}
+
+pub fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn read(dir: &Path, name: &str) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+}
+
+fn f(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}"))
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+fn mark(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+/// BENCHMARKS.md from the results files in `dir`.
+pub fn render(dir: &Path) -> anyhow::Result<String> {
+    let mut md = String::new();
+    md.push_str(
+        "# medchain benchmarks\n\n\
+         Written by `bench/run.sh` (the `medchain-bench` command) from the results files in \
+         `bench/results/`; do not edit by hand — run the command again. Every figure below was \
+         measured by the run it names.\n\n",
+    );
+    let system = read(dir, "system.json").or_else(|| read(dir, "system-quick.json"));
+    if let Some(v) = &system {
+        system_md(&mut md, v)?;
+    } else {
+        md.push_str("No system run recorded yet: run `bench/run.sh`.\n\n");
+    }
+    if let Some(v) = read(dir, "soak.json") {
+        soak_md(&mut md, &v)?;
+    } else {
+        md.push_str("## Soak\n\nNo soak run recorded yet: run `bench/run.sh soak`.\n");
+    }
+    Ok(md)
+}
+
+fn run_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+    let m = &v["machine"];
+    writeln!(
+        md,
+        "- Date (UTC): {} · commit `{}`{} · {} build{}",
+        s(&v["date_utc"]),
+        s(&v["commit"]),
+        if v["worktree_dirty"] == true {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        s(&v["build"]),
+        if v["quick"] == true {
+            " · **quick smoke run: few requests, figures not representative**"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(
+        md,
+        "- Machine: {} · {} CPUs available · {} RAM · Linux {}",
+        s(&m["cpu"]),
+        m["cpus_available"],
+        s(&m["memory"]),
+        s(&m["kernel"])
+    )?;
+    writeln!(
+        md,
+        "- Versions: {} · medchain {} · ONNX Runtime {}",
+        s(&v["versions"]["rustc"]),
+        s(&v["versions"]["medchain"]),
+        s(&v["versions"]["onnxruntime"])
+    )?;
+    writeln!(md, "- Command: `{}`", s(&v["command"]))?;
+    writeln!(md, "- {}", s(&v["note"]))?;
+    Ok(())
+}
+
+fn peak_of(v: &Value, name: &str) -> Option<f64> {
+    v["peaks"]
+        .as_array()?
+        .iter()
+        .filter_map(|p| p["memory"][name]["peak_mb"].as_f64())
+        .reduce(f64::max)
+}
+
+fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+    md.push_str("## System run\n\n");
+    run_md(md, v)?;
+    if let Some(env) = v["system_env"].as_array() {
+        md.push_str(
+            "- The system ran on its embedded defaults; the command set only these (ports, \
+             data dir, token, and the gateway's per-client rate limit, which would otherwise \
+             throttle the single load-generating client):\n  `",
+        );
+        md.push_str(&env.iter().map(s).collect::<Vec<_>>().join(" "));
+        md.push_str("`\n");
+    }
+    if let Some(models) = v["models"].as_array() {
+        md.push_str("- Models: ");
+        let list: Vec<String> = models
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {} ({} MB, sha256 {}…{})",
+                    s(&m["id"]),
+                    s(&m["version"]),
+                    f(&m["size_mb"], 1),
+                    &s(&m["sha256"]).chars().take(12).collect::<String>(),
+                    if m["demo"] == true { ", demo" } else { "" }
+                )
+            })
+            .collect();
+        md.push_str(&list.join("; "));
+        md.push('\n');
+    }
+    writeln!(
+        md,
+        "- ONNX Runtime library: `{}`\n",
+        s(&v["onnxruntime_library"])
+    )?;
+
+    // Targets.
+    md.push_str(
+        "### Targets (issue 7, this 2-core machine)\n\n| target | measured | |\n|---|---|---|\n",
+    );
+    for (name, limit) in [
+        ("heart-svc", 256.0),
+        ("diabetes-svc", 128.0),
+        ("gateway", 32.0),
+        ("chain-svc", 64.0),
+    ] {
+        let p = peak_of(v, name);
+        writeln!(
+            md,
+            "| {name} peak RSS ≤ {limit} MB (load phases: 64 tabular, 16 uploads, warm runs) | {} MB | {} |",
+            p.map_or("–".into(), |x| format!("{x:.1}")),
+            mark(p.map(|x| x <= limit))
+        )?;
+    }
+    for name in medchain_tests::system::NAMES {
+        let loads = v["first_predictions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["service"] == name)
+            .filter_map(|p| p["service_memory_after"]["peak_mb"].as_f64());
+        let p = peak_of(v, name).into_iter().chain(loads).reduce(f64::max);
+        writeln!(
+            md,
+            "| {name} peak RSS over the whole run, model loads included, ≤ 256 MB (half of 512) | {} MB | {} |",
+            p.map_or("–".into(), |x| format!("{x:.1}")),
+            mark(p.map(|x| x <= 256.0))
+        )?;
+    }
+    for name in medchain_tests::system::NAMES {
+        let idle = v["idle_memory"][name]["rss_mb"].as_f64();
+        writeln!(
+            md,
+            "| {name} idle RSS ≤ 20 MB | {} MB | {} |",
+            idle.map_or("–".into(), |x| format!("{x:.1}")),
+            mark(idle.map(|x| x <= 20.0))
+        )?;
+    }
+    for name in medchain_tests::system::NAMES {
+        let r = v["startup"][name]["ready_ms"].as_f64();
+        writeln!(
+            md,
+            "| {name} ready ≤ 200 ms after start | {} ms | {} |",
+            r.map_or("–".into(), |x| format!("{x:.0}")),
+            mark(r.map(|x| x <= 200.0))
+        )?;
+    }
+    for fl in v["floor"].as_array().into_iter().flatten() {
+        let label = s(&fl["endpoint"]);
+        if label.contains("224") {
+            for route in ["direct", "gateway"] {
+                let r = fl[format!("ratio_{route}")].as_f64();
+                writeln!(
+                    md,
+                    "| {label} end-to-end ({route}, c=1, p50) ≤ 1.15 × raw ONNX Runtime | {} × ({} ms vs {} ms) | {} |",
+                    r.map_or("–".into(), |x| format!("{x:.2}")),
+                    f(&fl[format!("e2e_p50_ms_{route}")], 2),
+                    f(&fl["p50_ms"], 2),
+                    mark(r.map(|x| x <= 1.15))
+                )?;
+            }
+        }
+    }
+    for w in v["warm"].as_array().into_iter().flatten() {
+        let label = s(&w["endpoint"]);
+        if label.ends_with("/tabular") && w["route"] == "gateway" && w["concurrency"] == 1 {
+            let p = w["p50_ms"].as_f64();
+            writeln!(
+                md,
+                "| {label} through the gateway p50 ≤ 2 ms (c=1) | {} ms | {} |",
+                p.map_or("–".into(), |x| format!("{x:.2}")),
+                mark(p.map(|x| x <= 2.0))
+            )?;
+        }
+    }
+
+    // Start-up and memory.
+    md.push_str("\n### Start-up (spawn → first 200) and idle memory\n\n| process | /healthz ms | /readyz ms | idle RSS MB |\n|---|---|---|---|\n");
+    for name in medchain_tests::system::NAMES {
+        writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            f(&v["startup"][name]["healthy_ms"], 0),
+            f(&v["startup"][name]["ready_ms"], 0),
+            f(&v["idle_memory"][name]["rss_mb"], 1)
+        )?;
+    }
+    if let Some(a) = v["idle_memory"]["anvil (chain-svc's child)"].as_object() {
+        writeln!(
+            md,
+            "| anvil (chain-svc's child, not ours) | – | – | {} |",
+            f(&a["rss_mb"], 1)
+        )?;
+    }
+    md.push_str("\n### First prediction per model (through the gateway; includes the lazy load)\n\nPeak = the service's VmHWM during this one request (reset just before it): the model load's transient peak.\n\n| endpoint | latency ms | its service's RSS after, MB | peak during it, MB |\n|---|---|---|---|\n");
+    for p in v["first_predictions"].as_array().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {} | {}{} | {} | {} |",
+            s(&p["endpoint"]),
+            f(&p["latency_ms"], 1),
+            if p["ok"] == true {
+                String::new()
+            } else {
+                format!(" (failed: {})", s(&p["first_failure"]))
+            },
+            f(&p["service_memory_after"]["rss_mb"], 1),
+            f(&p["service_memory_after"]["peak_mb"], 1)
+        )?;
+    }
+    peaks_md(md, v)?;
+
+    md.push_str("\n### Warm latency\n\nClient-side wall time per request (send → end of body), after a warm-up; `inference` is the service's own ONNX Runtime time (median) from its responses.\n\n| endpoint | route | c | ok/requests | p50 ms | p95 ms | p99 ms | req/s | inference p50 ms |\n|---|---|---|---|---|---|---|---|---|\n");
+    for w in v["warm"].as_array().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |",
+            s(&w["endpoint"]),
+            s(&w["route"]),
+            w["concurrency"],
+            w["ok"],
+            w["requests"],
+            f(&w["p50_ms"], 2),
+            f(&w["p95_ms"], 2),
+            f(&w["p99_ms"], 2),
+            f(&w["throughput_rps"], 1),
+            f(&w["service_inference_p50_ms"], 2)
+        )?;
+    }
+    md.push_str("\n### The floor: raw ONNX Runtime per model, one input\n\nThe same session options and input (preprocessed by the service's code) in the benchmark process, services idle; ratio = end-to-end p50 at c=1 ÷ the floor's p50.\n\n| endpoint | threads | runs | ORT p50 ms | e2e direct ms | ratio | e2e gateway ms | ratio |\n|---|---|---|---|---|---|---|---|\n");
+    for fl in v["floor"].as_array().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            s(&fl["endpoint"]),
+            fl["intra_threads"],
+            fl["runs"],
+            f(&fl["p50_ms"], 3),
+            f(&fl["e2e_p50_ms_direct"], 2),
+            f(&fl["ratio_direct"], 2),
+            f(&fl["e2e_p50_ms_gateway"], 2),
+            f(&fl["ratio_gateway"], 2)
+        )?;
+    }
+    cgroup_md(md, &v["cgroup_run"])?;
+    if let Some(ex) = v["exited_during_run"].as_array()
+        && !ex.is_empty()
+    {
+        writeln!(md, "\n**Processes that exited during the run:** {ex:?}")?;
+    }
+    md.push('\n');
+    Ok(())
+}
+
+fn peaks_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+    md.push_str("\n### Peak RSS (VmHWM) per load phase, MB\n\nEach process' peak is reset (`/proc/<pid>/clear_refs`) before each phase, so a column is that phase's own peak.\n\n| phase | ok/requests |");
+    let names: Vec<String> = medchain_tests::system::NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["anvil (chain-svc's child)".to_string()])
+        .collect();
+    for n in &names {
+        write!(md, " {n} |")?;
+    }
+    md.push_str("\n|---|---|");
+    md.push_str(&"---|".repeat(names.len()));
+    md.push('\n');
+    for p in v["peaks"].as_array().into_iter().flatten() {
+        let load = &p["load"];
+        let count = if load.is_null() {
+            "–".to_string()
+        } else {
+            format!("{}/{}", load["ok"], load["requests"])
+        };
+        write!(md, "| {} | {count} |", s(&p["phase"]))?;
+        for n in &names {
+            write!(md, " {} |", f(&p["memory"][n]["peak_mb"], 1))?;
+        }
+        md.push('\n');
+        if let Some(fail) = load["first_failure"].as_str() {
+            writeln!(md, "|  ↳ first failure: {} | |", fail.replace('|', "/"))?;
+        }
+    }
+    Ok(())
+}
+
+fn cgroup_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
+    md.push_str("\n### Under a 512 MB memory cgroup per service\n\n");
+    if c["ran"] != true {
+        writeln!(md, "Not run: {}.", s(&c["reason"]))?;
+        return Ok(());
+    }
+    md.push_str("The same first predictions and load phases, each service started inside its own memory cgroup with a 512 MB kernel limit (cgroup peak includes page cache, as a container's does).\n\n| service | cgroup peak MB | OOM kills | alive at the end |\n|---|---|---|---|\n");
+    for (name, st) in c["services"].as_object().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            f(&st["peak_usage_mb"], 1),
+            st["oom_kills"],
+            st["alive"]
+        )?;
+    }
+    let failed: Vec<String> = c["peaks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["load"]["failed"].as_u64().unwrap_or(0) > 0)
+        .map(|p| {
+            format!(
+                "{}: {} failed ({})",
+                s(&p["phase"]),
+                p["load"]["failed"],
+                s(&p["load"]["first_failure"])
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        md.push_str("\nEvery request of the cgroup run's load phases succeeded.\n");
+    } else {
+        writeln!(md, "\nFailures in the cgroup run: {}", failed.join("; "))?;
+    }
+    Ok(())
+}
+
+fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+    md.push_str("## Soak\n\n");
+    run_md(md, v)?;
+    let r = &v["requests"];
+    writeln!(
+        md,
+        "- Sent after warm-up: {} tabular (1 in 50 recorded on chain) and {} image requests through the gateway in {} rounds, {} s; {} ok, {} failed{}.\n",
+        r["tabular"],
+        r["images"],
+        r["rounds"],
+        f(&r["duration_s"], 0),
+        r["ok"],
+        r["failed"],
+        r["first_failure"]
+            .as_str()
+            .map_or(String::new(), |x| format!(" (first: {x})"))
+    )?;
+    md.push_str("| process | RSS after warm-up MB | RSS at end MB | max sampled MB | drift | fds after warm-up | fds at end |\n|---|---|---|---|---|---|---|\n");
+    for d in v["drift"].as_array().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {}% | {} | {} |",
+            s(&d["name"]),
+            f(&d["rss_after_warmup_mb"], 1),
+            f(&d["rss_end_mb"], 1),
+            f(&d["rss_max_sample_mb"], 1),
+            f(&d["drift_pct"], 1),
+            d["fds_after_warmup"],
+            d["fds_end"]
+        )?;
+    }
+    md.push_str(
+        "\nTargets (issue 8): RSS drift after warm-up ≤ 5 % and no file-descriptor growth.\n",
+    );
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! `medchain-bench system`: the whole system measured, in this order (memory peaks are reset
+//! between phases, so each phase's peak is its own): start-up; idle memory; each model's first
+//! prediction; 64 concurrent tabular requests per disease; 16 concurrent 3000×2000 uploads per
+//! image model; warm latency at concurrency 1/4/16 through the gateway and direct; the raw
+//! ONNX Runtime floor; then the loads again with each service in a 512 MB memory cgroup.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::load::{Outcome, Target, drive};
+use crate::{Args, floor, inputs, report};
+use medchain_tests::system::{Cgroup, System};
+
+const LIMIT_512_MB: u64 = 512 << 20;
+
+/// A prediction endpoint, through the gateway or direct.
+struct Endpoint {
+    /// `diabetes/tabular`, `heart/ecg`, `diabetes/tabular+audit`…
+    label: String,
+    service: &'static str,
+    /// Model key for the floor (`tabular`, `retina`, `ecg`); None for the audited variant.
+    model: Option<&'static str>,
+    image: bool,
+    gateway: Target,
+    direct: Target,
+}
+
+fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
+    let gw = sys.get("gateway").url();
+    let token = Some(sys.token.as_str());
+    let mut out = Vec::new();
+    for (disease, service, model, record) in [
+        (
+            "diabetes",
+            "diabetes-svc",
+            "retina",
+            inputs::diabetes_record(),
+        ),
+        ("heart", "heart-svc", "ecg", inputs::heart_record()),
+    ] {
+        let svc = sys.get(service).url();
+        out.push(Endpoint {
+            label: format!("{disease}/tabular"),
+            service,
+            model: Some("tabular"),
+            image: false,
+            gateway: Target::json(
+                format!("{gw}/api/v1/{disease}/predict/tabular"),
+                &record,
+                None,
+            ),
+            direct: Target::json(format!("{svc}/v1/predict/tabular"), &record, token),
+        });
+        let small = inputs::small_jpeg(model)?;
+        out.push(Endpoint {
+            label: format!("{disease}/{model} 224×224"),
+            service,
+            model: Some(model),
+            image: true,
+            gateway: Target::image(
+                format!("{gw}/api/v1/{disease}/predict/{model}"),
+                &small,
+                "image/jpeg",
+                None,
+            ),
+            direct: Target::image(
+                format!("{svc}/v1/predict/{model}"),
+                &small,
+                "image/jpeg",
+                token,
+            ),
+        });
+    }
+    // A recorded prediction: the same diabetes record with a patient id, so chain-svc's
+    // outbox and the chain are in the path.
+    let mut record = inputs::diabetes_record();
+    record["patient_id"] = json!("bench-patient-0001");
+    let svc = sys.get("diabetes-svc").url();
+    out.push(Endpoint {
+        label: "diabetes/tabular + audit record".into(),
+        service: "diabetes-svc",
+        model: None,
+        image: false,
+        gateway: Target::json(
+            format!("{gw}/api/v1/diabetes/predict/tabular"),
+            &record,
+            None,
+        ),
+        direct: Target::json(format!("{svc}/v1/predict/tabular"), &record, token),
+    });
+    Ok(out)
+}
+
+fn memory_json(sys: &System) -> Value {
+    sys.memory()
+        .into_iter()
+        .map(|(name, m)| (name, json!({"rss_mb": m.rss_mb, "peak_mb": m.hwm_mb})))
+        .collect::<Map<_, _>>()
+        .into()
+}
+
+fn say(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+/// Runs a peak-load phase: resets the peaks, drives, reads every process' peak.
+async fn peak_phase(sys: &System, name: &str, target: &Target, c: usize, n: usize) -> Value {
+    say(&format!("{name}: {n} requests, {c} concurrent"));
+    sys.reset_peaks();
+    let o = drive(target, c, n).await;
+    json!({"phase": name, "load": o.to_json(), "memory": memory_json(sys)})
+}
+
+/// The loads whose peaks the targets are about, run by both the plain and the cgroup run.
+async fn loads(
+    sys: &System,
+    eps: &[Endpoint],
+    quick: bool,
+) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
+    let mut first = Vec::new();
+    for ep in eps.iter().filter(|e| e.model.is_some()) {
+        say(&format!("first prediction: {}", ep.label));
+        // Its own peak: what loading this model costs at most, transient buffers included.
+        sys.reset_peaks();
+        let o = drive(&ep.gateway, 1, 1).await;
+        let mem = sys
+            .memory()
+            .into_iter()
+            .find(|(n, _)| n == ep.service)
+            .map(|(_, m)| json!({"rss_mb": m.rss_mb, "peak_mb": m.hwm_mb}));
+        first.push(json!({
+            "endpoint": ep.label,
+            "service": ep.service,
+            "ok": o.ok() == 1,
+            "first_failure": o.first_failure,
+            "latency_ms": o.latencies_ms.first(),
+            "service_memory_after": mem,
+        }));
+    }
+    let mut peaks = Vec::new();
+    let rounds = if quick { 1 } else { 10 };
+    for ep in eps.iter().filter(|e| e.model == Some("tabular")) {
+        let name = format!("64 concurrent {}", ep.label);
+        peaks.push(peak_phase(sys, &name, &ep.gateway, 64, 64 * rounds).await);
+    }
+    let gw = sys.get("gateway").url();
+    for (disease, model) in [("diabetes", "retina"), ("heart", "ecg")] {
+        let large = inputs::large_jpeg(model)?;
+        let t = Target::image(
+            format!("{gw}/api/v1/{disease}/predict/{model}"),
+            &large,
+            "image/jpeg",
+            None,
+        );
+        let name = format!(
+            "16 concurrent {disease}/{model} uploads of a 3000×2000 JPEG ({:.1} MB)",
+            large.len() as f64 / 1048576.0
+        );
+        let n = if quick { 16 } else { 48 };
+        peaks.push(peak_phase(sys, &name, &t, 16, n).await);
+    }
+    Ok((first, peaks))
+}
+
+pub async fn run(args: &Args) -> anyhow::Result<Value> {
+    let logs = crate::repo_root().join(".data/bench/logs");
+    let (n_tab, n_img, n_audit) = if args.quick {
+        (40, 8, 20)
+    } else {
+        (2000, 150, 400)
+    };
+    let mut results = report::header(args, "system")?;
+
+    say("starting the system (release binaries, embedded defaults)");
+    let mut sys = System::start(&args.bin_dir, &logs, None, &[]).await?;
+    results["system_env"] = json!(sys.env);
+    results["startup"] = sys
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.to_string(),
+                json!({"healthy_ms": s.healthy_ms, "ready_ms": s.ready_ms}),
+            )
+        })
+        .collect::<Map<_, _>>()
+        .into();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    results["idle_memory"] = memory_json(&sys);
+    results["clear_refs"] = json!(sys.reset_peaks());
+
+    let eps = endpoints(&sys)?;
+    let (first, mut peaks) = loads(&sys, &eps, args.quick).await?;
+    results["first_predictions"] = json!(first);
+
+    say("warm latency: every endpoint × {gateway, direct} × concurrency {1, 4, 16}");
+    sys.reset_peaks();
+    let mut warm = Vec::new();
+    let mut c1 = Map::new();
+    for ep in &eps {
+        for (route, target) in [("gateway", &ep.gateway), ("direct", &ep.direct)] {
+            for c in [1, 4, 16] {
+                let n = if ep.model.is_none() {
+                    n_audit
+                } else if ep.image {
+                    n_img
+                } else {
+                    n_tab
+                };
+                let _ = drive(target, c, (n / 10).max(c)).await; // warm-up, not recorded
+                let o: Outcome = drive(target, c, n).await;
+                eprintln!(
+                    "    {:<34} {:<8} c={c:<2} p50 {:>8.2} ms  p99 {:>8.2} ms  {:>7.1} req/s  failed {}",
+                    ep.label,
+                    route,
+                    o.p(50.0).unwrap_or(f64::NAN),
+                    o.p(99.0).unwrap_or(f64::NAN),
+                    o.to_json()["throughput_rps"].as_f64().unwrap_or(0.0),
+                    o.failed()
+                );
+                if c == 1 {
+                    c1.insert(format!("{}|{route}", ep.label), json!(o.p(50.0)));
+                }
+                let mut j = o.to_json();
+                j["endpoint"] = json!(ep.label);
+                j["route"] = json!(route);
+                warm.push(j);
+            }
+        }
+    }
+    peaks.push(json!({"phase": "warm latency runs", "memory": memory_json(&sys)}));
+    results["warm"] = json!(warm);
+    results["peaks"] = json!(peaks);
+    results["exited_during_run"] = json!(sys.exited());
+    say("stopping the system");
+    sys.stop();
+    drop(sys);
+
+    say("the floor: raw ONNX Runtime inference in this process, same options and inputs");
+    let d = medchain_diabetes_svc::load_settings()?;
+    let h = medchain_heart_svc::load_settings()?;
+    let mut floors = Vec::new();
+    let runs = |image: bool| match (args.quick, image) {
+        (true, _) => 5,
+        (false, true) => 60,
+        (false, false) => 2000,
+    };
+    for ep in eps.iter().filter(|e| e.model.is_some()) {
+        let (settings, card) = match (ep.service, ep.model) {
+            ("diabetes-svc", Some("tabular")) => (&d, &d.models.tabular.card),
+            ("diabetes-svc", _) => (&d, &d.models.image.card),
+            (_, Some("tabular")) => (&h, &h.models.tabular.card),
+            _ => (&h, &h.models.image.card),
+        };
+        let record;
+        let small;
+        let input = if ep.image {
+            small = inputs::small_jpeg(ep.model.unwrap_or("retina"))?;
+            floor::Input::Image(&small)
+        } else {
+            record = if ep.service == "diabetes-svc" {
+                inputs::diabetes_record()
+            } else {
+                inputs::heart_record()
+            };
+            floor::Input::Tabular(&record)
+        };
+        let mut f = floor::measure(settings, card, input, runs(ep.image))?;
+        let ort = f["p50_ms"].as_f64().unwrap_or(f64::NAN);
+        for route in ["direct", "gateway"] {
+            if let Some(e2e) = c1
+                .get(&format!("{}|{route}", ep.label))
+                .and_then(Value::as_f64)
+            {
+                f[format!("e2e_p50_ms_{route}")] = json!(e2e);
+                f[format!("ratio_{route}")] = json!(e2e / ort);
+            }
+        }
+        f["endpoint"] = json!(ep.label);
+        eprintln!(
+            "    {:<34} ORT p50 {:>8.3} ms",
+            ep.label,
+            f["p50_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+        floors.push(f);
+    }
+    results["floor"] = json!(floors);
+    results["onnxruntime_library"] = json!(floor::library(&d));
+    results["models"] = json!(
+        [
+            (&d, &d.models.tabular.card),
+            (&d, &d.models.image.card),
+            (&h, &h.models.tabular.card),
+            (&h, &h.models.image.card)
+        ]
+        .iter()
+        .filter_map(|(s, c)| floor::card(s, c))
+        .map(
+            |c| json!({"id": c.model_id, "version": c.version, "sha256": c.sha256,
+                        "size_mb": c.size_bytes as f64 / 1048576.0, "demo": c.demo})
+        )
+        .collect::<Vec<_>>()
+    );
+
+    results["cgroup_run"] = if !args.cgroup || args.quick {
+        json!({"ran": false, "reason": "skipped (--no-cgroup or --quick)"})
+    } else {
+        match Cgroup::probe() {
+            Err(reason) => json!({"ran": false, "reason": reason}),
+            Ok(()) => cgroup_run(args, &logs).await?,
+        }
+    };
+    Ok(results)
+}
+
+/// The loads again, each service in its own 512 MB memory cgroup.
+async fn cgroup_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value> {
+    say("again with each service in a 512 MB memory cgroup");
+    let mut sys =
+        System::start(&args.bin_dir, &logs.join("cgroup"), Some(LIMIT_512_MB), &[]).await?;
+    let eps = endpoints(&sys)?;
+    let (first, peaks) = loads(&sys, &eps, args.quick).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exited = sys.exited();
+    let per_service: Map<String, Value> = sys
+        .services
+        .iter()
+        .map(|s| {
+            let mut v = s.cgroup.as_ref().map_or(Value::Null, Cgroup::stats);
+            v["alive"] = json!(!exited.iter().any(|(n, _)| n == s.name));
+            (s.name.to_string(), v)
+        })
+        .collect();
+    sys.stop();
+    Ok(json!({
+        "ran": true,
+        "limit_mb": 512,
+        "services": per_service,
+        "exited": exited,
+        "first_predictions": first,
+        "peaks": peaks,
+    }))
+}

@@ -1,0 +1,219 @@
+//! The retina model configured by URL, served by a real HTTP server on loopback that can be
+//! told to misbehave: downloaded once under 20 concurrent first requests, verified and served;
+//! a corrupted file, a truncated file, a 404 and a stalled transfer each leave the model
+//! `failed` with a clear reason and its endpoint answering 503 (the tabular endpoint keeps
+//! working), nothing bad is kept in the cache, and the next request tries again.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use medchain_diabetes_svc::SPEC;
+use medchain_shared::ml::remote::Location;
+use medchain_tests::{TestApp, models_dir, spawn_disease};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Good,
+    Corrupt,
+    Truncated,
+    Missing,
+    Stall,
+}
+
+struct Host {
+    file: Vec<u8>,
+    mode: Mutex<Mode>,
+    requests: AtomicUsize,
+}
+
+async fn serve(host: web::Data<Host>) -> HttpResponse {
+    host.requests.fetch_add(1, Ordering::SeqCst);
+    let mode = *host.mode.lock().expect("mode");
+    match mode {
+        Mode::Good => HttpResponse::Ok().body(host.file.clone()),
+        Mode::Corrupt => {
+            let mut bad = host.file.clone();
+            for b in bad.iter_mut().skip(1000).take(32) {
+                *b ^= 0xA5;
+            }
+            HttpResponse::Ok().body(bad)
+        }
+        Mode::Truncated => HttpResponse::Ok().body(host.file[..host.file.len() / 2].to_vec()),
+        Mode::Missing => HttpResponse::NotFound().body("no such object"),
+        Mode::Stall => {
+            let first = bytes::Bytes::copy_from_slice(&host.file[..64 * 1024]);
+            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                .chain(futures_util::stream::pending());
+            HttpResponse::Ok().streaming(stream)
+        }
+    }
+}
+
+use futures_util::StreamExt;
+
+/// The model host on a free port; returns its state and the URL of the retina file (with a
+/// query string standing in for a presigned URL's signature).
+fn model_host() -> (Arc<Host>, String) {
+    let host = Arc::new(Host {
+        file: std::fs::read(models_dir().join("diabetes/retina.onnx")).expect("model"),
+        mode: Mutex::new(Mode::Good),
+        requests: AtomicUsize::new(0),
+    });
+    let data = web::Data::from(host.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/models/retina.onnx", web::get().to(serve))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .expect("bind");
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    (
+        host,
+        format!("http://127.0.0.1:{port}/models/retina.onnx?X-Signature=s3cr3t-signature"),
+    )
+}
+
+async fn service(url: &str, cache: &Path) -> TestApp {
+    let (url, cache) = (url.to_string(), cache.display().to_string());
+    spawn_disease(SPEC, move |s| {
+        s.models.image.file = Location(url);
+        s.models.image.max_waiting = 32;
+        s.models.download.cache_dir = cache;
+        s.models.download.stall_secs = 1;
+        s.models.download.timeout_secs = 20;
+        s.models.download.retries = 1;
+    })
+    .await
+}
+
+fn retina_png() -> Vec<u8> {
+    std::fs::read(models_dir().join("examples/retina/1-mild_npdr-0.png")).expect("example")
+}
+
+fn tabular() -> Value {
+    json!({"pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
+           "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50})
+}
+
+fn cached_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_model_by_url_is_downloaded_once_for_20_concurrent_first_requests() {
+    let (host, url) = model_host();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let app = service(&url, cache.path()).await;
+
+    let before = app.model("retina").await;
+    assert_eq!(before["state"], "unloaded");
+    let source = before["source"].as_str().expect("source shown");
+    assert!(source.ends_with("/models/retina.onnx?…"), "{source}");
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    let app = Arc::new(app);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.post_image("/v1/predict/retina", retina_png(), "x.png")
+                .await
+                .status()
+                .as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 200);
+    }
+    assert_eq!(host.requests.load(Ordering::SeqCst), 1, "one download");
+    let m = app.model("retina").await;
+    assert_eq!(m["state"], "ready");
+    assert_eq!(m["loads"], 1);
+    let sha = m["sha256"].as_str().expect("sha");
+    assert_eq!(cached_files(cache.path()), vec![format!("{sha}.onnx")]);
+    // Nothing of the signature in what the service shows.
+    assert!(!app.models().await.to_string().contains("s3cr3t"));
+
+    // A second service on the same cache (a restart on a persistent disk) does not download.
+    let again = service(&url, cache.path()).await;
+    assert_eq!(
+        again
+            .post_image("/v1/predict/retina", retina_png(), "x.png")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(host.requests.load(Ordering::SeqCst), 1);
+}
+
+/// One bad mode: the image endpoint 503s naming the cause, the model is `failed`, tabular
+/// works, nothing is cached; the next request asks the host again, and once the host serves
+/// the right file the model loads.
+async fn fails_then_recovers(mode: Mode, reason: &str, attempts: usize) {
+    let (host, url) = model_host();
+    *host.mode.lock().expect("mode") = mode;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let app = service(&url, cache.path()).await;
+
+    let res = app
+        .post_image("/v1/predict/retina", retina_png(), "x.png")
+        .await;
+    let problem = medchain_tests::assert_problem(res, 503, None).await;
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(detail.contains(reason), "{mode:?}: {detail}");
+    assert!(!detail.contains("s3cr3t"), "{detail}");
+    let m = app.model("retina").await;
+    assert_eq!(m["state"], "failed", "{mode:?}");
+    assert!(m["reason"].as_str().is_some_and(|r| r.contains(reason)));
+    assert_eq!(host.requests.load(Ordering::SeqCst), attempts, "{mode:?}");
+    assert!(
+        cached_files(cache.path()).is_empty(),
+        "{mode:?} left {:?}",
+        cached_files(cache.path())
+    );
+    app.post_json_ok("/v1/predict/tabular", &tabular()).await;
+
+    *host.mode.lock().expect("mode") = Mode::Good;
+    assert_eq!(
+        app.post_image("/v1/predict/retina", retina_png(), "x.png")
+            .await
+            .status(),
+        200,
+        "{mode:?}: the next request retries"
+    );
+    assert_eq!(host.requests.load(Ordering::SeqCst), attempts + 1);
+    assert_eq!(app.model("retina").await["state"], "ready");
+}
+
+#[tokio::test]
+async fn a_corrupted_download_fails_and_is_not_kept() {
+    fails_then_recovers(Mode::Corrupt, "sha256", 1).await;
+}
+
+#[tokio::test]
+async fn a_truncated_download_fails() {
+    fails_then_recovers(Mode::Truncated, "bytes", 1).await;
+}
+
+#[tokio::test]
+async fn a_missing_file_fails() {
+    fails_then_recovers(Mode::Missing, "404", 1).await;
+}
+
+#[tokio::test]
+async fn a_stalled_download_times_out_and_is_retried_once() {
+    // retries = 1: two attempts, each cut after 1 s without a byte.
+    fails_then_recovers(Mode::Stall, "attempts", 2).await;
+}

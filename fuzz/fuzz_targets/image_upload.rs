@@ -1,0 +1,7 @@
+//! An uploaded image file: see `src/checks.rs`.
+#![no_main]
+
+#[path = "../src/checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::image_upload(data));

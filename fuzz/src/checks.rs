@@ -1,0 +1,87 @@
+//! The properties the fuzz targets check, shared with the test suite, which replays the
+//! committed corpus through them on every run (`tests/tests/fuzz_corpus.rs`):
+//!
+//! - `json_request`: a prediction request body, as the disease services take it — strict JSON
+//!   parsing, validation against each tabular model's card, and (when accepted) the canonical
+//!   encoding hashed for the audit record. Any input ends in an accepted request whose feature
+//!   vector matches the card, or a 4xx error: never a panic, never a 5xx.
+//! - `image_upload`: an uploaded file, as the disease services take it — format sniffing,
+//!   header checks (size, decompression bombs), decoding at reduced scale, EXIF orientation,
+//!   resizing and normalisation, with the retina card and the services' default limits. Any
+//!   input ends in a finite tensor of the model's input size or a 4xx error.
+
+use std::sync::LazyLock;
+
+use actix_web::ResponseError;
+use medchain_shared::ApiError;
+use medchain_shared::ml::card::{ModelCard, Preprocessing};
+use medchain_shared::ml::image::{ImageLimits, prepare};
+use medchain_shared::ml::tabular;
+use medchain_shared::request::parse_json;
+
+fn card(rel: &str) -> ModelCard {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/").to_string() + rel;
+    ModelCard::from_file(std::path::Path::new(&path)).expect("model card")
+}
+
+static TABULAR: LazyLock<Vec<ModelCard>> = LazyLock::new(|| {
+    vec![
+        card("diabetes/tabular.card.json"),
+        card("heart/tabular.card.json"),
+    ]
+});
+
+static RETINA: LazyLock<Preprocessing> = LazyLock::new(|| {
+    card("diabetes/retina.card.json")
+        .preprocessing
+        .expect("image card")
+});
+
+/// The services' defaults (`config/default.toml` of diabetes-svc and heart-svc).
+const LIMITS: ImageLimits = ImageLimits {
+    max_bytes: 10 * 1024 * 1024,
+    max_megapixels: 40.0,
+};
+
+fn client_error(e: &ApiError) {
+    let status = e.status_code();
+    assert!(status.is_client_error(), "{status} for {e:?}");
+}
+
+pub fn json_request(data: &[u8]) {
+    let body: serde_json::Value = match parse_json(data) {
+        Ok(v) => v,
+        Err(e) => return client_error(&e),
+    };
+    for card in TABULAR.iter() {
+        match tabular::validate(card, &body) {
+            Ok(input) => {
+                assert_eq!(input.features.len(), card.features.len());
+                for (f, x) in card.features.iter().zip(&input.features) {
+                    assert!(
+                        x.is_finite() || (x.is_nan() && f.nullable),
+                        "{} = {x}",
+                        f.name
+                    );
+                }
+                let canonical = medchain_shared::audit::canonical_features(&input.canonical)
+                    .expect("accepted features have a canonical encoding");
+                let _ = medchain_shared::audit::sha256(&canonical);
+            }
+            Err(e) => client_error(&e),
+        }
+    }
+}
+
+pub fn image_upload(data: &[u8]) {
+    let pre = &*RETINA;
+    match prepare(data, pre, &LIMITS) {
+        Ok(p) => {
+            let (w, h) = (pre.resize.width as usize, pre.resize.height as usize);
+            assert_eq!((p.width as usize, p.height as usize), (w, h));
+            assert_eq!(p.tensor.len(), 3 * w * h);
+            assert!(p.tensor.iter().all(|x| x.is_finite()));
+        }
+        Err(e) => client_error(&e),
+    }
+}

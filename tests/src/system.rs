@@ -1,0 +1,446 @@
+//! The whole system as processes: the four service binaries started on free loopback ports
+//! exactly as `scripts/run.sh` starts them (embedded defaults; only ports, data dir, internal
+//! token and the gateway's per-client rate limit are set, plus what the caller adds), each
+//! optionally in its own memory cgroup, and their memory read from `/proc`. Used by the
+//! benchmark command and by whole-system tests.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Start order: the chain first (the disease services record to it), the gateway last.
+pub const NAMES: [&str; 4] = ["chain-svc", "diabetes-svc", "heart-svc", "gateway"];
+
+/// One running service.
+#[derive(Debug)]
+pub struct Service {
+    pub name: &'static str,
+    pub port: u16,
+    pub pid: u32,
+    child: Child,
+    pub cgroup: Option<Cgroup>,
+    /// Spawn → first `/healthz` 200, and → first `/readyz` 200, ms.
+    pub healthy_ms: f64,
+    pub ready_ms: f64,
+}
+
+impl Service {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The whole system.
+#[derive(Debug)]
+pub struct System {
+    pub services: Vec<Service>,
+    pub token: String,
+    /// The settings given to every process, as `NAME=value` (the token masked).
+    pub env: Vec<String>,
+    data: tempfile::TempDir,
+}
+
+/// Memory of one process, MB.
+#[derive(Debug, Clone, Copy)]
+pub struct Mem {
+    pub rss_mb: f64,
+    pub hwm_mb: f64,
+}
+
+impl System {
+    /// Starts the four services from `bin_dir`, one after the other, each waited for until
+    /// ready, each logging to `logs/<name>.log`. `cgroup_limit`: put each in its own memory
+    /// cgroup with this limit (bytes). `extra_env`: more settings for every process (shown
+    /// in [`System::env`] unless `secret`).
+    pub async fn start(
+        bin_dir: &Path,
+        logs: &Path,
+        cgroup_limit: Option<u64>,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        medchain_shared::http::init_tls();
+        let data = tempfile::tempdir()?;
+        let mut raw = [0u8; 24];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let token = hex::encode(raw);
+        let ports = free_ports(4)?;
+        let port = |name: &str| ports[NAMES.iter().position(|n| *n == name).unwrap_or(0)];
+        let url = |name: &str| format!("http://127.0.0.1:{}", port(name));
+        let mut env: Vec<(String, String)> = vec![
+            ("GATEWAY__SERVER__PORT".into(), port("gateway").to_string()),
+            (
+                "DIABETES__SERVER__PORT".into(),
+                port("diabetes-svc").to_string(),
+            ),
+            ("HEART__SERVER__PORT".into(), port("heart-svc").to_string()),
+            ("CHAIN__SERVER__PORT".into(), port("chain-svc").to_string()),
+            ("GATEWAY__UPSTREAMS__DIABETES".into(), url("diabetes-svc")),
+            ("GATEWAY__UPSTREAMS__HEART".into(), url("heart-svc")),
+            ("GATEWAY__UPSTREAMS__CHAIN".into(), url("chain-svc")),
+            ("DIABETES__CHAIN__URL".into(), url("chain-svc")),
+            ("HEART__CHAIN__URL".into(), url("chain-svc")),
+            // One load generator is one client: the per-client limit would measure itself.
+            ("GATEWAY__CLIENTS__RATE_PER_SECOND".into(), "1000000".into()),
+            ("GATEWAY__CLIENTS__RATE_BURST".into(), "1000000".into()),
+        ];
+        env.push((
+            "MEDCHAIN_DATA_DIR".into(),
+            data.path().display().to_string(),
+        ));
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let shown = env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(["MEDCHAIN_INTERNAL_TOKEN=<random per run>".to_string()])
+            .collect();
+        env.push(("MEDCHAIN_INTERNAL_TOKEN".into(), token.clone()));
+        fs::create_dir_all(logs)?;
+        let mut system = System {
+            services: Vec::new(),
+            token,
+            env: shown,
+            data,
+        };
+        for name in NAMES {
+            let bin = bin_dir.join(name);
+            if !bin.is_file() {
+                bail!("{} is missing: build it first", bin.display());
+            }
+            let cgroup = match cgroup_limit {
+                Some(limit) => Some(Cgroup::create(name, limit).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let log = fs::File::create(logs.join(format!("{name}.log")))?;
+            let mut cmd = match &cgroup {
+                // The shell joins the cgroup, then becomes the service: every byte the
+                // service ever maps is charged to the cgroup.
+                Some(cg) => {
+                    let mut c = Command::new("sh");
+                    c.arg("-c")
+                        .arg("echo $$ > \"$0\" && exec \"$1\"")
+                        .arg(cg.procs_file())
+                        .arg(&bin);
+                    c
+                }
+                None => Command::new(&bin),
+            };
+            cmd.envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            let started = Instant::now();
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("cannot start {}", bin.display()))?;
+            let mut svc = Service {
+                name,
+                port: port(name),
+                pid: child.id(),
+                child,
+                cgroup,
+                healthy_ms: 0.0,
+                ready_ms: 0.0,
+            };
+            let client = reqwest::Client::new();
+            svc.healthy_ms = wait_ok(&client, &mut svc, "/healthz", started).await?;
+            svc.ready_ms = wait_ok(&client, &mut svc, "/readyz", started).await?;
+            system.services.push(svc);
+        }
+        Ok(system)
+    }
+
+    /// The services' data dir (chain-svc's outbox, the embedded chain, development keys).
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn get(&self, name: &str) -> &Service {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .expect("one of NAMES")
+    }
+
+    /// VmRSS and VmHWM of every service (and of chain-svc's anvil child), by name.
+    pub fn memory(&self) -> Vec<(String, Mem)> {
+        let mut out = Vec::new();
+        for s in &self.services {
+            if let Some(m) = mem(s.pid) {
+                out.push((s.name.to_string(), m));
+            }
+            if s.name == "chain-svc" {
+                for child in children(s.pid) {
+                    if let Some(m) = mem(child) {
+                        out.push(("anvil (chain-svc's child)".to_string(), m));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Resets every process' VmHWM to its current RSS (`/proc/<pid>/clear_refs` = 5), so the
+    /// next reading is the peak of what happens in between. False where the kernel refuses.
+    pub fn reset_peaks(&self) -> bool {
+        let mut ok = true;
+        for s in &self.services {
+            let mut pids = vec![s.pid];
+            pids.extend(children(s.pid));
+            for pid in pids {
+                ok &= fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+            }
+        }
+        ok
+    }
+
+    /// Open file descriptors per service.
+    pub fn fds(&self) -> Vec<(String, usize)> {
+        self.services
+            .iter()
+            .map(|s| {
+                let n = fs::read_dir(format!("/proc/{}/fd", s.pid)).map_or(0, |d| d.count());
+                (s.name.to_string(), n)
+            })
+            .collect()
+    }
+
+    /// Services that have exited, with their exit status.
+    pub fn exited(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for s in &mut self.services {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                out.push((s.name.to_string(), status.to_string()));
+            }
+        }
+        out
+    }
+
+    /// Stops everything: SIGTERM in reverse start order, SIGKILL after 15 s.
+    pub fn stop(&mut self) {
+        for s in self.services.iter_mut().rev() {
+            terminate(&mut s.child, s.pid);
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn terminate(child: &mut Child, pid: u32) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn wait_ok(
+    client: &reqwest::Client,
+    svc: &mut Service,
+    path: &str,
+    started: Instant,
+) -> anyhow::Result<f64> {
+    let url = format!("{}{path}", svc.url());
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return Ok(started.elapsed().as_secs_f64() * 1e3);
+        }
+        if let Ok(Some(status)) = svc.child.try_wait() {
+            bail!(
+                "{} exited during start-up ({status}); see its log",
+                svc.name
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not answer {path} with 200 within 120 s", svc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Where the test build put the service binaries: the folder above this test executable's
+/// `deps/`.
+pub fn debug_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+        .collect())
+}
+
+/// VmRSS / VmHWM of a process.
+pub fn mem(pid: u32) -> Option<Mem> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Some(Mem {
+        rss_mb: field("VmRSS:")?,
+        hwm_mb: field("VmHWM:")?,
+    })
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A memory cgroup made for one service (v1 `memory` hierarchy or v2 unified).
+#[derive(Debug)]
+pub struct Cgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+const V1_ROOT: &str = "/sys/fs/cgroup/memory";
+const V2_ROOT: &str = "/sys/fs/cgroup";
+
+impl Cgroup {
+    /// Whether this process may create memory cgroups here; the reason when not.
+    pub fn probe() -> Result<(), String> {
+        let cg = Cgroup::create("probe", 64 << 20)?;
+        drop(cg);
+        Ok(())
+    }
+
+    fn create(name: &str, limit: u64) -> Result<Self, String> {
+        let leaf = format!("medchain-bench-{}-{name}", std::process::id());
+        let v2 = fs::read_to_string(format!("{V2_ROOT}/cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
+        let (dir, limit_file) = if v2 {
+            let _ = fs::write(format!("{V2_ROOT}/cgroup.subtree_control"), "+memory");
+            (Path::new(V2_ROOT).join(leaf), "memory.max")
+        } else if Path::new(V1_ROOT).join("memory.limit_in_bytes").exists() {
+            (Path::new(V1_ROOT).join(leaf), "memory.limit_in_bytes")
+        } else {
+            return Err("no memory cgroup controller is mounted".into());
+        };
+        fs::create_dir(&dir)
+            .map_err(|e| format!("cannot create the cgroup {}: {e}", dir.display()))?;
+        let cg = Cgroup { dir, v2 };
+        fs::write(cg.dir.join(limit_file), limit.to_string())
+            .map_err(|e| format!("cannot set {limit_file}: {e}"))?;
+        Ok(cg)
+    }
+
+    fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Peak usage charged to the cgroup (includes page cache, as a container's does), the
+    /// limit, and how many times the kernel's OOM killer ran in it.
+    pub fn stats(&self) -> Value {
+        let read = |f: &str| fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        let num = |f: &str| read(f).trim().parse::<u64>().ok();
+        let oom_kills = if self.v2 {
+            key_value(&read("memory.events"), "oom_kill")
+        } else {
+            key_value(&read("memory.oom_control"), "oom_kill")
+        };
+        let (limit, peak) = if self.v2 {
+            (num("memory.max"), num("memory.peak"))
+        } else {
+            (
+                num("memory.limit_in_bytes"),
+                num("memory.max_usage_in_bytes"),
+            )
+        };
+        json!({
+            "cgroup": self.dir.display().to_string(),
+            "version": if self.v2 { 2 } else { 1 },
+            "limit_mb": limit.map(|b| b as f64 / 1048576.0),
+            "peak_usage_mb": peak.map(|b| b as f64 / 1048576.0),
+            "oom_kills": oom_kills,
+        })
+    }
+}
+
+fn key_value(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Empty once its processes have exited; retried briefly while they finish.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_oom_kill_counters() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(key_value(v1, "oom_kill"), Some(3));
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(key_value(v2, "oom_kill"), Some(1));
+        assert_eq!(key_value(v2, "absent"), None);
+    }
+
+    #[test]
+    fn reads_own_memory() {
+        let m = mem(std::process::id()).expect("/proc/self/status");
+        assert!(m.rss_mb > 0.0 && m.hwm_mb >= m.rss_mb);
+    }
+}
