@@ -33,6 +33,16 @@ if len(r["floor"]) != 4 or not all(f["p50_ms"] and f.get("ratio_direct") for f i
     problems.append(f"floor: {r['floor']}")
 if not all(r["startup"][n]["ready_ms"] > 0 for n in ("gateway", "diabetes-svc", "heart-svc", "chain-svc")):
     problems.append(f"startup: {r['startup']}")
+q = r.get("int8", {})
+if q.get("ran"):
+    if not all(p["ok"] for p in q["first_predictions"]):
+        problems.append(f"int8 first predictions: {q['first_predictions']}")
+    for run in q["peaks"] + q["warm"]:
+        load = run.get("load", run)
+        if load.get("failed"):
+            problems.append(f"int8 run: {load}")
+    if not all(f["p50_ms"] for f in q["floor"]):
+        problems.append(f"int8 floor: {q['floor']}")
 md = (out / "BENCHMARKS.md").read_text()
 for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor"):
     if section not in md:

@@ -335,6 +335,7 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             f(&fl["ratio_gateway"], 2)
         )?;
     }
+    int8_md(md, v)?;
     cgroup_md(md, &v["cgroup_run"])?;
     if let Some(ex) = v["exited_during_run"].as_array()
         && !ex.is_empty()
@@ -449,5 +450,100 @@ fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     md.push_str(
         "\nTargets (issue 8): RSS drift after warm-up ≤ 5 % and no file-descriptor growth.\n",
     );
+    Ok(())
+}
+
+/// One figure of a run: the first-prediction, peak-phase, warm and floor entries of a model.
+fn model_figures(run: &Value, disease: &str, model: &str, service: &str) -> [Option<f64>; 5] {
+    let first = run["first_predictions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| s(&p["endpoint"]).starts_with(&format!("{disease}/{model}")));
+    let upload = run["peaks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| s(&p["phase"]).contains(&format!("{disease}/{model} uploads")));
+    let warm = run["warm"].as_array().into_iter().flatten().find(|w| {
+        s(&w["endpoint"]).starts_with(&format!("{disease}/{model}"))
+            && w["route"] == "direct"
+            && w["concurrency"] == 1
+    });
+    let floor = run["floor"].as_array().into_iter().flatten().find(|f| {
+        f["model"] == model || s(&f["endpoint"]).starts_with(&format!("{disease}/{model}"))
+    });
+    [
+        first.and_then(|p| p["service_memory_after"]["rss_mb"].as_f64()),
+        first.and_then(|p| p["service_memory_after"]["peak_mb"].as_f64()),
+        upload.and_then(|p| p["memory"][service]["peak_mb"].as_f64()),
+        warm.and_then(|w| w["p50_ms"].as_f64()),
+        floor.and_then(|f| f["p50_ms"].as_f64()),
+    ]
+}
+
+fn int8_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+    let q = &v["int8"];
+    md.push_str("\n### fp32 vs int8 image models\n\n");
+    if q["ran"] != true {
+        writeln!(md, "Not run: {}.", s(&q["reason"]))?;
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "The int8 run started the system again with `{}` and ran the same first predictions and load phases; agreement and accuracy come from the int8 card (measured by `python -m pipeline.quantize` on the held-out set).\n",
+        q["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )?;
+    md.push_str("| model | variant | file MB | service RSS after its load | peak during its load | peak, 16 uploads | e2e p50 direct c=1 ms | ORT p50 ms | held-out accuracy | agreement with fp32 |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for c in q["cards"].as_array().into_iter().flatten() {
+        let model = s(&c["model"]);
+        let (disease, service) = if model == "retina" {
+            ("diabetes", "diabetes-svc")
+        } else {
+            ("heart", "heart-svc")
+        };
+        for (variant, run, size, acc, agree) in [
+            (
+                "fp32",
+                v,
+                &c["fp32_size_mb"],
+                &c["accuracy_fp32"],
+                &Value::Null,
+            ),
+            (
+                "int8",
+                q,
+                &c["size_mb"],
+                &c["accuracy_int8"],
+                &c["agreement_with_fp32"],
+            ),
+        ] {
+            let fig = model_figures(run, disease, &model, service);
+            let cell =
+                |x: Option<f64>, d: usize| x.map_or("–".to_string(), |x| format!("{x:.d$}"));
+            writeln!(
+                md,
+                "| {model} | {variant} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                f(size, 1),
+                cell(fig[0], 1),
+                cell(fig[1], 1),
+                cell(fig[2], 1),
+                cell(fig[3], 2),
+                cell(fig[4], 2),
+                f(acc, 3),
+                if agree.is_null() {
+                    "–".to_string()
+                } else {
+                    format!("{} (of {})", f(agree, 4), c["compared_on"])
+                }
+            )?;
+        }
+    }
     Ok(())
 }

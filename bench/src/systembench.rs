@@ -303,6 +303,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         .collect::<Vec<_>>()
     );
 
+    results["int8"] = int8_run(args, &logs, &d, &h, n_img).await?;
+
     results["cgroup_run"] = if !args.cgroup || args.quick {
         json!({"ran": false, "reason": "skipped (--no-cgroup or --quick)"})
     } else {
@@ -340,5 +342,91 @@ async fn cgroup_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value
         "exited": exited,
         "first_predictions": first,
         "peaks": peaks,
+    }))
+}
+
+/// The image models' int8 variants (`<model>.int8.card.json`, chosen by configuration as an
+/// operator would), through the same first predictions and load phases, warm image latency at
+/// c=1 and 4, and their floor — for the fp32-vs-int8 comparison.
+async fn int8_run(
+    args: &Args,
+    logs: &std::path::Path,
+    d: &medchain_shared::ml::service::DiseaseSettings,
+    h: &medchain_shared::ml::service::DiseaseSettings,
+    n_img: usize,
+) -> anyhow::Result<Value> {
+    let variants = [
+        (
+            "DIABETES__MODELS__IMAGE__CARD",
+            "diabetes/retina.int8.card.json",
+            d,
+        ),
+        ("HEART__MODELS__IMAGE__CARD", "heart/ecg.int8.card.json", h),
+    ];
+    let present: Vec<_> = variants
+        .iter()
+        .filter(|(_, card, s)| s.models.dir().join(card).is_file())
+        .collect();
+    if present.is_empty() {
+        return Ok(json!({"ran": false, "reason": "no int8 cards (python -m pipeline.quantize)"}));
+    }
+    say("int8 variants: the same phases with the image models' int8 cards configured");
+    let env: Vec<(&str, &str)> = present.iter().map(|(k, v, _)| (*k, *v)).collect();
+    let mut sys = System::start(&args.bin_dir, &logs.join("int8"), None, &env).await?;
+    let eps = endpoints(&sys)?;
+    let (first, peaks) = loads(&sys, &eps, args.quick).await?;
+    let mut warm = Vec::new();
+    for ep in eps.iter().filter(|e| e.image) {
+        for (route, target) in [("gateway", &ep.gateway), ("direct", &ep.direct)] {
+            for c in [1, 4] {
+                let _ = drive(target, c, (n_img / 10).max(c)).await;
+                let o = drive(target, c, n_img).await;
+                let mut j = o.to_json();
+                j["endpoint"] = json!(ep.label);
+                j["route"] = json!(route);
+                warm.push(j);
+            }
+        }
+    }
+    let exited = sys.exited();
+    sys.stop();
+    drop(sys);
+    let mut floors = Vec::new();
+    let mut cards = Vec::new();
+    for (_, card, settings) in &present {
+        let model = if card.contains("retina") {
+            "retina"
+        } else {
+            "ecg"
+        };
+        let small = inputs::small_jpeg(model)?;
+        let runs = if args.quick { 5 } else { 60 };
+        let mut f = floor::measure(settings, card, floor::Input::Image(&small), runs)?;
+        f["model"] = json!(model);
+        floors.push(f);
+        let raw = std::fs::read_to_string(settings.models.dir().join(card))?;
+        let c: Value = serde_json::from_str(&raw)?;
+        cards.push(json!({
+            "model": model,
+            "card": card,
+            "model_id": c["model_id"],
+            "size_mb": c["size_bytes"].as_f64().map(|b| b / 1048576.0),
+            "fp32_size_mb": c["quantization"]["from"]["size_bytes"].as_f64().map(|b| b / 1048576.0),
+            "agreement_with_fp32": c["metrics"]["agreement_with_fp32"],
+            "accuracy_int8": c["metrics"]["accuracy_int8"],
+            "accuracy_fp32": c["metrics"]["accuracy_fp32"],
+            "compared_on": c["metrics"]["compared_on"],
+            "max_abs_prob_diff_vs_fp32": c["metrics"]["max_abs_prob_diff_vs_fp32"],
+        }));
+    }
+    Ok(json!({
+        "ran": true,
+        "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "cards": cards,
+        "first_predictions": first,
+        "peaks": peaks,
+        "warm": warm,
+        "floor": floors,
+        "exited_during_run": exited,
     }))
 }

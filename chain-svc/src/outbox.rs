@@ -83,13 +83,22 @@ pub struct Outbox {
     db: Database,
 }
 
+/// The outbox's page cache.
+const OUTBOX_CACHE_BYTES: usize = 4 << 20;
+
 impl Outbox {
     /// Opens (or creates) the outbox file.
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(storage)?;
         }
-        let db = Database::create(path).map_err(storage)?;
+        // redb caches up to 1 GiB of pages by default, which it fills as the file grows (a
+        // soak run saw chain-svc's RSS climb with every record); the outbox is written once
+        // and read rarely, so a small cache does.
+        let db = redb::Builder::new()
+            .set_cache_size(OUTBOX_CACHE_BYTES)
+            .create(path)
+            .map_err(storage)?;
         let tx = db.begin_write().map_err(storage)?;
         tx.open_table(RECORDS).map_err(storage)?;
         tx.open_table(PENDING).map_err(storage)?;

@@ -3,7 +3,8 @@
 
 use medchain_heart_svc::SPEC;
 use medchain_tests::{
-    assert_problem, check_image_fixtures, check_tabular_fixtures, fixtures, spawn_disease,
+    assert_problem, check_image_fixtures, check_tabular_fixtures, check_variant_fixtures, fixtures,
+    spawn_disease,
 };
 use serde_json::{Value, json};
 
@@ -12,6 +13,23 @@ fn valid_body() -> Value {
         "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
         "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6
     })
+}
+
+#[tokio::test]
+async fn the_int8_variant_is_chosen_by_configuration_and_reproduces_its_fixtures() {
+    let app = spawn_disease(SPEC, |s| {
+        s.models.image.card = "heart/ecg.int8.card.json".into()
+    })
+    .await;
+    assert!(check_variant_fixtures(&app, "heart", "/v1/predict/ecg", Some("int8")).await >= 8);
+    let m = app.model("ecg").await;
+    assert_eq!(m["state"], "ready", "{m}");
+    assert!(
+        m["model_id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("-int8")),
+        "{m}"
+    );
 }
 
 #[tokio::test]

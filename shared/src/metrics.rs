@@ -22,6 +22,19 @@ pub fn init(prefix: &str) -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new())
                 .build_recorder();
             let handle = recorder.handle();
+            // Histogram samples are buffered until upkeep folds them into the buckets, which
+            // otherwise happens only at a scrape: unscraped (Render's free tier has no
+            // Prometheus), every request's samples would stay in memory for good — a soak
+            // run saw the gateway grow from 12.9 to 17.2 MB over 100,000 requests, unscraped.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                });
             // Another crate may have installed a recorder already; our handle still renders.
             let _ = metrics::set_global_recorder(recorder);
             handle

@@ -144,4 +144,9 @@ def test_dockerfiles_are_generated_and_copy_only_their_own_models():
         models = [c for c in copies if c.startswith("models/")]
         expected = {"diabetes-svc": ["models/diabetes"], "heart-svc": ["models/heart"]}
         assert models == expected.get(svc, []), f"{svc} copies {models}"
+        if svc in expected:
+            # Model files are optional (URL mode); cards always ship.
+            assert "ARG MODEL_FILES=all" in text, svc
+            assert re.search(r"^COPY --from=models /models/\w+ /opt/medchain/models/", text, re.M)
+            assert "__MODELS__DOWNLOAD__CACHE_DIR=/var/cache/medchain" in text, svc
         assert f"--bin {svc}" in text, svc
