@@ -433,13 +433,28 @@ fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             .as_str()
             .map_or(String::new(), |x| format!(" (first: {x})"))
     )?;
-    md.push_str("| process | RSS after warm-up MB | RSS at end MB | max sampled MB | drift | fds after warm-up | fds at end |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("Drift is the last sample against the first (taken right after the warm-up); the second-half drift compares the last sample with the middle one, after the allocators have seen the whole mix — growth that continues there is what a leak looks like.\n\n| process | RSS after warm-up MB | RSS at mid-run MB | RSS at end MB | max sampled MB | drift | second-half drift | fds after warm-up | fds at end |\n|---|---|---|---|---|---|---|---|---|\n");
+    let samples = v["samples"].as_array().cloned().unwrap_or_default();
+    let rss_at = |i: usize, name: &str| {
+        samples
+            .get(i)
+            .and_then(|smp| smp["processes"].as_array())
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["rss_mb"].as_f64())
+    };
+    let (mid, last) = (samples.len() / 2, samples.len().saturating_sub(1));
     for d in v["drift"].as_array().into_iter().flatten() {
+        let name = s(&d["name"]);
+        let (m, e) = (rss_at(mid, &name), rss_at(last, &name));
+        let second = match (m, e) {
+            (Some(m), Some(e)) if m > 0.0 => format!("{:.1}%", (e - m) / m * 100.0),
+            _ => "–".into(),
+        };
         writeln!(
             md,
-            "| {} | {} | {} | {} | {}% | {} | {} |",
-            s(&d["name"]),
+            "| {name} | {} | {} | {} | {} | {}% | {second} | {} | {} |",
             f(&d["rss_after_warmup_mb"], 1),
+            m.map_or("–".into(), |x| format!("{x:.1}")),
             f(&d["rss_end_mb"], 1),
             f(&d["rss_max_sample_mb"], 1),
             f(&d["drift_pct"], 1),
