@@ -41,7 +41,16 @@ def test_card_matches_its_onnx_file(card_path):
         assert card["demo"] is True
         assert "synthetic" in card["notice"] and "not for clinical use" in card["notice"]
         assert card["preprocessing"]["layout"] == "NCHW"
-        assert card["metrics"]["parity_max_abs_prob_diff_torch_vs_onnxruntime"] <= 1e-4
+        if "quantization" in card:
+            # A variant: its parent exists and is the file it names, and the comparison with it
+            # (on the parent's held-out set) is recorded.
+            parent = card["quantization"]["from"]
+            assert common.sha256_file(card_path.parent / parent["file"]) == parent["sha256"]
+            assert 0 <= card["metrics"]["agreement_with_fp32"] <= 1
+            assert card["metrics"]["compared_on"] > 0
+            assert card["size_bytes"] < parent["size_bytes"]
+        else:
+            assert card["metrics"]["parity_max_abs_prob_diff_torch_vs_onnxruntime"] <= 1e-4
 
 
 @pytest.mark.parametrize("name", list(tabular.DATASETS))

@@ -93,3 +93,38 @@ def test_wrong_state_dict_is_refused(tmp_path):
         convert.main(["torchvision", "--arch", "mobilenet_v3_small", "--weights", str(src),
                       "--classes", "x,y,z", "--disease", "heart", "--model-id", "u",
                       "--out", str(tmp_path / "out")])
+
+
+def test_a_users_model_gets_an_int8_variant_with_its_card(tmp_path):
+    """The quantizer on a converted user model: calibration photos from a folder, labelled
+    evaluation photos named <class>-*.png, a card naming its parent and the comparison."""
+    import shutil
+
+    import torch
+    import torchvision
+
+    from pipeline import quantize
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=5)
+    src = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), src)
+    out = convert.main(["torchvision", "--arch", "mobilenet_v3_small", "--weights", str(src),
+                        "--classes", "a,b,c,d,e", "--risk-bands", "low,low,moderate,high,high",
+                        "--disease", "diabetes", "--model-id", "user-retina", "--demo",
+                        "--out", str(tmp_path / "out")])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted((common.MODELS_DIR / "examples" / "retina").glob("*.png")):
+        shutil.copy(f, photos / f.name)
+    quantize.main(["--onnx", str(out), "--images", str(photos), "--eval-images", str(photos)])
+    int8 = out.with_name(out.stem + ".int8.onnx")
+    card = json.loads(int8.with_suffix(".card.json").read_text())
+    assert card["model_id"] == "user-retina-int8"
+    assert card["quantization"]["from"]["sha256"] == common.sha256_file(out)
+    assert card["sha256"] == common.sha256_file(int8)
+    assert card["metrics"]["compared_on"] == 5
+    assert 0 <= card["metrics"]["agreement_with_fp32"] <= 1
+    assert "accuracy_int8" in card["metrics"]
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    assert sess.run(["logits"], {"image": np.zeros((1, 3, 224, 224), np.float32)})[0].shape == (1, 5)

@@ -25,10 +25,12 @@ def test_tabular_fixture(row):
     assert np.abs(p - np.array(row["probabilities"])).max() <= 1e-6
 
 
-@pytest.mark.parametrize("item", DATA["image"], ids=lambda r: r["file"])
+@pytest.mark.parametrize("item", DATA["image"],
+                         ids=lambda r: r["file"] + (f"-{r['variant']}" if r.get("variant") else ""))
 def test_image_fixture(item):
     x = preprocess.preprocess_file(fixtures.EXAMPLES / item["file"])
-    logits = _session(item["disease"], item["model"]).run(["logits"], {"image": x})[0]
+    model = item["model"] + (f".{item['variant']}" if item.get("variant") else "")
+    logits = _session(item["disease"], model).run(["logits"], {"image": x})[0]
     assert np.abs(common.softmax(logits)[0] - np.array(item["probabilities"])).max() <= 1e-5
 
 
