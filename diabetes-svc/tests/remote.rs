@@ -217,3 +217,33 @@ async fn a_stalled_download_times_out_and_is_retried_once() {
     // retries = 1: two attempts, each cut after 1 s without a byte.
     fails_then_recovers(Mode::Stall, "attempts", 2).await;
 }
+
+#[tokio::test]
+async fn a_download_in_progress_shows_as_loading() {
+    let (host, url) = model_host();
+    *host.mode.lock().expect("mode") = Mode::Stall;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let app = Arc::new(service(&url, cache.path()).await);
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.post_image("/v1/predict/retina", retina_png(), "x.png")
+                .await
+                .status()
+                .as_u16()
+        })
+    };
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let state = app.model("retina").await["state"].clone();
+        if state == "loading" {
+            break;
+        }
+        seen.push(state);
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.model("retina").await["state"], "loading", "{seen:?}");
+    // The tabular model is not held up by the other model's download.
+    app.post_json_ok("/v1/predict/tabular", &tabular()).await;
+    assert_eq!(first.await.expect("task"), 503);
+}

@@ -72,6 +72,10 @@ pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSet
     // chain-svc), never whatever happens to listen on the development port.
     settings.chain.url = format!("http://127.0.0.1:{}", closed_port());
     settings.chain.timeout_ms = 500;
+    // Every app of a test binary shares one process, so its RSS holds the models of tests
+    // running alongside: the memory guard's 512 MB budget is per service, not per test binary.
+    // (Tests of the guard set their own limit.)
+    settings.memory.limit_mb = 8192;
     tweak(&mut settings);
     settings.validate(&spec).expect("test settings are valid");
     let token = settings
