@@ -89,14 +89,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         ));
     }
 
-    say("warm-up: every endpoint, until each model is loaded and allocators settled");
+    // Long enough for every bounded cache to fill: chain-svc's outbox page cache (4 MB) needs
+    // about 10,000 records (scripts/chain_outbox_growth.py), the image paths' allocators a few
+    // hundred uploads of each kind. A first soak with a short warm-up (100 records, 40 uploads
+    // per kind) counted that filling as drift.
+    say("warm-up: every endpoint, until each model is loaded and every cache has filled");
     let mut warm = Tally::default();
     for t in &tabular {
         warm.add(&drive(t, 16, 2000).await);
     }
-    warm.add(&drive(&audited, 4, 100).await);
+    warm.add(&drive(&audited, 16, 12_000).await);
     for t in &images {
-        warm.add(&drive(t, 4, 40).await);
+        warm.add(&drive(t, 4, 100).await);
     }
 
     let per_round_tab = args.soak_tabular.div_ceil(ROUNDS);
