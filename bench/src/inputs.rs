@@ -5,21 +5,18 @@
 use std::io::Cursor;
 
 use image::{DynamicImage, RgbImage, imageops::FilterType};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::repo_root;
 
 /// Pima record (insulin unknown).
 pub fn diabetes_record() -> Value {
-    json!({"pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
-           "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50})
+    medchain_tests::sample_record("diabetes")
 }
 
 /// Cleveland record.
 pub fn heart_record() -> Value {
-    json!({"age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1,
-           "restecg": 2, "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0,
-           "thal": 6})
+    medchain_tests::sample_record("heart")
 }
 
 /// The bundled example the images of `model` (`retina` or `ecg`) are made from.

@@ -85,7 +85,6 @@ fn parse() -> anyhow::Result<Args> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
-    medchain_shared::http::init_tls();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

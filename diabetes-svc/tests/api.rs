@@ -2,35 +2,19 @@
 
 use medchain_diabetes_svc::SPEC;
 use medchain_tests::{
-    TEST_TOKEN, assert_problem, check_image_fixtures, check_tabular_fixtures,
-    check_variant_fixtures, models_copy, png, png_header_only, spawn_disease,
+    TEST_TOKEN, assert_problem, check_image_fixtures, check_int8_variant, check_tabular_fixtures,
+    models_copy, png, png_header_only, spawn_disease,
 };
 use serde_json::{Value, json};
 
 fn valid_body() -> Value {
-    json!({
-        "pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
-        "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50
-    })
+    medchain_tests::sample_record("diabetes")
 }
 
 #[tokio::test]
 async fn the_int8_variant_is_chosen_by_configuration_and_reproduces_its_fixtures() {
-    let app = spawn_disease(SPEC, |s| {
-        s.models.image.card = "diabetes/retina.int8.card.json".into()
-    })
-    .await;
-    assert!(
-        check_variant_fixtures(&app, "diabetes", "/v1/predict/retina", Some("int8")).await >= 8
-    );
-    let m = app.model("retina").await;
-    assert_eq!(m["state"], "ready", "{m}");
-    assert!(
-        m["model_id"]
-            .as_str()
-            .is_some_and(|id| id.ends_with("-int8")),
-        "{m}"
-    );
+    let n = check_int8_variant(SPEC, "diabetes", "retina", "/v1/predict/retina").await;
+    assert!(n >= 8, "{n} fixtures");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use medchain_diabetes_svc::SPEC;
 use medchain_shared::ml::remote::Location;
 use medchain_tests::{TestApp, models_dir, spawn_disease};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -97,8 +97,7 @@ fn retina_png() -> Vec<u8> {
 }
 
 fn tabular() -> Value {
-    json!({"pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
-           "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50})
+    medchain_tests::sample_record("diabetes")
 }
 
 fn cached_files(dir: &Path) -> Vec<String> {

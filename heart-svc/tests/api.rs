@@ -3,33 +3,19 @@
 
 use medchain_heart_svc::SPEC;
 use medchain_tests::{
-    assert_problem, check_image_fixtures, check_tabular_fixtures, check_variant_fixtures, fixtures,
+    assert_problem, check_image_fixtures, check_int8_variant, check_tabular_fixtures, fixtures,
     spawn_disease,
 };
 use serde_json::{Value, json};
 
 fn valid_body() -> Value {
-    json!({
-        "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
-        "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6
-    })
+    medchain_tests::sample_record("heart")
 }
 
 #[tokio::test]
 async fn the_int8_variant_is_chosen_by_configuration_and_reproduces_its_fixtures() {
-    let app = spawn_disease(SPEC, |s| {
-        s.models.image.card = "heart/ecg.int8.card.json".into()
-    })
-    .await;
-    assert!(check_variant_fixtures(&app, "heart", "/v1/predict/ecg", Some("int8")).await >= 8);
-    let m = app.model("ecg").await;
-    assert_eq!(m["state"], "ready", "{m}");
-    assert!(
-        m["model_id"]
-            .as_str()
-            .is_some_and(|id| id.ends_with("-int8")),
-        "{m}"
-    );
+    let n = check_int8_variant(SPEC, "heart", "ecg", "/v1/predict/ecg").await;
+    assert!(n >= 8, "{n} fixtures");
 }
 
 #[tokio::test]

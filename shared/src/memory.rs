@@ -16,17 +16,26 @@ pub struct MemoryFigures {
 
 /// Reads the figures now. Missing files (not Linux, no cgroup) read as 0 / `None`.
 pub fn read() -> MemoryFigures {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let (rss_bytes, peak_rss_bytes) = resident("self").unwrap_or_default();
     MemoryFigures {
-        rss_bytes: status_kib(&status, "VmRSS:") * 1024,
-        peak_rss_bytes: status_kib(&status, "VmHWM:") * 1024,
+        rss_bytes,
+        peak_rss_bytes,
         cgroup_limit_bytes: cgroup_limit(),
     }
 }
 
 /// Current RSS in bytes.
 pub fn rss_bytes() -> u64 {
-    read().rss_bytes
+    resident("self").map_or(0, |(rss, _)| rss)
+}
+
+/// `VmRSS` and `VmHWM` in bytes of a process (`"self"` or a pid), or `None` if it is gone.
+pub fn resident(pid: impl std::fmt::Display) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((
+        status_kib(&status, "VmRSS:") * 1024,
+        status_kib(&status, "VmHWM:") * 1024,
+    ))
 }
 
 fn status_kib(status: &str, key: &str) -> u64 {

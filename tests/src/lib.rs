@@ -14,6 +14,22 @@ pub fn models_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
 }
 
+/// A valid tabular request for `disease` (`diabetes`: a Pima record with insulin unknown;
+/// `heart`: a Cleveland record), used wherever a test or the benchmark needs a good body.
+pub fn sample_record(disease: &str) -> Value {
+    match disease {
+        "diabetes" => serde_json::json!({
+            "pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
+            "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50
+        }),
+        "heart" => serde_json::json!({
+            "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
+            "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6
+        }),
+        other => panic!("no sample record for `{other}`"),
+    }
+}
+
 /// `models/examples/fixtures.json`.
 pub fn fixtures() -> Value {
     let path = models_dir().join("examples/fixtures.json");
@@ -280,6 +296,28 @@ pub async fn check_tabular_fixtures(app: &TestApp, disease: &str) -> usize {
 /// demo notice; returns how many.
 pub async fn check_image_fixtures(app: &TestApp, disease: &str, route: &str) -> usize {
     check_variant_fixtures(app, disease, route, None).await
+}
+
+/// Serves `disease`'s image model (`model`, at `route`) from its int8 card, chosen by
+/// configuration, and checks that the variant reproduces its own fixtures; returns how many.
+pub async fn check_int8_variant(
+    spec: DiseaseSpec,
+    disease: &str,
+    model: &str,
+    route: &str,
+) -> usize {
+    let card = format!("{disease}/{model}.int8.card.json");
+    let app = spawn_disease(spec, move |s| s.models.image.card = card).await;
+    let n = check_variant_fixtures(&app, disease, route, Some("int8")).await;
+    let m = app.model(model).await;
+    assert_eq!(m["state"], "ready", "{m}");
+    assert!(
+        m["model_id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("-int8")),
+        "{m}"
+    );
+    n
 }
 
 /// As [`check_image_fixtures`], for a model variant's own fixtures (`Some("int8")`), with the

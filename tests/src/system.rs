@@ -311,18 +311,10 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 
 /// VmRSS / VmHWM of a process.
 pub fn mem(pid: u32) -> Option<Mem> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-    };
+    let (rss, hwm) = medchain_shared::memory::resident(pid)?;
     Some(Mem {
-        rss_mb: field("VmRSS:")?,
-        hwm_mb: field("VmHWM:")?,
+        rss_mb: rss as f64 / 1048576.0,
+        hwm_mb: hwm as f64 / 1048576.0,
     })
 }
 

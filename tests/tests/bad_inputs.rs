@@ -34,10 +34,7 @@ async fn system() -> String {
 }
 
 fn valid() -> Value {
-    json!({
-        "pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
-        "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50
-    })
+    medchain_tests::sample_record("diabetes")
 }
 
 fn with(k: &str, v: Value) -> Vec<u8> {

@@ -3,7 +3,6 @@
 
 use medchain_diabetes_svc::SPEC;
 use medchain_tests::{assert_problem, models_copy, spawn_disease};
-use serde_json::json;
 
 #[tokio::test]
 async fn a_missing_model_file_fails_its_endpoint_only() {
@@ -25,10 +24,7 @@ async fn a_missing_model_file_fails_its_endpoint_only() {
     );
     app.post_json_ok(
         "/v1/predict/tabular",
-        &json!({
-            "pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
-            "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50
-        }),
+        &medchain_tests::sample_record("diabetes"),
     )
     .await;
     assert_eq!(app.get("/healthz").await.status(), 200);

@@ -7,10 +7,7 @@ use medchain_tests::{assert_problem, spawn_disease};
 use serde_json::{Value, json};
 
 fn body() -> Value {
-    json!({
-        "pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
-        "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50
-    })
+    medchain_tests::sample_record("diabetes")
 }
 
 #[tokio::test]

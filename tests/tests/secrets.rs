@@ -48,11 +48,8 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
     let client = reqwest::Client::new();
 
     // A tabular prediction and an image prediction, both recorded.
-    let body = json!({
-        "pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
-        "insulin": null, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50,
-        "patient_id": PATIENT
-    });
+    let mut body = medchain_tests::sample_record("diabetes");
+    body["patient_id"] = json!(PATIENT);
     let res = client
         .post(format!("{gw}/diabetes/predict/tabular"))
         .header("x-api-key", &api_key)

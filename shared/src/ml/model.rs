@@ -309,6 +309,7 @@ impl LazyModel {
         let card = self.card.as_ref().map_err(Clone::clone)?.clone();
         self.memory_guard(&card)?;
         let remote = self.source.is_some();
+        let mut downloaded = false;
         if let Some(url) = &self.source
             && !self.onnx_path.is_file()
         {
@@ -321,6 +322,7 @@ impl LazyModel {
                 &self.download,
             )
             .await?;
+            downloaded = true;
         }
         let path = self.onnx_path.clone();
         let runtime = self.runtime.clone();
@@ -328,9 +330,13 @@ impl LazyModel {
         let start = Instant::now();
         let verified = self.verified.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
-            // Hashed again at every load, whatever readiness saw; the result also serves
-            // readiness. A bad downloaded copy is not kept: the next load fetches it again.
-            if let Err(e) = checked_hash(&path, &card.sha256, &verified) {
+            // Hashed at every load, whatever readiness saw (the result also serves readiness),
+            // except right after a download, which hashed these very bytes as they arrived. A
+            // bad cached copy is not kept: the next load fetches it again.
+            if downloaded {
+                let stamp = file_stamp(&path)?;
+                *verified.lock().unwrap_or_else(|e| e.into_inner()) = Some((stamp, Ok(())));
+            } else if let Err(e) = checked_hash(&path, &card.sha256, &verified) {
                 if remote {
                     let _ = std::fs::remove_file(&path);
                 }

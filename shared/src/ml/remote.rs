@@ -114,6 +114,8 @@ pub async fn fetch(
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the model cache {}: {e}", dir.display()))?;
+    // Not `http::client_builder`: that one is for service-to-service calls and ignores proxy
+    // settings, while a model host is outside and may only be reachable through HTTPS_PROXY.
     crate::http::init_tls();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(settings.stall_secs.max(1)))

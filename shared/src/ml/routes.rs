@@ -353,10 +353,10 @@ async fn predict_image(
     let model = &models.image;
     let card = model.card()?.clone();
     let limits = &models.image_limits;
-    check_multipart_headers(&req, limits.max_bytes)?;
+    let body_len = check_multipart_headers(&req, limits.max_bytes)?;
     // The permit is taken before the body is read, so waiting uploads are bounded too.
     let permit = model.admit()?;
-    let (bytes, patient_id) = read_image_upload(&req, payload, limits.max_bytes).await?;
+    let (bytes, patient_id) = read_image_upload(&req, payload, limits.max_bytes, body_len).await?;
     let pre = card
         .preprocessing
         .clone()
@@ -405,7 +405,8 @@ async fn predict_image(
     Ok(HttpResponse::Ok().json(p))
 }
 
-fn check_multipart_headers(req: &HttpRequest, max_bytes: usize) -> ApiResult<()> {
+/// Checks the upload's headers; returns its declared length (0 when not declared).
+fn check_multipart_headers(req: &HttpRequest, max_bytes: usize) -> ApiResult<usize> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -433,7 +434,7 @@ fn check_multipart_headers(req: &HttpRequest, max_bytes: usize) -> ApiResult<()>
     if declared.is_some_and(|n| n > max_bytes + 16 * 1024) {
         return Err(too_large(max_bytes));
     }
-    Ok(())
+    Ok(declared.unwrap_or(0))
 }
 
 fn too_large(max_bytes: usize) -> ApiError {
@@ -447,13 +448,8 @@ async fn read_image_upload(
     req: &HttpRequest,
     payload: web::Payload,
     max_bytes: usize,
+    body_len: usize,
 ) -> ApiResult<(Vec<u8>, Option<String>)> {
-    let body_len = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
     let mut form = Multipart::new(req.headers(), payload);
     let mut image: Option<Vec<u8>> = None;
     let mut patient_id = None;
