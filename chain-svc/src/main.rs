@@ -2,6 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    medchain_shared::memory::tune_allocator();
     let settings = medchain_chain_svc::Settings::load()?;
     if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
         std::process::exit(code);

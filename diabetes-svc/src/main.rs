@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    medchain_shared::memory::limit_malloc_arenas(2);
+    medchain_shared::memory::tune_allocator();
     let settings = medchain_diabetes_svc::load_settings()?;
     if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
         std::process::exit(code);

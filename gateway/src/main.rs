@@ -4,6 +4,7 @@ use medchain_gateway::{Settings, build};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    medchain_shared::memory::tune_allocator();
     let settings = Settings::load()?;
     if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
         std::process::exit(code);

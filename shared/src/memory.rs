@@ -97,24 +97,90 @@ pub fn release_free_memory() {
     }
 }
 
-/// Caps glibc's malloc arenas (unless `MALLOC_ARENA_MAX` is set): with one arena per thread
-/// that ever allocated, activations freed by inference on many blocking threads stay cached
-/// in many arenas and RSS grows with concurrency. Measured in the README (`bench_service.py`).
+/// glibc malloc settings for a long-running service (each unless its `MALLOC_*_` environment
+/// variable is set, so an operator can still override it):
+///
+/// - at most 2 arenas (`MALLOC_ARENA_MAX`): with one arena per thread that ever allocated,
+///   activations freed by inference on many blocking threads stay cached in many arenas and
+///   RSS grows with concurrency (measured in the README, `bench_service.py`);
+/// - a fixed mmap threshold of 256 KiB (`MALLOC_MMAP_THRESHOLD_`): by default glibc raises the
+///   threshold to the size of every large block freed (up to 32 MiB), after which upload
+///   buffers, decoded images and ONNX Runtime's transient load buffers come from the heap and
+///   stay there once freed — heart-svc kept 157 MB of free heap after loading its models and
+///   crept up under 3000×2000 uploads (README, "Soak"). With the threshold fixed, blocks of
+///   256 KiB and more are mapped and unmapped, so freeing them returns them to the kernel;
+/// - a trim every [`TRIM_EVERY`] (a background thread): glibc returns free pages in the middle
+///   of its heap only when asked (`malloc_trim`), so RSS rose and fell by several MB with
+///   whatever the last requests left behind (jemalloc or mimalloc purge such pages after a
+///   delay on their own; this is the same for glibc). Each trim's duration goes to the
+///   `process_heap_trim_seconds` histogram.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-pub fn limit_malloc_arenas(arenas: i32) {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    // SAFETY: mallopt only sets a glibc tunable; M_ARENA_MAX (-8) takes a positive count.
+pub fn tune_allocator() {
+    let unset = |var: &str| std::env::var_os(var).is_none();
+    // SAFETY: mallopt only sets glibc tunables; both take a positive int.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, arenas);
+        if unset("MALLOC_ARENA_MAX") {
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        }
+        if unset("MALLOC_MMAP_THRESHOLD_") {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
     }
+    let _ = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(TRIM_EVERY);
+                let start = std::time::Instant::now();
+                release_free_memory();
+                metrics::histogram!(crate::metrics::name("process_heap_trim_seconds"))
+                    .record(start.elapsed().as_secs_f64());
+            }
+        });
 }
 
-/// No-op where the allocator has no such tunable.
+/// How often [`tune_allocator`]'s thread hands free heap pages back to the kernel.
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Arenas [`tune_allocator`] allows.
+pub const ARENAS: i32 = 2;
+/// Allocation size from which [`tune_allocator`] has glibc map memory directly, bytes.
+pub const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// No-op where the allocator has no such tunables.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn limit_malloc_arenas(_arenas: i32) {}
+pub fn tune_allocator() {}
+
+/// What the C allocator holds: bytes handed out and not yet freed, and bytes freed but kept
+/// (not returned to the kernel). RSS that grows while `in_use_bytes` stays flat is memory the
+/// allocator keeps, not a leak.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct HeapFigures {
+    /// Allocated and not freed, bytes (heap chunks in use plus mmapped chunks).
+    pub in_use_bytes: u64,
+    /// Freed but retained by the allocator, bytes.
+    pub free_bytes: u64,
+}
+
+/// The allocator's figures now (glibc's `mallinfo2`, summed over every arena); `None` with
+/// another allocator.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn heap() -> Option<HeapFigures> {
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
+    let m = unsafe { libc::mallinfo2() };
+    Some(HeapFigures {
+        in_use_bytes: (m.uordblks + m.hblkhd) as u64,
+        free_bytes: m.fordblks as u64,
+    })
+}
+
+/// `None` where the allocator has no such call.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap() -> Option<HeapFigures> {
+    None
+}
 
 /// No-op where the allocator has no trim call.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -129,6 +195,20 @@ mod tests {
         let m = read();
         assert!(m.rss_bytes > 1024 * 1024, "{m:?}");
         assert!(m.peak_rss_bytes >= m.rss_bytes, "{m:?}");
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn heap_in_use_follows_an_allocation() {
+        let before = heap().expect("glibc reports its heap");
+        let block = vec![1u8; 8 << 20];
+        let during = heap().expect("glibc reports its heap");
+        // Other test threads allocate too; 8 MB dwarfs what they do meanwhile.
+        assert!(
+            during.in_use_bytes >= before.in_use_bytes + (6 << 20),
+            "{before:?} -> {during:?}"
+        );
+        drop(std::hint::black_box(block));
     }
 
     #[test]

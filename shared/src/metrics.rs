@@ -58,4 +58,8 @@ pub fn record_memory() {
     if let Some(limit) = m.cgroup_limit_bytes {
         metrics::gauge!(name("process_memory_limit_bytes")).set(limit as f64);
     }
+    if let Some(heap) = crate::memory::heap() {
+        metrics::gauge!(name("process_heap_in_use_bytes")).set(heap.in_use_bytes as f64);
+        metrics::gauge!(name("process_heap_free_bytes")).set(heap.free_bytes as f64);
+    }
 }

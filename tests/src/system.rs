@@ -45,6 +45,31 @@ pub struct System {
     data: tempfile::TempDir,
 }
 
+/// What a process' allocator holds, MB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heap {
+    pub in_use_mb: f64,
+    pub free_mb: f64,
+}
+
+/// The heap gauges from a Prometheus exposition, whatever the service's prefix.
+pub fn parse_heap(exposition: &str) -> Option<Heap> {
+    let gauge = |suffix: &str| {
+        exposition.lines().find_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            name.ends_with(suffix)
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+    };
+    Some(Heap {
+        in_use_mb: gauge("_process_heap_in_use_bytes")? / MB,
+        free_mb: gauge("_process_heap_free_bytes")? / MB,
+    })
+}
+
+const MB: f64 = 1024.0 * 1024.0;
+
 /// Memory of one process, MB.
 #[derive(Debug, Clone, Copy)]
 pub struct Mem {
@@ -200,6 +225,26 @@ impl System {
             }
         }
         ok
+    }
+
+    /// Each service's allocator figures (`process_heap_in_use_bytes` and
+    /// `process_heap_free_bytes` from its `/metrics`), MB; `None` where they cannot be read.
+    pub async fn heap(&self) -> Vec<(String, Option<Heap>)> {
+        let client = reqwest::Client::new();
+        let mut out = Vec::new();
+        for s in &self.services {
+            let text = match client
+                .get(format!("{}/metrics", s.url()))
+                .header(medchain_shared::auth::INTERNAL_TOKEN_HEADER, &self.token)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.text().await.ok(),
+                _ => None,
+            };
+            out.push((s.name.to_string(), text.as_deref().and_then(parse_heap)));
+        }
+        out
     }
 
     /// Open file descriptors per service.
