@@ -433,7 +433,7 @@ fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             .as_str()
             .map_or(String::new(), |x| format!(" (first: {x})"))
     )?;
-    md.push_str("Drift is the last sample against the first (taken right after the warm-up); the trend is the same through the least-squares line over all samples (growth that goes on, whatever the allocator's ups and downs at the two samples compared); the second-half drift compares the last sample with the middle one, after the allocators have seen the whole mix — growth that continues there is what a leak looks like. Heap in use is what the process' allocator has handed out and not got back (glibc's `mallinfo2`, from the service's `/metrics`): RSS that moves while it stays flat is memory the allocator holds, not a leak.\n\n| process | RSS after warm-up MB | RSS at mid-run MB | RSS at end MB | sampled min–max MB | drift | trend | second-half drift | fds after warm-up | fds at end | heap in use after warm-up → end MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("Each sample is taken once the services have been quiet for a moment (two of their 1 s allocator trims), so it measures what stays resident; the RSS read right after each round, with the round's last allocations still in place, is in the JSON and its drift in the last column. Drift is the last sample against the first (taken right after the warm-up); the trend is the same through the least-squares line over all samples (growth that goes on, whatever the allocator's ups and downs at the two samples compared); the second-half drift compares the last sample with the middle one, after the allocators have seen the whole mix — growth that continues there is what a leak looks like. Heap in use is what the process' allocator has handed out and not got back (glibc's `mallinfo2`, from the service's `/metrics`): RSS that moves while it stays flat is memory the allocator holds, not a leak.\n\n| process | RSS after warm-up MB | RSS at mid-run MB | RSS at end MB | sampled min–max MB | drift | trend | second-half drift | fds after warm-up | fds at end | heap in use after warm-up → end MB | drift right after the round (MB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let samples = v["samples"].as_array().cloned().unwrap_or_default();
     let rss_at = |i: usize, name: &str| {
         samples
@@ -452,7 +452,7 @@ fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
         };
         writeln!(
             md,
-            "| {name} | {} | {} | {} | {}–{} | {}% | {} | {second} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {}–{} | {}% | {} | {second} | {} | {} | {} | {} |",
             f(&d["rss_after_warmup_mb"], 1),
             m.map_or("–".into(), |x| format!("{x:.1}")),
             f(&d["rss_end_mb"], 1),
@@ -469,6 +469,14 @@ fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
                 d["heap_in_use_end_mb"].as_f64()
             ) {
                 (Some(a), Some(b)) => format!("{a:.1} → {b:.1}"),
+                _ => "–".into(),
+            },
+            match (
+                d["rss_right_after_round_start_mb"].as_f64(),
+                d["rss_right_after_round_end_mb"].as_f64(),
+                d["drift_right_after_round_pct"].as_f64()
+            ) {
+                (Some(a), Some(b), Some(p)) if a > 0.0 => format!("{p:.1}% ({a:.1} → {b:.1})"),
                 _ => "–".into(),
             }
         )?;

@@ -1,8 +1,10 @@
 //! `medchain-bench soak`: a long stream of requests through the gateway (tabular to both
 //! diseases, one in fifty carrying a patient id so chain-svc records it; images to both image
 //! models, alternating 224×224 and 3000×2000 JPEGs), in rounds. After a warm-up, every
-//! process' RSS and open file descriptors are sampled after each round; the drift is the last
-//! sample against the first, and the run fails nothing silently: every non-2xx is counted.
+//! process' RSS is read right after each round, and again with its open file descriptors and
+//! heap once the services have been quiet for [`SETTLE`] (their allocator trims every second:
+//! what is still resident then is what stays). The drift is the last sample against the first,
+//! and the run fails nothing silently: every non-2xx is counted.
 
 use std::time::Instant;
 
@@ -14,11 +16,21 @@ use medchain_tests::system::System;
 
 const ROUNDS: usize = 20;
 
+/// Quiet time before each settled sample: two of the services' trim periods, so every
+/// service has handed back what the round's last requests freed.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(
+    2 * medchain_shared::memory::TRIM_EVERY.as_millis() as u64 + 200,
+);
+
 fn say(msg: &str) {
     eprintln!("==> {msg}");
 }
 
+/// RSS right after the round, then everything once the services have been quiet for
+/// [`SETTLE`].
 async fn sample(sys: &System, round: usize, sent_tabular: usize, sent_images: usize) -> Value {
+    let busy = sys.memory();
+    tokio::time::sleep(SETTLE).await;
     let fds = sys.fds();
     let heap = sys.heap().await;
     json!({
@@ -28,9 +40,11 @@ async fn sample(sys: &System, round: usize, sent_tabular: usize, sent_images: us
         "processes": sys.memory().into_iter().map(|(name, m)| {
             let fd = fds.iter().find(|(n, _)| *n == name).map(|(_, f)| *f);
             let heap = heap.iter().find(|(n, _)| *n == name).and_then(|(_, h)| *h);
+            let busy = busy.iter().find(|(n, _)| *n == name).map(|(_, b)| b.rss_mb);
             json!({
                 "name": name,
                 "rss_mb": m.rss_mb,
+                "rss_right_after_round_mb": busy,
                 "fds": fd,
                 "heap_in_use_mb": heap.map(|h| h.in_use_mb),
                 "heap_free_mb": heap.map(|h| h.free_mb),
@@ -209,6 +223,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                 .find(|q| q["name"] == name);
             let rss0 = p["rss_mb"].as_f64().unwrap_or(0.0);
             let rss1 = end.and_then(|q| q["rss_mb"].as_f64()).unwrap_or(0.0);
+            let busy0 = p["rss_right_after_round_mb"].as_f64().unwrap_or(0.0);
+            let busy1 = end
+                .and_then(|q| q["rss_right_after_round_mb"].as_f64())
+                .unwrap_or(0.0);
             let series: Vec<f64> = samples
                 .iter()
                 .filter_map(|s| {
@@ -229,6 +247,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                 "rss_min_sample_mb": if min.is_finite() { json!(min) } else { Value::Null },
                 "trend_drift_pct": trend_pct(&series),
                 "drift_pct": if rss0 > 0.0 { (rss1 - rss0) / rss0 * 100.0 } else { 0.0 },
+                "rss_right_after_round_start_mb": busy0,
+                "rss_right_after_round_end_mb": busy1,
+                "drift_right_after_round_pct": if busy0 > 0.0 { (busy1 - busy0) / busy0 * 100.0 } else { 0.0 },
                 "fds_after_warmup": p["fds"],
                 "fds_end": end.map(|q| q["fds"].clone()),
                 "heap_in_use_after_warmup_mb": p["heap_in_use_mb"],

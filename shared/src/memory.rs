@@ -141,7 +141,7 @@ pub fn tune_allocator() {
 }
 
 /// How often [`tune_allocator`]'s thread hands free heap pages back to the kernel.
-pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Arenas [`tune_allocator`] allows.
 pub const ARENAS: i32 = 2;
