@@ -320,15 +320,16 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             f(&w["service_inference_p50_ms"], 2)
         )?;
     }
-    md.push_str("\n### The floor: raw ONNX Runtime per model, one input\n\nThe same session options and input (preprocessed by the service's code) in the benchmark process, services idle; ratio = end-to-end p50 at c=1 ÷ the floor's p50.\n\n| endpoint | threads | runs | ORT p50 ms | e2e direct ms | ratio | e2e gateway ms | ratio |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n### The floor: raw ONNX Runtime per model, one input\n\nThe same session options and input (preprocessed by the service's code) in the benchmark process, services idle; ratio = end-to-end p50 at c=1 ÷ the floor's p50. Decode + preprocess is the service's own image decoding and preprocessing of the same upload, timed the same way: part of what end-to-end adds to the floor.\n\n| endpoint | threads | runs | ORT p50 ms | decode + preprocess p50 ms | e2e direct ms | ratio | e2e gateway ms | ratio |\n|---|---|---|---|---|---|---|---|---|\n");
     for fl in v["floor"].as_array().into_iter().flatten() {
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s(&fl["endpoint"]),
             fl["intra_threads"],
             fl["runs"],
             f(&fl["p50_ms"], 3),
+            f(&fl["preprocess_p50_ms"], 3),
             f(&fl["e2e_p50_ms_direct"], 2),
             f(&fl["ratio_direct"], 2),
             f(&fl["e2e_p50_ms_gateway"], 2),
@@ -433,7 +434,7 @@ fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             .as_str()
             .map_or(String::new(), |x| format!(" (first: {x})"))
     )?;
-    md.push_str("Each sample is taken once the services have been quiet for a moment (two of their 1 s allocator trims), so it measures what stays resident; the RSS read right after each round, with the round's last allocations still in place, is in the JSON and its drift in the last column. Drift is the last sample against the first (taken right after the warm-up); the trend is the same through the least-squares line over all samples (growth that goes on, whatever the allocator's ups and downs at the two samples compared); the second-half drift compares the last sample with the middle one, after the allocators have seen the whole mix — growth that continues there is what a leak looks like. Heap in use is what the process' allocator has handed out and not got back (glibc's `mallinfo2`, from the service's `/metrics`): RSS that moves while it stays flat is memory the allocator holds, not a leak.\n\n| process | RSS after warm-up MB | RSS at mid-run MB | RSS at end MB | sampled min–max MB | drift | trend | second-half drift | fds after warm-up | fds at end | heap in use after warm-up → end MB | drift right after the round (MB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("Each sample is taken once the services have been quiet for 6 s (longer than their 5 s HTTP keep-alive and two of their 1 s allocator trims), so it counts what stays: memory still resident, descriptors still open; the RSS read right after each round, with the round's last allocations still in place, is in the JSON and its drift in the last column. Drift is the last sample against the first (taken right after the warm-up); the trend is the same through the least-squares line over all samples (growth that goes on, whatever the allocator's ups and downs at the two samples compared); the second-half drift compares the last sample with the middle one, after the allocators have seen the whole mix — growth that continues there is what a leak looks like. Heap in use is what the process' allocator has handed out and not got back (glibc's `mallinfo2`, from the service's `/metrics`): RSS that moves while it stays flat is memory the allocator holds, not a leak.\n\n| process | RSS after warm-up MB | RSS at mid-run MB | RSS at end MB | sampled min–max MB | drift | trend | second-half drift | fds after warm-up | fds at end | heap in use after warm-up → end MB | drift right after the round (MB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let samples = v["samples"].as_array().cloned().unwrap_or_default();
     let rss_at = |i: usize, name: &str| {
         samples

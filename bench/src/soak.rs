@@ -2,8 +2,8 @@
 //! diseases, one in fifty carrying a patient id so chain-svc records it; images to both image
 //! models, alternating 224×224 and 3000×2000 JPEGs), in rounds. After a warm-up, every
 //! process' RSS is read right after each round, and again with its open file descriptors and
-//! heap once the services have been quiet for [`SETTLE`] (their allocator trims every second:
-//! what is still resident then is what stays). The drift is the last sample against the first,
+//! heap once the services have been quiet for [`SETTLE`] (idle connections closed, allocators
+//! trimmed: what is still there then is what stays). The drift is the last sample against the first,
 //! and the run fails nothing silently: every non-2xx is counted.
 
 use std::time::Instant;
@@ -16,11 +16,13 @@ use medchain_tests::system::System;
 
 const ROUNDS: usize = 20;
 
-/// Quiet time before each settled sample: two of the services' trim periods, so every
-/// service has handed back what the round's last requests freed.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(
-    2 * medchain_shared::memory::TRIM_EVERY.as_millis() as u64 + 200,
-);
+/// Quiet time before each settled sample: longer than the services' HTTP keep-alive (actix-web's
+/// 5 s), so the round's idle connections have closed — sampled any earlier, the count of open
+/// descriptors depended on whether a sample fell before or after that timeout — and than two
+/// of their allocator trim periods, so every service has handed back what the round's last
+/// requests freed.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(6);
+const _: () = assert!(SETTLE.as_millis() > 2 * medchain_shared::memory::TRIM_EVERY.as_millis());
 
 fn say(msg: &str) {
     eprintln!("==> {msg}");

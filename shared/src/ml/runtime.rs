@@ -26,6 +26,9 @@ pub struct RuntimeSettings {
     /// ONNX Runtime's weight pre-packing (`session.disable_prepacking` when off): faster
     /// matrix products for a second, re-laid-out copy of the weights.
     pub prepacking: bool,
+    /// Whether ONNX Runtime's intra-op threads spin-wait for work between parallel sections
+    /// (`session.intra_op.allow_spinning`) rather than sleep.
+    pub spinning: bool,
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -116,6 +119,8 @@ pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Ses
         .with_intra_threads(settings.threads())
         .map_err(err)?
         .with_memory_pattern(settings.memory_pattern)
+        .map_err(err)?
+        .with_intra_op_spinning(settings.spinning)
         .map_err(err)?
         .with_config_entry(
             "session.disable_prepacking",
