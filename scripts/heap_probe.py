@@ -148,6 +148,13 @@ def main() -> None:
                     list(pool.map(lambda i: one(kind, i), range(done, done + k)))
                     done += k
                     sample(f"{kind} {done}")
+        metrics = req("/metrics").decode().splitlines()
+        trims = {l.split()[0].rsplit("_", 1)[-1]: float(l.split()[1]) for l in metrics
+                 if l.split(" ")[0].endswith(("_process_heap_trim_seconds_sum",
+                                               "_process_heap_trim_seconds_count"))}
+        if trims.get("count"):
+            print(f"heap trims: {trims['count']:.0f}, mean "
+                  f"{trims['sum'] / trims['count'] * 1e3:.2f} ms")
     finally:
         for p in reversed(procs):
             p.terminate()
