@@ -3,6 +3,7 @@
 //! ResNet50 is loaded. Without the fixed mmap threshold (`memory::tune_allocator`), glibc kept
 //! them as 157 MB of free heap (README, "Soak"); with it, a few MB.
 
+use medchain_tests::TestApp;
 use medchain_tests::system::{System, debug_bin_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,26 +13,19 @@ async fn heart_svc_keeps_no_large_free_heap_after_loading_its_image_model() {
     let sys = System::start(&bin, logs.path(), None, &[])
         .await
         .expect("the system starts");
-    let gw = format!("{}/api/v1", sys.get("gateway").url());
+    let gateway = TestApp {
+        address: format!("{}/api/v1", sys.get("gateway").url()),
+        client: reqwest::Client::new(),
+        token: None,
+    };
     let ecg = std::fs::read(
         medchain_tests::models_dir().join("examples/ecg/2-myocardial_infarction-0.jpg"),
     )
     .expect("example");
-    let client = reqwest::Client::new();
     for _ in 0..3 {
-        let form = reqwest::multipart::Form::new().part(
-            "image",
-            reqwest::multipart::Part::bytes(ecg.clone())
-                .file_name("ecg.jpg")
-                .mime_str("image/jpeg")
-                .expect("mime"),
-        );
-        let res = client
-            .post(format!("{gw}/heart/predict/ecg"))
-            .multipart(form)
-            .send()
-            .await
-            .expect("upload");
+        let res = gateway
+            .post_image("/heart/predict/ecg", ecg.clone(), "ecg.jpg")
+            .await;
         assert_eq!(res.status(), 200);
     }
 
