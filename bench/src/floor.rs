@@ -49,14 +49,14 @@ pub fn measure(
             let prep = || {
                 image::prepare(bytes, pre, &settings.images).map_err(|e| anyhow::anyhow!("{e:?}"))
             };
+            let mut p = prep()?;
             for i in 0..runs + 3 {
                 let start = Instant::now();
-                std::hint::black_box(prep()?);
+                p = std::hint::black_box(prep()?);
                 if i >= 3 {
                     prep_times.push(start.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            let p = prep()?;
             let shape = vec![1, 3, i64::from(p.height), i64::from(p.width)];
             let out = card.logits_output().unwrap_or("logits");
             (shape, p.tensor, out.to_string())

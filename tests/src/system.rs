@@ -54,14 +54,7 @@ pub struct Heap {
 
 /// The heap gauges from a Prometheus exposition, whatever the service's prefix.
 pub fn parse_heap(exposition: &str) -> Option<Heap> {
-    let gauge = |suffix: &str| {
-        exposition.lines().find_map(|l| {
-            let (name, value) = l.split_once(' ')?;
-            name.ends_with(suffix)
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
-    };
+    let gauge = |suffix: &str| line_value::<f64>(exposition, |name| name.ends_with(suffix));
     Some(Heap {
         in_use_mb: gauge("_process_heap_in_use_bytes")? / MB,
         free_mb: gauge("_process_heap_free_bytes")? / MB,
@@ -358,8 +351,8 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 pub fn mem(pid: u32) -> Option<Mem> {
     let (rss, hwm) = medchain_shared::memory::resident(pid)?;
     Some(Mem {
-        rss_mb: rss as f64 / 1048576.0,
-        hwm_mb: hwm as f64 / 1048576.0,
+        rss_mb: rss as f64 / MB,
+        hwm_mb: hwm as f64 / MB,
     })
 }
 
@@ -436,18 +429,23 @@ impl Cgroup {
         json!({
             "cgroup": self.dir.display().to_string(),
             "version": if self.v2 { 2 } else { 1 },
-            "limit_mb": limit.map(|b| b as f64 / 1048576.0),
-            "peak_usage_mb": peak.map(|b| b as f64 / 1048576.0),
+            "limit_mb": limit.map(|b| b as f64 / MB),
+            "peak_usage_mb": peak.map(|b| b as f64 / MB),
             "oom_kills": oom_kills,
         })
     }
 }
 
-fn key_value(text: &str, key: &str) -> Option<u64> {
+/// The value of the first `name value` line whose name matches (cgroup files, Prometheus).
+fn line_value<T: std::str::FromStr>(text: &str, matches: impl Fn(&str) -> bool) -> Option<T> {
     text.lines()
         .filter_map(|l| l.split_once(' '))
-        .find(|(k, _)| *k == key)
+        .find(|(k, _)| matches(k))
         .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+fn key_value(text: &str, key: &str) -> Option<u64> {
+    line_value(text, |k| k == key)
 }
 
 impl Drop for Cgroup {
