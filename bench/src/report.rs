@@ -73,6 +73,16 @@ fn s(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
+/// An array of strings as one space-separated line.
+fn words(v: &Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn mark(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "met",
@@ -338,6 +348,7 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     }
     int8_md(md, v)?;
     cgroup_md(md, &v["cgroup_run"])?;
+    single_md(md, &v["single_instance"])?;
     if let Some(ex) = v["exited_during_run"].as_array()
         && !ex.is_empty()
     {
@@ -385,7 +396,13 @@ fn cgroup_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
         writeln!(md, "Not run: {}.", s(&c["reason"]))?;
         return Ok(());
     }
-    md.push_str("The same first predictions and load phases, each service started inside its own memory cgroup with a 512 MB kernel limit (cgroup peak includes page cache, as a container's does).\n\n| service | cgroup peak MB | OOM kills | alive at the end |\n|---|---|---|---|\n");
+    md.push_str("The same first predictions and load phases, each service started inside its own memory cgroup with a 512 MB kernel limit (cgroup peak includes page cache, as a container's does).\n\n");
+    writeln!(
+        md,
+        "Page cache dropped before the run (so that library and model files are charged to these cgroups, as in fresh containers): {}.\n",
+        c["page_cache_dropped"]
+    )?;
+    md.push_str("| service | cgroup peak MB | OOM kills | alive at the end |\n|---|---|---|---|\n");
     for (name, st) in c["services"].as_object().into_iter().flatten() {
         writeln!(
             md,
@@ -414,6 +431,66 @@ fn cgroup_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
     } else {
         writeln!(md, "\nFailures in the cgroup run: {}", failed.join("; "))?;
     }
+    Ok(())
+}
+
+fn single_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
+    md.push_str(
+        "\n### All four services in one 512 MB memory cgroup (the single-instance image)\n\n",
+    );
+    if c["ran"] != true {
+        writeln!(md, "Not run: {}.", s(&c["reason"]))?;
+        return Ok(());
+    }
+    md.push_str("The same first predictions and load phases with gateway, diabetes-svc, heart-svc, chain-svc and chain-svc's embedded anvil sharing one memory cgroup with a 512 MB kernel limit, as `deploy/single.Dockerfile` runs them, each run started after dropping the page cache so that the ONNX Runtime library and model files are charged to this cgroup as in a fresh container. The cgroup's peak is what the kernel limit is held against (page cache included, which the kernel reclaims before it would kill; shared library pages counted once); the largest sum of the processes' own peaks (VmHWM) in one phase — first predictions included, so the model-load transients too — counts shared pages once per process and peaks that were not simultaneous, so it is an upper bound.\n\n| ECG model | page cache dropped | cgroup peak MB | largest sum of process peaks in a phase, MB | OOM kills | processes that exited | failed requests |\n|---|---|---|---|---|---|---|\n");
+    let mut settings = Vec::new();
+    for run in c["runs"].as_array().into_iter().flatten() {
+        settings.push(format!(
+            "{}: `{}`",
+            s(&run["ecg_model"]),
+            words(&run["settings"])
+        ));
+        let largest_sum = run["first_predictions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(run["peaks"].as_array().into_iter().flatten())
+            .map(|p| {
+                p["memory"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(_, m)| m["peak_mb"].as_f64())
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max);
+        let failed: u64 = run["peaks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["load"]["failed"].as_u64())
+            .sum::<u64>()
+            + run["first_predictions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["ok"] != true)
+                .count() as u64;
+        writeln!(
+            md,
+            "| {} | {} | {} | {largest_sum:.1} | {} | {} | {failed} |",
+            s(&run["ecg_model"]),
+            run["page_cache_dropped"],
+            f(&run["cgroup"]["peak_usage_mb"], 1),
+            run["cgroup"]["oom_kills"],
+            run["exited"].as_array().map_or(0, Vec::len),
+        )?;
+    }
+    writeln!(
+        md,
+        "\nSettings (deploy/supervise.sh's defaults, read from the script): {}.",
+        settings.join("; ")
+    )?;
     Ok(())
 }
 
@@ -527,13 +604,7 @@ fn int8_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     writeln!(
         md,
         "The int8 run started the system again with `{}` and ran the same first predictions and load phases; agreement and accuracy come from the int8 card (measured by `python -m pipeline.quantize` on the held-out set).\n",
-        q["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect::<Vec<_>>()
-            .join(" ")
+        words(&q["env"])
     )?;
     md.push_str("| model | variant | file MB | service RSS after its load | peak during its load | peak, 16 uploads | e2e p50 direct c=1 ms | ORT p50 ms | held-out accuracy | agreement with fp32 |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for c in q["cards"].as_array().into_iter().flatten() {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::load::{Outcome, Target, drive};
 use crate::{Args, inputs, report};
-use medchain_tests::system::System;
+use medchain_tests::system::{Cgroups, System};
 
 const ROUNDS: usize = 20;
 
@@ -139,7 +139,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let logs = crate::repo_root().join(".data/bench/logs/soak");
     let mut results = report::header(args, "soak")?;
     say("starting the system (release binaries, embedded defaults)");
-    let mut sys = System::start(&args.bin_dir, &logs, None, &[]).await?;
+    let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
     let gw = sys.get("gateway").url();
     let tab = |disease: &str, record: &Value| {
         Target::json(

@@ -466,3 +466,58 @@ async fn a_cmyk_jpeg_is_converted_and_predicts_like_its_rgb_original() {
         assert!((a - b).abs() < 0.05, "rgb {rgb:?} vs cmyk {cmyk:?}");
     }
 }
+
+#[tokio::test]
+async fn image_decodes_and_uploads_are_held_to_their_memory_budgets() {
+    let app = spawn_disease(SPEC, |s| {
+        s.images.decode_budget_mb = 40;
+        s.images.buffer_mb = 1;
+    })
+    .await;
+    let path = "/v1/predict/retina";
+    // A few hundred bytes whose header promises 40 megapixels of 16-bit RGBA: the decoder
+    // alone would need 320 MB. Refused from the header, before anything is decoded.
+    let res = app
+        .post_image(
+            path,
+            medchain_tests::png_header(7000, 5700, 16, 6),
+            "huge.png",
+        )
+        .await;
+    let problem = assert_problem(res, 413, Some("image")).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MB of memory"),
+        "{problem}"
+    );
+    let budget = |all: &Value, which: &str| all["image_memory"][which].clone();
+    assert_eq!(
+        budget(&app.models().await, "decode_budget")["peak_bytes"],
+        0
+    );
+
+    // Real 2400×1800 RGBA PNGs, each needing ~30 MB to decode (17 MB decoder buffer + the
+    // 13 MB RGB copy): six at once all succeed, one decode at a time within 40 MB (two decode
+    // slots would otherwise hold ~60 MB).
+    let img = image::RgbaImage::from_fn(2400, 1800, |x, y| {
+        image::Rgba([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8, 255])
+    });
+    let bytes = png(image::DynamicImage::ImageRgba8(img));
+    let posts = (0..6).map(|_| app.post_image(path, bytes.clone(), "p.png"));
+    for res in futures_util::future::join_all(posts).await {
+        assert_eq!(res.status(), 200);
+    }
+    let all = app.models().await;
+    let decode = budget(&all, "decode_budget");
+    let peak = decode["peak_bytes"].as_u64().expect("peak");
+    assert!(peak > 25 << 20 && peak <= 40 << 20, "{decode}");
+    assert_eq!(decode["in_use_bytes"], 0, "{decode}");
+    let upload = budget(&all, "upload_buffer");
+    assert!(
+        upload["peak_bytes"].as_u64().expect("peak") <= 1 << 20,
+        "{upload}"
+    );
+    assert_eq!(upload["in_use_bytes"], 0, "{upload}");
+}

@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use actix_web::ResponseError;
 use medchain_shared::ApiError;
 use medchain_shared::ml::card::{ModelCard, Preprocessing};
-use medchain_shared::ml::image::{ImageLimits, prepare};
+use medchain_shared::ml::image::{ImageLimits, decode_cost, prepare};
 use medchain_shared::ml::tabular;
 use medchain_shared::request::parse_json;
 
@@ -41,6 +41,8 @@ static RETINA: LazyLock<Preprocessing> = LazyLock::new(|| {
 const LIMITS: ImageLimits = ImageLimits {
     max_bytes: 10 * 1024 * 1024,
     max_megapixels: 40.0,
+    decode_budget_mb: 128,
+    buffer_mb: 64,
 };
 
 fn client_error(e: &ApiError) {
@@ -75,6 +77,9 @@ pub fn json_request(data: &[u8]) {
 
 pub fn image_upload(data: &[u8]) {
     let pre = &*RETINA;
+    // The decode budget's estimate reads the header of anything uploaded, before `prepare`
+    // has vetted it: it must not panic or hang on any input.
+    let _ = decode_cost(data, pre);
     match prepare(data, pre, &LIMITS) {
         Ok(p) => {
             let (w, h) = (pre.resize.width as usize, pre.resize.height as usize);

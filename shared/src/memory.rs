@@ -52,12 +52,29 @@ fn status_kib(status: &str, key: &str) -> u64 {
 /// container's own cgroup, when its path is not visible inside it). "max" or an absurd v1
 /// value (no limit) count as none.
 pub fn cgroup_limit() -> Option<u64> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    limit_from(&own, |p| std::fs::read_to_string(p).ok())
+    cgroup_memory().map(|c| c.limit_bytes)
 }
 
-fn limit_from(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
-    let mut files = Vec::new();
+/// The memory cgroup whose limit applies to this process: that limit, and what the cgroup as
+/// a whole has in use — every process in it, which matters when several services share one
+/// container (the single-instance image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupMemory {
+    /// The cgroup's limit, bytes.
+    pub limit_bytes: u64,
+    /// Its working set (usage less inactive file cache, as `docker stats` and the kubelet
+    /// count it), bytes; `None` when the usage files cannot be read.
+    pub working_set_bytes: Option<u64>,
+}
+
+/// Reads the tightest memory cgroup's limit and working set now; `None` without a limit.
+pub fn cgroup_memory() -> Option<CgroupMemory> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    cgroup_from(&own, |p| std::fs::read_to_string(p).ok())
+}
+
+fn cgroup_from(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<CgroupMemory> {
+    let mut dirs = Vec::new();
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -66,18 +83,60 @@ fn limit_from(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Optio
         };
         let path = path.trim_end_matches('/');
         if controllers.is_empty() {
-            files.push(format!("/sys/fs/cgroup{path}/memory.max"));
+            dirs.push((format!("/sys/fs/cgroup{path}"), CgroupVersion::V2));
         } else if controllers.split(',').any(|c| c == "memory") {
-            files.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+            dirs.push((format!("/sys/fs/cgroup/memory{path}"), CgroupVersion::V1));
         }
     }
-    files.push("/sys/fs/cgroup/memory.max".into());
-    files.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
-    files
-        .iter()
-        .filter_map(|f| read(f))
-        .filter_map(|raw| parse_limit(&raw))
-        .min()
+    dirs.push(("/sys/fs/cgroup".into(), CgroupVersion::V2));
+    dirs.push(("/sys/fs/cgroup/memory".into(), CgroupVersion::V1));
+    let (limit_bytes, dir, version) = dirs
+        .into_iter()
+        .filter_map(|(dir, v)| {
+            let raw = read(&format!("{dir}/{}", v.files().0))?;
+            Some((parse_limit(&raw)?, dir, v))
+        })
+        .min_by_key(|(limit, ..)| *limit)?;
+    let (_, usage_file, inactive_key) = version.files();
+    let working_set_bytes = read(&format!("{dir}/{usage_file}"))
+        .and_then(|u| u.trim().parse::<u64>().ok())
+        .map(|usage| {
+            let inactive = read(&format!("{dir}/memory.stat"))
+                .and_then(|stat| line_value(&stat, inactive_key))
+                .unwrap_or(0);
+            usage.saturating_sub(inactive)
+        });
+    Some(CgroupMemory {
+        limit_bytes,
+        working_set_bytes,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CgroupVersion {
+    V1,
+    V2,
+}
+
+impl CgroupVersion {
+    /// Limit file, usage file, and the `memory.stat` key of inactive file cache.
+    fn files(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::V2 => ("memory.max", "memory.current", "inactive_file"),
+            Self::V1 => (
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            ),
+        }
+    }
+}
+
+/// The number after `key ` on its own line of a `name value` file (`memory.stat`).
+fn line_value(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn parse_limit(raw: &str) -> Option<u64> {
@@ -218,6 +277,10 @@ mod tests {
         assert_eq!(parse_limit("9223372036854771712"), None);
     }
 
+    fn limit_from(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+        cgroup_from(proc_cgroup, read).map(|c| c.limit_bytes)
+    }
+
     #[test]
     fn finds_the_limit_of_its_own_cgroup() {
         let files = |entries: &'static [(&'static str, &'static str)]| {
@@ -255,6 +318,57 @@ mod tests {
         ]);
         assert_eq!(limit_from(v2, read), Some(1 << 30));
         assert_eq!(limit_from("", |_| None), None);
+    }
+
+    #[test]
+    fn the_working_set_is_the_limiting_cgroups_usage_less_inactive_file_cache() {
+        let files = |entries: Vec<(&'static str, &'static str)>| {
+            move |p: &str| {
+                entries
+                    .iter()
+                    .find(|(f, _)| *f == p)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        // v2: a container of several processes; inactive cache does not count, active does.
+        let v2 = "0::/single\n";
+        let read = files(vec![
+            ("/sys/fs/cgroup/single/memory.max", "536870912\n"),
+            ("/sys/fs/cgroup/single/memory.current", "314572800\n"),
+            (
+                "/sys/fs/cgroup/single/memory.stat",
+                "anon 262144000\nfile 52428800\nactive_file 10485760\ninactive_file 41943040\n",
+            ),
+        ]);
+        let c = cgroup_from(v2, read).expect("a limit");
+        assert_eq!(c.limit_bytes, 512 << 20);
+        assert_eq!(c.working_set_bytes, Some((300 - 40) << 20));
+        // v1: the usage and stat files of the same cgroup as the limit, `total_` keys.
+        let v1 = "4:memory:/bench/all\n";
+        let read = files(vec![
+            (
+                "/sys/fs/cgroup/memory/bench/all/memory.limit_in_bytes",
+                "536870912\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/bench/all/memory.usage_in_bytes",
+                "209715200\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/bench/all/memory.stat",
+                "inactive_file 1\ntotal_inactive_file 10485760\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+                "999999999999\n",
+            ),
+        ]);
+        let c = cgroup_from(v1, read).expect("a limit");
+        assert_eq!(c.working_set_bytes, Some(190 << 20));
+        // A limit without readable usage.
+        let read = files(vec![("/sys/fs/cgroup/memory.max", "268435456\n")]);
+        let c = cgroup_from("0::/x\n", read).expect("a limit");
+        assert_eq!((c.limit_bytes, c.working_set_bytes), (256 << 20, None));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 // Drives the web page in headless Chromium against the real system: the diabetes form through
-// to a confirmed, verified audit record; an ECG upload through to its class; keyboard use of
-// the tabs; no Content-Security-Policy violations. Prints "browser: N passed, N failed".
+// to a confirmed, verified audit record; opening the heart form warms heart-svc; an ECG upload
+// through to its class; keyboard use of the tabs; no Content-Security-Policy violations. Prints "browser: N passed, N failed".
 "use strict";
 const path = require("path");
 const fs = require("fs");
@@ -80,11 +80,31 @@ function expect(cond, message) {
       expect(text.startsWith("Verified"), text);
     });
 
+    // What heart-svc has loaded, by model key, as the gateway reports it.
+    const heartModels = async () => {
+      const res = await page.request.get(new URL("/api/v1/heart/models", url).toString());
+      expect(res.ok(), `GET /api/v1/heart/models: ${res.status()}`);
+      const body = await res.json();
+      return Object.fromEntries(body.models.map((m) => [m.key, m.state]));
+    };
+    let heartBefore = {};
+
     await check("the heart tab opens from the keyboard", async () => {
+      heartBefore = await heartModels();
       await page.locator("#tab-diabetes").focus();
       await page.keyboard.press("ArrowRight");
       await page.locator("#panel-heart input[name=chol]").waitFor({ timeout: 30000 });
       expect((await page.locator("#tab-heart").getAttribute("aria-selected")) === "true", "tab selected");
+    });
+
+    await check("opening the heart form warms heart-svc before any heart prediction", async () => {
+      expect(heartBefore.image === "unloaded", `ECG model before the tab opened: ${heartBefore.image}`);
+      let now = {};
+      for (let i = 0; i < 600 && now.image !== "ready"; i += 1) {
+        now = await heartModels();
+        if (now.image !== "ready") await page.waitForTimeout(100);
+      }
+      expect(now.image === "ready" && now.tabular === "ready", `heart models: ${JSON.stringify(now)}`);
     });
 
     await check("an ECG upload shows its class and the demo notice", async () => {

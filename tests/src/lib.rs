@@ -395,11 +395,16 @@ pub fn png(img: image::DynamicImage) -> Vec<u8> {
 /// A PNG whose header claims `w`×`h` pixels, with a token data chunk (a decompression bomb's
 /// header: decoding it would need w×h×3 bytes).
 pub fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    png_header(w, h, 8, 2)
+}
+
+/// Like [`png_header_only`] with another bit depth and PNG colour type (2 = RGB, 6 = RGBA).
+pub fn png_header(w: u32, h: u32, bit_depth: u8, colour_type: u8) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = b"IHDR".to_vec();
     ihdr.extend_from_slice(&w.to_be_bytes());
     ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    ihdr.extend_from_slice(&[bit_depth, colour_type, 0, 0, 0]);
     v.extend_from_slice(&13u32.to_be_bytes());
     v.extend_from_slice(&ihdr);
     v.extend_from_slice(&crc32(&ihdr).to_be_bytes());

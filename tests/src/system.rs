@@ -1,13 +1,15 @@
 //! The whole system as processes: the four service binaries started on free loopback ports
 //! exactly as `scripts/run.sh` starts them (embedded defaults; only ports, data dir, internal
 //! token and the gateway's per-client rate limit are set, plus what the caller adds), each
-//! optionally in its own memory cgroup, and their memory read from `/proc`. Used by the
+//! optionally in its own memory cgroup or all four in one (as in the single-instance image),
+//! and their memory read from `/proc`. Used by the
 //! benchmark command and by whole-system tests.
 
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,6 +18,18 @@ use serde_json::{Value, json};
 /// Start order: the chain first (the disease services record to it), the gateway last.
 pub const NAMES: [&str; 4] = ["chain-svc", "diabetes-svc", "heart-svc", "gateway"];
 
+/// Where the services' memory is charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cgroups {
+    /// Nowhere special: the caller's cgroup.
+    None,
+    /// Each service in its own memory cgroup with this limit (bytes): one container each.
+    EachIn(u64),
+    /// All four (and chain-svc's anvil) in one memory cgroup with this limit (bytes): the
+    /// single-instance image.
+    AllIn(u64),
+}
+
 /// One running service.
 #[derive(Debug)]
 pub struct Service {
@@ -23,7 +37,9 @@ pub struct Service {
     pub port: u16,
     pub pid: u32,
     child: Child,
-    pub cgroup: Option<Cgroup>,
+    /// The memory cgroup it runs in, if one was made (shared by all four with
+    /// [`Cgroups::AllIn`]).
+    pub cgroup: Option<Arc<Cgroup>>,
     /// Spawn → first `/healthz` 200, and → first `/readyz` 200, ms.
     pub healthy_ms: f64,
     pub ready_ms: f64,
@@ -72,13 +88,13 @@ pub struct Mem {
 
 impl System {
     /// Starts the four services from `bin_dir`, one after the other, each waited for until
-    /// ready, each logging to `logs/<name>.log`. `cgroup_limit`: put each in its own memory
-    /// cgroup with this limit (bytes). `extra_env`: more settings for every process (shown
+    /// ready, each logging to `logs/<name>.log`, their memory charged as `cgroups` says.
+    /// `extra_env`: more settings for every process (shown
     /// in [`System::env`] unless `secret`).
     pub async fn start(
         bin_dir: &Path,
         logs: &Path,
-        cgroup_limit: Option<u64>,
+        cgroups: Cgroups,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         medchain_shared::http::init_tls();
@@ -128,14 +144,24 @@ impl System {
             env: shown,
             data,
         };
+        let make = |name: &str, limit: u64| {
+            Cgroup::create(name, limit)
+                .map(Arc::new)
+                .map_err(anyhow::Error::msg)
+        };
+        let all = match cgroups {
+            Cgroups::AllIn(limit) => Some(make("all", limit)?),
+            _ => None,
+        };
         for name in NAMES {
             let bin = bin_dir.join(name);
             if !bin.is_file() {
                 bail!("{} is missing: build it first", bin.display());
             }
-            let cgroup = match cgroup_limit {
-                Some(limit) => Some(Cgroup::create(name, limit).map_err(anyhow::Error::msg)?),
-                None => None,
+            let cgroup = match cgroups {
+                Cgroups::EachIn(limit) => Some(make(name, limit)?),
+                Cgroups::AllIn(_) => all.clone(),
+                Cgroups::None => None,
             };
             let log = fs::File::create(logs.join(format!("{name}.log")))?;
             let mut cmd = match &cgroup {
@@ -347,6 +373,22 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect())
 }
 
+/// The first of `n` consecutive free loopback ports (for programs that take a base port).
+pub fn consecutive_free_ports(n: u16) -> anyhow::Result<u16> {
+    let mut raw = [0u8; 2];
+    for _ in 0..200 {
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let base = 20000 + u16::from_le_bytes(raw) % 40000;
+        let held: Vec<_> = (base..base + n)
+            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return Ok(base);
+        }
+    }
+    bail!("no {n} consecutive free ports found")
+}
+
 /// VmRSS / VmHWM of a process.
 pub fn mem(pid: u32) -> Option<Mem> {
     let (rss, hwm) = medchain_shared::memory::resident(pid)?;
@@ -356,14 +398,20 @@ pub fn mem(pid: u32) -> Option<Mem> {
     })
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|s| {
+/// The pids of a process' direct children (started from any of its threads).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
             s.split_whitespace()
                 .filter_map(|p| p.parse().ok())
-                .collect()
+                .collect::<Vec<u32>>()
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// A memory cgroup made for one service (v1 `memory` hierarchy or v2 unified).

@@ -4,13 +4,13 @@
 //! them as 157 MB of free heap (README, "Soak"); with it, a few MB.
 
 use medchain_tests::TestApp;
-use medchain_tests::system::{System, debug_bin_dir};
+use medchain_tests::system::{Cgroups, System, debug_bin_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heart_svc_keeps_no_large_free_heap_after_loading_its_image_model() {
     let bin = debug_bin_dir();
     let logs = tempfile::tempdir().expect("tempdir");
-    let sys = System::start(&bin, logs.path(), None, &[])
+    let sys = System::start(&bin, logs.path(), Cgroups::None, &[])
         .await
         .expect("the system starts");
     let gateway = TestApp {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use medchain_tests::system::{System, debug_bin_dir};
+use medchain_tests::system::{Cgroups, System, debug_bin_dir};
 use serde_json::{Value, json};
 
 const PATIENT: &str = "PATIENT-Hannelore-Musterfrau-1957";
@@ -33,7 +33,7 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
     let sys = System::start(
         &bin,
         logs.path(),
-        None,
+        Cgroups::None,
         &[
             ("GATEWAY__TELEMETRY__FILTER", trace),
             ("DIABETES__TELEMETRY__FILTER", trace),

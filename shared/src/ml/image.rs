@@ -24,6 +24,16 @@ pub struct ImageLimits {
     pub max_bytes: usize,
     /// Largest decoded image, megapixels, read from the header before decoding (413 beyond).
     pub max_megapixels: f64,
+    /// Memory the service's decodes may hold at once, MiB. Each decode reserves what it will
+    /// need (read from the header: the decoder's buffer at the file's bit depth and channels,
+    /// plus the RGB copy) before it starts, and waits while others hold the budget; an image
+    /// that alone needs more is refused (413). A 10 MB upload can be a 40-megapixel 16-bit
+    /// RGBA PNG that decodes to 320 MB.
+    pub decode_budget_mb: usize,
+    /// Upload bytes the service holds at once (read and not yet decoded), MiB: an upload
+    /// beyond it is not read — its sender is paused — until earlier ones are decoded. One
+    /// upload larger than the budget still goes through, alone.
+    pub buffer_mb: usize,
 }
 
 /// What preprocessing produced.
@@ -50,6 +60,46 @@ fn unsupported(detail: String) -> ApiError {
 
 fn corrupt(e: impl std::fmt::Display) -> ApiError {
     ApiError::invalid(IMAGE_FIELD, format!("the image cannot be decoded: {e}"))
+}
+
+/// What decoding `bytes` for a model of input size `pre.resize` will hold at its peak, bytes,
+/// from the header alone: a JPEG decoded at reduced scale needs a few of its scaled frames; a
+/// full decode needs the decoder's buffer (width × height × bytes per pixel at the file's bit
+/// depth), plus the RGB copy unless it is 8-bit RGB, plus a turned copy when EXIF turns it. `None` when the header
+/// cannot be read — [`prepare`] then answers with the precise error.
+pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
+    let format = match image::guess_format(bytes).ok()? {
+        f @ (ImageFormat::Jpeg | ImageFormat::Png) => f,
+        _ => return None,
+    };
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
+        .ok()?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    let (tw, th) = (pre.resize.width, pre.resize.height);
+    let rgb = |w: u32, h: u32| u64::from(w) * u64::from(h) * 3;
+    let cmyk = matches!(
+        image::ImageDecoder::original_color_type(&decoder),
+        image::ExtendedColorType::Cmyk8
+    );
+    if format == ImageFormat::Jpeg && !cmyk && w >= 4 * tw && h >= 4 * th {
+        // Decoded at reduced scale (see `jpeg_scaled`; CMYK is not): at most half the width
+        // and height. Component planes, the RGB frame and a turned copy: four frames.
+        let (sw, sh) = (w.div_ceil(2), h.div_ceil(2));
+        return Some(4 * rgb(sw, sh));
+    }
+    // The RGB copy is made unless the file is 8-bit RGB already; the turned copy only when
+    // EXIF turns it.
+    let converted = if image::ImageDecoder::color_type(&decoder) == image::ColorType::Rgb8 {
+        0
+    } else {
+        rgb(w, h)
+    };
+    let turned = match image::ImageDecoder::orientation(&mut decoder) {
+        Ok(Orientation::NoTransforms) | Err(_) => 0,
+        Ok(_) => rgb(w, h),
+    };
+    Some(image::ImageDecoder::total_bytes(&decoder) + converted + turned)
 }
 
 /// Decodes and preprocesses an upload for a model with preprocessing `pre`.
@@ -253,6 +303,8 @@ mod tests {
         ImageLimits {
             max_bytes: 10 << 20,
             max_megapixels: 40.0,
+            decode_budget_mb: 128,
+            buffer_mb: 64,
         }
     }
 
@@ -262,6 +314,29 @@ mod tests {
             .encode_image(img)
             .expect("encode");
         out
+    }
+
+    fn png_of(img: DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).expect("encode");
+        out.into_inner()
+    }
+
+    #[test]
+    fn decode_cost_follows_bit_depth_channels_and_scale() {
+        let px = 300u64 * 200;
+        let rgb8 = DynamicImage::ImageRgb8(RgbImage::new(300, 200));
+        assert_eq!(decode_cost(&png_of(rgb8), &pre()), Some(px * 3));
+        // 16-bit RGBA: the decoder's 8 bytes a pixel plus the 8-bit RGB copy.
+        let rgba16 = DynamicImage::ImageRgba16(image::ImageBuffer::new(300, 200));
+        assert_eq!(decode_cost(&png_of(rgba16), &pre()), Some(px * 8 + px * 3));
+        // A JPEG large enough to be decoded at reduced scale costs a fraction of its pixels.
+        let big = jpeg(&RgbImage::new(2000, 1000), 80);
+        let cost = decode_cost(&big, &pre()).expect("cost");
+        // At most four frames of half the width and height: one full-size RGB frame, where a
+        // full decode would hold that plus copies.
+        assert!(cost <= 4 * 1000 * 500 * 3, "{cost}");
+        assert_eq!(decode_cost(b"not an image", &pre()), None);
     }
 
     /// Inserts an EXIF APP1 segment with the given orientation right after SOI.
@@ -349,8 +424,8 @@ mod tests {
     fn the_pixel_limit_is_checked_from_the_header() {
         let img = RgbImage::from_pixel(3000, 2000, image::Rgb([1, 2, 3]));
         let small = ImageLimits {
-            max_bytes: 10 << 20,
             max_megapixels: 5.0,
+            ..limits()
         };
         let err = prepare(&jpeg(&img, 50), &pre(), &small).expect_err("too many pixels");
         assert_eq!(err.problem().status, 413);

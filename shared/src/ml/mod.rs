@@ -3,6 +3,7 @@
 //! endpoints both disease services mount.
 
 pub mod audit;
+pub mod budget;
 pub mod card;
 pub mod image;
 pub mod model;

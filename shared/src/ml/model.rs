@@ -51,10 +51,20 @@ pub struct MemorySettings {
 }
 
 impl MemorySettings {
-    /// The limit in force: the cgroup's when there is one (and lower), else the configured one.
-    pub fn limit_bytes(&self) -> u64 {
+    /// The limit in force and what counts against it, bytes. The cgroup's limit when there is
+    /// one (and it is lower than the configured one): then what is in use is the larger of this
+    /// process' RSS and the cgroup's working set — other processes in the same container (the
+    /// single-instance image runs four) spend the same budget. Else the configured limit
+    /// against this process' RSS.
+    pub fn in_use_and_limit(&self) -> (u64, u64) {
         let configured = self.limit_mb << 20;
-        memory::cgroup_limit().map_or(configured, |c| c.min(configured))
+        let rss = memory::rss_bytes();
+        match memory::cgroup_memory() {
+            Some(c) if c.limit_bytes <= configured => {
+                (rss.max(c.working_set_bytes.unwrap_or(0)), c.limit_bytes)
+            }
+            _ => (rss, configured),
+        }
     }
 }
 
@@ -379,8 +389,7 @@ impl LazyModel {
 
     /// Refuses a load that would push the process past its memory limit.
     fn memory_guard(&self, card: &ModelCard) -> Result<(), String> {
-        let limit = self.memory.limit_bytes();
-        let rss = memory::rss_bytes();
+        let (in_use, limit) = self.memory.in_use_and_limit();
         let runtime = if runtime::is_loaded() {
             0
         } else {
@@ -388,12 +397,12 @@ impl LazyModel {
         };
         let need = card.load_cost.rss_added_bytes + runtime;
         let budget = limit.saturating_sub(self.memory.reserve_mb << 20);
-        if rss + need > budget {
+        if in_use + need > budget {
             return Err(format!(
                 "memory guard: loading needs about {} MB on top of the {} MB in use, but the \
                  limit is {} MB with {} MB kept in reserve",
                 need >> 20,
-                rss >> 20,
+                in_use >> 20,
                 limit >> 20,
                 self.memory.reserve_mb
             ));

@@ -11,8 +11,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::budget::Budget;
 use super::card::{Band, ModelCard};
-use super::image::{IMAGE_FIELD, ImageLimits, Prepared, prepare};
+use super::image::{self, IMAGE_FIELD, ImageLimits, Prepared, prepare};
 use super::model::LazyModel;
 use super::runtime::{self, RuntimeSettings};
 use super::tabular::{self, PATIENT_ID};
@@ -34,6 +35,10 @@ pub struct DiseaseModels {
     /// Decodes running at once: each holds a decoded image, so this bounds their memory
     /// whatever the number of uploads waiting.
     pub decode_slots: Arc<tokio::sync::Semaphore>,
+    /// Memory the decodes hold at once (`images.decode_budget_mb`).
+    pub decode_budget: Budget,
+    /// Upload bytes held at once, read and not yet decoded (`images.buffer_mb`).
+    pub upload_buffer: Budget,
     /// Records predictions that carry a patient id on chain-svc.
     pub audit: super::audit::AuditClient,
 }
@@ -52,6 +57,16 @@ impl DiseaseModels {
                 .set(s.waiting as f64);
             metrics::gauge!(crate::metrics::name("model_requests_served"), "model" => key)
                 .set(s.requests_served as f64);
+        }
+        for (name, budget) in [
+            ("image_decode_budget", &self.decode_budget),
+            ("image_upload_buffer", &self.upload_buffer),
+        ] {
+            let gauge =
+                |suffix: &str| metrics::gauge!(crate::metrics::name(&format!("{name}_{suffix}")));
+            gauge("bytes").set(budget.total_bytes() as f64);
+            gauge("in_use_bytes").set(budget.in_use_bytes() as f64);
+            gauge("peak_bytes").set(budget.peak_bytes() as f64);
         }
     }
 
@@ -354,14 +369,41 @@ async fn predict_image(
     let card = model.card()?.clone();
     let limits = &models.image_limits;
     let body_len = check_multipart_headers(&req, limits.max_bytes)?;
-    // The permit is taken before the body is read, so waiting uploads are bounded too.
+    // The permit is taken before the body is read, so waiting uploads are bounded too, and
+    // the body's bytes are reserved before it is read (its declared length, else the limit).
     let permit = model.admit()?;
+    let declared = if body_len > 0 {
+        body_len
+    } else {
+        limits.max_bytes
+    };
+    let buffered = models
+        .upload_buffer
+        .reserve(declared.min(limits.max_bytes) as u64)
+        .await;
     let (bytes, patient_id) = read_image_upload(&req, payload, limits.max_bytes, body_len).await?;
     let pre = card
         .preprocessing
         .clone()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("image card without preprocessing")))?;
     let limits = limits.clone();
+    // What decoding will hold, from the header: refused if it alone exceeds the budget, else
+    // reserved before the decode starts.
+    let decoding = match image::decode_cost(&bytes, &pre) {
+        Some(cost) if cost > models.decode_budget.total_bytes() => {
+            return Err(ApiError::TooLarge {
+                detail: format!(
+                    "decoding this image would take about {} MB of memory; this service \
+                     decodes within {} MB — send a smaller image or an 8-bit JPEG",
+                    cost.div_ceil(1 << 20),
+                    models.decode_budget.total_bytes() >> 20
+                ),
+                field: Some(IMAGE_FIELD.into()),
+            });
+        }
+        Some(cost) => Some(models.decode_budget.reserve(cost).await),
+        None => None,
+    };
     let span = tracing::Span::current();
     let _decode_slot = models
         .decode_slots
@@ -374,11 +416,14 @@ async fn predict_image(
             let prepared = prepare(&bytes, &pre, &limits)?;
             // The uploaded bytes are the recorded input; hashed only when there is a patient.
             let audit_input = patient_id.map(|pid| (pid, crate::audit::sha256(&bytes)));
+            drop(bytes);
+            drop(buffered);
             Ok::<_, ApiError>((prepared, audit_input))
         })
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("preprocessing task failed: {e}")))??;
     drop(_decode_slot);
+    drop(decoding);
     let info = ImageInfo {
         format: prepared.format,
         width: prepared.original_width,
@@ -545,6 +590,10 @@ async fn models(models: web::Data<DiseaseModels>) -> HttpResponse {
         "disease": models.disease,
         "onnxruntime_loaded": runtime::is_loaded(),
         "memory": crate::memory::read(),
+        "image_memory": {
+            "decode_budget": models.decode_budget.figures(),
+            "upload_buffer": models.upload_buffer.figures(),
+        },
         "models": models.all().iter().map(|m| m.status()).collect::<Vec<_>>(),
     }))
 }

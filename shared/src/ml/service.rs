@@ -9,6 +9,7 @@ use actix_web::{App, web};
 use serde::Deserialize;
 
 use super::audit::{AuditClient, ChainClientSettings};
+use super::budget::Budget;
 use super::image::ImageLimits;
 use super::model::{LazyModel, MemorySettings, ModelSettings};
 use super::remote::DownloadSettings;
@@ -99,6 +100,12 @@ impl DiseaseSettings {
         if !self.images.max_megapixels.is_finite() || self.images.max_megapixels <= 0.0 {
             return Err(invalid("images.max_megapixels", "must be positive"));
         }
+        if self.images.decode_budget_mb == 0 {
+            return Err(invalid("images.decode_budget_mb", "must be positive"));
+        }
+        if self.images.buffer_mb == 0 {
+            return Err(invalid("images.buffer_mb", "must be positive"));
+        }
         if self.memory.limit_mb <= self.memory.reserve_mb {
             return Err(invalid("memory.limit_mb", "must exceed memory.reserve_mb"));
         }
@@ -137,6 +144,8 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
         decode_slots: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         )),
+        decode_budget: Budget::new(settings.images.decode_budget_mb),
+        upload_buffer: Budget::new(settings.images.buffer_mb),
         audit: AuditClient::new(&settings.chain, settings.auth.internal_token.clone()),
     });
     if tokio::runtime::Handle::try_current().is_ok() {
