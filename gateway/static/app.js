@@ -71,7 +71,10 @@ async function openDisease(disease) {
     // Wakes a sleeping instance and loads both models in the background: the first
     // prediction is then fast.
     call(`/${disease}/warmup`, { method: "POST" })
-      .then(() => setServiceState(p, "Models are loading in the background."))
+      .then(() => {
+        setServiceState(p, "Models are loading in the background.");
+        return watchModels(disease, p);
+      })
       .catch((e) => setServiceState(p, `Could not warm the service yet: ${e.message}`));
   }
   if (!state.cards[disease]) {
@@ -82,6 +85,23 @@ async function openDisease(disease) {
       state.warmed[disease] = false;
       setServiceState(p, `The ${disease} service is not reachable: ${e.message}`);
     }
+  }
+}
+
+// Follows the warm-up until both models are ready (or one failed), at most a minute.
+async function watchModels(disease, p) {
+  for (let i = 0; i < 120; i += 1) {
+    const { models } = await call(`/${disease}/models`);
+    const failed = models.find((m) => m.state === "failed");
+    if (failed) {
+      setServiceState(p, `The ${failed.key} model could not be loaded: ${failed.reason || "unknown reason"}`);
+      return;
+    }
+    if (models.every((m) => m.state === "ready")) {
+      setServiceState(p, "Models loaded: predictions answer at once.");
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 500));
   }
 }
 

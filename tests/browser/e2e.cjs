@@ -98,13 +98,14 @@ function expect(cond, message) {
     });
 
     await check("opening the heart form warms heart-svc before any heart prediction", async () => {
-      expect(heartBefore.image === "unloaded", `ECG model before the tab opened: ${heartBefore.image}`);
+      expect(heartBefore.ecg === "unloaded", `ECG model before the tab opened: ${heartBefore.ecg}`);
       let now = {};
-      for (let i = 0; i < 600 && now.image !== "ready"; i += 1) {
+      for (let i = 0; i < 600 && now.ecg !== "ready"; i += 1) {
         now = await heartModels();
-        if (now.image !== "ready") await page.waitForTimeout(100);
+        if (now.ecg !== "ready") await page.waitForTimeout(100);
       }
-      expect(now.image === "ready" && now.tabular === "ready", `heart models: ${JSON.stringify(now)}`);
+      expect(now.ecg === "ready" && now.tabular === "ready", `heart models: ${JSON.stringify(now)}`);
+      await page.locator("#panel-heart .service-state").filter({ hasText: "Models loaded" }).waitFor({ timeout: 10000 });
     });
 
     await check("an ECG upload shows its class and the demo notice", async () => {
