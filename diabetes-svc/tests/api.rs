@@ -441,6 +441,9 @@ async fn metrics_show_model_queue_and_memory_figures() {
         "diabetes_process_resident_memory_bytes",
         "diabetes_process_peak_resident_memory_bytes",
         "diabetes_http_requests_total{",
+        "diabetes_image_decode_budget_bytes 134217728",
+        "diabetes_image_decode_budget_peak_bytes",
+        "diabetes_image_upload_buffer_in_use_bytes",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
