@@ -387,9 +387,17 @@ async fn predict_image(
         .clone()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("image card without preprocessing")))?;
     let limits = limits.clone();
-    // What decoding will hold, from the header: refused if it alone exceeds the budget, else
-    // reserved before the decode starts.
-    let decoding = match image::decode_cost(&bytes, &pre) {
+    // What decoding will hold, from the header (read off the async threads: a PNG's chunks
+    // before its pixels may be large): refused if it alone exceeds the budget, else reserved
+    // before the decode starts.
+    let header_pre = pre.clone();
+    let (bytes, cost) = tokio::task::spawn_blocking(move || {
+        let cost = image::decode_cost(&bytes, &header_pre);
+        (bytes, cost)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("header task failed: {e}")))?;
+    let decoding = match cost {
         Some(cost) if cost > models.decode_budget.total_bytes() => {
             return Err(ApiError::TooLarge {
                 detail: format!(
