@@ -195,8 +195,23 @@ impl System {
                 ready_ms: 0.0,
             };
             let client = reqwest::Client::new();
-            svc.healthy_ms = wait_ok(&client, &mut svc, "/healthz", started).await?;
-            svc.ready_ms = wait_ok(&client, &mut svc, "/readyz", started).await?;
+            let url = svc.url();
+            svc.healthy_ms = wait_ok(
+                &client,
+                &format!("{url}/healthz"),
+                &mut svc.child,
+                name,
+                started,
+            )
+            .await?;
+            svc.ready_ms = wait_ok(
+                &client,
+                &format!("{url}/readyz"),
+                &mut svc.child,
+                name,
+                started,
+            )
+            .await?;
             system.services.push(svc);
         }
         Ok(system)
@@ -302,7 +317,8 @@ impl Drop for System {
     }
 }
 
-fn terminate(child: &mut Child, pid: u32) {
+/// SIGTERM to `child` (whose pid is `pid`), SIGKILL if it has not ended within 15 s.
+pub fn terminate(child: &mut Child, pid: u32) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
@@ -320,32 +336,27 @@ fn terminate(child: &mut Child, pid: u32) {
     let _ = child.wait();
 }
 
-async fn wait_ok(
+/// Polls `url` until it answers 2xx (within 120 s of `started`), failing as soon as `child`
+/// (named `name` in errors) exits; returns the ms since `started`.
+pub async fn wait_ok(
     client: &reqwest::Client,
-    svc: &mut Service,
-    path: &str,
+    url: &str,
+    child: &mut Child,
+    name: &str,
     started: Instant,
 ) -> anyhow::Result<f64> {
-    let url = format!("{}{path}", svc.url());
     let deadline = started + Duration::from_secs(120);
     loop {
-        if let Ok(r) = client
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
+        if let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await
             && r.status().is_success()
         {
             return Ok(started.elapsed().as_secs_f64() * 1e3);
         }
-        if let Ok(Some(status)) = svc.child.try_wait() {
-            bail!(
-                "{} exited during start-up ({status}); see its log",
-                svc.name
-            );
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{name} exited during start-up ({status}); see its log");
         }
         if Instant::now() > deadline {
-            bail!("{} did not answer {path} with 200 within 120 s", svc.name);
+            bail!("{name} did not answer {url} with 200 within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use medchain_tests::system::{children, consecutive_free_ports, debug_bin_dir};
+use medchain_tests::system::{children, consecutive_free_ports, debug_bin_dir, terminate, wait_ok};
 use medchain_tests::{TestApp, sample_record};
 use serde_json::json;
 
@@ -76,28 +76,18 @@ impl Instance {
 
     /// Until the gateway's readiness (which asks every upstream) answers 200.
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(r) = self
-                .gateway
-                .client
-                .get(format!("{}/readyz", self.gateway.address))
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await
-                && r.status() == 200
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the supervisor ended ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready within 120 s:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let url = format!("{}/readyz", self.gateway.address);
+        let client = self.gateway.client.clone();
+        if let Err(e) = wait_ok(
+            &client,
+            &url,
+            &mut self.child,
+            "the supervisor",
+            Instant::now(),
+        )
+        .await
+        {
+            panic!("{e}:\n{}", self.log_text());
         }
     }
 
@@ -136,26 +126,8 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let _ = self.wait_exit_quietly();
-        }
-    }
-}
-
-impl Instance {
-    fn wait_exit_quietly(&mut self) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        self.child.wait().ok()
+        let pid = self.child.id();
+        terminate(&mut self.child, pid);
     }
 }
 
