@@ -387,40 +387,37 @@ async fn predict_image(
         .clone()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("image card without preprocessing")))?;
     let limits = limits.clone();
-    // What decoding will hold, from the header (read off the async threads: a PNG's chunks
-    // before its pixels may be large): refused if it alone exceeds the budget, else reserved
-    // before the decode starts.
-    let header_pre = pre.clone();
-    let (bytes, cost) = tokio::task::spawn_blocking(move || {
-        let cost = image::decode_cost(&bytes, &header_pre);
-        (bytes, cost)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("header task failed: {e}")))?;
-    let decoding = match cost {
-        Some(cost) if cost > models.decode_budget.total_bytes() => {
-            return Err(ApiError::TooLarge {
-                detail: format!(
-                    "decoding this image would take about {} MB of memory; this service \
-                     decodes within {} MB — send a smaller image or an 8-bit JPEG",
-                    cost.div_ceil(1 << 20),
-                    models.decode_budget.total_bytes() >> 20
-                ),
-                field: Some(IMAGE_FIELD.into()),
-            });
-        }
-        Some(cost) => Some(models.decode_budget.reserve(cost).await),
-        None => None,
-    };
     let span = tracing::Span::current();
     let _decode_slot = models
         .decode_slots
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("decode slots closed: {e}")))?;
+    let runtime = tokio::runtime::Handle::current();
+    let shared = models.clone();
     let (prepared, audit_input): (Prepared, Option<(String, [u8; 32])>) =
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            // What decoding will hold, from the header: refused if it alone exceeds the
+            // budget, else reserved (waiting while other decodes hold it) before it starts.
+            // Every holder of the budget holds a decode slot too, so the wait always ends.
+            let budget = &shared.decode_budget;
+            let _decoding = match image::decode_cost(&bytes, &pre) {
+                Some(cost) if cost > budget.total_bytes() => {
+                    return Err(ApiError::TooLarge {
+                        detail: format!(
+                            "decoding this image would take about {} MB of memory; this \
+                             service decodes within {} MB — send a smaller image or an 8-bit \
+                             JPEG",
+                            cost.div_ceil(1 << 20),
+                            budget.total_bytes() >> 20
+                        ),
+                        field: Some(IMAGE_FIELD.into()),
+                    });
+                }
+                Some(cost) => Some(runtime.block_on(budget.reserve(cost))),
+                None => None,
+            };
             let prepared = prepare(&bytes, &pre, &limits)?;
             // The uploaded bytes are the recorded input; hashed only when there is a patient.
             let audit_input = patient_id.map(|pid| (pid, crate::audit::sha256(&bytes)));
@@ -431,7 +428,6 @@ async fn predict_image(
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("preprocessing task failed: {e}")))??;
     drop(_decode_slot);
-    drop(decoding);
     let info = ImageInfo {
         format: prepared.format,
         width: prepared.original_width,
