@@ -356,7 +356,7 @@ fn supervisor_defaults() -> anyhow::Result<Vec<(String, String)>> {
 
 /// The loads again with all four services (and chain-svc's embedded anvil) in one memory
 /// cgroup of 512 MB, as the single-instance image runs them (the supervisor's defaults: the
-/// int8 ECG model, shorter image queues), then the same with the fp32 ECG model.
+/// int8 ECG model, half-size image memory budgets), then the same with the fp32 ECG model.
 async fn single_instance_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value> {
     let defaults = supervisor_defaults()?;
     anyhow::ensure!(

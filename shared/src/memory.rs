@@ -52,7 +52,8 @@ fn status_kib(status: &str, key: &str) -> u64 {
 /// container's own cgroup, when its path is not visible inside it). "max" or an absurd v1
 /// value (no limit) count as none.
 pub fn cgroup_limit() -> Option<u64> {
-    cgroup_memory().map(|c| c.limit_bytes)
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    tightest(&own, |p| std::fs::read_to_string(p).ok()).map(|(limit, ..)| limit)
 }
 
 /// The memory cgroup whose limit applies to this process: that limit, and what the cgroup as
@@ -74,6 +75,28 @@ pub fn cgroup_memory() -> Option<CgroupMemory> {
 }
 
 fn cgroup_from(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<CgroupMemory> {
+    let (limit_bytes, dir, version) = tightest(proc_cgroup, &read)?;
+    let (_, usage_file, inactive_key) = version.files();
+    let working_set_bytes = read(&format!("{dir}/{usage_file}"))
+        .and_then(|u| u.trim().parse::<u64>().ok())
+        .map(|usage| {
+            let inactive = read(&format!("{dir}/memory.stat"))
+                .and_then(|stat| line_value(&stat, inactive_key))
+                .unwrap_or(0);
+            usage.saturating_sub(inactive)
+        });
+    Some(CgroupMemory {
+        limit_bytes,
+        working_set_bytes,
+    })
+}
+
+/// The memory cgroup with the tightest limit among this process' own (v1 and v2) and the mount
+/// roots: its limit, directory and version.
+fn tightest(
+    proc_cgroup: &str,
+    read: impl Fn(&str) -> Option<String>,
+) -> Option<(u64, String, CgroupVersion)> {
     let mut dirs = Vec::new();
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -90,26 +113,12 @@ fn cgroup_from(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Opti
     }
     dirs.push(("/sys/fs/cgroup".into(), CgroupVersion::V2));
     dirs.push(("/sys/fs/cgroup/memory".into(), CgroupVersion::V1));
-    let (limit_bytes, dir, version) = dirs
-        .into_iter()
+    dirs.into_iter()
         .filter_map(|(dir, v)| {
             let raw = read(&format!("{dir}/{}", v.files().0))?;
             Some((parse_limit(&raw)?, dir, v))
         })
-        .min_by_key(|(limit, ..)| *limit)?;
-    let (_, usage_file, inactive_key) = version.files();
-    let working_set_bytes = read(&format!("{dir}/{usage_file}"))
-        .and_then(|u| u.trim().parse::<u64>().ok())
-        .map(|usage| {
-            let inactive = read(&format!("{dir}/memory.stat"))
-                .and_then(|stat| line_value(&stat, inactive_key))
-                .unwrap_or(0);
-            usage.saturating_sub(inactive)
-        });
-    Some(CgroupMemory {
-        limit_bytes,
-        working_set_bytes,
-    })
+        .min_by_key(|(limit, ..)| *limit)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -132,8 +141,9 @@ impl CgroupVersion {
     }
 }
 
-/// The number after `key ` on its own line of a `name value` file (`memory.stat`).
-fn line_value(text: &str, key: &str) -> Option<u64> {
+/// The number after `key ` on its own line of a `name value` file (cgroups' `memory.stat`,
+/// `memory.events`, `memory.oom_control`).
+pub fn line_value(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())

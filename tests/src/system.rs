@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use medchain_shared::memory;
 use serde_json::{Value, json};
 
 /// Start order: the chain first (the disease services record to it), the gateway last.
@@ -402,7 +403,7 @@ pub fn consecutive_free_ports(n: u16) -> anyhow::Result<u16> {
 
 /// VmRSS / VmHWM of a process.
 pub fn mem(pid: u32) -> Option<Mem> {
-    let (rss, hwm) = medchain_shared::memory::resident(pid)?;
+    let (rss, hwm) = memory::resident(pid)?;
     Some(Mem {
         rss_mb: rss as f64 / MB,
         hwm_mb: hwm as f64 / MB,
@@ -473,9 +474,9 @@ impl Cgroup {
         let read = |f: &str| fs::read_to_string(self.dir.join(f)).unwrap_or_default();
         let num = |f: &str| read(f).trim().parse::<u64>().ok();
         let oom_kills = if self.v2 {
-            key_value(&read("memory.events"), "oom_kill")
+            memory::line_value(&read("memory.events"), "oom_kill")
         } else {
-            key_value(&read("memory.oom_control"), "oom_kill")
+            memory::line_value(&read("memory.oom_control"), "oom_kill")
         };
         let (limit, peak) = if self.v2 {
             (num("memory.max"), num("memory.peak"))
@@ -503,10 +504,6 @@ fn line_value<T: std::str::FromStr>(text: &str, matches: impl Fn(&str) -> bool) 
         .and_then(|(_, v)| v.trim().parse().ok())
 }
 
-fn key_value(text: &str, key: &str) -> Option<u64> {
-    line_value(text, |k| k == key)
-}
-
 impl Drop for Cgroup {
     fn drop(&mut self) {
         // Empty once its processes have exited; retried briefly while they finish.
@@ -526,10 +523,10 @@ mod tests {
     #[test]
     fn reads_oom_kill_counters() {
         let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
-        assert_eq!(key_value(v1, "oom_kill"), Some(3));
+        assert_eq!(memory::line_value(v1, "oom_kill"), Some(3));
         let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
-        assert_eq!(key_value(v2, "oom_kill"), Some(1));
-        assert_eq!(key_value(v2, "absent"), None);
+        assert_eq!(memory::line_value(v2, "oom_kill"), Some(1));
+        assert_eq!(memory::line_value(v2, "absent"), None);
     }
 
     #[test]

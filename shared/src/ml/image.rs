@@ -65,8 +65,8 @@ fn corrupt(e: impl std::fmt::Display) -> ApiError {
 /// What decoding `bytes` for a model of input size `pre.resize` will hold at its peak, bytes,
 /// from the header alone: a JPEG decoded at reduced scale needs a few of its scaled frames; a
 /// full decode needs the decoder's buffer (width × height × bytes per pixel at the file's bit
-/// depth), plus the RGB copy unless it is 8-bit RGB, plus a turned copy when EXIF turns it. `None` when the header
-/// cannot be read — [`prepare`] then answers with the precise error.
+/// depth), plus the RGB copy unless it is 8-bit RGB, plus a turned copy when EXIF turns it.
+/// `None` when the header cannot be read — [`prepare`] then answers with the precise error.
 pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
     let format = match image::guess_format(bytes).ok()? {
         f @ (ImageFormat::Jpeg | ImageFormat::Png) => f,
