@@ -19,7 +19,7 @@ set +e
 py_status=${PIPESTATUS[0]}
 
 say "Rust tests (cargo test)"
-cargo test --workspace 2>&1 | tee "$logs/cargo.log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$logs/cargo.log"
 rs_status=${PIPESTATUS[0]}
 
 say "browser test (headless Chromium against the running system)"

@@ -524,3 +524,30 @@ async fn image_decodes_and_uploads_are_held_to_their_memory_budgets() {
     );
     assert_eq!(upload["in_use_bytes"], 0, "{upload}");
 }
+
+/// A client's pool keeps an idle connection for a while (reqwest: 90 s; the services' own
+/// client: 30 s) and writes the next request straight into it. A server that has closed it
+/// meanwhile turns that request into a broken pipe — under CPU load, before the client has
+/// even noticed the close. actix closes idle connections after 5 s unless told otherwise, so
+/// the services keep them for `server.keep_alive_secs`, longer than any client here pools.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_clients_pool() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_disease(SPEC, |_| {}).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut answered = async |conn: &mut tokio::net::TcpStream| {
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+    };
+    assert!(answered(&mut conn).await);
+    // Longer than actix's default keep-alive (5 s), well within the configured one.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert!(
+        answered(&mut conn).await,
+        "the server closed an idle connection a client would still reuse"
+    );
+}

@@ -63,6 +63,7 @@ impl Application {
             .workers(settings.worker_count())
             .shutdown_timeout(settings.shutdown_timeout_secs)
             .client_request_timeout(Duration::from_secs(30))
+            .keep_alive(Duration::from_secs(settings.keep_alive_secs))
             // actix leaves Nagle's algorithm on: a response written in pieces (the gateway
             // streams head and body separately) then waits for the peer's delayed ACK, 40 ms
             // on Linux. Measured by bench/run.sh: gateway tabular p99 47 ms before.

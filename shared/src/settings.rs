@@ -47,6 +47,10 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept open. Longer than any client's pool keeps
+    /// one (the services' own client: 30 s; load balancers: 60 s), or a client writes its next
+    /// request into a connection the server has just closed.
+    pub keep_alive_secs: u64,
 }
 
 impl ServerSettings {
@@ -174,6 +178,7 @@ mod tests {
         port = 8080
         workers = 0
         shutdown_timeout_secs = 5
+        keep_alive_secs = 75
         [auth]
     "#;
 
@@ -208,6 +213,7 @@ mod tests {
             port: 0,
             workers: 1,
             shutdown_timeout_secs: 1,
+            keep_alive_secs: 75,
         };
         assert!(auth.validate("SVC", &server).is_err());
     }
