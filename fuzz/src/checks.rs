@@ -43,6 +43,7 @@ const LIMITS: ImageLimits = ImageLimits {
     max_megapixels: 40.0,
     decode_budget_mb: 128,
     buffer_mb: 64,
+    body_stall_secs: 30,
 };
 
 fn client_error(e: &ApiError) {

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// No such resource, 404.
     #[error("{0}")]
     NotFound(String),
+    /// The client stopped sending its request body, 408.
+    #[error("{0}")]
+    Timeout(String),
     /// The resource exists with other content, 409.
     #[error("{0}")]
     Conflict(String),
@@ -97,6 +100,7 @@ impl ApiError {
             Self::Invalid { .. } => ("invalid-input", "Invalid input"),
             Self::Unauthorized(_) => ("unauthorized", "Not authorised"),
             Self::NotFound(_) => ("not-found", "Not found"),
+            Self::Timeout(_) => ("request-timeout", "Request timeout"),
             Self::Conflict(_) => ("conflict", "Conflict"),
             Self::TooLarge { .. } => ("too-large", "Payload too large"),
             Self::UnsupportedMediaType { .. } => {
@@ -166,6 +170,7 @@ impl ResponseError for ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -435,3 +435,91 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// An image upload written by hand over TCP, for the senders reqwest cannot play: slow,
+/// stalled or oversized bodies. Its head declares `declared` body bytes (framing included).
+#[derive(Debug)]
+pub struct RawUpload {
+    conn: tokio::net::TcpStream,
+}
+
+/// The multipart boundary of [`RawUpload`]s.
+pub const RAW_BOUNDARY: &str = "medchain-raw-upload";
+
+impl RawUpload {
+    /// The multipart framing before the file's bytes, for a field named `field`.
+    pub fn preamble(field: &str) -> Vec<u8> {
+        format!(
+            "--{RAW_BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; \
+             filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// The framing after the file's bytes.
+    pub fn epilogue() -> Vec<u8> {
+        format!("\r\n--{RAW_BOUNDARY}--\r\n").into_bytes()
+    }
+
+    /// Connects and sends the head (with the internal token, if `app` has one).
+    pub async fn start(app: &TestApp, path: &str, declared: usize) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let addr = app.address.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let token = app
+            .token
+            .as_ref()
+            .map(|t| format!("x-internal-token: {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{token}Content-Type: multipart/form-data; \
+             boundary={RAW_BOUNDARY}\r\nContent-Length: {declared}\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.expect("head");
+        Self { conn }
+    }
+
+    /// Sends part of the body.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.conn.write_all(bytes).await
+    }
+
+    /// Reads the response: status and body.
+    pub async fn response(&mut self) -> std::io::Result<(u16, String)> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let (head_end, length) = loop {
+            let n = self.conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("closed after {} bytes of response", buf.len()),
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (i + 4, length);
+            }
+        };
+        while buf.len() < head_end + length {
+            let n = self.conn.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let status = String::from_utf8_lossy(&buf[9..12.min(buf.len())])
+            .parse()
+            .unwrap_or(0);
+        let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
+        Ok((status, body))
+    }
+}

@@ -30,10 +30,15 @@ pub struct ImageLimits {
     /// that alone needs more is refused (413). A 10 MB upload can be a 40-megapixel 16-bit
     /// RGBA PNG that decodes to 320 MB.
     pub decode_budget_mb: usize,
-    /// Upload bytes the service holds at once (read and not yet decoded), MiB: an upload
-    /// beyond it is not read — its sender is paused — until earlier ones are decoded. One
-    /// upload larger than the budget still goes through, alone.
+    /// Upload bytes the service holds at once (received and not yet decoded), MiB. Each
+    /// body's bytes are reserved as they arrive, so a slow sender holds only what it has sent;
+    /// a body that would go past the buffer waits — its sender is paused — until earlier ones
+    /// are decoded. (When only bodies still arriving hold it, the oldest may go past it: at
+    /// most one upload more, see `budget::UploadBuffer`.)
     pub buffer_mb: usize,
+    /// A sender that sends nothing of its body for this long, seconds, is answered 408. Time
+    /// the service itself keeps the sender paused does not count.
+    pub body_stall_secs: u64,
 }
 
 /// What preprocessing produced.
@@ -305,6 +310,7 @@ mod tests {
             max_megapixels: 40.0,
             decode_budget_mb: 128,
             buffer_mb: 64,
+            body_stall_secs: 30,
         }
     }
 

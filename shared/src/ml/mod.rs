@@ -13,3 +13,4 @@ pub mod routes;
 pub mod runtime;
 pub mod service;
 pub mod tabular;
+pub mod upload;

@@ -4,19 +4,17 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use actix_multipart::Multipart;
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::budget::Budget;
+use super::budget::{Budget, UploadBuffer};
 use super::card::{Band, ModelCard};
 use super::image::{self, IMAGE_FIELD, ImageLimits, Prepared, prepare};
 use super::model::LazyModel;
 use super::runtime::{self, RuntimeSettings};
-use super::tabular::{self, PATIENT_ID};
+use super::tabular;
+use super::upload;
 use crate::error::{ApiError, ApiResult};
 use crate::health::{Check, readiness};
 use crate::request::{RequestId, ValidJson};
@@ -38,7 +36,7 @@ pub struct DiseaseModels {
     /// Memory the decodes hold at once (`images.decode_budget_mb`).
     pub decode_budget: Budget,
     /// Upload bytes held at once, read and not yet decoded (`images.buffer_mb`).
-    pub upload_buffer: Budget,
+    pub upload_buffer: Arc<UploadBuffer>,
     /// Records predictions that carry a patient id on chain-svc.
     pub audit: super::audit::AuditClient,
 }
@@ -58,15 +56,15 @@ impl DiseaseModels {
             metrics::gauge!(crate::metrics::name("model_requests_served"), "model" => key)
                 .set(s.requests_served as f64);
         }
-        for (name, budget) in [
-            ("image_decode_budget", &self.decode_budget),
-            ("image_upload_buffer", &self.upload_buffer),
+        for (name, figures) in [
+            ("image_decode_budget", self.decode_budget.figures()),
+            ("image_upload_buffer", self.upload_buffer.figures()),
         ] {
             let gauge =
                 |suffix: &str| metrics::gauge!(crate::metrics::name(&format!("{name}_{suffix}")));
-            gauge("bytes").set(budget.total_bytes() as f64);
-            gauge("in_use_bytes").set(budget.in_use_bytes() as f64);
-            gauge("peak_bytes").set(budget.peak_bytes() as f64);
+            gauge("bytes").set(figures.bytes as f64);
+            gauge("in_use_bytes").set(figures.in_use_bytes as f64);
+            gauge("peak_bytes").set(figures.peak_bytes as f64);
         }
     }
 
@@ -367,26 +365,15 @@ async fn predict_image(
 ) -> ApiResult<HttpResponse> {
     let model = &models.image;
     let card = model.card()?.clone();
-    let limits = &models.image_limits;
-    let body_len = check_multipart_headers(&req, limits.max_bytes)?;
-    // The permit is taken before the body is read, so waiting uploads are bounded too, and
-    // the body's bytes are reserved before it is read (its declared length, else the limit).
+    // The body first, its bytes reserved as they arrive; the place in the model's queue only
+    // once it is all in, so that slow senders hold neither (and a refusal is read, not reset).
+    let upload = upload::read(&req, payload, &models.image_limits, &models.upload_buffer).await?;
     let permit = model.admit()?;
-    let declared = if body_len > 0 {
-        body_len
-    } else {
-        limits.max_bytes
-    };
-    let buffered = models
-        .upload_buffer
-        .reserve(declared.min(limits.max_bytes) as u64)
-        .await;
-    let (bytes, patient_id) = read_image_upload(&req, payload, limits.max_bytes, body_len).await?;
     let pre = card
         .preprocessing
         .clone()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("image card without preprocessing")))?;
-    let limits = limits.clone();
+    let limits = models.image_limits.clone();
     let span = tracing::Span::current();
     let _decode_slot = models
         .decode_slots
@@ -398,6 +385,11 @@ async fn predict_image(
     let (prepared, audit_input): (Prepared, Option<(String, [u8; 32])>) =
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            let upload::Upload {
+                image: bytes,
+                patient_id,
+                hold,
+            } = upload;
             // What decoding will hold, from the header: refused if it alone exceeds the
             // budget, else reserved (waiting while other decodes hold it) before it starts.
             // Every holder of the budget holds a decode slot too, so the wait always ends.
@@ -422,7 +414,7 @@ async fn predict_image(
             // The uploaded bytes are the recorded input; hashed only when there is a patient.
             let audit_input = patient_id.map(|pid| (pid, crate::audit::sha256(&bytes)));
             drop(bytes);
-            drop(buffered);
+            drop(hold);
             Ok::<_, ApiError>((prepared, audit_input))
         })
         .await
@@ -452,113 +444,6 @@ async fn predict_image(
         .record(&p, audit_input, RequestId::of(&req))
         .await;
     Ok(HttpResponse::Ok().json(p))
-}
-
-/// Checks the upload's headers; returns its declared length (0 when not declared).
-fn check_multipart_headers(req: &HttpRequest, max_bytes: usize) -> ApiResult<usize> {
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.to_ascii_lowercase().starts_with("multipart/form-data") {
-        return Err(ApiError::UnsupportedMediaType {
-            detail: format!(
-                "send the image as multipart/form-data with a file field `{IMAGE_FIELD}`"
-            ),
-            field: None,
-        });
-    }
-    if !ct.to_ascii_lowercase().contains("boundary=") {
-        return Err(ApiError::bad_request(
-            "the multipart content type has no boundary",
-        ));
-    }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    // Allow a little for the multipart framing and a patient id.
-    if declared.is_some_and(|n| n > max_bytes + 16 * 1024) {
-        return Err(too_large(max_bytes));
-    }
-    Ok(declared.unwrap_or(0))
-}
-
-fn too_large(max_bytes: usize) -> ApiError {
-    ApiError::TooLarge {
-        detail: format!("the upload is larger than {} bytes", max_bytes),
-        field: Some(IMAGE_FIELD.into()),
-    }
-}
-
-async fn read_image_upload(
-    req: &HttpRequest,
-    payload: web::Payload,
-    max_bytes: usize,
-    body_len: usize,
-) -> ApiResult<(Vec<u8>, Option<String>)> {
-    let mut form = Multipart::new(req.headers(), payload);
-    let mut image: Option<Vec<u8>> = None;
-    let mut patient_id = None;
-    let bad = |e: actix_multipart::MultipartError| {
-        ApiError::bad_request(format!("malformed multipart body: {e}"))
-    };
-    while let Some(field) = form.next().await {
-        let mut field = field.map_err(bad)?;
-        let name = field.name().unwrap_or("").to_string();
-        match name.as_str() {
-            IMAGE_FIELD => {
-                if image.is_some() {
-                    return Err(ApiError::invalid(
-                        IMAGE_FIELD,
-                        "send exactly one image per request",
-                    ));
-                }
-                // Sized once from the request's length (the file is nearly all of it): growing
-                // by doubling would hold up to twice the file per waiting upload.
-                let mut buf = Vec::with_capacity(body_len.min(max_bytes));
-                while let Some(chunk) = field.next().await {
-                    let chunk = chunk.map_err(bad)?;
-                    if buf.len() + chunk.len() > max_bytes {
-                        return Err(too_large(max_bytes));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                image = Some(buf);
-            }
-            PATIENT_ID => {
-                let mut buf = Vec::new();
-                while let Some(chunk) = field.next().await {
-                    let chunk = chunk.map_err(bad)?;
-                    if buf.len() + chunk.len() > 1024 {
-                        return Err(ApiError::invalid(PATIENT_ID, "`patient_id` is too long"));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                let text = String::from_utf8(buf)
-                    .map_err(|_| ApiError::invalid(PATIENT_ID, "`patient_id` must be UTF-8"))?;
-                patient_id = Some(tabular::check_patient_id(&text)?);
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    other,
-                    format!(
-                        "unknown multipart field `{other}`; send the file as `{IMAGE_FIELD}` \
-                         (and optionally `{PATIENT_ID}`)"
-                    ),
-                ));
-            }
-        }
-    }
-    let image = image.ok_or_else(|| {
-        ApiError::invalid(
-            IMAGE_FIELD,
-            format!("missing the multipart file field `{IMAGE_FIELD}`"),
-        )
-    })?;
-    Ok((image, patient_id))
 }
 
 /// `POST /v1/warmup`: starts loading both models in the background; returns at once.

@@ -9,7 +9,7 @@ use actix_web::{App, web};
 use serde::Deserialize;
 
 use super::audit::{AuditClient, ChainClientSettings};
-use super::budget::Budget;
+use super::budget::{Budget, UploadBuffer};
 use super::image::ImageLimits;
 use super::model::{LazyModel, MemorySettings, ModelSettings};
 use super::remote::DownloadSettings;
@@ -145,7 +145,7 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         )),
         decode_budget: Budget::new(settings.images.decode_budget_mb),
-        upload_buffer: Budget::new(settings.images.buffer_mb),
+        upload_buffer: UploadBuffer::new(settings.images.buffer_mb),
         audit: AuditClient::new(&settings.chain, settings.auth.internal_token.clone()),
     });
     if tokio::runtime::Handle::try_current().is_ok() {
