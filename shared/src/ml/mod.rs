@@ -6,6 +6,7 @@ pub mod audit;
 pub mod budget;
 pub mod card;
 pub mod image;
+pub mod jpeg;
 pub mod model;
 pub mod remote;
 pub mod resample;

@@ -63,6 +63,16 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// What [`resize_rgb8`] allocates besides its output, bytes: the rows of the horizontal pass
+/// (at most every source row, `tw` wide) and both passes' weights.
+pub fn scratch_bytes(w: u32, h: u32, tw: u32, th: u32) -> u64 {
+    let weights = |from: u32, to: u32| {
+        let ksize = u64::from(from.div_ceil(to.max(1)).max(1)) * 2 + 1;
+        u64::from(to) * (ksize * 4 + 2 * 8) + ksize * 8
+    };
+    u64::from(h) * u64::from(tw.max(1)) * 3 + weights(w, tw) + weights(h, th)
+}
+
 /// Resizes packed RGB8 `src` (`w`×`h`) to `tw`×`th`, exactly as Pillow does.
 pub fn resize_rgb8(src: &[u8], w: usize, h: usize, tw: usize, th: usize) -> Vec<u8> {
     let horiz = coeffs(w, tw);
