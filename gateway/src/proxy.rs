@@ -122,8 +122,10 @@ pub struct Proxy {
 
 /// Request headers passed on (everything else is dropped: cookies, auth of the client,
 /// hop-by-hop headers).
-const FORWARD_REQUEST: [HeaderName; 3] =
-    [header::CONTENT_TYPE, header::ACCEPT, header::CONTENT_LENGTH];
+const FORWARD_REQUEST: [HeaderName; 1] = [header::ACCEPT];
+/// Request headers passed on with a body only: on a bodiless request they would announce
+/// bytes that never come (the upstream then waits for them until a timeout).
+const FORWARD_WITH_BODY: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_LENGTH];
 /// Response headers passed back.
 const FORWARD_RESPONSE: [HeaderName; 4] = [
     header::CONTENT_TYPE,
@@ -255,7 +257,8 @@ pub async fn forward(
                 &url,
             )
             .timeout(timeout);
-        for h in &FORWARD_REQUEST {
+        let with_body: &[HeaderName] = if has_body { &FORWARD_WITH_BODY } else { &[] };
+        for h in FORWARD_REQUEST.iter().chain(with_body) {
             if let Some(v) = req.headers().get(h) {
                 rb = rb.header(h.as_str(), v.as_bytes());
             }

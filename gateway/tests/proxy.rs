@@ -58,6 +58,8 @@ async fn stub_handler(
         "request_id": h("x-request-id"),
         "cookie": h("cookie"),
         "content_type": h("content-type"),
+        "content_length": h("content-length"),
+        "transfer_encoding": h("transfer-encoding"),
         "bytes": bytes,
         "head": String::from_utf8_lossy(&first),
     }))
@@ -668,4 +670,35 @@ async fn an_instance_that_may_be_asleep_gets_the_wake_grace_once() {
     // It answered a moment ago: now the route's own timeout applies.
     let (status, p) = post_json(url.clone(), json!({})).await;
     assert_eq!(status, 504, "{p}");
+}
+
+/// A GET carries no body upstream, so it carries no body framing either: a `Content-Length`
+/// passed on without its body left the upstream waiting for bytes that never came.
+#[tokio::test]
+async fn bodiless_requests_go_upstream_without_body_framing() {
+    let d = Stub::default();
+    let mut s = settings(
+        vec![spawn_stub(d.clone()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    s.proxy.read_timeout_ms = 5_000;
+    let base = start(s).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/v1/diabetes/models");
+    let requests = [
+        (
+            "an empty declared body",
+            client.get(&url).header("content-length", "0"),
+        ),
+        ("a body on a GET", client.get(&url).body("abcd")),
+    ];
+    for (what, rb) in requests {
+        let (status, echoed) = json_of(rb.send().await.expect("get")).await;
+        assert_eq!(status, 200, "{what}: {echoed}");
+        assert_eq!(echoed["method"], "GET");
+        assert_eq!(echoed["content_length"], Value::Null, "{what}: {echoed}");
+        assert_eq!(echoed["transfer_encoding"], Value::Null, "{what}: {echoed}");
+        assert_eq!(echoed["bytes"], 0);
+    }
 }
