@@ -163,7 +163,11 @@ async fn a_corrupt_model_fails_its_endpoint_only_and_is_retried() {
     }
     std::fs::write(&onnx, &bad).expect("corrupt model");
     let dir = models.path().to_str().expect("utf-8").to_string();
-    let app = spawn_disease(SPEC, |s| s.models.dir = dir).await;
+    let app = spawn_disease(SPEC, |s| {
+        s.models.dir = dir;
+        s.models.load_retry_secs = 1;
+    })
+    .await;
 
     let res = app.post_json("/v1/predict/tabular", &valid_body()).await;
     let problem = assert_problem(res, 503, None).await;
@@ -192,8 +196,18 @@ async fn a_corrupt_model_fails_its_endpoint_only_and_is_retried() {
     assert_eq!(app.get("/healthz").await.status(), 200);
     assert_eq!(app.get("/readyz").await.status(), 503);
 
-    // Put the file back: the next request retries the load and succeeds.
+    // Put the file back: once its back-off has passed, the next request retries the load and
+    // succeeds.
     std::fs::write(&onnx, &good).expect("restore model");
+    let retry = app.model("tabular").await["next_retry_unix_ms"].clone();
+    let retry = retry.as_u64().expect("the next retry is shown");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        retry.saturating_sub(now) + 20,
+    ))
+    .await;
     app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     assert_eq!(app.model("tabular").await["loads"], 1);
 }

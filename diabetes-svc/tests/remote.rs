@@ -88,8 +88,20 @@ async fn service(url: &str, cache: &Path) -> TestApp {
         s.models.download.stall_secs = 1;
         s.models.download.timeout_secs = 20;
         s.models.download.retries = 1;
+        s.models.load_retry_secs = 1;
     })
     .await
+}
+
+/// Waits until the wall clock has passed `unix_ms`.
+async fn wait_until_unix_ms(unix_ms: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        unix_ms.saturating_sub(now) + 20,
+    ))
+    .await;
 }
 
 fn retina_png() -> Vec<u8> {
@@ -177,6 +189,18 @@ async fn fails_then_recovers(mode: Mode, reason: &str, attempts: usize) {
     assert_eq!(m["state"], "failed", "{mode:?}");
     assert!(m["reason"].as_str().is_some_and(|r| r.contains(reason)));
     assert_eq!(host.requests.load(Ordering::SeqCst), attempts, "{mode:?}");
+    // Requests meanwhile are told when to come back; none starts another download.
+    for _ in 0..8 {
+        let res = app
+            .post_image("/v1/predict/retina", retina_png(), "x.png")
+            .await;
+        assert!(res.headers().contains_key("retry-after"), "{mode:?}");
+        medchain_tests::assert_problem(res, 503, None).await;
+    }
+    assert_eq!(host.requests.load(Ordering::SeqCst), attempts, "{mode:?}");
+    let m = app.model("retina").await;
+    assert_eq!(m["failures"], 1, "{m}");
+    let next = m["next_retry_unix_ms"].as_u64().expect("next retry shown");
     assert!(
         cached_files(cache.path()).is_empty(),
         "{mode:?} left {:?}",
@@ -185,6 +209,7 @@ async fn fails_then_recovers(mode: Mode, reason: &str, attempts: usize) {
     app.post_json_ok("/v1/predict/tabular", &tabular()).await;
 
     *host.mode.lock().expect("mode") = Mode::Good;
+    wait_until_unix_ms(next).await;
     assert_eq!(
         app.post_image("/v1/predict/retina", retina_png(), "x.png")
             .await

@@ -2,7 +2,8 @@
 //! however many requests arrive together (single flight), after its file hash, its tensors and
 //! the memory guard check out; it then serves from one ONNX Runtime session behind a lock,
 //! off the async threads, with a bounded number of waiting requests, and may be unloaded when
-//! idle. A failed load answers 503 and is retried by a later request.
+//! idle. A failed load answers 503 with `Retry-After`, and is tried again by the first request
+//! after its back-off (doubling with each failure in a row, capped).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,6 +69,23 @@ impl MemorySettings {
     }
 }
 
+/// How long a model whose load failed waits before it is loaded again.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// After the first failure.
+    pub initial: Duration,
+    /// The longest wait, however many failures in a row.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait after `failures` failed loads in a row (at least one).
+    pub fn after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.initial.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
 /// Where a model is in its life.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -88,7 +106,12 @@ enum State {
     Unloaded,
     Loading,
     Ready(Arc<Loaded>),
-    Failed { reason: String, at: Instant },
+    Failed {
+        reason: String,
+        at: Instant,
+        /// No load is tried before this.
+        retry_at: Instant,
+    },
 }
 
 /// What `/models` shows of a model.
@@ -107,6 +130,10 @@ pub struct ModelStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     pub loads: u64,
+    /// Failed loads in a row, and when the next load may be tried (while failed).
+    pub failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry_unix_ms: Option<u64>,
     pub load_ms: Option<f64>,
     pub rss_added_bytes: Option<i64>,
     pub expected_load_cost_bytes: Option<u64>,
@@ -132,6 +159,9 @@ pub struct LazyModel {
     load_lock: tokio::sync::Mutex<()>,
     queue: Arc<Semaphore>,
     loads: AtomicU64,
+    backoff: Backoff,
+    /// Failed loads in a row.
+    failures: std::sync::atomic::AtomicU32,
     served: AtomicU64,
     last_used_ms: AtomicU64,
     last_load_ms: Mutex<Option<(f64, i64)>>,
@@ -167,6 +197,7 @@ impl LazyModel {
         runtime: RuntimeSettings,
         memory: MemorySettings,
         download: &DownloadSettings,
+        backoff: Backoff,
     ) -> Self {
         let card_path = models_dir.join(&settings.card);
         let card = ModelCard::from_file(&card_path).map_err(|e| e.to_string());
@@ -196,6 +227,8 @@ impl LazyModel {
             load_lock: tokio::sync::Mutex::new(()),
             queue: Arc::new(Semaphore::new(settings.max_waiting + 1)),
             loads: AtomicU64::new(0),
+            backoff,
+            failures: std::sync::atomic::AtomicU32::new(0),
             served: AtomicU64::new(0),
             last_used_ms: AtomicU64::new(0),
             last_load_ms: Mutex::new(None),
@@ -273,16 +306,25 @@ impl LazyModel {
     }
 
     async fn get_or_load(&self) -> Result<Arc<Loaded>, ApiError> {
-        if let State::Ready(l) = &*self.lock_state() {
-            return Ok(l.clone());
+        match &*self.lock_state() {
+            State::Ready(l) => return Ok(l.clone()),
+            // Within its back-off a failed model answers at once, loading nothing.
+            State::Failed {
+                reason, retry_at, ..
+            } if Instant::now() < *retry_at => return Err(self.failed(reason, *retry_at)),
+            _ => {}
         }
         let asked = Instant::now();
         let _single_flight = self.load_lock.lock().await;
         match &*self.lock_state() {
             State::Ready(l) => return Ok(l.clone()),
             // A load that failed while we waited is this request's answer too.
-            State::Failed { reason, at } if *at >= asked => {
-                return Err(self.failed(reason));
+            State::Failed {
+                reason,
+                at,
+                retry_at,
+            } if *at >= asked || Instant::now() < *retry_at => {
+                return Err(self.failed(reason, *retry_at));
             }
             _ => {}
         }
@@ -290,28 +332,39 @@ impl LazyModel {
         metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone()).set(1.0);
         match self.load().await {
             Ok(loaded) => {
+                self.failures.store(0, Ordering::Relaxed);
                 *self.lock_state() = State::Ready(loaded.clone());
                 metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone())
                     .set(2.0);
                 Ok(loaded)
             }
             Err(reason) => {
-                tracing::error!(model = %self.key, %reason, "model load failed");
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let wait = self.backoff.after(failures);
+                tracing::error!(model = %self.key, %reason, failures, retry_in_secs = wait.as_secs_f64(), "model load failed");
                 metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone())
                     .set(-1.0);
+                let at = Instant::now();
+                let retry_at = at + wait;
                 *self.lock_state() = State::Failed {
                     reason: reason.clone(),
-                    at: Instant::now(),
+                    at,
+                    retry_at,
                 };
-                Err(self.failed(&reason))
+                Err(self.failed(&reason, retry_at))
             }
         }
     }
 
-    fn failed(&self, reason: &str) -> ApiError {
+    fn failed(&self, reason: &str, retry_at: Instant) -> ApiError {
+        let wait = retry_at.saturating_duration_since(Instant::now());
         ApiError::unavailable(
-            format!("model `{}` could not be loaded: {reason}", self.key),
-            Some(5),
+            format!(
+                "model `{}` could not be loaded: {reason} (tried again in {} s)",
+                self.key,
+                wait.as_secs_f64().ceil()
+            ),
+            Some(wait.as_secs_f64().ceil().max(1.0) as u64),
         )
     }
 
@@ -529,11 +582,18 @@ impl LazyModel {
 
     /// What `/models` shows.
     pub fn status(&self) -> ModelStatus {
+        let mut next_retry_unix_ms = None;
         let (state, reason) = match &*self.lock_state() {
             State::Unloaded => (ModelState::Unloaded, None),
             State::Loading => (ModelState::Loading, None),
             State::Ready(_) => (ModelState::Ready, None),
-            State::Failed { reason, .. } => (ModelState::Failed, Some(reason.clone())),
+            State::Failed {
+                reason, retry_at, ..
+            } => {
+                let wait = retry_at.saturating_duration_since(Instant::now());
+                next_retry_unix_ms = Some(now_ms() + wait.as_millis() as u64);
+                (ModelState::Failed, Some(reason.clone()))
+            }
         };
         let (state, reason) = match (&self.card, state) {
             (Err(e), _) => (ModelState::Failed, Some(e.clone())),
@@ -553,6 +613,8 @@ impl LazyModel {
             file: self.onnx_path.display().to_string(),
             source: self.source.as_ref().map(Location::redacted),
             loads: self.loads.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            next_retry_unix_ms,
             load_ms: last_load.map(|l| l.0),
             rss_added_bytes: last_load.map(|l| l.1),
             expected_load_cost_bytes: card.map(|c| c.load_cost.rss_added_bytes),
@@ -636,4 +698,20 @@ fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
         .run(ort::inputs![card.input.name.as_str() => tensor])
         .map(|_| ())
         .map_err(|e| format!("warm-up inference failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_back_off_doubles_up_to_its_cap() {
+        let b = Backoff {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(300),
+        };
+        let waits: Vec<u64> = (1..=10).map(|n| b.after(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(b.after(u32::MAX), Duration::from_secs(300));
+    }
 }

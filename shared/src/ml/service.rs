@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, web};
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use super::audit::{AuditClient, ChainClientSettings};
 use super::budget::{Budget, UploadBuffer};
 use super::image::ImageLimits;
-use super::model::{LazyModel, MemorySettings, ModelSettings};
+use super::model::{Backoff, LazyModel, MemorySettings, ModelSettings};
 use super::remote::DownloadSettings;
 use super::routes::{DiseaseModels, readyz};
 use super::runtime::RuntimeSettings;
@@ -44,6 +45,11 @@ pub struct ModelsSettings {
     pub image: ModelSettings,
     /// How models configured by URL are downloaded.
     pub download: DownloadSettings,
+    /// A model whose load failed is not loaded again for this many seconds (requests meanwhile
+    /// get 503 with `Retry-After`), doubling after each further failure.
+    pub load_retry_secs: u64,
+    /// The longest wait between two loads of a failing model, seconds.
+    pub load_retry_max_secs: u64,
 }
 
 impl ModelsSettings {
@@ -131,6 +137,10 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
             settings.runtime.clone(),
             settings.memory.clone(),
             &settings.models.download,
+            Backoff {
+                initial: Duration::from_secs(settings.models.load_retry_secs.max(1)),
+                max: Duration::from_secs(settings.models.load_retry_max_secs.max(1)),
+            },
         ))
     };
     let models = Arc::new(DiseaseModels {
