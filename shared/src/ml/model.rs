@@ -372,20 +372,21 @@ impl LazyModel {
         let card = self.card.as_ref().map_err(Clone::clone)?.clone();
         self.memory_guard(&card)?;
         let remote = self.source.is_some();
-        let mut downloaded = false;
+        let mut downloaded = None;
         if let Some(url) = &self.source
             && !self.onnx_path.is_file()
         {
             // Inside the single-flight load: concurrent first requests share this download.
-            remote::fetch(
-                url,
-                &self.onnx_path,
-                &card.sha256,
-                card.size_bytes,
-                &self.download,
-            )
-            .await?;
-            downloaded = true;
+            downloaded = Some(
+                remote::fetch(
+                    url,
+                    &self.onnx_path,
+                    &card.sha256,
+                    card.size_bytes,
+                    &self.download,
+                )
+                .await?,
+            );
         }
         let path = self.onnx_path.clone();
         let runtime = self.runtime.clone();
@@ -395,19 +396,34 @@ impl LazyModel {
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
             // Hashed at every load, whatever readiness saw (the result also serves readiness),
             // except right after a download, which hashed these very bytes as they arrived. A
-            // bad cached copy is not kept: the next load fetches it again.
-            if downloaded {
-                let stamp = file_stamp(&path)?;
-                *verified.lock().unwrap_or_else(|e| e.into_inner()) = Some((stamp, Ok(())));
-            } else if let Err(e) = checked_hash(&path, &card.sha256, &verified) {
-                if remote {
-                    let _ = std::fs::remove_file(&path);
+            // bad cached copy is not kept: the next load fetches it again. What is hashed is
+            // what is loaded: one open file, whatever happens to the path meanwhile.
+            let file = match downloaded {
+                Some(file) => {
+                    let file = VerifiedFile::from_download(file, &path)?;
+                    *verified.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((file.stamp(), Ok(())));
+                    file
                 }
-                return Err(e);
-            }
+                None => match VerifiedFile::open(&path, &card.sha256, &verified) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        if remote {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        return Err(e);
+                    }
+                },
+            };
             runtime::ensure(&runtime)?;
             let before = memory::rss_bytes() as i64;
-            let mut session = runtime::session(&runtime, &path)?;
+            let mut session = runtime::session(&runtime, &file.load_path()).map_err(|e| {
+                e.replace(
+                    &file.load_path().display().to_string(),
+                    &path.display().to_string(),
+                )
+            })?;
+            file.unchanged()?;
             check_tensors(&session, &card)?;
             warm_run(&mut session, &card)?;
             // Loading frees large transient buffers (the file's bytes, the parsed protobuf);
@@ -626,28 +642,121 @@ impl LazyModel {
     }
 }
 
+/// A model file opened once, hashed through that descriptor and loaded by ONNX Runtime through
+/// it (`/proc/self/fd/N`: the same inode, even if the path is replaced meanwhile, as a
+/// download or a copy into place does). Any write to it before the session is built changes
+/// its size or its change time (which nothing can set back; at the kernel clock's resolution
+/// of a few milliseconds, far finer than a hash of the file takes): [`VerifiedFile::unchanged`]
+/// then fails the load.
+#[derive(Debug)]
+struct VerifiedFile {
+    file: std::fs::File,
+    path: PathBuf,
+    identity: FileIdentity,
+}
+
+/// What changes when a file's content does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(file: &std::fs::File, path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(Self {
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+impl VerifiedFile {
+    /// Opens `path` and checks its sha256 (remembering the result for readiness).
+    fn open(path: &Path, expected: &str, cache: &Mutex<Option<FileCheck>>) -> Result<Self, String> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let identity = FileIdentity::of(&file, path)?;
+        let me = Self {
+            file,
+            path: path.to_path_buf(),
+            identity,
+        };
+        let result = verify_hash(&me.file, path, expected);
+        *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((me.stamp(), result.clone()));
+        result.map(|()| me)
+    }
+
+    /// A download's file, hashed as it arrived.
+    fn from_download(file: std::fs::File, path: &Path) -> Result<Self, String> {
+        let identity = FileIdentity::of(&file, path)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            identity,
+        })
+    }
+
+    /// The readiness cache's key of this file version.
+    fn stamp(&self) -> (u64, Option<SystemTime>) {
+        (
+            self.identity.len,
+            self.file.metadata().ok().and_then(|m| m.modified().ok()),
+        )
+    }
+
+    /// A path that opens this very file (the path itself where `/proc` is not mounted).
+    fn load_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        let fd = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        if fd.exists() { fd } else { self.path.clone() }
+    }
+
+    /// Fails if the file was written to since it was opened.
+    fn unchanged(&self) -> Result<(), String> {
+        if FileIdentity::of(&self.file, &self.path)? == self.identity {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} changed while it was being loaded; it is loaded again after the back-off",
+                self.path.display()
+            ))
+        }
+    }
+}
+
 fn file_stamp(path: &Path) -> Result<(u64, Option<SystemTime>), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((meta.len(), meta.modified().ok()))
 }
 
-/// Hashes the file and remembers the result for this file version.
+/// Hashes the file at `path` and remembers the result for this file version (readiness).
 fn checked_hash(
     path: &Path,
     expected: &str,
     cache: &Mutex<Option<FileCheck>>,
 ) -> Result<(), String> {
-    let stamp = file_stamp(path)?;
-    let result = verify_hash(path, expected);
-    *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((stamp, result.clone()));
-    result
+    VerifiedFile::open(path, expected, cache).map(drop)
 }
 
-fn verify_hash(path: &Path, expected: &str) -> Result<(), String> {
-    let mut file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+fn verify_hash(file: &std::fs::File, path: &Path, expected: &str) -> Result<(), String> {
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)
+    // Through a second handle on the same open file, so that the caller's is not moved on.
+    let mut reader = file
+        .try_clone()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    std::io::Seek::rewind(&mut reader)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    std::io::copy(&mut reader, &mut hasher)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let actual = hex::encode(hasher.finalize());
     if !actual.eq_ignore_ascii_case(expected) {
@@ -703,6 +812,42 @@ fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_loaded_is_the_file_hashed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.onnx");
+        let good = b"the model that was verified".to_vec();
+        std::fs::write(&path, &good).expect("write");
+        let sha = hex::encode(Sha256::digest(&good));
+        let cache = Mutex::new(None);
+        let file = VerifiedFile::open(&path, &sha, &cache).expect("verified");
+        file.unchanged().expect("nothing happened to it");
+        // Replaced by another file (a copy moved into place): what is loaded is still the bytes
+        // that were hashed, and the load is told the file moved on (unlinked, its change time
+        // moved), so it is loaded again, new file and new hash, after the back-off.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"something else entirely").expect("write");
+        std::fs::rename(&other, &path).expect("replace");
+        assert_eq!(std::fs::read(file.load_path()).expect("read"), good);
+        assert!(file.unchanged().is_err());
+        // Written to in place: refused.
+        let path2 = dir.path().join("n.onnx");
+        std::fs::write(&path2, &good).expect("write");
+        let file = VerifiedFile::open(&path2, &sha, &cache).expect("verified");
+        std::fs::write(&path2, b"the model, changed in place: longer").expect("overwrite");
+        let err = file.unchanged().expect_err("changed while loading");
+        assert!(err.contains("changed while it was being loaded"), "{err}");
+        // A wrong hash is not opened for loading, and readiness learns it.
+        assert!(VerifiedFile::open(&path2, &sha, &cache).is_err());
+        assert!(
+            cache
+                .lock()
+                .expect("cache")
+                .as_ref()
+                .is_some_and(|(_, r)| r.is_err())
+        );
+    }
 
     #[test]
     fn the_back_off_doubles_up_to_its_cap() {

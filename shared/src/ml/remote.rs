@@ -103,14 +103,15 @@ fn transient(reason: String) -> Failure {
 }
 
 /// Downloads `url` to `dest` unless the attempt budget runs out; `dest` exists afterwards only
-/// if its size and sha256 are the card's.
+/// if its size and sha256 are the card's. Returns the downloaded file, opened before it was
+/// moved into place: the very bytes that were hashed as they arrived.
 pub async fn fetch(
     url: &Location,
     dest: &Path,
     sha256: &str,
     size: u64,
     settings: &DownloadSettings,
-) -> Result<(), String> {
+) -> Result<std::fs::File, String> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the model cache {}: {e}", dir.display()))?;
@@ -130,6 +131,8 @@ pub async fn fetch(
         let result = once(&client, url, &part, sha256, size).await;
         match result {
             Ok(()) => {
+                let file = std::fs::File::open(&part)
+                    .map_err(|e| format!("cannot open the download: {e}"))?;
                 std::fs::rename(&part, dest)
                     .map_err(|e| format!("cannot move the download into place: {e}"))?;
                 tracing::info!(
@@ -138,7 +141,7 @@ pub async fn fetch(
                     ms = started.elapsed().as_millis() as u64,
                     "model file downloaded and verified"
                 );
-                return Ok(());
+                return Ok(file);
             }
             Err(f) => {
                 let _ = std::fs::remove_file(&part);
