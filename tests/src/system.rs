@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 pub const NAMES: [&str; 4] = ["chain-svc", "diabetes-svc", "heart-svc", "gateway"];
 
 /// Where the services' memory is charged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Cgroups {
     /// Nowhere special: the caller's cgroup.
     None,
@@ -29,7 +29,32 @@ pub enum Cgroups {
     /// All four (and chain-svc's anvil) in one memory cgroup with this limit (bytes): the
     /// single-instance image.
     AllIn(u64),
+    /// Each service on an instance of its own: a memory limit and a CPU quota.
+    Instance(Instance),
 }
+
+/// A platform instance: memory limit and CPU quota.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Instance {
+    pub name: &'static str,
+    pub memory_bytes: u64,
+    /// CPUs' worth of time per period (0.1 = 10 ms in every 100 ms).
+    pub cpus: f64,
+}
+
+/// Render's free instance: 512 MB, 0.1 CPU.
+pub const RENDER_FREE: Instance = Instance {
+    name: "render-free",
+    memory_bytes: 512 << 20,
+    cpus: 0.1,
+};
+
+/// Render's starter instance: 512 MB, 0.5 CPU.
+pub const RENDER_STARTER: Instance = Instance {
+    name: "render-starter",
+    memory_bytes: 512 << 20,
+    cpus: 0.5,
+};
 
 /// One running service.
 #[derive(Debug)]
@@ -145,13 +170,13 @@ impl System {
             env: shown,
             data,
         };
-        let make = |name: &str, limit: u64| {
-            Cgroup::create(name, limit)
+        let make = |name: &str, limit: u64, cpus: Option<f64>| {
+            Cgroup::create(name, limit, cpus)
                 .map(Arc::new)
                 .map_err(anyhow::Error::msg)
         };
         let all = match cgroups {
-            Cgroups::AllIn(limit) => Some(make("all", limit)?),
+            Cgroups::AllIn(limit) => Some(make("all", limit, None)?),
             _ => None,
         };
         for name in NAMES {
@@ -160,7 +185,8 @@ impl System {
                 bail!("{} is missing: build it first", bin.display());
             }
             let cgroup = match cgroups {
-                Cgroups::EachIn(limit) => Some(make(name, limit)?),
+                Cgroups::EachIn(limit) => Some(make(name, limit, None)?),
+                Cgroups::Instance(i) => Some(make(name, i.memory_bytes, Some(i.cpus))?),
                 Cgroups::AllIn(_) => all.clone(),
                 Cgroups::None => None,
             };
@@ -171,9 +197,9 @@ impl System {
                 Some(cg) => {
                     let mut c = Command::new("sh");
                     c.arg("-c")
-                        .arg("echo $$ > \"$0\" && exec \"$1\"")
-                        .arg(cg.procs_file())
-                        .arg(&bin);
+                        .arg("for f in \"$@\"; do echo $$ > \"$f\" || exit 1; done; exec \"$0\"")
+                        .arg(&bin)
+                        .args(cg.procs_files());
                     c
                 }
                 None => Command::new(&bin),
@@ -426,46 +452,103 @@ pub fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// A memory cgroup made for one service (v1 `memory` hierarchy or v2 unified).
+/// A memory cgroup made for one service (v1 `memory` hierarchy or v2 unified), with a CPU
+/// quota when asked (v1: a cgroup of the same name in the `cpu` hierarchy; v2: `cpu.max`).
 #[derive(Debug)]
 pub struct Cgroup {
     dir: PathBuf,
     v2: bool,
+    /// v1's cgroup in the `cpu` hierarchy.
+    cpu_dir: Option<PathBuf>,
+    cpus: Option<f64>,
 }
 
 const V1_ROOT: &str = "/sys/fs/cgroup/memory";
+const V1_CPU_ROOT: &str = "/sys/fs/cgroup/cpu";
 const V2_ROOT: &str = "/sys/fs/cgroup";
+/// The CPU quota's period, µs (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
 
 impl Cgroup {
     /// Whether this process may create memory cgroups here; the reason when not.
     pub fn probe() -> Result<(), String> {
-        let cg = Cgroup::create("probe", 64 << 20)?;
+        let cg = Cgroup::create("probe", 64 << 20, None)?;
         drop(cg);
         Ok(())
     }
 
-    fn create(name: &str, limit: u64) -> Result<Self, String> {
-        let leaf = format!("medchain-bench-{}-{name}", std::process::id());
+    /// Whether this process may create memory cgroups with a CPU quota here.
+    pub fn probe_cpu() -> Result<(), String> {
+        let cg = Cgroup::create("probe-cpu", 64 << 20, Some(0.5))?;
+        drop(cg);
+        Ok(())
+    }
+
+    fn create(name: &str, limit: u64, cpus: Option<f64>) -> Result<Self, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let leaf = format!("medchain-bench-{}-{n}-{name}", std::process::id());
         let v2 = fs::read_to_string(format!("{V2_ROOT}/cgroup.controllers"))
             .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
         let (dir, limit_file) = if v2 {
-            let _ = fs::write(format!("{V2_ROOT}/cgroup.subtree_control"), "+memory");
-            (Path::new(V2_ROOT).join(leaf), "memory.max")
+            let controllers = if cpus.is_some() {
+                "+memory +cpu"
+            } else {
+                "+memory"
+            };
+            let _ = fs::write(format!("{V2_ROOT}/cgroup.subtree_control"), controllers);
+            (Path::new(V2_ROOT).join(&leaf), "memory.max")
         } else if Path::new(V1_ROOT).join("memory.limit_in_bytes").exists() {
-            (Path::new(V1_ROOT).join(leaf), "memory.limit_in_bytes")
+            (Path::new(V1_ROOT).join(&leaf), "memory.limit_in_bytes")
         } else {
             return Err("no memory cgroup controller is mounted".into());
         };
         fs::create_dir(&dir)
             .map_err(|e| format!("cannot create the cgroup {}: {e}", dir.display()))?;
-        let cg = Cgroup { dir, v2 };
+        let mut cg = Cgroup {
+            dir,
+            v2,
+            cpu_dir: None,
+            cpus,
+        };
         fs::write(cg.dir.join(limit_file), limit.to_string())
             .map_err(|e| format!("cannot set {limit_file}: {e}"))?;
+        if let Some(cpus) = cpus {
+            let quota = ((cpus * CPU_PERIOD_US as f64) as u64).max(1000);
+            if v2 {
+                fs::write(cg.dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))
+                    .map_err(|e| format!("cannot set cpu.max: {e}"))?;
+            } else {
+                let dir = Path::new(V1_CPU_ROOT).join(&leaf);
+                fs::create_dir(&dir)
+                    .map_err(|e| format!("cannot create the cpu cgroup {}: {e}", dir.display()))?;
+                cg.cpu_dir = Some(dir.clone());
+                fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())
+                    .and_then(|()| fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()))
+                    .map_err(|e| format!("cannot set the CPU quota: {e}"))?;
+            }
+        }
         Ok(cg)
     }
 
-    fn procs_file(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
+    fn procs_files(&self) -> Vec<PathBuf> {
+        std::iter::once(&self.dir)
+            .chain(&self.cpu_dir)
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// How long the cgroup's processes were held back by its CPU quota, seconds (`None`
+    /// without a quota).
+    pub fn cpu_throttled_seconds(&self) -> Option<f64> {
+        self.cpus?;
+        let dir = self.cpu_dir.as_ref().unwrap_or(&self.dir);
+        let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        Some(if self.v2 {
+            memory::line_value(&stat, "throttled_usec")? as f64 / 1e6
+        } else {
+            memory::line_value(&stat, "throttled_time")? as f64 / 1e9
+        })
     }
 
     /// Peak usage charged to the cgroup (includes page cache, as a container's does), the
@@ -489,6 +572,7 @@ impl Cgroup {
         json!({
             "cgroup": self.dir.display().to_string(),
             "version": if self.v2 { 2 } else { 1 },
+            "cpus": self.cpus,
             "limit_mb": limit.map(|b| b as f64 / MB),
             "peak_usage_mb": peak.map(|b| b as f64 / MB),
             "oom_kills": oom_kills,
@@ -507,11 +591,13 @@ fn line_value<T: std::str::FromStr>(text: &str, matches: impl Fn(&str) -> bool) 
 impl Drop for Cgroup {
     fn drop(&mut self) {
         // Empty once its processes have exited; retried briefly while they finish.
-        for _ in 0..50 {
-            if fs::remove_dir(&self.dir).is_ok() {
-                return;
+        for dir in std::iter::once(&self.dir).chain(&self.cpu_dir) {
+            for _ in 0..50 {
+                if fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
