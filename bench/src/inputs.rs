@@ -62,6 +62,21 @@ pub fn large_jpeg(model: &str) -> anyhow::Result<Vec<u8>> {
     jpeg(&img, 90)
 }
 
+/// A 40-megapixel (7300×5470) progressive 4:2:0 JPEG of the model's example, smooth enough to
+/// weigh a few hundred KB: a decoder must hold its coefficients at full size whatever the
+/// output scale (128 bytes an 8×8 block: about 120 MB).
+pub fn progressive_40mp(model: &str) -> anyhow::Result<Vec<u8>> {
+    let img = example(model)?
+        .resize_exact(7300, 5470, FilterType::Triangle)
+        .to_rgb8();
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 80);
+    enc.set_progressive(true);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.encode(img.as_raw(), 7300, 5470, jpeg_encoder::ColorType::Rgb)?;
+    Ok(out)
+}
+
 /// Checks a file is a JPEG of the expected size (guards the generator above).
 #[cfg(test)]
 fn dimensions(bytes: &[u8]) -> anyhow::Result<(u32, u32)> {

@@ -348,6 +348,9 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     }
     int8_md(md, v)?;
     cgroup_md(md, &v["cgroup_run"])?;
+    for instance in v["instances"].as_array().into_iter().flatten() {
+        instance_md(md, instance)?;
+    }
     single_md(md, &v["single_instance"])?;
     if let Some(ex) = v["exited_during_run"].as_array()
         && !ex.is_empty()
@@ -430,6 +433,74 @@ fn cgroup_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
         md.push_str("\nEvery request of the cgroup run's load phases succeeded.\n");
     } else {
         writeln!(md, "\nFailures in the cgroup run: {}", failed.join("; "))?;
+    }
+    Ok(())
+}
+
+fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
+    if c["ran"] != true {
+        writeln!(
+            md,
+            "\n### On a platform instance\n\nNot run: {}.",
+            s(&c["reason"])
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "\n### On a {} instance: {} MB, {} CPU per service\n",
+        s(&c["instance"]),
+        c["memory_mb"],
+        c["cpus"]
+    )?;
+    writeln!(
+        md,
+        "Each service in a cgroup of its own with that memory limit and CPU quota (`cpu.cfs_quota_us` / `cpu.max`, 100 ms period), as each runs on the platform; page cache dropped first: {}. Every phase resets the cgroups' peaks first; \"peak\" is the cgroup's (page cache included, as a container's), \"throttled\" the time the quota has held the service back since it started.\n",
+        c["page_cache_dropped"]
+    )?;
+    md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms | diabetes-svc peak MB | heart-svc peak MB | gateway peak MB | chain-svc peak MB |\n|---|---|---|---|---|---|---|---|---|\n");
+    for p in c["phases"].as_array().into_iter().flatten() {
+        let l = &p["load"];
+        let statuses = l["statuses"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}×{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let peak = |svc: &str| f(&p["cgroups"][svc]["peak_usage_mb"], 1);
+        writeln!(
+            md,
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |",
+            s(&p["phase"]),
+            l["ok"],
+            l["requests"],
+            statuses,
+            f(&l["p50_ms"], 1),
+            f(&l["p99_ms"], 1),
+            peak("diabetes-svc"),
+            peak("heart-svc"),
+            peak("gateway"),
+            peak("chain-svc"),
+        )?;
+    }
+    md.push_str("\n| service | ready after start, ms | cgroup peak over the run, MB | OOM kills | CPU throttled, s | alive at the end |\n|---|---|---|---|---|---|\n");
+    let last = c["phases"].as_array().and_then(|a| a.last());
+    for (name, st) in c["services"].as_object().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} |",
+            f(&c["startup"][name]["ready_ms"], 0),
+            f(&st["peak_usage_mb"], 1),
+            st["oom_kills"],
+            last.map_or("—".into(), |p| f(
+                &p["cgroups"][name]["cpu_throttled_s"],
+                1
+            )),
+            st["alive"]
+        )?;
     }
     Ok(())
 }

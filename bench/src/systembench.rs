@@ -322,6 +322,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         Err(reason) => not_run(reason),
         Ok(()) => single_instance_run(args, &logs).await?,
     };
+    let quota = cgroups.and_then(|()| Cgroup::probe_cpu());
+    let mut instances = Vec::new();
+    for instance in [
+        medchain_tests::system::RENDER_FREE,
+        medchain_tests::system::RENDER_STARTER,
+    ] {
+        instances.push(match &quota {
+            Err(reason) => not_run(reason),
+            Ok(()) => instance_run(args, &logs, instance).await?,
+        });
+    }
+    results["instances"] = json!(instances);
     Ok(results)
 }
 
@@ -407,6 +419,132 @@ async fn single_instance_run(args: &Args, logs: &std::path::Path) -> anyhow::Res
         }));
     }
     Ok(json!({"ran": true, "limit_mb": 512, "runs": runs}))
+}
+
+/// Every service's cgroup peak (reset before the phase), MB, and the time the CPU quota held
+/// it back, seconds.
+fn cgroup_peaks(sys: &System) -> Value {
+    sys.services
+        .iter()
+        .map(|s| {
+            let cg = s.cgroup.as_ref();
+            let st = cg.map_or(Value::Null, |c| c.stats());
+            (
+                s.name.to_string(),
+                json!({
+                    "peak_usage_mb": st["peak_usage_mb"],
+                    "oom_kills": st["oom_kills"],
+                    "cpu_throttled_s": cg.and_then(|c| c.cpu_throttled_seconds()),
+                }),
+            )
+        })
+        .collect::<Map<_, _>>()
+        .into()
+}
+
+fn reset_cgroup_peaks(sys: &System) -> bool {
+    sys.services
+        .iter()
+        .filter_map(|s| s.cgroup.as_ref())
+        .all(|c| c.reset_peak())
+}
+
+/// One phase on an instance: the cgroup peaks reset first, read after.
+async fn instance_phase(sys: &System, name: &str, target: &Target, c: usize, n: usize) -> Value {
+    say(&format!("{name}: {n} requests, {c} concurrent"));
+    let reset = reset_cgroup_peaks(sys);
+    let o = drive(target, c, n).await;
+    json!({"phase": name, "load": o.to_json(), "cgroup_peaks_reset": reset,
+           "cgroups": cgroup_peaks(sys)})
+}
+
+/// The system as it runs on a platform instance: each service in a cgroup of its own with the
+/// instance's memory limit and CPU quota (Render's free and starter instances). Each model's
+/// first prediction (its lazy load, under the quota), warm latency at c=1, and the load phases:
+/// 64 concurrent tabular, 16 concurrent 3000×2000 uploads and 16 concurrent 40-MP progressive
+/// JPEGs per disease.
+async fn instance_run(
+    args: &Args,
+    logs: &std::path::Path,
+    instance: medchain_tests::system::Instance,
+) -> anyhow::Result<Value> {
+    say(&format!(
+        "each service on a {} instance ({} MB, {} CPU)",
+        instance.name,
+        instance.memory_bytes >> 20,
+        instance.cpus
+    ));
+    let page_cache_dropped = drop_page_cache();
+    let mut sys = System::start(
+        &args.bin_dir,
+        &logs.join(instance.name),
+        Cgroups::Instance(instance),
+        &[],
+    )
+    .await?;
+    let startup: Map<String, Value> = sys
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.to_string(),
+                json!({"healthy_ms": s.healthy_ms, "ready_ms": s.ready_ms}),
+            )
+        })
+        .collect();
+    let eps = endpoints(&sys)?;
+    let mut phases = Vec::new();
+    for ep in eps.iter().filter(|e| e.model.is_some()) {
+        let name = format!("first prediction {}", ep.label);
+        phases.push(instance_phase(&sys, &name, &ep.gateway, 1, 1).await);
+    }
+    for ep in eps.iter().filter(|e| e.model.is_some()) {
+        let name = format!("warm {} c=1", ep.label);
+        let n = if ep.image { 20 } else { 200 };
+        phases.push(instance_phase(&sys, &name, &ep.gateway, 1, n).await);
+    }
+    for ep in eps.iter().filter(|e| e.model == Some("tabular")) {
+        let name = format!("64 concurrent {}", ep.label);
+        phases.push(instance_phase(&sys, &name, &ep.gateway, 64, 640).await);
+    }
+    let gw = sys.get("gateway").url();
+    for (disease, model) in [("diabetes", "retina"), ("heart", "ecg")] {
+        let url = format!("{gw}/api/v1/{disease}/predict/{model}");
+        let large = inputs::large_jpeg(model)?;
+        let t = Target::image(url.clone(), &large, "image/jpeg", None);
+        let name = format!("16 concurrent {disease}/{model} 3000×2000 JPEGs");
+        phases.push(instance_phase(&sys, &name, &t, 16, 48).await);
+        let progressive = inputs::progressive_40mp(model)?;
+        let t = Target::image(url, &progressive, "image/jpeg", None);
+        let name = format!(
+            "16 concurrent {disease}/{model} 40-MP progressive JPEGs ({:.0} KB)",
+            progressive.len() as f64 / 1024.0
+        );
+        phases.push(instance_phase(&sys, &name, &t, 16, 16).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exited = sys.exited();
+    let services: Map<String, Value> = sys
+        .services
+        .iter()
+        .map(|s| {
+            let mut v = s.cgroup.as_ref().map_or(Value::Null, |c| c.stats());
+            v["alive"] = json!(!exited.iter().any(|(n, _)| n == s.name));
+            (s.name.to_string(), v)
+        })
+        .collect();
+    sys.stop();
+    Ok(json!({
+        "ran": true,
+        "instance": instance.name,
+        "memory_mb": instance.memory_bytes >> 20,
+        "cpus": instance.cpus,
+        "page_cache_dropped": page_cache_dropped,
+        "startup": startup,
+        "services": services,
+        "exited": exited,
+        "phases": phases,
+    }))
 }
 
 /// The loads again, each service in its own 512 MB memory cgroup.

@@ -538,6 +538,16 @@ impl Cgroup {
             .collect()
     }
 
+    /// Starts the peak usage afresh (v1 `memory.max_usage_in_bytes`, v2 `memory.peak` where
+    /// the kernel lets it be reset). Whether it could.
+    pub fn reset_peak(&self) -> bool {
+        if self.v2 {
+            fs::write(self.dir.join("memory.peak"), "1").is_ok()
+        } else {
+            fs::write(self.dir.join("memory.max_usage_in_bytes"), "0").is_ok()
+        }
+    }
+
     /// How long the cgroup's processes were held back by its CPU quota, seconds (`None`
     /// without a quota).
     pub fn cpu_throttled_seconds(&self) -> Option<f64> {
