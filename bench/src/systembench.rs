@@ -421,6 +421,24 @@ async fn single_instance_run(args: &Args, logs: &std::path::Path) -> anyhow::Res
     Ok(json!({"ran": true, "limit_mb": 512, "runs": runs}))
 }
 
+/// After a cgroup run: which processes exited, and each service's cgroup figures with whether
+/// it was still alive; then stops the system.
+async fn stop_and_summarise(sys: &mut System) -> (Vec<(String, String)>, Map<String, Value>) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exited = sys.exited();
+    let services = sys
+        .services
+        .iter()
+        .map(|s| {
+            let mut v = s.cgroup.as_ref().map_or(Value::Null, |c| c.stats());
+            v["alive"] = json!(!exited.iter().any(|(n, _)| n == s.name));
+            (s.name.to_string(), v)
+        })
+        .collect();
+    sys.stop();
+    (exited, services)
+}
+
 /// Every service's cgroup peak (reset before the phase), MB, and the time the CPU quota held
 /// it back, seconds.
 fn cgroup_peaks(sys: &System) -> Value {
@@ -522,18 +540,7 @@ async fn instance_run(
         );
         phases.push(instance_phase(&sys, &name, &t, 16, 16).await);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let exited = sys.exited();
-    let services: Map<String, Value> = sys
-        .services
-        .iter()
-        .map(|s| {
-            let mut v = s.cgroup.as_ref().map_or(Value::Null, |c| c.stats());
-            v["alive"] = json!(!exited.iter().any(|(n, _)| n == s.name));
-            (s.name.to_string(), v)
-        })
-        .collect();
-    sys.stop();
+    let (exited, services) = stop_and_summarise(&mut sys).await;
     Ok(json!({
         "ran": true,
         "instance": instance.name,
@@ -560,18 +567,7 @@ async fn cgroup_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value
     .await?;
     let eps = endpoints(&sys)?;
     let (first, peaks) = loads(&sys, &eps, args.quick).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let exited = sys.exited();
-    let per_service: Map<String, Value> = sys
-        .services
-        .iter()
-        .map(|s| {
-            let mut v = s.cgroup.as_ref().map_or(Value::Null, |c| c.stats());
-            v["alive"] = json!(!exited.iter().any(|(n, _)| n == s.name));
-            (s.name.to_string(), v)
-        })
-        .collect();
-    sys.stop();
+    let (exited, per_service) = stop_and_summarise(&mut sys).await;
     Ok(json!({
         "ran": true,
         "limit_mb": 512,

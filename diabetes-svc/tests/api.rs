@@ -200,14 +200,7 @@ async fn a_corrupt_model_fails_its_endpoint_only_and_is_retried() {
     // succeeds.
     std::fs::write(&onnx, &good).expect("restore model");
     let retry = app.model("tabular").await["next_retry_unix_ms"].clone();
-    let retry = retry.as_u64().expect("the next retry is shown");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    tokio::time::sleep(std::time::Duration::from_millis(
-        retry.saturating_sub(now) + 20,
-    ))
-    .await;
+    medchain_tests::wait_until_unix_ms(retry.as_u64().expect("the next retry is shown")).await;
     app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
     assert_eq!(app.model("tabular").await["loads"], 1);
 }

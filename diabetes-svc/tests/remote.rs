@@ -93,17 +93,6 @@ async fn service(url: &str, cache: &Path) -> TestApp {
     .await
 }
 
-/// Waits until the wall clock has passed `unix_ms`.
-async fn wait_until_unix_ms(unix_ms: u64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    tokio::time::sleep(std::time::Duration::from_millis(
-        unix_ms.saturating_sub(now) + 20,
-    ))
-    .await;
-}
-
 fn retina_png() -> Vec<u8> {
     std::fs::read(models_dir().join("examples/retina/1-mild_npdr-0.png")).expect("example")
 }
@@ -209,7 +198,7 @@ async fn fails_then_recovers(mode: Mode, reason: &str, attempts: usize) {
     app.post_json_ok("/v1/predict/tabular", &tabular()).await;
 
     *host.mode.lock().expect("mode") = Mode::Good;
-    wait_until_unix_ms(next).await;
+    medchain_tests::wait_until_unix_ms(next).await;
     assert_eq!(
         app.post_image("/v1/predict/retina", retina_png(), "x.png")
             .await

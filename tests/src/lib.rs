@@ -523,3 +523,15 @@ impl RawUpload {
         Ok((status, body))
     }
 }
+
+/// Waits until the wall clock has passed `unix_ms` (a time a service announced, such as a
+/// model's next load attempt).
+pub async fn wait_until_unix_ms(unix_ms: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        unix_ms.saturating_sub(now) + 20,
+    ))
+    .await;
+}
