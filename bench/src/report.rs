@@ -458,7 +458,8 @@ fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
         "Each service in a cgroup of its own with that memory limit and CPU quota (`cpu.cfs_quota_us` / `cpu.max`, 100 ms period), as each runs on the platform; page cache dropped first: {}. Every phase resets the cgroups' peaks first; \"peak\" is the cgroup's (page cache included, as a container's), \"throttled\" the time the quota has held the service back since it started.\n",
         c["page_cache_dropped"]
     )?;
-    md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms | diabetes-svc peak MB | heart-svc peak MB | gateway peak MB | chain-svc peak MB |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("`/healthz` is asked of every service every 250 ms during each phase (30 s timeout): the slowest answer and, in brackets, the service that gave it and how many answers of all services were not a 200.\n\n");
+    md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms | diabetes-svc peak MB | heart-svc peak MB | gateway peak MB | chain-svc peak MB | slowest /healthz ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for p in c["phases"].as_array().into_iter().flatten() {
         let l = &p["load"];
         let statuses = l["statuses"]
@@ -471,9 +472,22 @@ fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         let peak = |svc: &str| f(&p["cgroups"][svc]["peak_usage_mb"], 1);
+        let slowest = p["healthz_slowest_ms"]
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+            })
+            .map_or("—".to_string(), |(svc, ms)| {
+                let failed: u64 = p["healthz_failed"]
+                    .as_object()
+                    .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+                format!("{ms:.0} ({svc}; {failed} failed)")
+            });
         writeln!(
             md,
-            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s(&p["phase"]),
             l["ok"],
             l["requests"],
@@ -484,6 +498,7 @@ fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
             peak("heart-svc"),
             peak("gateway"),
             peak("chain-svc"),
+            slowest,
         )?;
     }
     md.push_str("\n| service | ready after start, ms | cgroup peak over the run, MB | OOM kills | CPU throttled, s | alive at the end |\n|---|---|---|---|---|---|\n");

@@ -467,13 +467,56 @@ fn reset_cgroup_peaks(sys: &System) -> bool {
         .all(|c| c.reset_peak())
 }
 
-/// One phase on an instance: the cgroup peaks reset first, read after.
+/// Asks every service's `/healthz` in turn, every 250 ms, until `stop`: the slowest answer per
+/// service, ms, and how many did not answer 200 within 30 s — what a platform's health check
+/// or a liveness probe would see meanwhile.
+async fn poll_health(
+    services: Vec<(String, String)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default();
+    let mut slowest: Map<String, Value> = Map::new();
+    let mut failed: Map<String, Value> = Map::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for (name, url) in &services {
+            let t = std::time::Instant::now();
+            let ok = client
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let worst = slowest.get(name).and_then(Value::as_f64).unwrap_or(0.0);
+            slowest.insert(name.clone(), json!(worst.max(ms)));
+            let n = failed.get(name).and_then(Value::as_u64).unwrap_or(0);
+            failed.insert(name.clone(), json!(n + u64::from(!ok)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (slowest, failed)
+}
+
+/// One phase on an instance: the cgroup peaks reset first, read after; the services' health
+/// checks timed throughout.
 async fn instance_phase(sys: &System, name: &str, target: &Target, c: usize, n: usize) -> Value {
     say(&format!("{name}: {n} requests, {c} concurrent"));
     let reset = reset_cgroup_peaks(sys);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let services = sys
+        .services
+        .iter()
+        .map(|s| (s.name.to_string(), s.url()))
+        .collect();
+    let health = tokio::spawn(poll_health(services, stop.clone()));
     let o = drive(target, c, n).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (healthz_slowest_ms, healthz_failed) = health.await.unwrap_or_default();
     json!({"phase": name, "load": o.to_json(), "cgroup_peaks_reset": reset,
-           "cgroups": cgroup_peaks(sys)})
+           "cgroups": cgroup_peaks(sys), "healthz_slowest_ms": healthz_slowest_ms,
+           "healthz_failed": healthz_failed})
 }
 
 /// The system as it runs on a platform instance: each service in a cgroup of its own with the
