@@ -501,6 +501,16 @@ fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
             slowest,
         )?;
     }
+    for p in c["phases"].as_array().into_iter().flatten() {
+        if let Some(n) = p["audit_unrecorded"].as_f64() {
+            writeln!(
+                md,
+                "\n{}: {n} of {} recorded predictions answered `unrecorded` (chain-svc slower than the disease service's `chain.timeout_ms`, or unreachable).",
+                s(&p["phase"]),
+                p["load"]["requests"]
+            )?;
+        }
+    }
     md.push_str("\n| service | ready after start, ms | cgroup peak over the run, MB | OOM kills | CPU throttled, s | alive at the end |\n|---|---|---|---|---|---|\n");
     let last = c["phases"].as_array().and_then(|a| a.last());
     for (name, st) in c["services"].as_object().into_iter().flatten() {

@@ -499,6 +499,25 @@ async fn poll_health(
     (slowest, failed)
 }
 
+/// Predictions diabetes-svc answered `unrecorded` so far (its metric, every reason).
+async fn unrecorded(sys: &System) -> Option<f64> {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", sys.get("diabetes-svc").url()))
+        .header(medchain_shared::auth::INTERNAL_TOKEN_HEADER, &sys.token)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("diabetes_audit_unrecorded_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 /// One phase on an instance: the cgroup peaks reset first, read after; the services' health
 /// checks timed throughout.
 async fn instance_phase(sys: &System, name: &str, target: &Target, c: usize, n: usize) -> Value {
@@ -567,6 +586,15 @@ async fn instance_run(
     for ep in eps.iter().filter(|e| e.model == Some("tabular")) {
         let name = format!("64 concurrent {}", ep.label);
         phases.push(instance_phase(&sys, &name, &ep.gateway, 64, 640).await);
+    }
+    // Recorded predictions: whether chain-svc answers within the disease service's
+    // `chain.timeout_ms` here (an `unrecorded` answer counts in its metric).
+    if let Some(ep) = eps.iter().find(|e| e.model.is_none()) {
+        let before = unrecorded(&sys).await;
+        let name = format!("16 concurrent {}", ep.label);
+        let mut phase = instance_phase(&sys, &name, &ep.gateway, 16, 160).await;
+        phase["audit_unrecorded"] = json!(unrecorded(&sys).await.zip(before).map(|(a, b)| a - b));
+        phases.push(phase);
     }
     let gw = sys.get("gateway").url();
     for (disease, model) in [("diabetes", "retina"), ("heart", "ecg")] {
