@@ -592,21 +592,33 @@ async fn wait_for_slow_uploads(app: &medchain_tests::TestApp, n: u64, sent_each:
     panic!("the slow uploads never reached the service");
 }
 
+/// Starts `n` uploads declaring `declared` bytes that send their first KB and then hold, and
+/// waits until all have reached the service.
+async fn slow_uploads(
+    app: &medchain_tests::TestApp,
+    path: &str,
+    n: u64,
+    declared: usize,
+) -> Vec<medchain_tests::RawUpload> {
+    let preamble = medchain_tests::RawUpload::preamble("image");
+    let mut slow = Vec::new();
+    for _ in 0..n {
+        let mut up = medchain_tests::RawUpload::start(app, path, declared).await;
+        up.send(&preamble).await.expect("preamble");
+        up.send(&[0x89; 1024]).await.expect("first bytes");
+        slow.push(up);
+    }
+    wait_for_slow_uploads(app, n, 1024).await;
+    slow
+}
+
 /// Slow senders used to take a place in the model's queue before sending their body: the
 /// 17th trickling upload left an honest one a 503 "busy" at once.
 #[tokio::test]
 async fn trickling_uploads_do_not_fill_the_queue() {
     let app = spawn_disease(SPEC, |_| {}).await;
     let path = "/v1/predict/retina";
-    let preamble = medchain_tests::RawUpload::preamble("image");
-    let mut slow = Vec::new();
-    for _ in 0..17 {
-        let mut up = medchain_tests::RawUpload::start(&app, path, 1 << 20).await;
-        up.send(&preamble).await.expect("preamble");
-        up.send(&[0x89; 1024]).await.expect("first bytes");
-        slow.push(up);
-    }
-    wait_for_slow_uploads(&app, 17, 1024).await;
+    let slow = slow_uploads(&app, path, 17, 1 << 20).await;
     let res = app.post_image(path, retina_example(), "r.png").await;
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     assert_eq!(slow.len(), 17, "still open");
@@ -618,15 +630,8 @@ async fn trickling_uploads_do_not_fill_the_queue() {
 async fn slow_uploads_hold_only_what_they_have_sent() {
     let app = spawn_disease(SPEC, |s| s.images.buffer_mb = 16).await;
     let path = "/v1/predict/retina";
-    let preamble = medchain_tests::RawUpload::preamble("image");
-    let mut slow = Vec::new();
-    for _ in 0..2 {
-        let mut up = medchain_tests::RawUpload::start(&app, path, 10 << 20).await;
-        up.send(&preamble).await.expect("preamble");
-        up.send(&[0x89; 1024]).await.expect("first bytes");
-        slow.push(up);
-    }
-    wait_for_slow_uploads(&app, 2, 1024).await;
+    let _slow = slow_uploads(&app, path, 2, 10 << 20).await;
+    // (held open, trickling, until the end of the test)
     let honest = app.post_image(path, retina_example(), "r.png");
     let res = tokio::time::timeout(std::time::Duration::from_secs(120), honest)
         .await

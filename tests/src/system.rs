@@ -249,6 +249,15 @@ impl System {
         self.data.path()
     }
 
+    /// A client of the gateway's public API (`/api/v1`).
+    pub fn gateway_api(&self) -> crate::TestApp {
+        crate::TestApp {
+            address: format!("{}/api/v1", self.get("gateway").url()),
+            client: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
     pub fn get(&self, name: &str) -> &Service {
         self.services
             .iter()

@@ -3,7 +3,6 @@
 //! ResNet50 is loaded. Without the fixed mmap threshold (`memory::tune_allocator`), glibc kept
 //! them as 157 MB of free heap (README, "Soak"); with it, a few MB.
 
-use medchain_tests::TestApp;
 use medchain_tests::system::{Cgroups, System, debug_bin_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,11 +12,7 @@ async fn heart_svc_keeps_no_large_free_heap_after_loading_its_image_model() {
     let sys = System::start(&bin, logs.path(), Cgroups::None, &[])
         .await
         .expect("the system starts");
-    let gateway = TestApp {
-        address: format!("{}/api/v1", sys.get("gateway").url()),
-        client: reqwest::Client::new(),
-        token: None,
-    };
+    let gateway = sys.gateway_api();
     let ecg = std::fs::read(
         medchain_tests::models_dir().join("examples/ecg/2-myocardial_infarction-0.jpg"),
     )

@@ -6,7 +6,6 @@
 //! with `Retry-After`; a recorded prediction must say `pending`/`confirmed`, not `unrecorded`;
 //! no process may be OOM-killed or exit.
 
-use medchain_tests::TestApp;
 use medchain_tests::system::{Cgroup, Cgroups, RENDER_FREE, System, debug_bin_dir};
 use serde_json::{Value, json};
 
@@ -34,11 +33,7 @@ async fn the_system_holds_on_a_free_instance() {
     )
     .await
     .expect("the system starts on 0.1 CPU");
-    let gateway = TestApp {
-        address: format!("{}/api/v1", sys.get("gateway").url()),
-        client: reqwest::Client::new(),
-        token: None,
-    };
+    let gateway = sys.gateway_api();
     let example = |p: &str| std::fs::read(medchain_tests::models_dir().join(p)).expect(p);
     let retina = example("examples/retina/0-no_dr-1.jpg");
     let ecg = example("examples/ecg/0-normal-0.jpg");
