@@ -83,7 +83,8 @@ pub fn image_upload(data: &[u8]) {
     let _ = decode_cost(data, pre);
     match prepare(data, pre, &LIMITS) {
         Ok(p) => {
-            let (w, h) = (pre.resize.width as usize, pre.resize.height as usize);
+            let (w, h) = pre.input_size();
+            let (w, h) = (w as usize, h as usize);
             assert_eq!((p.width as usize, p.height as usize), (w, h));
             assert_eq!(p.tensor.len(), 3 * w * h);
             assert!(p.tensor.iter().all(|x| x.is_finite()));

@@ -93,25 +93,173 @@ pub struct Band {
     pub below: Option<f64>,
 }
 
-/// Image preprocessing the model was trained with.
+/// Image preprocessing the model was trained with: decode → EXIF orientation (when
+/// `exif_orientation`) → RGB8 → resize (the whole image to `width`×`height`, or its shorter side
+/// to `shorter_side` keeping the aspect ratio, as torchvision's `Resize(n)` does) with one of
+/// Pillow's antialiased filters → centre crop (`crop`, as torchvision's `CenterCrop`) → channel
+/// order → `(v * scale - mean) / std` → NCHW float32. `models/pipeline/preprocess.py` is the
+/// Python side of the same steps.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Preprocessing {
     pub resize: Resize,
+    #[serde(default)]
+    pub crop: Option<Crop>,
     pub exif_orientation: bool,
-    pub channel_order: String,
+    pub channel_order: ChannelOrder,
     pub scale: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub layout: String,
 }
 
-/// Target size and filter.
+/// How the image is resized: to a fixed size (`width`, `height`, aspect not kept) or its
+/// shorter side to `shorter_side` (`keep_aspect`), the longer one in proportion (truncated).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Resize {
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub shorter_side: Option<u32>,
+    pub filter: Filter,
+    pub keep_aspect: bool,
+}
+
+/// Pillow's resampling filters, all antialiased (the filter widens with the reduction), bit for
+/// bit (see `resample`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Filter {
+    BoxAntialiased,
+    BilinearAntialiased,
+    HammingAntialiased,
+    BicubicAntialiased,
+    LanczosAntialiased,
+}
+
+/// A centre crop of the resized image.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+pub struct Crop {
     pub width: u32,
     pub height: u32,
-    pub filter: String,
-    pub keep_aspect: bool,
+}
+
+/// The order of the channels in the model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ChannelOrder {
+    #[serde(rename = "RGB")]
+    Rgb,
+    #[serde(rename = "BGR")]
+    Bgr,
+}
+
+/// The largest side any resize or crop may have, pixels: ten times the usual model input.
+pub const MAX_INPUT_SIDE: u32 = 2048;
+
+impl Preprocessing {
+    /// The model's input size, width × height: the crop, or the fixed resize.
+    pub fn input_size(&self) -> (u32, u32) {
+        match (self.crop, self.resize.width, self.resize.height) {
+            (Some(c), _, _) => (c.width, c.height),
+            (None, Some(w), Some(h)) => (w, h),
+            // Refused by `check`.
+            _ => (0, 0),
+        }
+    }
+
+    /// The size an upright `w`×`h` image is resized to before the crop: torchvision's
+    /// `Resize(n)` sets the shorter side to `n` and the longer to `int(n * long / short)`.
+    pub fn resized_size(&self, w: u32, h: u32) -> (u32, u32) {
+        match (
+            self.resize.shorter_side,
+            self.resize.width,
+            self.resize.height,
+        ) {
+            (Some(s), _, _) => {
+                let long = |long: u32, short: u32| {
+                    ((u64::from(s) * u64::from(long)) as f64 / f64::from(short.max(1))) as u32
+                };
+                if w <= h {
+                    (s, long(h, w).max(1))
+                } else {
+                    (long(w, h).max(1), s)
+                }
+            }
+            (None, Some(tw), Some(th)) => (tw, th),
+            _ => (0, 0),
+        }
+    }
+
+    /// Where the centre crop of a `w`×`h` resized image starts, (left, top): torchvision's
+    /// `int(round((size - crop) / 2.0))`, rounding halves to even as Python does.
+    pub fn crop_origin(&self, w: u32, h: u32) -> (u32, u32) {
+        let start = |size: u32, crop: u32| {
+            let d = size.saturating_sub(crop);
+            let half = d / 2;
+            if d % 2 == 1 && half % 2 == 1 {
+                half + 1
+            } else {
+                half
+            }
+        };
+        match self.crop {
+            Some(c) => (start(w, c.width), start(h, c.height)),
+            None => (0, 0),
+        }
+    }
+
+    /// What the services rely on: a fixed input size that the resize covers.
+    pub fn check(&self) -> Result<(), String> {
+        if self.layout != "NCHW" {
+            return Err(format!("layout {:?}: only NCHW is supported", self.layout));
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err("preprocessing.scale must be a positive number".into());
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err("preprocessing.std must be positive and mean finite".into());
+        }
+        let r = &self.resize;
+        let side_ok = |v: u32| (1..=MAX_INPUT_SIDE).contains(&v);
+        match (r.keep_aspect, r.shorter_side, r.width, r.height) {
+            (true, Some(s), None, None) if side_ok(s) => {
+                let c = self
+                    .crop
+                    .ok_or("a shorter-side resize gives images of varying size: it needs a crop")?;
+                if c.width > s || c.height > s {
+                    return Err(format!(
+                        "the crop {}×{} is larger than the resized shorter side {s}",
+                        c.width, c.height
+                    ));
+                }
+            }
+            (false, None, Some(w), Some(h)) if side_ok(w) && side_ok(h) => {
+                if let Some(c) = self.crop
+                    && (c.width > w || c.height > h)
+                {
+                    return Err(format!(
+                        "the crop {}×{} is larger than the resize {w}×{h}",
+                        c.width, c.height
+                    ));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "resize needs either keep_aspect false with width and height, or \
+                     keep_aspect true with shorter_side (each 1..={MAX_INPUT_SIDE})"
+                ));
+            }
+        }
+        if let Some(c) = self.crop
+            && !(side_ok(c.width) && side_ok(c.height))
+        {
+            return Err(format!("crop sides must be 1..={MAX_INPUT_SIDE}"));
+        }
+        Ok(())
+    }
 }
 
 /// What loading the model costs in memory.
@@ -178,15 +326,14 @@ impl ModelCard {
                     .preprocessing
                     .as_ref()
                     .ok_or("an image model needs preprocessing")?;
-                let expect = [-1, 3, pre.resize.height as i64, pre.resize.width as i64];
+                pre.check().map_err(|e| format!("preprocessing: {e}"))?;
+                let (w, h) = pre.input_size();
+                let expect = [-1, 3, i64::from(h), i64::from(w)];
                 if self.input.shape != expect {
                     return Err(format!(
                         "input shape {:?} does not match preprocessing {:?}",
                         self.input.shape, expect
                     ));
-                }
-                if pre.layout != "NCHW" || pre.channel_order != "RGB" || pre.resize.keep_aspect {
-                    return Err("only NCHW, RGB, full-image resize is supported".into());
                 }
                 if self.logits_output().is_none() {
                     return Err("an image model needs a `logits` output".into());

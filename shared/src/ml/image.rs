@@ -1,8 +1,9 @@
 //! Image decoding and preprocessing exactly as the models were trained (see the card's
 //! `preprocessing`): sniff the format (JPEG/PNG only), check the pixel count from the header
 //! before decoding, decode (large JPEGs at reduced scale with DCT scaling), apply EXIF
-//! orientation, convert to RGB8, resize to the model's size with an antialiased bilinear filter
-//! (bit-exact with Pillow), normalise to NCHW float32.
+//! orientation (when the model was trained so), convert to RGB8, resize (the whole image, or its
+//! shorter side) with one of Pillow's antialiased filters (bit-exact), centre-crop, put the
+//! channels in the model's order and normalise to NCHW float32.
 
 use std::io::Cursor;
 
@@ -10,7 +11,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::Deserialize;
 
-use super::card::Preprocessing;
+use super::card::{ChannelOrder, Preprocessing};
 use super::{jpeg, resample};
 use crate::error::ApiError;
 
@@ -76,11 +77,13 @@ fn corrupt(e: impl std::fmt::Display) -> ApiError {
 /// counting allocator over a corpus of every kind accepted (`tests/tests/decode_memory.rs`).
 /// `None` when the header cannot be read — [`prepare`] then answers with the precise error.
 pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
-    let (tw, th) = (pre.resize.width, pre.resize.height);
-    let (decoder, out, w, h, turned) = match image::guess_format(bytes).ok()? {
+    let format = image::guess_format(bytes).ok()?;
+    let (tw, th) = pre.input_size();
+    let (decoder, out, w, h, geometry) = match format {
         ImageFormat::Jpeg => {
             let header = jpeg::header(bytes).ok()??;
-            let plan = header.plan(tw, th);
+            let geometry = Geometry::new(bytes, format, header.width, header.height, pre);
+            let plan = header.plan(geometry.plan_width, geometry.plan_height);
             let (w, h) = (plan.out_width, plan.out_height);
             let out = u64::from(w) * u64::from(h) * header.output_channels();
             let decoder = if header.decoded_in_full(&plan) {
@@ -88,31 +91,34 @@ pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
             } else {
                 header.decoder_bytes(&plan)
             };
-            (decoder, out, w, h, jpeg::turned(bytes))
+            (decoder, out, w, h, geometry)
         }
         ImageFormat::Png => {
-            let mut decoder = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png)
+            let decoder = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png)
                 .into_decoder()
                 .ok()?;
             let (w, h) = decoder.dimensions();
             let out = decoder.total_bytes();
-            let turned = !matches!(
-                decoder.orientation(),
-                Ok(Orientation::NoTransforms) | Err(_)
-            );
+            drop(decoder);
+            let geometry = Geometry::new(bytes, format, w, h, pre);
             // Two raw rows (this one and the one it is filtered against) at the file's depth,
             // at most 8 bytes a pixel.
             let rows = 2 * u64::from(w) * 8;
-            (out + rows, out, w, h, turned)
+            (out + rows, out, w, h, geometry)
         }
         _ => return None,
     };
+    let (rw, rh) = geometry.resized;
     let rgb = u64::from(w) * u64::from(h) * 3;
     let converted = if out == rgb { out } else { out + rgb };
-    let turned = if turned { 2 * rgb } else { rgb };
+    let turned = if geometry.orientation == Orientation::NoTransforms {
+        rgb
+    } else {
+        2 * rgb
+    };
     let tensor = 3 * u64::from(tw) * u64::from(th) * 4;
-    let resized = 3 * u64::from(tw) * u64::from(th);
-    let resize = rgb + resample::scratch_bytes(w, h, tw, th) + resized;
+    let resized = 3 * u64::from(rw) * u64::from(rh);
+    let resize = rgb + resample::scratch_bytes(w, h, rw, rh) + resized;
     Some(
         [decoder, converted, turned, resize, resized + tensor]
             .into_iter()
@@ -120,6 +126,51 @@ pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
             .unwrap_or(0)
             + FIXED_BYTES,
     )
+}
+
+/// Where an upload's pixels go: its orientation (when the card applies it), the size the upright
+/// image is resized to, and that size in the file's own frame (what the JPEG decoder plans for).
+struct Geometry {
+    orientation: Orientation,
+    resized: (u32, u32),
+    plan_width: u32,
+    plan_height: u32,
+}
+
+impl Geometry {
+    fn new(bytes: &[u8], format: ImageFormat, w: u32, h: u32, pre: &Preprocessing) -> Self {
+        let orientation = if !pre.exif_orientation {
+            Orientation::NoTransforms
+        } else if format == ImageFormat::Jpeg {
+            jpeg::orientation(bytes)
+        } else {
+            ImageReader::with_format(Cursor::new(bytes), format)
+                .into_decoder()
+                .ok()
+                .and_then(|mut d| d.orientation().ok())
+                .unwrap_or(Orientation::NoTransforms)
+        };
+        let swaps = matches!(
+            orientation,
+            Orientation::Rotate90
+                | Orientation::Rotate270
+                | Orientation::Rotate90FlipH
+                | Orientation::Rotate270FlipH
+        );
+        let upright = if swaps { (h, w) } else { (w, h) };
+        let resized = pre.resized_size(upright.0, upright.1);
+        let (plan_width, plan_height) = if swaps {
+            (resized.1, resized.0)
+        } else {
+            resized
+        };
+        Self {
+            orientation,
+            resized,
+            plan_width,
+            plan_height,
+        }
+    }
 }
 
 /// Headers, tables and small buffers of any decode (Huffman and quantisation tables, the
@@ -180,23 +231,28 @@ pub fn prepare(
     if w == 0 || h == 0 {
         return Err(corrupt("zero width or height"));
     }
-    let (tw, th) = (pre.resize.width, pre.resize.height);
+    let geometry = Geometry::new(bytes, format, w, h, pre);
     let (rgb, scale) = match &jpeg_header {
         Some(header) => {
-            let plan = header.plan(tw, th);
+            let plan = header.plan(geometry.plan_width, geometry.plan_height);
             let rgb = if header.decoded_in_full(&plan) {
-                decode_with_image(bytes, format, max_pixels)?
+                decode_with_image(bytes, format, max_pixels, geometry.orientation)?
             } else {
-                jpeg::decode(bytes, &plan)?
+                jpeg::decode(bytes, &plan, geometry.orientation)?
             };
             (rgb, 8 / plan.dct_scale)
         }
-        None => (decode_with_image(bytes, format, max_pixels)?, 1),
+        None => (
+            decode_with_image(bytes, format, max_pixels, geometry.orientation)?,
+            1,
+        ),
     };
-    let resized = resize(&rgb, tw, th)?;
+    let (rw, rh) = geometry.resized;
+    let resized = resize(&rgb, rw, rh, pre);
     drop(rgb);
+    let (tw, th) = pre.input_size();
     Ok(Prepared {
-        tensor: normalise(&resized, tw, th, pre),
+        tensor: normalise(&resized, rw, rh, pre),
         width: tw,
         height: th,
         format: if format == ImageFormat::Jpeg {
@@ -220,20 +276,20 @@ fn has_jpeg_end(bytes: &[u8]) -> bool {
 
 /// Decoded with the `image` crate — PNG (any colour type and depth, palette, Adam7) and JPEGs
 /// decoded in full (zune-jpeg: closest to the libjpeg the models were trained with, see `jpeg`)
-/// — converted to RGB8 first and then turned by its EXIF orientation (turning the RGB copy
-/// costs 3 bytes a pixel, turning a 16-bit RGBA image 8).
+/// — converted to RGB8 first and then turned by `orientation` (turning the RGB copy costs 3
+/// bytes a pixel, turning a 16-bit RGBA image 8).
 fn decode_with_image(
     bytes: &[u8],
     format: ImageFormat,
     max_pixels: u64,
+    orientation: Orientation,
 ) -> Result<RgbImage, ApiError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     // Worst case RGBA 16-bit: 8 bytes a pixel.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let decoder = reader.into_decoder().map_err(corrupt)?;
     let img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     let mut rgb = DynamicImage::ImageRgb8(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
@@ -246,25 +302,47 @@ fn decode_with_image(
     })
 }
 
-/// Antialiased bilinear (triangle) resize, bit-exact with Pillow's (see `resample`).
-fn resize(rgb: &RgbImage, tw: u32, th: u32) -> Result<Vec<u8>, ApiError> {
+/// The card's antialiased resize, bit-exact with Pillow's (see `resample`).
+fn resize(rgb: &RgbImage, tw: u32, th: u32, pre: &Preprocessing) -> Vec<u8> {
     let (w, h) = rgb.dimensions();
-    Ok(super::resample::resize_rgb8(
+    resample::resize_rgb8(
         rgb.as_raw(),
         w as usize,
         h as usize,
         tw as usize,
         th as usize,
-    ))
+        pre.resize.filter,
+    )
 }
 
-/// HWC u8 → CHW f32, `(v * scale - mean) / std`, in the same float32 order as training.
+/// The centre crop of the resized HWC u8 image (`w`×`h`) → CHW f32 in the model's channel order,
+/// `(v * scale - mean) / std` in the same float32 order as the Python side (`v / 255` when the
+/// scale is 1/255, as `ToTensor` divides).
 fn normalise(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<f32> {
-    let plane = (w * h) as usize;
+    let (tw, th) = pre.input_size();
+    let (left, top) = pre.crop_origin(w, h);
+    let plane = (tw * th) as usize;
     let mut out = vec![0f32; 3 * plane];
-    for (i, px) in hwc.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (f32::from(px[c]) / 255.0 - pre.mean[c]) / pre.std[c];
+    let order = match pre.channel_order {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    };
+    let divide = pre.scale == 1.0 / 255.0;
+    let value = |v: u8| {
+        if divide {
+            f32::from(v) / 255.0
+        } else {
+            f32::from(v) * pre.scale
+        }
+    };
+    for y in 0..th as usize {
+        let row = (top as usize + y) * w as usize + left as usize;
+        let src = &hwc[row * 3..(row + tw as usize) * 3];
+        for (x, px) in src.chunks_exact(3).enumerate() {
+            let i = y * tw as usize + x;
+            for (c, &from) in order.iter().enumerate() {
+                out[c * plane + i] = (value(px[from]) - pre.mean[c]) / pre.std[c];
+            }
         }
     }
     out
@@ -273,18 +351,20 @@ fn normalise(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::card::Resize;
+    use crate::ml::card::{Filter, Resize};
 
     fn pre() -> Preprocessing {
         Preprocessing {
             resize: Resize {
-                width: 224,
-                height: 224,
-                filter: "bilinear_antialiased".into(),
+                width: Some(224),
+                height: Some(224),
+                shorter_side: None,
+                filter: Filter::BilinearAntialiased,
                 keep_aspect: false,
             },
+            crop: None,
             exif_orientation: true,
-            channel_order: "RGB".into(),
+            channel_order: ChannelOrder::Rgb,
             scale: 1.0 / 255.0,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
@@ -314,6 +394,46 @@ mod tests {
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, ImageFormat::Png).expect("encode");
         out.into_inner()
+    }
+
+    /// Every case of `models/examples/preprocess/cases.json`: the tensor Pillow and numpy make
+    /// of a PNG (each filter, both resize kinds, crops, BGR, another scale, EXIF on and off),
+    /// made here by the service's own code.
+    #[test]
+    fn preprocessing_matches_the_python_side_for_every_option() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/examples/preprocess");
+        let cases: Vec<serde_json::Value> = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("cases.json")).expect("cases.json"),
+        )
+        .expect("parse cases.json");
+        assert!(cases.len() >= 10, "{} cases", cases.len());
+        for case in &cases {
+            let name = case["name"].as_str().expect("name");
+            let pre: Preprocessing =
+                serde_json::from_value(case["preprocessing"].clone()).expect("preprocessing");
+            pre.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let bytes =
+                std::fs::read(dir.join(case["input"].as_str().expect("input"))).expect("png");
+            let got = prepare(&bytes, &pre, &limits()).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let raw =
+                std::fs::read(dir.join(case["tensor"].as_str().expect("tensor"))).expect("f32");
+            let want: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let shape: Vec<u32> = serde_json::from_value(case["shape"].clone()).expect("shape");
+            assert_eq!([1, 3, got.height, got.width], shape[..], "{name}: shape");
+            assert_eq!(got.tensor.len(), want.len(), "{name}: length");
+            let worst = got
+                .tensor
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // One 8-bit level is 1/255/std ≈ 0.017 here; float32 rounding is below 1e-6.
+            assert!(worst <= 1e-5, "{name}: max |diff| {worst}");
+        }
     }
 
     #[test]
@@ -397,8 +517,9 @@ mod tests {
             out_width: 2400,
             out_height: 1800,
         };
-        let full = jpeg::decode(&bytes, &full_size).expect("full decode");
-        let reference = normalise(&resize(&full, 224, 224).expect("resize"), 224, 224, &pre());
+        let full =
+            jpeg::decode(&bytes, &full_size, Orientation::NoTransforms).expect("full decode");
+        let reference = normalise(&resize(&full, 224, 224, &pre()), 224, 224, &pre());
         let mean_diff: f32 = scaled
             .tensor
             .iter()

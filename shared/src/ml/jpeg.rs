@@ -288,8 +288,8 @@ fn corrupt(e: impl std::fmt::Display) -> ApiError {
     ApiError::invalid(IMAGE_FIELD, format!("the image cannot be decoded: {e}"))
 }
 
-/// Decodes to RGB8 with `plan`, EXIF orientation applied.
-pub fn decode(bytes: &[u8], plan: &Plan) -> Result<RgbImage, ApiError> {
+/// Decodes to RGB8 with `plan`, then applies `orientation` (see [`orientation`]).
+pub fn decode(bytes: &[u8], plan: &Plan, orientation: Orientation) -> Result<RgbImage, ApiError> {
     let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     dec.read_info().map_err(corrupt)?;
     if plan.dct_scale < 8 {
@@ -305,10 +305,6 @@ pub fn decode(bytes: &[u8], plan: &Plan) -> Result<RgbImage, ApiError> {
             )));
         }
     }
-    let orientation = dec
-        .exif_data()
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms);
     let data = dec.decode().map_err(corrupt)?;
     let info = dec.info().ok_or_else(|| corrupt("no JPEG header"))?;
     // The decoder keeps a progressive image's coefficients until it goes.
@@ -345,14 +341,15 @@ fn expand(data: &[u8], size: usize, f: impl Fn(&[u8]) -> [u8; 3]) -> Vec<u8> {
     out
 }
 
-/// Whether the JPEG's EXIF orientation turns or flips it.
-pub fn turned(bytes: &[u8]) -> bool {
+/// The JPEG's EXIF orientation (none when it has no readable one).
+pub fn orientation(bytes: &[u8]) -> Orientation {
     let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    dec.read_info().is_ok()
-        && dec
-            .exif_data()
-            .and_then(Orientation::from_exif_chunk)
-            .is_some_and(|o| o != Orientation::NoTransforms)
+    if dec.read_info().is_err() {
+        return Orientation::NoTransforms;
+    }
+    dec.exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms)
 }
 
 #[cfg(test)]
