@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+say "cargo build --bins (the pipeline's end-to-end test serves converted models with diabetes-svc)"
+cargo build --workspace --bins --quiet
+
 say "model pipeline and deployment-file tests (pytest)"
 set +e
 "$PYENV/bin/python" -m pytest -q models/tests tests/deploy 2>&1 | tee "$logs/pytest.log"

@@ -38,8 +38,14 @@ pub fn measure(
         Input::Tabular(body) => {
             let x = tabular::validate(&card, body).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             let n = x.features.len() as i64;
+            let x = match x.tensor_data(&card) {
+                tabular::TensorData::F32(v) => v,
+                // The committed tabular models take float32; a converted Pipeline's float64
+                // is not part of the floor.
+                tabular::TensorData::F64(_) => anyhow::bail!("a float64 model is not benchmarked"),
+            };
             let out = card.probabilities_output().unwrap_or("probabilities");
-            (vec![1, n], x.features, out.to_string())
+            (vec![1, n], x, out.to_string())
         }
         Input::Image(bytes) => {
             let pre = card

@@ -114,12 +114,14 @@ def base_card(*, model_id: str, onnx_path: Path, disease: str, modality: str, de
 
 
 def image_card(*, model_id, onnx_path, arch, labels, names, risk_band_by_class, metrics, training,
-               disease=None, demo=True, notice=DEMO_NOTICE, framework=None, version="1.0.0"):
+               disease=None, demo=True, notice=DEMO_NOTICE, framework=None, version="1.0.0",
+               preprocessing=None):
     from . import preprocess
 
+    preprocessing = preprocessing or preprocess.SPEC
+    width, height = preprocess.input_size(preprocessing)
     disease = disease or ("diabetes" if onnx_path.parent.name == "diabetes" else "heart")
-    input_spec = {"name": "image", "shape": [-1, 3, preprocess.SIZE, preprocess.SIZE],
-                  "dtype": "float32"}
+    input_spec = {"name": "image", "shape": [-1, 3, height, width], "dtype": "float32"}
     card = base_card(
         model_id=model_id, onnx_path=onnx_path, disease=disease, modality="image", demo=demo,
         notice=notice, version=version,
@@ -131,17 +133,18 @@ def image_card(*, model_id, onnx_path, arch, labels, names, risk_band_by_class, 
         classes=[{"index": i, "label": l, "name": n, "risk_band": b}
                  for i, (l, n, b) in enumerate(zip(labels, names, risk_band_by_class))],
     )
-    card["preprocessing"] = preprocess.SPEC
+    card["preprocessing"] = preprocessing
     card["training"] = training
     card["metrics"] = metrics
     card["load_cost"] = measure_load_rss(onnx_path, input_spec["shape"], "float32")
     return card
 
 
-def write_card(onnx_path: Path, card: dict) -> Path:
+def write_card(onnx_path: Path, card: dict, quiet: bool = False) -> Path:
     """Writes `<model>.card.json` next to the ONNX file, checking the hash one last time."""
     assert card["sha256"] == sha256_file(onnx_path), "card hash does not match the ONNX file"
     dest = onnx_path.with_suffix(".card.json")
     dest.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {dest}")
+    if not quiet:
+        print(f"wrote {dest}")
     return dest

@@ -1,224 +1,279 @@
-"""Bring your own model: convert it to ONNX, write its card, and run the parity check.
+"""Bring your own model: convert it to ONNX, write its card, check parity, print how to serve it.
 
-XGBoost (a JSON/UBJ booster saved with `save_model`, or a pickled sklearn-API XGBClassifier):
+Tabular — an XGBoost binary classifier, as people save one:
 
-    python -m pipeline.convert xgboost --model my.json --features features.json \\
+    python -m pipeline.convert xgboost --model clf.pkl --trust-pickle \\
+        --features ../models/diabetes/tabular.card.json --data pima.csv \\
         --disease diabetes --model-id my-diabetes-xgb --out ../my-models/diabetes
 
-torchvision architecture + state dict (`torch.save(model.state_dict(), "x.pth")`):
+  --model: a booster saved with `save_model` (.json, .ubj), or a pickle/joblib (.pkl, .pickle,
+  .joblib) of an XGBClassifier, a Booster, or a scikit-learn Pipeline ending in an
+  XGBClassifier (StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler and SimpleImputer steps
+  before it are exported too, computed in float64 as scikit-learn does; any other step is
+  refused with the reason).
+  --features: a JSON list of features, or a model card whose `features` to use. Each feature:
+  {"name", "unit", "min", "max"} and optionally "description", "integer", "allowed" (codes),
+  "nullable" (sent to the model as NaN when null) and "source_column" (the model's or CSV's
+  column name). A model trained on named columns (a pandas DataFrame) is matched by name:
+  each model column to the feature whose source_column or name is the same, ignoring case and
+  punctuation (`BloodPressure` = `blood_pressure`); the card lists them in the model's order.
 
-    python -m pipeline.convert torchvision --arch resnet50 --weights ecg.pth \\
+Image — a PyTorch or ONNX image classifier:
+
+    python -m pipeline.convert image --model checkpoint.pth --arch resnet50 \\
         --classes normal,abnormal_heartbeat,myocardial_infarction,history_of_mi \\
+        --transform "Resize(256), CenterCrop(224), ToTensor(), Normalize(mean=[0.485, 0.456, \\
+        0.406], std=[0.229, 0.224, 0.225])" \\
         --disease heart --model-id my-heart-ecg --out ../my-models/heart
 
-`features.json` lists the model's input columns in order, each with the fields the services
-validate against: {"name", "unit", "min", "max"} and optionally "description", "integer",
-"allowed" (list of codes), "nullable" (sent to the model as NaN when null).
+  --model: a state dict or a training checkpoint (`state_dict`, `model_state_dict`, `model`,
+  ... ; `module.` and other wrapper prefixes are stripped; the head size is read from the
+  weights), a TorchScript file, an ONNX file, or — only with --trust-pickle, since unpickling
+  runs code from the file — a whole pickled model (`torch.save(model)`).
+  --arch: a torchvision architecture (resnet50, efficientnet_b0, ...) or a timm name of the same
+  families (`timm:efficientnet_b0`; timm names are mapped to torchvision's, tensor by tensor).
+  Preprocessing as trained, either `--transform` (what `print(transform)` shows for a
+  torchvision Compose, or its shorthand as above) or `--resize`, `--crop`, `--interpolation`,
+  `--mean`, `--std`, `--scale`, `--channel-order`, `--no-exif-orientation`.
 
-The parity check compares the source framework with ONNX Runtime: XGBoost on `--data` rows (a
-CSV with the feature columns) or on 2,000 random rows drawn inside the declared ranges (with
-NaN in nullable columns), max |dp| <= 1e-5; torchvision on 16 random images, max |dp| <= 1e-4.
-A failed check writes nothing.
+The card says `demo: true` unless `--validation "how it was validated"` is given.
+
+Parity: XGBoost (or the whole Pipeline) vs ONNX Runtime on `--data` rows or 2,000 random rows
+inside the declared ranges, max |dp| <= 1e-5;
+PyTorch vs ONNX Runtime on 16 random images, max |dp| <= 1e-4, and on `--examples` images
+through the card's preprocessing, whose probabilities are written next to the card
+(`<name>.examples.json`) so the service can be checked against them.
+
+Every failure is one line saying what was found and what to do, and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import pickle
 import shutil
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
-import numpy as np
-
-from . import common, tabular
-
-FEATURE_KEYS = {"name", "unit", "min", "max", "description", "integer", "allowed", "nullable",
-                "source_column", "zero_means_missing_in_training_data"}
+from . import preprocess
 
 
-def load_features(path: Path) -> list[dict]:
-    raw = json.loads(Path(path).read_text())
-    if not isinstance(raw, list) or not raw:
-        raise SystemExit(f"{path}: expected a non-empty JSON list of feature objects")
-    feats = []
-    for i, f in enumerate(raw):
-        if not isinstance(f, dict):
-            raise SystemExit(f"{path}: feature {i} is not an object")
-        missing = {"name", "unit", "min", "max"} - f.keys()
-        if missing:
-            raise SystemExit(f"{path}: feature {i} lacks {sorted(missing)}")
-        unknown = f.keys() - FEATURE_KEYS
-        if unknown:
-            raise SystemExit(f"{path}: feature {f['name']!r} has unknown keys {sorted(unknown)}")
-        if not f["min"] < f["max"]:
-            raise SystemExit(f"{path}: feature {f['name']!r}: min must be below max")
-        feats.append(tabular.feat(
-            f["name"], f.get("source_column", f["name"]), f["unit"], f.get("description", ""),
-            f["min"], f["max"], integer=bool(f.get("integer", False)), allowed=f.get("allowed"),
-            nullable=bool(f.get("nullable", False)),
-            zero_means_missing=bool(f.get("zero_means_missing_in_training_data", False))))
-    names = [f["name"] for f in feats]
-    if len(set(names)) != len(names):
-        raise SystemExit(f"{path}: feature names must be unique")
-    return feats
+class ConvertError(Exception):
+    """A failure the user can act on: one line, what was found and what to do."""
 
 
-def load_xgboost(path: Path):
-    import xgboost as xgb
-
-    if path.suffix in (".pkl", ".pickle"):
-        # Only unpickle files you trust: a pickle can run code when loaded.
-        with open(path, "rb") as f:
-            model = pickle.load(f)
-        if not isinstance(model, xgb.XGBClassifier):
-            raise SystemExit(f"{path}: expected a pickled xgboost.XGBClassifier, "
-                             f"got {type(model).__name__}")
-        return model
-    model = xgb.XGBClassifier()
-    model.load_model(str(path))
-    return model
+def fail(msg: str):
+    raise ConvertError(msg)
 
 
-def random_rows(feats: list[dict], n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    cols = []
-    for f in feats:
-        if f.get("allowed"):
-            c = rng.choice(np.array(f["allowed"], np.float64), n)
-        else:
-            c = rng.uniform(f["min"], f["max"], n)
-            if f.get("integer"):
-                c = np.round(c)
-        if f.get("nullable"):
-            c[rng.random(n) < 0.15] = np.nan
-        cols.append(c)
-    return np.stack(cols, 1).astype(np.float32)
+ENV_PREFIX = {"diabetes": "DIABETES", "heart": "HEART"}
 
 
-def convert_xgboost(a) -> Path:
-    import pandas as pd
-
-    feats = load_features(a.features)
-    model = load_xgboost(Path(a.model))
-    n_model = getattr(model, "n_features_in_", None)
-    if n_model is not None and n_model != len(feats):
-        raise SystemExit(f"the model takes {n_model} features, {a.features} lists {len(feats)}")
-    classes = [c.strip() for c in a.classes.split(",")] if a.classes else ["negative", "positive"]
-    if len(classes) != 2:
-        raise SystemExit("only binary classifiers are supported (two --classes)")
-    if a.data:
-        df = pd.read_csv(a.data, na_values=["?"])
-        x = df[[f["source_column"] for f in feats]].to_numpy(np.float32)
-        checked_on = f"{len(x)} rows of {Path(a.data).name}"
-    else:
-        x = random_rows(feats, 2000)
-        checked_on = "2000 random rows inside the declared feature ranges"
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_tmp = Path(tmp) / "tabular.onnx"
-        tabular.to_onnx(model, len(feats), onnx_tmp)
-        diff = tabular.parity(model, onnx_tmp, x)
-        out = Path(a.out) / f"{a.name or 'tabular'}.onnx"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(onnx_tmp, out)
-    card = tabular.tabular_card(
-        model_id=a.model_id, onnx_path=out, disease=a.disease, features=feats,
-        classes=[(c, c.replace("_", " ").capitalize()) for c in classes],
-        metrics={"parity_max_abs_prob_diff_xgboost_vs_onnxruntime": diff,
-                 "parity_checked_on": checked_on},
-        training={"data": a.training_note or "provided by the model's owner (not recorded)"},
-        framework={"name": "xgboost", "estimator": "XGBClassifier", "source_file": Path(a.model).name,
-                   "converted_by": "models/pipeline/convert.py", "versions": common.versions()},
-        demo=a.demo, notice=a.notice or (common.DEMO_NOTICE if a.demo else common.TABULAR_NOTICE))
-    common.write_card(out, card)
-    print(f"{out}: parity max |dp| {diff:.2e} on {checked_on}")
-    return out
+def one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def convert_torchvision(a) -> Path:
-    import onnxruntime as ort
-    import torch
-    import torchvision
+def publish(tmp: Path, out: Path, names: list[str]) -> list[Path]:
+    """Moves the finished files from `tmp` into `out` (model first, card last)."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = []
+    for name in names:
+        dest = out / name
+        shutil.move(str(tmp / name), str(dest))
+        done.append(dest.resolve())
+    return done
 
-    from . import images, preprocess
 
-    classes = [c.strip() for c in a.classes.split(",") if c.strip()]
-    if len(classes) < 2:
-        raise SystemExit("--classes needs at least two comma-separated names")
-    ctor = getattr(torchvision.models, a.arch, None)
-    if ctor is None or not callable(ctor):
-        raise SystemExit(f"torchvision.models has no architecture {a.arch!r}")
-    model = ctor(weights=None, num_classes=len(classes))
-    state = torch.load(a.weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+def serve_hint(disease: str, slot: str, card: Path) -> str:
+    env = f"{ENV_PREFIX[disease]}__MODELS__{slot.upper()}__CARD={card}"
+    svc = f"{disease}-svc"
+    return f"serve it: {env} (for {svc}; or models.{slot}.card in its config file)"
+
+
+# ---- preprocessing options ---------------------------------------------------------------
+
+INTERPOLATIONS = {"bilinear": "bilinear_antialiased", "bicubic": "bicubic_antialiased",
+                  "lanczos": "lanczos_antialiased", "box": "box_antialiased",
+                  "hamming": "hamming_antialiased"}
+
+
+def _size(text: str, what: str) -> tuple[int, int] | int:
+    """`224` -> 224, `224x192` (width x height) -> (224, 192)."""
+    t = text.strip().lower().replace(" ", "")
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise SystemExit(f"{a.weights} does not fit {a.arch} with {len(classes)} classes: {e}")
-    model.eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_tmp = Path(tmp) / "image.onnx"
-        images.export_onnx(model, onnx_tmp, len(classes))
-        x = np.random.default_rng(0).normal(0, 1, (16, 3, preprocess.SIZE, preprocess.SIZE))
-        x = x.astype(np.float32)
-        sess = ort.InferenceSession(str(onnx_tmp), providers=["CPUExecutionProvider"])
-        with torch.no_grad():
-            pt = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
-        po = common.softmax(sess.run(["logits"], {"image": x})[0])
-        diff = float(np.abs(pt - po).max())
-        if diff > 1e-4:
-            raise SystemExit(f"parity check failed: torch vs ONNX Runtime max |dp| {diff:.2e}")
-        out = Path(a.out) / f"{a.name or 'image'}.onnx"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(onnx_tmp, out)
-    bands = [b.strip() for b in a.risk_bands.split(",")] if a.risk_bands else ["unknown"] * len(classes)
-    if len(bands) != len(classes):
-        raise SystemExit("--risk-bands needs one band per class")
-    card = common.image_card(
-        model_id=a.model_id, onnx_path=out, arch=a.arch, labels=classes,
-        names=[c.replace("_", " ").capitalize() for c in classes], risk_band_by_class=bands,
-        metrics={"parity_max_abs_prob_diff_torch_vs_onnxruntime": diff,
-                 "parity_checked_on": "16 random normalised images"},
-        training={"data": a.training_note or "provided by the model's owner (not recorded)"},
-        disease=a.disease, demo=a.demo,
-        notice=a.notice or (common.DEMO_NOTICE if a.demo else
-                            "Model supplied by its owner; see their documentation."),
-        framework={"name": "pytorch", "architecture": f"torchvision.models.{a.arch}",
-                   "source_file": Path(a.weights).name,
-                   "converted_by": "models/pipeline/convert.py", "versions": common.versions()})
-    common.write_card(out, card)
-    print(f"{out}: parity max |dp| {diff:.2e}")
-    return out
+        if "x" in t:
+            w, h = t.split("x")
+            return int(w), int(h)
+        return int(t)
+    except ValueError:
+        fail(f"{what} {text!r} is not a size: give N or WIDTHxHEIGHT, e.g. 224 or 224x224")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def _triple(text: str, what: str) -> tuple[float, float, float]:
+    try:
+        v = tuple(float(p) for p in text.replace("[", "").replace("]", "").split(","))
+    except ValueError:
+        fail(f"{what} {text!r}: give three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    if len(v) != 3:
+        fail(f"{what} {text!r}: give three comma-separated numbers (one per channel)")
+    return v
+
+
+def _scale(text: str) -> float:
+    t = text.strip()
+    try:
+        if "/" in t:
+            a, b = t.split("/")
+            return float(a) / float(b)
+        return float(t)
+    except (ValueError, ZeroDivisionError):
+        fail(f"--scale {text!r}: give a number or a fraction such as 1/255")
+
+
+def preprocessing_from_args(a) -> dict | None:
+    """The card's preprocessing from --transform or the separate options; None if neither."""
+    separate = any(getattr(a, k) is not None for k in
+                   ("resize", "crop", "interpolation", "mean", "std", "scale", "channel_order"))
+    if a.transform and separate:
+        fail("give either --transform or --resize/--crop/--interpolation/--mean/--std/--scale/"
+             "--channel-order, not both")
+    if a.transform:
+        from .transforms import parse_transform
+
+        text = a.transform
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text()
+        args = parse_transform(text)
+    elif a.resize is not None:
+        size = _size(a.resize, "--resize")
+        args = {"size": size} if isinstance(size, tuple) else {"shorter_side": size}
+        if a.crop is not None:
+            crop = _size(a.crop, "--crop")
+            args["crop"] = crop if isinstance(crop, tuple) else (crop, crop)
+        if a.interpolation is not None:
+            args["filter"] = INTERPOLATIONS[a.interpolation]
+        if a.mean is not None:
+            args["mean"] = _triple(a.mean, "--mean")
+        if a.std is not None:
+            args["std"] = _triple(a.std, "--std")
+        if a.scale is not None:
+            args["scale"] = _scale(a.scale)
+        if a.channel_order is not None:
+            args["channel_order"] = a.channel_order
+    elif separate:
+        fail("--crop/--interpolation/--mean/--std/--scale/--channel-order need --resize "
+             "(N for the shorter side, WIDTHxHEIGHT for a fixed size)")
+    else:
+        return None
+    args["exif_orientation"] = not a.no_exif_orientation
+    try:
+        return preprocess.make_spec(**args)
+    except ValueError as e:
+        fail(f"preprocessing: {e}")
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.convert", description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--traceback", action="store_true",
+                    help="on an unexpected failure, print the Python traceback too")
     sub = ap.add_subparsers(dest="kind", required=True)
-    for name in ("xgboost", "torchvision"):
-        p = sub.add_parser(name)
-        p.add_argument("--disease", required=True, choices=["diabetes", "heart"])
+    px = sub.add_parser("xgboost", help="an XGBoost binary classifier")
+    pi = sub.add_parser("image", aliases=["torchvision"], help="a PyTorch or ONNX image model")
+    for p in (px, pi):
+        p.add_argument("--disease", required=True, choices=sorted(ENV_PREFIX))
         p.add_argument("--model-id", required=True)
         p.add_argument("--out", required=True, help="folder for <name>.onnx and <name>.card.json")
         p.add_argument("--name", help="file stem (default: tabular / image)")
-        p.add_argument("--demo", action="store_true", help="mark the model as a demo model")
+        p.add_argument("--version", default="1.0.0", help="the model's version (default 1.0.0)")
+        p.add_argument("--validation",
+                       help="how the model was validated; without it the card says demo: true")
         p.add_argument("--notice", help="notice every response carries")
         p.add_argument("--training-note", help="training data provenance for the card")
-    px = sub.choices["xgboost"]
-    px.add_argument("--model", required=True, help="booster .json/.ubj or pickled classifier")
-    px.add_argument("--features", required=True, help="features.json (see --help)")
-    px.add_argument("--classes", help="two class labels, negative first (default negative,positive)")
-    px.add_argument("--data", help="CSV to run the parity check on")
-    pt = sub.choices["torchvision"]
-    pt.add_argument("--arch", required=True, help="torchvision.models name, e.g. resnet50")
-    pt.add_argument("--weights", required=True, help="state dict saved with torch.save")
-    pt.add_argument("--classes", required=True, help="comma-separated class labels in order")
-    pt.add_argument("--risk-bands", help="comma-separated risk band per class (low/moderate/high)")
-    a = ap.parse_args(argv)
-    return convert_xgboost(a) if a.kind == "xgboost" else convert_torchvision(a)
+        p.add_argument("--trust-pickle", action="store_true",
+                       help="allow unpickling MODEL: it runs code from the file; only for "
+                            "files you trust")
+    px.add_argument("--model", required=True, help=".json/.ubj booster or .pkl/.joblib pickle")
+    px.add_argument("--features", required=True, help="features.json or a model card")
+    px.add_argument("--classes", help="two class labels, negative first (default "
+                                      "negative,positive)")
+    px.add_argument("--risk-bands", help="bands of the positive-class probability, e.g. "
+                                         "'low<0.3,moderate<0.6,high' (the default)")
+    px.add_argument("--data", help="CSV to run the parity check on (feature columns by "
+                                   "source_column)")
+    pi.add_argument("--model", "--weights", dest="model", required=True,
+                    help=".pth/.pt/.ckpt state dict or checkpoint, TorchScript, or .onnx")
+    pi.add_argument("--arch", help="torchvision architecture or timm:<name> (not needed for "
+                                   "TorchScript, ONNX or a trusted whole model)")
+    pi.add_argument("--classes", required=True, help="comma-separated class labels in order")
+    pi.add_argument("--names", help="comma-separated display names (default from the labels)")
+    pi.add_argument("--risk-bands", help="comma-separated risk band per class (low/moderate/"
+                                         "high); default unknown")
+    pi.add_argument("--examples", help="folder of example images: parity through the "
+                                       "preprocessing, and <name>.examples.json for the service")
+    pi.add_argument("--transform", help="the torchvision eval transform as print() shows it "
+                                        "(or @file)")
+    pi.add_argument("--resize", help="N: shorter side to N (aspect kept); WxH: whole image")
+    pi.add_argument("--crop", help="centre crop N or WxH after the resize")
+    pi.add_argument("--interpolation", choices=sorted(INTERPOLATIONS),
+                    help="Pillow filter of the resize (default bilinear)")
+    pi.add_argument("--mean", help="per-channel mean after scaling (default ImageNet)")
+    pi.add_argument("--std", help="per-channel std after scaling (default ImageNet)")
+    pi.add_argument("--scale", help="factor applied to 0..255 pixel values (default 1/255)")
+    pi.add_argument("--channel-order", choices=["RGB", "BGR"])
+    pi.add_argument("--no-exif-orientation", action="store_true",
+                    help="the model was trained on images not turned by their EXIF orientation")
+    return ap
+
+
+def run(a) -> Path:
+    if a.kind == "xgboost":
+        from .convert_tabular import convert_xgboost
+
+        return convert_xgboost(a)
+    from .convert_image import convert_image
+
+    return convert_image(a)
+
+
+def main(argv=None) -> Path:
+    """Runs the converter; every failure raises SystemExit with one line (nothing written)."""
+    a = parser().parse_args(argv)
+    try:
+        return run(a)
+    except ConvertError as e:
+        raise SystemExit(f"convert: {one_line(e)}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 — the user gets one line, never a traceback dump
+        if a.traceback:
+            traceback.print_exc()
+        raise SystemExit(f"convert: unexpected {type(e).__name__}: {one_line(e, 300)} "
+                         f"(rerun with --traceback for where it happened)") from None
+
+
+def work_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="medchain-convert-")
+
+
+def demo_and_notice(a, default_notice: str) -> tuple[bool, str, dict | None]:
+    """A model is `demo: false` only when its owner says how it was validated."""
+    if a.validation:
+        validation = {"description": a.validation, "stated_by": "the model's owner"}
+        return False, a.notice or default_notice, validation
+    return True, a.notice or UNVALIDATED_NOTICE, None
+
+
+UNVALIDATED_NOTICE = ("Demo model: supplied by its owner without a stated validation; not for "
+                      "clinical use. Its outputs say nothing about a real patient.")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # Through the package, so that the other modules' ConvertError is the one caught.
+    from pipeline.convert import main as package_main
+
+    package_main(sys.argv[1:])

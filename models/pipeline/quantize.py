@@ -62,11 +62,12 @@ def calibration_images(task: str, n: int) -> np.ndarray:
     return preprocess.normalise(x)
 
 
-def folder_images(folder: Path) -> tuple[np.ndarray, list[int | None]]:
+def folder_images(folder: Path, spec: dict) -> tuple[np.ndarray, list[int | None]]:
+    """The photos of `folder` through the model card's own preprocessing `spec`."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise SystemExit(f"no .jpg/.png images in {folder}")
-    xs = np.concatenate([preprocess.preprocess_file(p) for p in files])
+    xs = np.concatenate([preprocess.preprocess_file(p, spec) for p in files])
     labels = []
     for p in files:
         head = p.name.split("-", 1)[0]
@@ -276,9 +277,10 @@ def main(argv=None) -> None:
             x, y, f"the fp32 model's held-out set ({len(y)} generated images)",
             a.task if a.task in RECIPES else "minmax")
     elif a.onnx and a.images:
-        calib, _ = folder_images(a.images)
+        spec = json.loads(a.onnx.with_suffix(".card.json").read_text())["preprocessing"]
+        calib, _ = folder_images(a.images, spec)
         if a.eval_images:
-            x, y = folder_images(a.eval_images)
+            x, y = folder_images(a.eval_images, spec)
             note = f"{len(y)} photos from {a.eval_images}"
         else:
             x, y = calib, [None] * len(calib)

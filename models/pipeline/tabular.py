@@ -166,12 +166,12 @@ def parity(model, onnx_path: Path, x: np.ndarray, tol: float = 1e-5) -> float:
 
 
 def tabular_card(*, model_id, onnx_path, disease, features, classes, metrics, training,
-                 framework, demo=False, notice=common.TABULAR_NOTICE):
+                 framework, demo=False, notice=common.TABULAR_NOTICE, dtype="float32"):
     n = len(features)
     card = common.base_card(
         model_id=model_id, onnx_path=onnx_path, disease=disease, modality="tabular", demo=demo,
         notice=notice, framework=framework,
-        input_spec={"name": "features", "shape": [-1, n], "dtype": "float32",
+        input_spec={"name": "features", "shape": [-1, n], "dtype": dtype,
                     "missing_value": "NaN"},
         outputs=[{"name": "label", "shape": [-1], "dtype": "int64", "kind": "class index"},
                  {"name": "probabilities", "shape": [-1, len(classes)], "dtype": "float32",
@@ -184,7 +184,7 @@ def tabular_card(*, model_id, onnx_path, disease, features, classes, metrics, tr
                                "`below` exceeds it"}
     card["training"] = training
     card["metrics"] = metrics
-    card["load_cost"] = common.measure_load_rss(onnx_path, [-1, n], "float32")
+    card["load_cost"] = common.measure_load_rss(onnx_path, [-1, n], dtype)
     return card
 
 

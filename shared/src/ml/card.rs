@@ -306,6 +306,12 @@ impl ModelCard {
                 if self.probabilities_output().is_none() {
                     return Err("a tabular model needs a `probabilities` output".into());
                 }
+                if !matches!(self.input.dtype.as_str(), "float32" | "float64") {
+                    return Err(format!(
+                        "input dtype {:?}: a tabular model takes float32 or float64",
+                        self.input.dtype
+                    ));
+                }
                 let risk = self
                     .risk
                     .as_ref()
@@ -327,6 +333,9 @@ impl ModelCard {
                     .as_ref()
                     .ok_or("an image model needs preprocessing")?;
                 pre.check().map_err(|e| format!("preprocessing: {e}"))?;
+                if self.input.dtype != "float32" {
+                    return Err("an image model takes a float32 input".into());
+                }
                 let (w, h) = pre.input_size();
                 let expect = [-1, 3, i64::from(h), i64::from(w)];
                 if self.input.shape != expect {

@@ -777,6 +777,18 @@ fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), String> {
             card.input.name
         ));
     }
+    let element = session.inputs()[0].dtype().tensor_type();
+    let dtype = match element {
+        Some(ort::value::TensorElementType::Float32) => "float32",
+        Some(ort::value::TensorElementType::Float64) => "float64",
+        _ => "another type",
+    };
+    if dtype != card.input.dtype {
+        return Err(format!(
+            "ONNX input is {dtype}, the card says {} (only float32 and float64 inputs are served)",
+            card.input.dtype
+        ));
+    }
     if let Some(shape) = session.inputs()[0].dtype().tensor_shape() {
         let dims: Vec<i64> = shape.iter().copied().collect();
         if dims != card.input.shape {
@@ -801,8 +813,12 @@ fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), String> {
 fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
     let dims: Vec<i64> = card.input.shape.iter().map(|&d| d.max(1)).collect();
     let len = dims.iter().product::<i64>() as usize;
-    let tensor = ort::value::Tensor::from_array((dims, vec![0f32; len]))
-        .map_err(|e| format!("cannot build the warm-up input: {e}"))?;
+    let tensor = if card.input.dtype == "float64" {
+        ort::value::Tensor::from_array((dims, vec![0f64; len])).map(|t| t.into_dyn())
+    } else {
+        ort::value::Tensor::from_array((dims, vec![0f32; len])).map(|t| t.into_dyn())
+    }
+    .map_err(|e| format!("cannot build the warm-up input: {e}"))?;
     session
         .run(ort::inputs![card.input.name.as_str() => tensor])
         .map(|_| ())

@@ -127,8 +127,19 @@ pub fn scratch_bytes(w: u32, h: u32, tw: u32, th: u32) -> u64 {
         let ksize = 3 * u64::from(from.div_ceil(to.max(1)).max(1)) * 2 + 1;
         u64::from(to) * (ksize * 4 + 2 * 8) + ksize * 8
     };
-    let first_pass = (u64::from(h) * u64::from(tw.max(1))).max(u64::from(w) * u64::from(th));
+    let (w_, h_, tw_, th_) = (w as usize, h as usize, tw as usize, th as usize);
+    let first_pass = if vertical_first(w_, h_, tw_, th_) {
+        u64::from(w) * u64::from(th)
+    } else {
+        u64::from(h) * u64::from(tw.max(1))
+    };
     first_pass * 3 + weights(w, tw) + weights(h, th)
+}
+
+/// Whether Pillow 13 runs the vertical pass first: when both passes are needed and the height
+/// shrinks by more than twice what the width does (python-pillow/Pillow#9549).
+fn vertical_first(w: usize, h: usize, tw: usize, th: usize) -> bool {
+    tw != w && th < h && (h - th) as i64 > 2 * (w as i64 - tw as i64)
 }
 
 /// Resizes packed RGB8 `src` (`w`×`h`) to `tw`×`th` with filter `f`, exactly as Pillow does —
@@ -139,7 +150,7 @@ pub fn scratch_bytes(w: u32, h: u32, tw: u32, th: u32) -> u64 {
 pub fn resize_rgb8(src: &[u8], w: usize, h: usize, tw: usize, th: usize, f: Filter) -> Vec<u8> {
     let horizontal = tw != w;
     let vertical = th != h;
-    let vertical_first = horizontal && th < h && (h - th) as i64 > 2 * (w as i64 - tw as i64);
+    let vertical_first = vertical_first(w, h, tw, th);
     let horiz = coeffs(w, tw, f);
     let vert = coeffs(h, th, f);
     match (horizontal, vertical) {

@@ -13,7 +13,7 @@ use super::card::{Band, ModelCard};
 use super::image::{self, IMAGE_FIELD, ImageLimits, Prepared, prepare};
 use super::model::LazyModel;
 use super::runtime::{self, RuntimeSettings};
-use super::tabular;
+use super::tabular::{self, TensorData};
 use super::upload;
 use crate::error::{ApiError, ApiResult};
 use crate::health::{Check, readiness};
@@ -287,20 +287,27 @@ fn ort_err(what: &'static str) -> impl Fn(ort::Error) -> ApiError {
     move |e| ApiError::Internal(anyhow::anyhow!("{what}: {e}"))
 }
 
-/// Runs a float32 input of `shape` through `model` and returns the named output and the
+/// Runs an input of `shape` through `model` and returns the named (float32) output and the
 /// time ONNX Runtime took.
 async fn infer(
     model: &LazyModel,
     permit: &tokio::sync::OwnedSemaphorePermit,
     shape: Vec<i64>,
-    data: Vec<f32>,
+    data: TensorData,
     input: String,
     output: String,
 ) -> ApiResult<(Vec<f32>, f64)> {
     model
         .run(permit, move |session| {
-            let tensor =
-                ort::value::Tensor::from_array((shape, data)).map_err(ort_err("input tensor"))?;
+            let tensor = match data {
+                TensorData::F32(v) => {
+                    ort::value::Tensor::from_array((shape, v)).map(|t| t.into_dyn())
+                }
+                TensorData::F64(v) => {
+                    ort::value::Tensor::from_array((shape, v)).map(|t| t.into_dyn())
+                }
+            }
+            .map_err(ort_err("input tensor"))?;
             let start = Instant::now();
             let outputs = session
                 .run(ort::inputs![input.as_str() => tensor])
@@ -342,7 +349,7 @@ async fn predict_tabular(
         model,
         &permit,
         vec![1, n],
-        input.features,
+        input.tensor_data(card),
         card.input.name.clone(),
         output,
     )
@@ -432,7 +439,7 @@ async fn predict_image(
         model,
         &permit,
         shape,
-        prepared.tensor,
+        TensorData::F32(prepared.tensor),
         card.input.name.clone(),
         output,
     )

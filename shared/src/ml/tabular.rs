@@ -13,8 +13,8 @@ pub const PATIENT_ID: &str = "patient_id";
 /// A validated tabular request.
 #[derive(Debug, Clone)]
 pub struct TabularInput {
-    /// Feature vector in the card's order; NaN for a missing value.
-    pub features: Vec<f32>,
+    /// Feature vector in the card's order, as sent; NaN for a missing value.
+    pub features: Vec<f64>,
     /// The features as accepted (for the audit commitment), in card order.
     pub canonical: Map<String, Value>,
     pub patient_id: Option<String>,
@@ -48,13 +48,32 @@ pub fn validate(card: &ModelCard, body: &Value) -> Result<TabularInput, ApiError
                 serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
             }),
         );
-        features.push(v.map_or(f32::NAN, |x| x as f32));
+        features.push(v.unwrap_or(f64::NAN));
     }
     Ok(TabularInput {
         features,
         canonical,
         patient_id,
     })
+}
+
+/// A model's input tensor data: float32 for most models; float64 for a converted scikit-learn
+/// Pipeline, whose scaling runs in float64 before the trees' float32 (`pipeline.convert`).
+#[derive(Debug, Clone)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl TabularInput {
+    /// The features as the card's input dtype (checked at load: `float32` or `float64`).
+    pub fn tensor_data(&self, card: &ModelCard) -> TensorData {
+        if card.input.dtype == "float64" {
+            TensorData::F64(self.features.clone())
+        } else {
+            TensorData::F32(self.features.iter().map(|&x| x as f32).collect())
+        }
+    }
 }
 
 fn field_list(card: &ModelCard) -> String {
