@@ -380,3 +380,76 @@ impl ModelCard {
             .map(|b| b.band.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retina() -> ModelCard {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/diabetes/retina.card.json");
+        ModelCard::from_file(&path).expect("the committed card")
+    }
+
+    fn with_pre(pre: serde_json::Value, shape: [i64; 4]) -> Result<(), String> {
+        let mut card = retina();
+        card.preprocessing = Some(serde_json::from_value(pre).map_err(|e| e.to_string())?);
+        card.input.shape = shape.to_vec();
+        card.check()
+    }
+
+    fn pre(resize: serde_json::Value, crop: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "resize": resize, "crop": crop, "exif_orientation": true, "channel_order": "BGR",
+            "scale": 1.0, "mean": [103.9, 116.8, 123.7], "std": [1.0, 1.0, 1.0],
+            "layout": "NCHW"
+        })
+    }
+
+    #[test]
+    fn the_committed_cards_read_as_a_fixed_resize_without_crop() {
+        let p = retina().preprocessing.expect("image card");
+        assert_eq!(p.input_size(), (224, 224));
+        assert_eq!(p.resized_size(3000, 1000), (224, 224));
+        assert!(p.crop.is_none() && p.channel_order == ChannelOrder::Rgb);
+    }
+
+    #[test]
+    fn shorter_side_and_crop_follow_torchvision() {
+        let shorter = serde_json::json!({"shorter_side": 256, "filter": "bicubic_antialiased",
+                                         "keep_aspect": true});
+        let crop = serde_json::json!({"width": 224, "height": 224});
+        with_pre(pre(shorter.clone(), crop.clone()), [-1, 3, 224, 224]).expect("valid");
+        let p: Preprocessing = serde_json::from_value(pre(shorter, crop)).expect("parse");
+        // int(256 * 500 / 333) = 384; landscape and portrait alike.
+        assert_eq!(p.resized_size(500, 333), (384, 256));
+        assert_eq!(p.resized_size(333, 500), (256, 384));
+        // (384 - 224) / 2 = 80; an odd difference rounds half to even as Python's round().
+        assert_eq!(p.crop_origin(384, 256), (80, 16));
+        assert_eq!(p.crop_origin(229, 227), (2, 2)); // 2.5 -> 2, 1.5 -> 2
+    }
+
+    #[test]
+    fn preprocessing_the_services_cannot_serve_is_refused() {
+        let shorter = serde_json::json!({"shorter_side": 200, "filter": "lanczos_antialiased",
+                                         "keep_aspect": true});
+        let crop = serde_json::json!({"width": 224, "height": 224});
+        let no_crop = with_pre(
+            pre(shorter.clone(), serde_json::Value::Null),
+            [-1, 3, 224, 224],
+        );
+        assert!(no_crop.expect_err("no crop").contains("needs a crop"));
+        let big_crop = with_pre(pre(shorter, crop.clone()), [-1, 3, 224, 224]);
+        assert!(big_crop.expect_err("crop").contains("larger than"));
+        let fixed = serde_json::json!({"width": 224, "height": 224, "filter": "bilinear_antialiased",
+                                       "keep_aspect": false});
+        let shape = with_pre(pre(fixed, serde_json::Value::Null), [-1, 3, 256, 256]);
+        assert!(shape.expect_err("shape").contains("does not match"));
+        let nearest = serde_json::json!({"width": 224, "height": 224, "filter": "nearest",
+                                         "keep_aspect": false});
+        assert!(with_pre(pre(nearest, serde_json::Value::Null), [-1, 3, 224, 224]).is_err());
+        let mut card = retina();
+        card.input.dtype = "float64".into();
+        assert!(card.check().expect_err("dtype").contains("float32"));
+    }
+}
