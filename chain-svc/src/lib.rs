@@ -170,23 +170,48 @@ fn secret_bytes(
         return Ok(std::fs::read_to_string(file)?.trim().to_string());
     }
     let path = dev_file.ok_or_else(|| anyhow::anyhow!("secret not configured"))?;
-    if let Ok(v) = std::fs::read_to_string(path) {
-        return Ok(v.trim().to_string());
+    match std::fs::read_to_string(path) {
+        // An empty file never held a key (written by a version without the atomic rename
+        // below, cut short by a crash): made again.
+        Ok(v) if !v.trim().is_empty() => return Ok(v.trim().to_string()),
+        _ => {}
     }
     let v = generate();
     write_private(path, &v)?;
     Ok(v)
 }
 
-fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
+/// Writes `value` to `path` readable by its owner only (0600), atomically: into a temporary file
+/// in the same folder, synced, renamed over `path`, and the folder synced — a crash leaves the
+/// old file or the new one, never an empty key.
+pub fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("secret");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .write(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(value.as_bytes())
+        .open(&tmp)?;
+    f.write_all(value.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and its parents) and makes it private to its owner (0700): it holds the
+/// outbox with every record's salt and the development keys.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 fn random_hex32() -> String {
@@ -226,7 +251,7 @@ impl Running {
 pub async fn build(settings: Settings) -> anyhow::Result<Running> {
     medchain_shared::http::init_tls();
     let data = settings.data_dir();
-    std::fs::create_dir_all(&data)?;
+    private_dir(&data)?;
     let embedded = settings.chain.rpc_url.is_none();
     let anvil = if embedded {
         let bin = Anvil::binary(&settings.chain.anvil_binary);
@@ -316,6 +341,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
     });
     let ready = web::Data::new(Readiness {
         chain: chain.clone(),
+        outbox: outbox.clone(),
         min_balance: U256::from(settings.chain.min_signer_balance_wei),
         timeout: read_timeout,
     });
@@ -372,12 +398,19 @@ fn outbox_gauges(outbox: &Outbox) {
 #[derive(Debug)]
 struct Readiness {
     chain: AuditChain,
+    outbox: Arc<Outbox>,
     min_balance: U256,
     timeout: Duration,
 }
 
-/// `GET /readyz`: node reachable, our contract at the address, the signer able to pay for gas.
+/// `GET /readyz`: node reachable, our contract at the address, the signer able to pay for gas,
+/// the outbox able to write.
 async fn readyz(r: web::Data<Readiness>) -> HttpResponse {
+    let outbox = r.outbox.clone();
+    let outbox = match tokio::task::spawn_blocking(move || outbox.health()).await {
+        Ok(res) => res.map(|()| "writable".to_string()),
+        Err(e) => Err(format!("outbox check failed: {e}")),
+    };
     let code = match tokio::time::timeout(r.timeout, r.chain.check_code()).await {
         Ok(res) => res.map_err(|e| e.to_string()),
         Err(_) => Err("the chain node did not answer in time".to_string()),
@@ -405,6 +438,50 @@ async fn readyz(r: web::Data<Readiness>) -> HttpResponse {
                 code.map(|()| format!("MedchainAudit at {}", r.chain.contract())),
             ),
             check("signer_funds", balance),
+            check("outbox", outbox),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn secrets_are_written_privately_and_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("chain");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&data).expect("private");
+        assert_eq!(mode(&data), 0o700, "an existing folder is made private too");
+        let key = data.join("dev-signer.key");
+        write_private(&key, "first").expect("write");
+        assert_eq!(mode(&key), 0o600);
+        write_private(&key, "second").expect("replace");
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), "second");
+        let names: Vec<_> = std::fs::read_dir(&data)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["dev-signer.key"], "no temporary file is left");
+    }
+
+    #[test]
+    fn an_empty_development_key_is_made_again() {
+        // What a crash of the landed version (no rename) could leave behind.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("dev-patient.key");
+        std::fs::write(&key, "").expect("empty");
+        let v = secret_bytes(&None, "", Some(&key), || "generated".into()).expect("secret");
+        assert_eq!(v, "generated");
+        let again = secret_bytes(&None, "", Some(&key), || "other".into()).expect("secret");
+        assert_eq!(again, "generated", "kept once written");
+    }
 }

@@ -3,6 +3,7 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     medchain_shared::memory::tune_allocator();
+    ignore_file_size_signal();
     let settings = medchain_chain_svc::Settings::load()?;
     if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
         std::process::exit(code);
@@ -13,4 +14,14 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(port = running.port(), contract = %running.contract, "listening");
     running.run_until_stopped().await?;
     Ok(())
+}
+
+/// A write past the file-size limit (RLIMIT_FSIZE) would kill the process with SIGXFSZ; ignored,
+/// it fails with EFBIG like any full disk, and the outbox recovers from it (see `outbox`).
+#[allow(unsafe_code)] // one libc call; no Rust state is involved
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }

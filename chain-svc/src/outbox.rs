@@ -1,8 +1,14 @@
 //! The durable outbox: every accepted record is committed to an embedded database (redb,
 //! fsync on commit) before the caller hears `202`, and leaves the pending queue only when its
 //! transaction is confirmed or the contract refuses it for good. Survives `kill -9`.
+//!
+//! After an I/O error (a full disk) redb refuses every later transaction ("Previous I/O
+//! error"); the outbox then closes the database and opens it again (what it had committed is
+//! intact: each commit is atomic), so that writes work again as soon as the disk does, without
+//! a restart. Until a write succeeds again, [`Outbox::health`] reports the failure (`/readyz`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use alloy::primitives::{B256, TxHash};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -10,6 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::RecordInput;
 
+/// A single row rewritten by [`Outbox::health`] to find out whether writes work again.
+const PROBE: TableDefinition<u8, &[u8]> = TableDefinition::new("probe");
+/// The probe's size: room for a few hundred records (an entry is under 1 KB), so that a probe
+/// that fits only in the space a failed transaction left free does not call the disk writable.
+const PROBE_BYTES: usize = 256 << 10;
 /// prediction id → entry (JSON).
 const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("records");
 /// (accepted at ms, prediction id) → () for every pending entry, oldest first.
@@ -71,51 +82,161 @@ pub enum OutboxError {
     NotFound(B256),
     #[error("outbox storage: {0}")]
     Storage(String),
+    /// Reading or writing the file failed (a full disk); the outbox reopens and retries.
+    #[error("outbox cannot write its file: {0}")]
+    Io(String),
 }
 
 fn storage(e: impl std::fmt::Display) -> OutboxError {
     OutboxError::Storage(e.to_string())
 }
 
+/// A redb error, I/O failures told apart.
+fn db<E: Into<redb::Error>>(e: E) -> OutboxError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+            OutboxError::Io(e.to_string())
+        }
+        other => OutboxError::Storage(other.to_string()),
+    }
+}
+
 /// The outbox database.
 #[derive(Debug)]
 pub struct Outbox {
-    db: Database,
+    path: PathBuf,
+    /// None only between closing after an I/O error and a successful reopen.
+    db: RwLock<Option<Database>>,
+    /// The last I/O failure, until a write succeeds again.
+    failure: Mutex<Option<String>>,
 }
 
 /// The outbox's page cache.
 const OUTBOX_CACHE_BYTES: usize = 4 << 20;
 
 impl Outbox {
-    /// Opens (or creates) the outbox file.
+    /// Opens (or creates) the outbox file, readable by its owner only.
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(storage)?;
         }
+        let database = Self::create(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(database)),
+            failure: Mutex::new(None),
+        })
+    }
+
+    fn create(path: &Path) -> Result<Database, OutboxError> {
         // redb caches up to 1 GiB of pages by default, which it fills as the file grows (a
         // soak run saw chain-svc's RSS climb with every record); the outbox is written once
         // and read rarely, so a small cache does.
-        let db = redb::Builder::new()
+        let database = redb::Builder::new()
             .set_cache_size(OUTBOX_CACHE_BYTES)
             .create(path)
-            .map_err(storage)?;
-        let tx = db.begin_write().map_err(storage)?;
-        tx.open_table(RECORDS).map_err(storage)?;
-        tx.open_table(PENDING).map_err(storage)?;
-        tx.commit().map_err(storage)?;
-        Ok(Self { db })
+            .map_err(db)?;
+        // Every record's salt is in it.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(storage)?;
+        }
+        let tx = database.begin_write().map_err(db)?;
+        tx.open_table(RECORDS).map_err(db)?;
+        tx.open_table(PENDING).map_err(db)?;
+        tx.open_table(PROBE).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(database)
+    }
+
+    /// Runs `f` on the database; after an I/O error remembers it and reopens the database.
+    fn with<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&Database) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        let result = {
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            match guard.as_ref() {
+                Some(d) => f(d),
+                None => Err(OutboxError::Io("closed after an I/O error".into())),
+            }
+        };
+        match &result {
+            Err(OutboxError::Io(reason)) => {
+                metrics::counter!(medchain_shared::metrics::name("outbox_io_errors_total"))
+                    .increment(1);
+                tracing::error!(error = %reason, "outbox I/O failure; reopening it");
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+                self.reopen();
+            }
+            Ok(_) if write => {
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn reopen(&self) {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Closed first: the file is locked while open.
+        *guard = None;
+        match Self::create(&self.path) {
+            Ok(d) => *guard = Some(d),
+            Err(e) => tracing::error!(error = %e, "outbox could not be reopened; will retry"),
+        }
+    }
+
+    /// Whether the outbox can write: while an I/O failure is remembered, a small write is
+    /// tried (and clears it when it succeeds).
+    pub fn health(&self) -> Result<(), String> {
+        let failed = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match failed {
+            None => self
+                .with(false, |d| d.begin_read().map(|_| ()).map_err(db))
+                .map_err(|e| e.to_string()),
+            Some(reason) => self
+                .with(true, |d| {
+                    let tx = d.begin_write().map_err(db)?;
+                    {
+                        let mut probe = tx.open_table(PROBE).map_err(db)?;
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |t| t.as_millis() as u64);
+                        // Different bytes each time: a new value is written, not an old kept.
+                        let mut bytes = vec![0u8; PROBE_BYTES];
+                        for (i, b) in bytes.iter_mut().enumerate() {
+                            *b = (now as usize).wrapping_add(i) as u8;
+                        }
+                        probe.insert(0, bytes.as_slice()).map_err(db)?;
+                    }
+                    tx.commit().map_err(db)
+                })
+                .map_err(|e| format!("a write failed ({reason}) and still fails: {e}")),
+        }
     }
 
     /// Accepts an entry durably. The same prediction with the same content is accepted again
     /// idempotently (the stored entry is returned); with other content it is a conflict.
     pub fn enqueue(&self, entry: Entry) -> Result<Entry, OutboxError> {
-        let tx = self.db.begin_write().map_err(storage)?;
+        self.with(true, |d| Self::enqueue_in(d, entry))
+    }
+
+    fn enqueue_in(database: &Database, entry: Entry) -> Result<Entry, OutboxError> {
+        let tx = database.begin_write().map_err(db)?;
         let stored = {
-            let mut records = tx.open_table(RECORDS).map_err(storage)?;
+            let mut records = tx.open_table(RECORDS).map_err(db)?;
             let key = entry.id().0;
             let existing = records
                 .get(&key)
-                .map_err(storage)?
+                .map_err(db)?
                 .map(|v| serde_json::from_slice::<Entry>(v.value()))
                 .transpose()
                 .map_err(storage)?;
@@ -124,45 +245,49 @@ impl Outbox {
                 Some(_) => return Err(OutboxError::Conflict(entry.id())),
                 None => {
                     let bytes = serde_json::to_vec(&entry).map_err(storage)?;
-                    records.insert(&key, bytes.as_slice()).map_err(storage)?;
-                    let mut pending = tx.open_table(PENDING).map_err(storage)?;
+                    records.insert(&key, bytes.as_slice()).map_err(db)?;
+                    let mut pending = tx.open_table(PENDING).map_err(db)?;
                     pending
                         .insert((entry.accepted_at_ms, &key), ())
-                        .map_err(storage)?;
+                        .map_err(db)?;
                     entry
                 }
             }
         };
-        tx.commit().map_err(storage)?;
+        tx.commit().map_err(db)?;
         Ok(stored)
     }
 
     /// The entry of a prediction id.
     pub fn get(&self, id: &B256) -> Result<Option<Entry>, OutboxError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let records = tx.open_table(RECORDS).map_err(storage)?;
-        records
-            .get(&id.0)
-            .map_err(storage)?
-            .map(|v| serde_json::from_slice(v.value()))
-            .transpose()
-            .map_err(storage)
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let records = tx.open_table(RECORDS).map_err(db)?;
+            records
+                .get(&id.0)
+                .map_err(db)?
+                .map(|v| serde_json::from_slice(v.value()))
+                .transpose()
+                .map_err(storage)
+        })
     }
 
     /// Up to `limit` pending entries, oldest first.
     pub fn pending(&self, limit: usize) -> Result<Vec<Entry>, OutboxError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let pending = tx.open_table(PENDING).map_err(storage)?;
-        let records = tx.open_table(RECORDS).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in pending.iter().map_err(storage)?.take(limit) {
-            let (key, _) = item.map_err(storage)?;
-            let (_, id) = key.value();
-            if let Some(v) = records.get(id).map_err(storage)? {
-                out.push(serde_json::from_slice(v.value()).map_err(storage)?);
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let pending = tx.open_table(PENDING).map_err(db)?;
+            let records = tx.open_table(RECORDS).map_err(db)?;
+            let mut out = Vec::new();
+            for item in pending.iter().map_err(db)?.take(limit) {
+                let (key, _) = item.map_err(db)?;
+                let (_, id) = key.value();
+                if let Some(v) = records.get(id).map_err(db)? {
+                    out.push(serde_json::from_slice(v.value()).map_err(storage)?);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The pending entries of one patient reference.
@@ -174,33 +299,41 @@ impl Outbox {
 
     /// How many are pending, and since when the oldest waits.
     pub fn pending_stats(&self) -> Result<(u64, Option<u64>), OutboxError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let pending = tx.open_table(PENDING).map_err(storage)?;
-        let oldest = pending.first().map_err(storage)?.map(|(k, _)| k.value().0);
-        Ok((pending.len().map_err(storage)?, oldest))
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let pending = tx.open_table(PENDING).map_err(db)?;
+            let oldest = pending.first().map_err(db)?.map(|(k, _)| k.value().0);
+            Ok((pending.len().map_err(db)?, oldest))
+        })
     }
 
     /// Rewrites an entry through `f`; removes it from the queue when it stops being pending.
     fn update(&self, id: &B256, f: impl FnOnce(&mut Entry)) -> Result<Entry, OutboxError> {
-        let tx = self.db.begin_write().map_err(storage)?;
+        self.with(true, |d| Self::update_in(d, id, f))
+    }
+
+    fn update_in(
+        database: &Database,
+        id: &B256,
+        f: impl FnOnce(&mut Entry),
+    ) -> Result<Entry, OutboxError> {
+        let tx = database.begin_write().map_err(db)?;
         let entry = {
-            let mut records = tx.open_table(RECORDS).map_err(storage)?;
-            let mut entry: Entry = match records.get(&id.0).map_err(storage)? {
+            let mut records = tx.open_table(RECORDS).map_err(db)?;
+            let mut entry: Entry = match records.get(&id.0).map_err(db)? {
                 Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                 None => return Err(OutboxError::NotFound(*id)),
             };
             f(&mut entry);
             let bytes = serde_json::to_vec(&entry).map_err(storage)?;
-            records.insert(&id.0, bytes.as_slice()).map_err(storage)?;
+            records.insert(&id.0, bytes.as_slice()).map_err(db)?;
             if entry.status != Status::Pending {
-                let mut pending = tx.open_table(PENDING).map_err(storage)?;
-                pending
-                    .remove((entry.accepted_at_ms, &id.0))
-                    .map_err(storage)?;
+                let mut pending = tx.open_table(PENDING).map_err(db)?;
+                pending.remove((entry.accepted_at_ms, &id.0)).map_err(db)?;
             }
             entry
         };
-        tx.commit().map_err(storage)?;
+        tx.commit().map_err(db)?;
         Ok(entry)
     }
 

@@ -113,6 +113,11 @@ fn outbox_error(e: OutboxError) -> ApiError {
         OutboxError::Conflict(_) => ApiError::Conflict(e.to_string()),
         OutboxError::NotFound(_) => ApiError::NotFound(e.to_string()),
         OutboxError::Storage(_) => ApiError::Internal(anyhow::anyhow!(e)),
+        // A full disk: nothing was accepted; the outbox reopens and the caller may retry.
+        OutboxError::Io(_) => ApiError::Unavailable {
+            detail: format!("{e}; the record was not accepted, retry later"),
+            retry_after: Some(5),
+        },
     }
 }
 

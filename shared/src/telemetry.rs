@@ -11,9 +11,13 @@ pub fn init(settings: &TelemetrySettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log line that cannot be written (stderr redirected to a file on a full disk) is
+    // dropped: tracing-subscriber's default reports it with `eprintln!`, which panics when
+    // stderr cannot be written — measured: on a full disk every request then died unanswered.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match settings.format {
         LogFormat::Json => builder
             .json()
