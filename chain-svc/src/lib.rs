@@ -47,7 +47,17 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub storage: StorageSettings,
     pub chain: ChainSettings,
+    pub limits: LimitSettings,
     pub secrets: SecretSettings,
+}
+
+/// How many records are taken (see `config/default.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub records_per_minute: u32,
+    pub records_per_minute_per_source: u32,
+    pub max_pending: u64,
 }
 
 /// Where state lives.
@@ -330,6 +340,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
 
     let read_timeout = Duration::from_millis(settings.chain.read_timeout_ms);
     let state = web::Data::new(RecordsState {
+        limits: records::RecordLimits::new(
+            settings.limits.records_per_minute,
+            settings.limits.records_per_minute_per_source,
+            settings.limits.max_pending,
+        ),
         outbox: outbox.clone(),
         patient_key,
         wake,

@@ -19,9 +19,120 @@ use crate::chain::{AuditChain, ChainError, MedchainAudit, RecordInput};
 use crate::outbox::{Entry, Outbox, OutboxError, Status};
 use crate::privacy::{self, PatientKey};
 
+/// How many new records chain-svc takes: each one costs gas on a public chain and waits in the
+/// outbox, so that no caller can drain the signer's funds or fill the disk.
+pub struct RecordLimits {
+    all: governor::DefaultDirectRateLimiter,
+    per_source: governor::DefaultKeyedRateLimiter<u8>,
+    per_minute: u32,
+    per_source_per_minute: u32,
+    max_pending: u64,
+}
+
+impl std::fmt::Debug for RecordLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordLimits")
+            .field("per_minute", &self.per_minute)
+            .field("per_source_per_minute", &self.per_source_per_minute)
+            .field("max_pending", &self.max_pending)
+            .finish()
+    }
+}
+
+impl RecordLimits {
+    /// `per_minute` new records from all sources, `per_source_per_minute` from one (a minute's
+    /// worth may come at once, then one every minute / n); at most `max_pending` waiting.
+    pub fn new(per_minute: u32, per_source_per_minute: u32, max_pending: u64) -> Self {
+        let quota = |n: u32| {
+            let n = std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+            governor::Quota::per_minute(n)
+        };
+        Self {
+            all: governor::RateLimiter::direct(quota(per_minute)),
+            per_source: governor::RateLimiter::keyed(quota(per_source_per_minute)),
+            per_minute,
+            per_source_per_minute,
+            max_pending,
+        }
+    }
+
+    /// Takes one new record from `source` (the disease code: the service that records it), or
+    /// says why not.
+    fn admit(&self, source: u8, pending: u64) -> Result<(), AcceptError> {
+        use governor::clock::{Clock, DefaultClock};
+        if pending >= self.max_pending {
+            return Err(AcceptError::Backlog(pending));
+        }
+        let wait = |nu: governor::NotUntil<governor::clock::QuantaInstant>| {
+            nu.wait_time_from(DefaultClock::default().now()).as_secs() + 1
+        };
+        if let Err(nu) = self.per_source.check_key(&source) {
+            return Err(AcceptError::Limited {
+                what: format!(
+                    "{} records a minute from {}",
+                    self.per_source_per_minute,
+                    DISEASES[usize::from(source.saturating_sub(1)).min(1)]
+                ),
+                retry_after: wait(nu),
+            });
+        }
+        if let Err(nu) = self.all.check() {
+            return Err(AcceptError::Limited {
+                what: format!("{} records a minute in all", self.per_minute),
+                retry_after: wait(nu),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a new record was not accepted.
+#[derive(Debug)]
+enum AcceptError {
+    Outbox(OutboxError),
+    Limited { what: String, retry_after: u64 },
+    Backlog(u64),
+}
+
+impl From<OutboxError> for AcceptError {
+    fn from(e: OutboxError) -> Self {
+        Self::Outbox(e)
+    }
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> Self {
+        match e {
+            AcceptError::Outbox(e) => outbox_error(e),
+            AcceptError::Limited { what, retry_after } => {
+                metrics::counter!(medchain_shared::metrics::name("records_refused_total"), "why" => "rate")
+                    .increment(1);
+                ApiError::RateLimited {
+                    detail: format!(
+                        "too many new records: this service takes {what}; retry in {retry_after} s"
+                    ),
+                    retry_after,
+                }
+            }
+            AcceptError::Backlog(n) => {
+                metrics::counter!(medchain_shared::metrics::name("records_refused_total"), "why" => "backlog")
+                    .increment(1);
+                ApiError::Unavailable {
+                    detail: format!(
+                        "{n} records are waiting to be sent to the chain, the most this service \
+                         holds; the record was not accepted, retry later"
+                    ),
+                    retry_after: Some(30),
+                }
+            }
+        }
+    }
+}
+
 /// What the record routes share.
 #[derive(Debug)]
 pub struct RecordsState {
+    pub limits: RecordLimits,
     pub outbox: Arc<Outbox>,
     pub patient_key: PatientKey,
     pub wake: Arc<Notify>,
@@ -167,8 +278,10 @@ pub async fn accept(
     };
     let digest = r.input_digest;
     // Idempotent: a retry of the same request (same fields, same input) gets the stored
-    // record back; its salt is the first request's, so compare through the commitment.
-    let stored = with_outbox(&state, move |outbox| -> Result<Entry, OutboxError> {
+    // record back; its salt is the first request's, so compare through the commitment. Only a
+    // new record counts against the limits.
+    let limits_state = state.clone();
+    let stored = with_outbox(&state, move |outbox| -> Result<Entry, AcceptError> {
         let same = |old: &Entry| {
             let mut again = record.clone();
             again.input_commitment = privacy::commitment(&old.salt, &digest);
@@ -178,16 +291,18 @@ pub async fn accept(
             return if same(&old) {
                 Ok(old)
             } else {
-                Err(OutboxError::Conflict(old.id()))
+                Err(OutboxError::Conflict(old.id()).into())
             };
         }
+        let (pending, _) = outbox.pending_stats()?;
+        limits_state.limits.admit(record.disease, pending)?;
         match outbox.enqueue(Entry::new(&record, salt, now_ms())) {
             // Lost a race with an identical request: that one's record stands.
             Err(OutboxError::Conflict(id)) => match outbox.get(&id)? {
                 Some(old) if same(&old) => Ok(old),
-                _ => Err(OutboxError::Conflict(id)),
+                _ => Err(OutboxError::Conflict(id).into()),
             },
-            other => other,
+            other => Ok(other?),
         }
     })
     .await?;
@@ -261,15 +376,21 @@ async fn read_chain<T>(
 }
 
 /// Runs an outbox operation on the blocking pool (redb reads and fsyncs block).
-async fn with_outbox<T: Send + 'static>(
+async fn with_outbox<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
     state: &RecordsState,
-    f: impl FnOnce(&Outbox) -> Result<T, OutboxError> + Send + 'static,
+    f: impl FnOnce(&Outbox) -> Result<T, E> + Send + 'static,
 ) -> ApiResult<T> {
     let outbox = state.outbox.clone();
     web::block(move || f(&outbox))
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("outbox task: {e}")))?
-        .map_err(outbox_error)
+        .map_err(Into::into)
+}
+
+impl From<OutboxError> for ApiError {
+    fn from(e: OutboxError) -> Self {
+        outbox_error(e)
+    }
 }
 
 async fn outbox_get(state: &RecordsState, key: B256) -> ApiResult<Option<Entry>> {
@@ -554,4 +675,16 @@ pub async fn verify(
         "contract": state.contract,
         "chain_id": state.chain_id,
     })))
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn a_minutes_worth_at_once_then_refused() {
+        let l = RecordLimits::new(4, 3, 100);
+        let got: Vec<bool> = (0..4).map(|_| l.admit(1, 0).is_ok()).collect();
+        assert_eq!(got, [true, true, true, false]);
+    }
 }

@@ -13,8 +13,13 @@ use serde_json::{Value, json};
 const TOKEN: &str = "chain-test-token-0123456789";
 
 async fn spawn(data: &std::path::Path) -> (String, String) {
+    spawn_with(data, |_| {}).await
+}
+
+async fn spawn_with(data: &std::path::Path, tweak: impl FnOnce(&mut Settings)) -> (String, String) {
     medchain_shared::telemetry::init_for_tests();
     let mut s = Settings::load().expect("defaults");
+    tweak(&mut s);
     s.server.port = 0;
     s.server.workers = 1;
     s.storage.data_dir = data.to_str().expect("utf-8").into();
@@ -404,5 +409,80 @@ async fn an_external_node_on_another_chain_is_refused_before_anything_is_sent() 
         provider.get_block_number().await.expect("block"),
         0,
         "nothing was sent"
+    );
+}
+
+fn numbered(n: usize, disease: &str) -> Value {
+    let mut v = body(&format!("{n:08x}-1111-4000-8000-00000000beef"));
+    v["disease"] = json!(disease);
+    v
+}
+
+/// The review: anyone with the token could make the service write unlimited records (on a
+/// public chain, draining the signer). New records are capped per source and in all; retries
+/// of a record already taken do not count; a full backlog refuses new records.
+#[tokio::test]
+async fn new_records_are_capped_per_source_and_in_all() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // 3 at once per source, 4 in all, then one every 20 s / 15 s: far more than this test
+    // takes even on a loaded machine, so no allowance comes back meanwhile.
+    let (base, _) = spawn_with(data.path(), |s| {
+        s.limits.records_per_minute_per_source = 3;
+        s.limits.records_per_minute = 4;
+    })
+    .await;
+    for n in 0..3 {
+        let res = post(&base, &numbered(n, "diabetes"), Some(TOKEN)).await;
+        assert_eq!(res.status(), 202, "record {n}: {:?}", res.text().await);
+    }
+    let res = post(&base, &numbered(3, "diabetes"), Some(TOKEN)).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=21).contains(&retry), "{retry}");
+    let problem: Value = res.json().await.expect("problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("3 records a minute from diabetes")),
+        "{problem}"
+    );
+    // A retry of a record already taken is answered, not counted.
+    assert_eq!(
+        post(&base, &numbered(0, "diabetes"), Some(TOKEN))
+            .await
+            .status(),
+        202
+    );
+    // Another source has its own allowance, within the total.
+    assert_eq!(
+        post(&base, &numbered(7, "heart"), Some(TOKEN))
+            .await
+            .status(),
+        202
+    );
+    let res = post(&base, &numbered(8, "heart"), Some(TOKEN)).await;
+    assert_eq!(res.status(), 429);
+    let problem: Value = res.json().await.expect("problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("4 records a minute in all")),
+        "{problem}"
+    );
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let (base, _) = spawn_with(data.path(), |s| s.limits.max_pending = 0).await;
+    let res = post(&base, &numbered(10, "heart"), Some(TOKEN)).await;
+    assert_eq!(res.status(), 503);
+    let problem: Value = res.json().await.expect("problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("waiting to be sent") && d.contains("not accepted")),
+        "{problem}"
     );
 }
