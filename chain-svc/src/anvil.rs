@@ -127,6 +127,11 @@ impl Anvil {
         self.port
     }
 
+    /// Whether it has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Its JSON-RPC URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -162,6 +167,55 @@ impl Drop for Anvil {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.terminate();
+        }
+    }
+}
+
+/// Watches an embedded anvil and starts it again — same port, same state file — when it exits
+/// while chain-svc runs (a crash, an OOM kill, `kill -9`), then calls `restarted` (the sender
+/// reconciles: anvil comes back from the state it saved up to a second before).
+pub async fn supervise(
+    anvil: std::sync::Arc<std::sync::Mutex<Option<Anvil>>>,
+    binary: PathBuf,
+    state_dir: PathBuf,
+    chain_id: u64,
+    restarted: impl Fn() + Send + 'static,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let gone = {
+            let mut guard = anvil
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match guard.as_mut() {
+                None => return, // stopped with the service
+                Some(a) => a.exited().map(|status| (status, a.port)),
+            }
+        };
+        let Some((status, port)) = gone else {
+            continue;
+        };
+        tracing::error!(%status, port, "the embedded anvil exited; starting it again");
+        metrics::counter!(medchain_shared::metrics::name("anvil_restarts_total")).increment(1);
+        let (bin, dir) = (binary.clone(), state_dir.clone());
+        match tokio::task::spawn_blocking(move || Anvil::start_on(&bin, &dir, chain_id, port)).await
+        {
+            Ok(Ok(new)) => {
+                let mut guard = anvil
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if guard.is_none() {
+                    return; // stopped meanwhile; `new` stops as it drops
+                }
+                *guard = Some(new);
+                drop(guard);
+                tracing::info!(port, "embedded anvil started again");
+                restarted();
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the embedded anvil did not start; will retry")
+            }
+            Err(e) => tracing::error!(error = %e, "anvil restart task failed; will retry"),
         }
     }
 }

@@ -83,6 +83,9 @@ pub struct RecordInput {
 pub struct Mined {
     pub tx_hash: TxHash,
     pub block_number: u64,
+    /// The block's hash, to notice later that the chain no longer holds that block (a reset
+    /// or a reorganisation) — see `Sender::reconcile`.
+    pub block_hash: Option<B256>,
 }
 
 /// A record event found on chain.
@@ -91,6 +94,7 @@ pub struct RecordedLog {
     pub prediction_id: B256,
     pub tx_hash: Option<TxHash>,
     pub block_number: Option<u64>,
+    pub block_hash: Option<B256>,
     pub event: MedchainAudit::PredictionRecorded,
 }
 
@@ -153,6 +157,18 @@ impl AuditChain {
             Err(e) => return Err(e),
         }
         Ok(chain)
+    }
+
+    /// Deploys the contract again if its address holds no code (a development chain that came
+    /// back from an empty or early state); refuses foreign code as `connect` does.
+    pub async fn ensure_deployed(&self, salt: B256) -> Result<(), ChainError> {
+        match self.check_code().await {
+            Err(ChainError::NoContract(_)) => {
+                self.deploy(salt).await?;
+                self.check_code().await
+            }
+            other => other,
+        }
     }
 
     async fn deploy(&self, salt: B256) -> Result<(), ChainError> {
@@ -252,6 +268,7 @@ impl AuditChain {
         Ok(Mined {
             tx_hash: receipt.transaction_hash,
             block_number: receipt.block_number.unwrap_or_default(),
+            block_hash: receipt.block_hash,
         })
     }
 
@@ -288,6 +305,7 @@ impl AuditChain {
             Some(Mined {
                 tx_hash: l.tx_hash?,
                 block_number: l.block_number?,
+                block_hash: l.block_hash,
             })
         }))
     }
@@ -319,6 +337,7 @@ impl AuditChain {
                     prediction_id: decoded.inner.data.predictionId,
                     tx_hash: l.transaction_hash,
                     block_number: l.block_number,
+                    block_hash: l.block_hash,
                     event: decoded.inner.data,
                 })
             })
@@ -328,6 +347,16 @@ impl AuditChain {
     /// Every record of a patient reference, oldest first, from the contract's indexed event.
     pub async fn records_of(&self, patient_ref: B256) -> Result<Vec<RecordedLog>, ChainError> {
         self.record_events(|f| f.topic2(patient_ref)).await
+    }
+
+    /// The hash of block `number` as the node has it now; None beyond its head.
+    pub async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(number.into())
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))?;
+        Ok(block.map(|b| b.header.hash))
     }
 
     /// The signer's balance in wei.

@@ -81,6 +81,8 @@ pub struct ChainSettings {
     pub backoff_max_ms: u64,
     /// Reads (record lookups, verify, readiness) give up on the node after this long.
     pub read_timeout_ms: u64,
+    /// How often the outbox's confirmed records are checked against the chain (and at start).
+    pub reconcile_interval_ms: u64,
     /// `/readyz` fails while the signer holds less than this (wei): it could not pay for gas.
     pub min_signer_balance_wei: u64,
     /// Largest image body `verify` hashes.
@@ -237,7 +239,7 @@ pub struct Running {
     pub app: Application,
     pub contract: Address,
     pub rpc_url: String,
-    anvil: Option<Anvil>,
+    anvil: Option<std::sync::Arc<std::sync::Mutex<Option<Anvil>>>>,
 }
 
 impl Running {
@@ -250,7 +252,13 @@ impl Running {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.app.run_until_stopped().await;
         if let Some(anvil) = self.anvil {
-            anvil.stop();
+            let taken = anvil
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(anvil) = taken {
+                anvil.stop();
+            }
         }
         result
     }
@@ -263,9 +271,10 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
     let data = settings.data_dir();
     private_dir(&data)?;
     let embedded = settings.chain.rpc_url.is_none();
+    let anvil_bin = Anvil::binary(&settings.chain.anvil_binary);
+    let anvil_dir = data.join("anvil");
     let anvil = if embedded {
-        let bin = Anvil::binary(&settings.chain.anvil_binary);
-        let dir = data.join("anvil");
+        let (bin, dir) = (anvil_bin.clone(), anvil_dir.clone());
         let id = settings.chain.chain_id;
         Some(tokio::task::spawn_blocking(move || Anvil::start(&bin, &dir, id)).await??)
     } else {
@@ -324,7 +333,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
         .then(|| settings.chain.contract_address.parse::<Address>())
         .transpose()?;
     let salt: B256 = keccak256(settings.chain.deploy_salt.as_bytes());
-    let chain = AuditChain::connect(url, signer, salt, configured).await?;
+    let chain = AuditChain::connect(url.clone(), signer, salt, configured).await?;
     let outbox = Arc::new(Outbox::open(&data.join("outbox.redb"))?);
     let sender = Sender::new(
         outbox.clone(),
@@ -334,7 +343,45 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
             max: Duration::from_millis(settings.chain.backoff_max_ms),
         },
     );
+    let sender =
+        sender.reconcile_every(Duration::from_millis(settings.chain.reconcile_interval_ms));
     let wake = sender.notifier();
+    let anvil = anvil.map(|a| Arc::new(std::sync::Mutex::new(Some(a))));
+    if let Some(a) = &anvil {
+        // Back from its saved state — or from none, if it died within its first second — the
+        // development chain may lack the signer's funds and the contract: both made again
+        // (the address is deterministic), then the outbox is reconciled with it.
+        let (chain, rpc) = (chain.clone(), url.clone());
+        let reconcile = Arc::new(sender.reconcile_trigger());
+        let signer = chain.signer();
+        let configured_address = configured.is_some();
+        let restarted = move || {
+            let (chain, rpc, trigger) = (chain.clone(), rpc.clone(), reconcile.clone());
+            tokio::spawn(async move {
+                let p = alloy::providers::ProviderBuilder::new().connect_http(rpc);
+                let funded: Result<(), _> = p
+                    .raw_request(
+                        "anvil_setBalance".into(),
+                        (signer, U256::from(10u128.pow(21))),
+                    )
+                    .await;
+                if let Err(e) = funded {
+                    tracing::error!(error = %e, "could not fund the signer on the restarted anvil");
+                }
+                if !configured_address && let Err(e) = chain.ensure_deployed(salt).await {
+                    tracing::error!(error = %e, "could not deploy the contract on the restarted anvil");
+                }
+                trigger();
+            });
+        };
+        tokio::spawn(anvil::supervise(
+            a.clone(),
+            anvil_bin,
+            anvil_dir,
+            settings.chain.chain_id,
+            restarted,
+        ));
+    }
     tokio::spawn(sender.run(Duration::from_millis(settings.chain.poll_interval_ms)));
     tracing::info!(contract = %chain.contract(), signer = %chain.signer(), chain_id, embedded, "audit contract ready");
 

@@ -25,6 +25,9 @@ const PROBE_BYTES: usize = 256 << 10;
 const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("records");
 /// (accepted at ms, prediction id) → () for every pending entry, oldest first.
 const PENDING: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("pending");
+/// (block number, prediction id) → () for every confirmed entry: what the reconciliation walks,
+/// newest block first.
+const CONFIRMED: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("confirmed");
 
 /// Where a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,9 @@ pub struct Entry {
     pub last_error: Option<String>,
     pub tx_hash: Option<TxHash>,
     pub block_number: Option<u64>,
+    /// The hash of the block that holds it (absent in entries confirmed before it was kept).
+    #[serde(default)]
+    pub block_hash: Option<B256>,
 }
 
 impl Entry {
@@ -64,6 +70,7 @@ impl Entry {
             last_error: None,
             tx_hash: None,
             block_number: None,
+            block_hash: None,
         }
     }
 
@@ -147,6 +154,20 @@ impl Outbox {
         tx.open_table(RECORDS).map_err(db)?;
         tx.open_table(PENDING).map_err(db)?;
         tx.open_table(PROBE).map_err(db)?;
+        {
+            // Outboxes written before the index: built once from the records.
+            let mut confirmed = tx.open_table(CONFIRMED).map_err(db)?;
+            if confirmed.is_empty().map_err(db)? {
+                let records = tx.open_table(RECORDS).map_err(db)?;
+                for item in records.iter().map_err(db)? {
+                    let (key, value) = item.map_err(db)?;
+                    let e: Entry = serde_json::from_slice(value.value()).map_err(storage)?;
+                    if let (Status::Confirmed, Some(b)) = (e.status, e.block_number) {
+                        confirmed.insert((b, key.value()), ()).map_err(db)?;
+                    }
+                }
+            }
+        }
         tx.commit().map_err(db)?;
         Ok(database)
     }
@@ -324,12 +345,24 @@ impl Outbox {
                 Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                 None => return Err(OutboxError::NotFound(*id)),
             };
+            let before = (entry.status, entry.block_number);
             f(&mut entry);
             let bytes = serde_json::to_vec(&entry).map_err(storage)?;
             records.insert(&id.0, bytes.as_slice()).map_err(db)?;
-            if entry.status != Status::Pending {
-                let mut pending = tx.open_table(PENDING).map_err(db)?;
+            let mut pending = tx.open_table(PENDING).map_err(db)?;
+            if entry.status == Status::Pending {
+                pending
+                    .insert((entry.accepted_at_ms, &id.0), ())
+                    .map_err(db)?;
+            } else {
                 pending.remove((entry.accepted_at_ms, &id.0)).map_err(db)?;
+            }
+            let mut confirmed = tx.open_table(CONFIRMED).map_err(db)?;
+            if let (Status::Confirmed, Some(b)) = before {
+                confirmed.remove((b, &id.0)).map_err(db)?;
+            }
+            if let (Status::Confirmed, Some(b)) = (entry.status, entry.block_number) {
+                confirmed.insert((b, &id.0), ()).map_err(db)?;
             }
             entry
         };
@@ -337,13 +370,65 @@ impl Outbox {
         Ok(entry)
     }
 
-    /// The record is on chain.
-    pub fn mark_confirmed(&self, id: &B256, tx: TxHash, block: u64) -> Result<Entry, OutboxError> {
+    /// The record is on chain, in block `block` (of hash `block_hash`).
+    pub fn mark_confirmed(
+        &self,
+        id: &B256,
+        tx: TxHash,
+        block: u64,
+        block_hash: Option<B256>,
+    ) -> Result<Entry, OutboxError> {
         self.update(id, |e| {
             e.status = Status::Confirmed;
             e.tx_hash = Some(tx);
             e.block_number = Some(block);
+            e.block_hash = block_hash;
             e.last_error = None;
+        })
+    }
+
+    /// A confirmed record the chain no longer holds (a reset or reorganisation dropped its
+    /// block): pending again, to be sent again.
+    pub fn mark_lost(&self, id: &B256, why: &str) -> Result<Entry, OutboxError> {
+        self.update(id, |e| {
+            e.status = Status::Pending;
+            e.tx_hash = None;
+            e.block_number = None;
+            e.block_hash = None;
+            e.last_error = Some(why.to_string());
+        })
+    }
+
+    /// Confirmed entries from the newest block down, in groups of one block: `(block, entries)`
+    /// for up to `blocks` blocks at or below `below`.
+    pub fn confirmed_blocks(
+        &self,
+        below: u64,
+        blocks: usize,
+    ) -> Result<Vec<(u64, Vec<Entry>)>, OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let confirmed = tx.open_table(CONFIRMED).map_err(db)?;
+            let records = tx.open_table(RECORDS).map_err(db)?;
+            let mut out: Vec<(u64, Vec<Entry>)> = Vec::new();
+            let end = (below, &[0xFFu8; 32]);
+            for item in confirmed.range(..=end).map_err(db)?.rev() {
+                let (key, _) = item.map_err(db)?;
+                let (block, id) = key.value();
+                if out.last().is_none_or(|(b, _)| *b != block) {
+                    if out.len() == blocks {
+                        break;
+                    }
+                    out.push((block, Vec::new()));
+                }
+                if let Some(v) = records.get(id).map_err(db)? {
+                    let e: Entry = serde_json::from_slice(v.value()).map_err(storage)?;
+                    if let Some((_, group)) = out.last_mut() {
+                        group.push(e);
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -403,7 +488,7 @@ mod tests {
             .collect();
         assert_eq!(ids, [1, 2, 3]);
         let done = o
-            .mark_confirmed(&B256::repeat_byte(1), TxHash::repeat_byte(9), 7)
+            .mark_confirmed(&B256::repeat_byte(1), TxHash::repeat_byte(9), 7, None)
             .expect("confirm");
         assert_eq!(done.status, Status::Confirmed);
         assert_eq!(o.pending_stats().expect("stats"), (2, Some(20)));
@@ -424,6 +509,35 @@ mod tests {
     }
 
     #[test]
+    fn confirmed_records_are_walked_newest_block_first_and_can_be_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.redb");
+        let o = Outbox::open(&path).expect("open");
+        for (n, block) in [(1u8, 5u64), (2, 7), (3, 7), (4, 9)] {
+            o.enqueue(entry(n, u64::from(n))).expect("enqueue");
+            o.mark_confirmed(&B256::repeat_byte(n), TxHash::repeat_byte(n), block, None)
+                .expect("confirm");
+        }
+        let blocks = |o: &Outbox, below| -> Vec<(u64, usize)> {
+            o.confirmed_blocks(below, 2)
+                .expect("walk")
+                .iter()
+                .map(|(b, e)| (*b, e.len()))
+                .collect()
+        };
+        assert_eq!(blocks(&o, u64::MAX), [(9, 1), (7, 2)]);
+        assert_eq!(blocks(&o, 6), [(5, 1)]);
+        let lost = o.mark_lost(&B256::repeat_byte(4), "reset").expect("lost");
+        assert_eq!((lost.status, lost.block_number), (Status::Pending, None));
+        assert_eq!(o.pending(10).expect("pending").len(), 1);
+        assert_eq!(blocks(&o, u64::MAX), [(7, 2), (5, 1)]);
+        // Reopened, the index is as it was.
+        drop(o);
+        let o = Outbox::open(&path).expect("reopen");
+        assert_eq!(blocks(&o, u64::MAX), [(7, 2), (5, 1)]);
+    }
+
+    #[test]
     fn the_same_prediction_is_accepted_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let o = Outbox::open(&dir.path().join("o.redb")).expect("open");
@@ -436,7 +550,7 @@ mod tests {
         other.record.label = 1;
         assert!(matches!(o.enqueue(other), Err(OutboxError::Conflict(_))));
         assert!(matches!(
-            o.mark_confirmed(&B256::repeat_byte(8), TxHash::ZERO, 1),
+            o.mark_confirmed(&B256::repeat_byte(8), TxHash::ZERO, 1, None),
             Err(OutboxError::NotFound(_))
         ));
     }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use alloy::providers::Provider;
 use medchain_shared::metrics::name;
 use tokio::sync::Notify;
 
@@ -26,6 +27,8 @@ pub struct Sender {
     chain: AuditChain,
     wake: Arc<Notify>,
     backoff: Backoff,
+    reconcile_every: Duration,
+    reconcile_asked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What one pass did.
@@ -44,7 +47,24 @@ impl Sender {
             chain,
             wake: Arc::new(Notify::new()),
             backoff,
+            reconcile_every: Duration::from_secs(30),
+            reconcile_asked: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Asks for a reconciliation now (e.g. after the embedded anvil came back from its state).
+    pub fn reconcile_trigger(&self) -> impl Fn() + Send + Sync + 'static {
+        let (asked, wake) = (self.reconcile_asked.clone(), self.wake.clone());
+        move || {
+            asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            wake.notify_one();
+        }
+    }
+
+    /// How often [`Sender::reconcile`] runs (it also runs at start).
+    pub fn reconcile_every(mut self, every: Duration) -> Self {
+        self.reconcile_every = every;
+        self
     }
 
     /// Wakes the sender (call after accepting a record).
@@ -55,7 +75,19 @@ impl Sender {
     /// Runs forever: passes over the outbox, sleeping between them until woken or polled.
     pub async fn run(self, poll: Duration) {
         let mut delay = self.backoff.initial;
+        let mut reconciled: Option<std::time::Instant> = None;
         loop {
+            let asked = self
+                .reconcile_asked
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+            if asked || reconciled.is_none_or(|at| at.elapsed() >= self.reconcile_every) {
+                match self.reconcile().await {
+                    Ok(_) => reconciled = Some(std::time::Instant::now()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconciliation with the chain failed; will retry")
+                    }
+                }
+            }
             match self.pass(64).await {
                 Ok(p) if p.node_failed => {
                     tokio::time::sleep(delay).await;
@@ -104,6 +136,73 @@ impl Sender {
         Ok(pass)
     }
 
+    /// Finds records the outbox holds as confirmed that the chain no longer holds — their block
+    /// was dropped by a reset (an embedded anvil killed with chain-svc restarts from the state it
+    /// saved up to a second earlier) or a reorganisation — and queues them to be sent again
+    /// (the resend of one the chain does hold after all is recognised as a duplicate of ours).
+    /// Walks the confirmed records from the newest block down and stops at the first block the
+    /// chain still has as it was: a reset or a reorganisation drops a suffix of the chain.
+    /// Returns how many were queued again.
+    pub async fn reconcile(&self) -> Result<usize, ChainError> {
+        let outbox_err = |e: OutboxError| ChainError::Node(format!("outbox: {e}"));
+        let head = self
+            .chain
+            .provider()
+            .get_block_number()
+            .await
+            .map_err(|e| ChainError::Node(e.to_string()))?;
+        let mut below = u64::MAX;
+        let mut lost = 0;
+        loop {
+            let groups = self
+                .outbox
+                .confirmed_blocks(below, 16)
+                .map_err(outbox_err)?;
+            if groups.is_empty() {
+                break;
+            }
+            for (block, entries) in groups {
+                let current = if block > head {
+                    None
+                } else {
+                    self.chain.block_hash(block).await?
+                };
+                let mut kept = false;
+                for e in &entries {
+                    let gone = match (e.block_hash, current) {
+                        (Some(h), Some(c)) => h != c,
+                        (Some(_), None) => true,
+                        // Confirmed before block hashes were kept: ask for the record itself.
+                        (None, _) => self.chain.get(e.id()).await?.is_none(),
+                    };
+                    if gone {
+                        let why = format!(
+                            "block {block} no longer holds it (the chain was reset or \
+                             reorganised); sending it again"
+                        );
+                        tracing::warn!(prediction = %e.id(), block, "confirmed record not on chain; sending it again");
+                        self.outbox.mark_lost(&e.id(), &why).map_err(outbox_err)?;
+                        metrics::counter!(name("records_reconciled_total")).increment(1);
+                        lost += 1;
+                    } else {
+                        kept = true;
+                    }
+                }
+                if kept || block == 0 {
+                    if lost > 0 {
+                        self.wake.notify_one();
+                    }
+                    return Ok(lost);
+                }
+                below = block - 1;
+            }
+        }
+        if lost > 0 {
+            self.wake.notify_one();
+        }
+        Ok(lost)
+    }
+
     async fn send(&self, entry: &Entry) -> Result<(), ChainError> {
         let id = entry.id();
         let mined = match self.chain.record(&entry.record).await {
@@ -123,7 +222,7 @@ impl Sender {
             Err(e) => return Err(e),
         };
         self.outbox
-            .mark_confirmed(&id, mined.tx_hash, mined.block_number)
+            .mark_confirmed(&id, mined.tx_hash, mined.block_number, mined.block_hash)
             .map_err(|e| ChainError::Node(format!("outbox: {e}")))?;
         Ok(())
     }

@@ -1,0 +1,158 @@
+//! Records the outbox holds as confirmed but the chain no longer does — the chain went back to an
+//! earlier state (as an embedded anvil killed together with chain-svc restarts from the state it
+//! saved up to a second before; or a reset, or a reorganisation) — are found and sent again, and
+//! end on chain exactly once. (Before: they stayed `confirmed` with `matches_chain: null`, never
+//! sent again.)
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use alloy::providers::{Provider, ProviderBuilder};
+use medchain_chain_svc::{Settings, build};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "reconcile-test-token-0123456789";
+
+fn record(n: usize) -> Value {
+    json!({
+        "prediction_id": format!("{n:08x}-2222-4000-8000-00000000feed"),
+        "disease": "heart",
+        "modality": "image",
+        "model": {"id": "heart-ecg-resnet50", "version": "1.0.0", "sha256": "0a"},
+        "label": 2,
+        "probability": 0.61,
+        "patient_id": "MRN-RESET",
+        "input_digest": format!("0x{:064x}", n + 99),
+    })
+}
+
+async fn status_of(base: &str, n: usize) -> Value {
+    common::get_json(
+        &format!("{base}/v1/records/{n:08x}-2222-4000-8000-00000000feed"),
+        TOKEN,
+    )
+    .await
+}
+
+async fn all_confirmed(base: &str, n: usize) {
+    for i in 0..n {
+        let mut rec = Value::Null;
+        for _ in 0..400 {
+            rec = status_of(base, i).await;
+            if rec["status"] == "confirmed" && rec["matches_chain"] == true {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(rec["status"], "confirmed", "record {i}: {rec}");
+        assert_eq!(rec["matches_chain"], true, "record {i}: {rec}");
+    }
+}
+
+#[tokio::test]
+async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
+    medchain_shared::telemetry::init_for_tests();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut s = Settings::load().expect("defaults");
+    s.server.port = 0;
+    s.server.workers = 1;
+    s.storage.data_dir = data.path().to_str().expect("utf-8").into();
+    s.chain.poll_interval_ms = 100;
+    s.chain.reconcile_interval_ms = 200;
+    s.auth.internal_token = Some(TOKEN.to_string().into());
+    let running = build(s).await.expect("chain-svc starts");
+    let base = format!("http://127.0.0.1:{}", running.port());
+    let rpc = ProviderBuilder::new().connect_http(running.rpc_url.parse().expect("url"));
+    tokio::spawn(running.run_until_stopped());
+
+    // The state the chain will go back to: the contract deployed, no record yet.
+    let snapshot: U256 = rpc
+        .raw_request("evm_snapshot".into(), ())
+        .await
+        .expect("snapshot");
+    let client = reqwest::Client::new();
+    const N: usize = 8;
+    for n in 0..N {
+        let res = client
+            .post(format!("{base}/v1/records"))
+            .header("x-internal-token", TOKEN)
+            .json(&record(n))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), 202);
+    }
+    all_confirmed(&base, N).await;
+    let head_before = rpc.get_block_number().await.expect("head");
+
+    // The chain goes back: every record's block is gone.
+    let reverted: bool = rpc
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .expect("revert");
+    assert!(reverted);
+    assert!(rpc.get_block_number().await.expect("head") < head_before);
+
+    // Found, sent again, confirmed — and on chain once each.
+    all_confirmed(&base, N).await;
+    let listed = common::get_json(&format!("{base}/v1/patients/MRN-RESET/records"), TOKEN).await;
+    assert_eq!(listed["count"], N, "{listed}");
+    let rec = status_of(&base, 0).await;
+    assert!(rec["attempts"].as_u64().is_some(), "{rec}");
+}
+
+/// The embedded anvil dies while chain-svc runs (the review: nothing watched it): it is started
+/// again on its port from its saved state, records keep being taken and confirmed, and the
+/// records its restart lost are sent again.
+#[tokio::test]
+async fn a_dead_embedded_anvil_is_started_again() {
+    medchain_shared::telemetry::init_for_tests();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut s = Settings::load().expect("defaults");
+    s.server.port = 0;
+    s.server.workers = 1;
+    s.storage.data_dir = data.path().to_str().expect("utf-8").into();
+    s.chain.poll_interval_ms = 100;
+    s.auth.internal_token = Some(TOKEN.to_string().into());
+    let running = build(s).await.expect("chain-svc starts");
+    let base = format!("http://127.0.0.1:{}", running.port());
+    tokio::spawn(running.run_until_stopped());
+    let client = reqwest::Client::new();
+    let post = |n: usize| {
+        client
+            .post(format!("{base}/v1/records"))
+            .header("x-internal-token", TOKEN)
+            .json(&record(n))
+            .send()
+    };
+    for n in 0..4 {
+        assert_eq!(post(n).await.expect("post").status(), 202);
+    }
+    all_confirmed(&base, 4).await;
+
+    let pid_file = data.path().join("anvil/anvil.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(killed);
+    // Records keep coming while it is down and after.
+    for n in 4..8 {
+        assert_eq!(post(n).await.expect("post").status(), 202);
+    }
+    all_confirmed(&base, 8).await;
+    let again = std::fs::read_to_string(&pid_file).expect("pid");
+    assert_ne!(again.trim(), pid.trim(), "a new anvil runs");
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let listed = common::get_json(&format!("{base}/v1/patients/MRN-RESET/records"), TOKEN).await;
+    assert_eq!(listed["count"], 8, "{listed}");
+}
