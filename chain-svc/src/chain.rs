@@ -104,6 +104,9 @@ pub struct AuditChain {
     provider: DynProvider,
     signer: Address,
     contract: Address,
+    /// The block the contract was deployed in: where every log query starts (not block 0, which
+    /// on a public chain scans its whole history).
+    deployed_at: u64,
 }
 
 /// Init code of the contract with its constructor arguments.
@@ -143,20 +146,55 @@ impl AuditChain {
             Some(addr) => addr,
             None => deployment_address(me, me, salt),
         };
-        let chain = Self {
+        let mut chain = Self {
             provider,
             signer: me,
             contract,
+            deployed_at: 0,
         };
         match chain.check_code().await {
-            Ok(()) => {}
+            Ok(()) => chain.deployed_at = chain.find_deployment_block().await,
             Err(ChainError::NoContract(_)) if configured.is_none() => {
-                chain.deploy(salt).await?;
+                chain.deployed_at = chain.deploy(salt).await?;
                 chain.check_code().await?;
             }
             Err(e) => return Err(e),
         }
         Ok(chain)
+    }
+
+    /// The first block whose state holds the contract's code, by bisection over historical
+    /// state (`eth_getCode` at a block): about 2·log2(head) reads. A node without historical
+    /// state (not an archive node) cannot answer; then 0, and log queries scan from the start.
+    async fn find_deployment_block(&self) -> u64 {
+        let has_code = |block: u64| async move {
+            self.provider
+                .get_code_at(self.contract)
+                .block_id(block.into())
+                .await
+                .map(|c| !c.is_empty())
+        };
+        let Ok(head) = self.provider.get_block_number().await else {
+            return 0;
+        };
+        let (mut lo, mut hi) = (0u64, head);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match has_code(mid).await {
+                Ok(true) => hi = mid,
+                Ok(false) => lo = mid + 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the node has no historical state; log queries start at block 0");
+                    return 0;
+                }
+            }
+        }
+        lo
+    }
+
+    /// The block the contract was deployed in (log queries start there).
+    pub fn deployment_block(&self) -> u64 {
+        self.deployed_at
     }
 
     /// Deploys the contract again if its address holds no code (a development chain that came
@@ -171,7 +209,8 @@ impl AuditChain {
         }
     }
 
-    async fn deploy(&self, salt: B256) -> Result<(), ChainError> {
+    /// Deploys through the CREATE2 proxy; returns the block it landed in.
+    async fn deploy(&self, salt: B256) -> Result<u64, ChainError> {
         let node = |e: &dyn std::fmt::Display| ChainError::Node(e.to_string());
         let factory_code = self
             .provider
@@ -204,7 +243,7 @@ impl AuditChain {
             )));
         }
         tracing::info!(contract = %self.contract, tx = %receipt.transaction_hash, "audit contract deployed");
-        Ok(())
+        Ok(receipt.block_number.unwrap_or_default())
     }
 
     /// The code at the contract address must be exactly our runtime bytecode.
@@ -321,7 +360,7 @@ impl AuditChain {
             Filter::new()
                 .address(self.contract)
                 .event_signature(MedchainAudit::PredictionRecorded::SIGNATURE_HASH)
-                .from_block(0),
+                .from_block(self.deployed_at),
         );
         let logs = self
             .provider

@@ -3,7 +3,7 @@
 
 mod common;
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
 use medchain_chain_svc::anvil::Anvil;
 use medchain_chain_svc::chain::{AuditChain, ChainError, RecordInput, deployment_address};
@@ -138,4 +138,40 @@ async fn foreign_or_missing_code_is_refused() {
         Err(ChainError::WrongCode(a)) => assert_eq!(a, proxy),
         other => panic!("expected WrongCode, got {other:?}"),
     }
+}
+
+/// Log queries start at the contract's deployment block (the review: from block 0, which on a
+/// public chain scans its whole history): known from the deployment, found again by bisection
+/// over historical state when the contract was there already.
+#[tokio::test]
+async fn log_queries_start_at_the_deployment_block() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil starts");
+    let key = common::funded_key(&anvil.url()).await;
+    let provider =
+        alloy::providers::ProviderBuilder::new().connect_http(anvil.url().parse().expect("url"));
+    let _: () = provider
+        .raw_request("anvil_mine".into(), (U256::from(300u64),))
+        .await
+        .expect("mine");
+    let chain = AuditChain::connect(anvil.url().parse().expect("url"), key.clone(), SALT, None)
+        .await
+        .expect("deploy");
+    let deployed = chain.deployment_block();
+    assert!(deployed > 300, "{deployed}");
+    let _: () = provider
+        .raw_request("anvil_mine".into(), (U256::from(50u64),))
+        .await
+        .expect("mine");
+    let again = AuditChain::connect(anvil.url().parse().expect("url"), key, SALT, None)
+        .await
+        .expect("reconnect");
+    assert_eq!(again.deployment_block(), deployed);
+    let mined = again.record(&record(7)).await.expect("record");
+    let found = again
+        .find_recorded(B256::repeat_byte(7))
+        .await
+        .expect("logs")
+        .expect("found");
+    assert_eq!(found.block_number, mined.block_number);
 }
