@@ -98,6 +98,46 @@ pub struct RecordedLog {
     pub event: MedchainAudit::PredictionRecorded,
 }
 
+/// What became of a sent transaction after waiting for its receipt.
+enum Receipt {
+    Mined(Box<alloy::rpc::types::TransactionReceipt>),
+    /// The node no longer knows it (dropped from its pool).
+    Dropped,
+    /// Still pending.
+    Waiting,
+}
+
+async fn pending_receipt(
+    provider: &DynProvider,
+    hash: TxHash,
+    timeout: std::time::Duration,
+) -> Result<Receipt, ChainError> {
+    let node = |e: &dyn std::fmt::Display| ChainError::Node(e.to_string());
+    let poll = std::time::Duration::from_millis(100).min(timeout);
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(r) = provider
+            .get_transaction_receipt(hash)
+            .await
+            .map_err(|e| node(&e))?
+        {
+            return Ok(Receipt::Mined(Box::new(r)));
+        }
+        if start.elapsed() >= timeout {
+            let known = provider
+                .get_transaction_by_hash(hash)
+                .await
+                .map_err(|e| node(&e))?;
+            return Ok(if known.is_some() {
+                Receipt::Waiting
+            } else {
+                Receipt::Dropped
+            });
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// The contract, reached through one provider built once.
 #[derive(Debug, Clone)]
 pub struct AuditChain {
@@ -107,6 +147,9 @@ pub struct AuditChain {
     /// The block the contract was deployed in: where every log query starts (not block 0, which
     /// on a public chain scans its whole history).
     deployed_at: u64,
+    /// How long a sent transaction's receipt is waited for before the node is asked what became
+    /// of it (see `record`).
+    receipt_timeout: std::time::Duration,
 }
 
 /// Init code of the contract with its constructor arguments.
@@ -151,6 +194,7 @@ impl AuditChain {
             signer: me,
             contract,
             deployed_at: 0,
+            receipt_timeout: std::time::Duration::from_secs(120),
         };
         match chain.check_code().await {
             Ok(()) => chain.deployed_at = chain.find_deployment_block().await,
@@ -190,6 +234,12 @@ impl AuditChain {
             }
         }
         lo
+    }
+
+    /// Sets how long a receipt is waited for (`chain.receipt_timeout_ms`).
+    pub fn with_receipt_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
     }
 
     /// The block the contract was deployed in (log queries start there).
@@ -294,10 +344,24 @@ impl AuditChain {
         // no transaction is signed for it.
         call.call().await.map_err(ChainError::from_contract)?;
         let pending = call.send().await.map_err(ChainError::from_contract)?;
-        let receipt = pending
-            .get_receipt()
-            .await
-            .map_err(|e| ChainError::Node(e.to_string()))?;
+        let hash = *pending.tx_hash();
+        // Not forever: a transaction the node dropped from its pool never gets a receipt.
+        let receipt = loop {
+            match pending_receipt(&self.provider, hash, self.receipt_timeout).await? {
+                Receipt::Mined(r) => break r,
+                Receipt::Dropped => {
+                    return Err(ChainError::Node(format!(
+                        "transaction {hash} was dropped by the node without being mined; \
+                         the record will be sent again"
+                    )));
+                }
+                Receipt::Waiting => {
+                    // Still in the pool (fees below the base fee, a congested chain): waited
+                    // for again rather than sent twice.
+                    tracing::warn!(tx = %hash, timeout = ?self.receipt_timeout, "transaction not mined yet; still waiting");
+                }
+            }
+        };
         if !receipt.status() {
             return Err(ChainError::Node(format!(
                 "record transaction {} reverted",

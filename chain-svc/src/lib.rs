@@ -83,6 +83,9 @@ pub struct ChainSettings {
     pub read_timeout_ms: u64,
     /// How often the outbox's confirmed records are checked against the chain (and at start).
     pub reconcile_interval_ms: u64,
+    /// How long a sent transaction's receipt is waited for before the node is asked whether it
+    /// still has the transaction (dropped: sent again).
+    pub receipt_timeout_ms: u64,
     /// `/readyz` fails while the signer holds less than this (wei): it could not pay for gas.
     pub min_signer_balance_wei: u64,
     /// Largest image body `verify` hashes.
@@ -333,7 +336,9 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
         .then(|| settings.chain.contract_address.parse::<Address>())
         .transpose()?;
     let salt: B256 = keccak256(settings.chain.deploy_salt.as_bytes());
-    let chain = AuditChain::connect(url.clone(), signer, salt, configured).await?;
+    let chain = AuditChain::connect(url.clone(), signer, salt, configured)
+        .await?
+        .with_receipt_timeout(Duration::from_millis(settings.chain.receipt_timeout_ms));
     let outbox = Arc::new(Outbox::open(&data.join("outbox.redb"))?);
     let sender = Sender::new(
         outbox.clone(),

@@ -122,3 +122,81 @@ async fn every_accepted_record_is_confirmed_exactly_once() {
     assert!(block >= 16);
     drop(anvil);
 }
+
+/// A transaction the node drops from its pool (the review: the sender then waited for its
+/// receipt forever, every later record stuck `pending` with 0 attempts): after the receipt
+/// timeout the node is asked, the record is sent again, and it is on chain once.
+#[tokio::test]
+async fn a_dropped_transaction_is_sent_again() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil");
+    let key = common::funded_key(&anvil.url()).await;
+    let chain = AuditChain::connect(anvil.url().parse().expect("url"), key, B256::ZERO, None)
+        .await
+        .expect("deploy")
+        .with_receipt_timeout(Duration::from_millis(1500));
+    let outbox = Arc::new(Outbox::open(&state.path().join("outbox.redb")).expect("outbox"));
+    let sender = Sender::new(
+        outbox.clone(),
+        chain.clone(),
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
+    );
+    let rpc = chain.provider().clone();
+    // Nothing is mined until the test says so.
+    let _: () = rpc
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .expect("automine off");
+    outbox.enqueue(entry(1, 1)).expect("enqueue");
+    let pass = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.pass(64).await }
+    });
+    // The transaction reaches the pool; the node drops it.
+    let mut dropped = false;
+    for _ in 0..100 {
+        let pool: serde_json::Value = rpc
+            .raw_request("txpool_content".into(), ())
+            .await
+            .expect("txpool");
+        let hashes: Vec<String> = pool["pending"]
+            .as_object()
+            .into_iter()
+            .flat_map(|by_sender| by_sender.values())
+            .filter_map(|by_nonce| by_nonce.as_object())
+            .flat_map(|txs| txs.values())
+            .filter_map(|tx| tx["hash"].as_str().map(String::from))
+            .collect();
+        if let Some(h) = hashes.first() {
+            let _: serde_json::Value = rpc
+                .raw_request("anvil_dropTransaction".into(), (h.clone(),))
+                .await
+                .expect("drop");
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dropped, "the transaction never reached the pool");
+    let first = pass.await.expect("task").expect("pass");
+    assert!(first.node_failed, "{first:?}");
+    let e = outbox.pending(10).expect("pending");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("dropped")),
+        "{:?}",
+        e[0].last_error
+    );
+    let _: () = rpc
+        .raw_request("evm_setAutomine".into(), (true,))
+        .await
+        .expect("automine on");
+    let second = sender.pass(64).await.expect("pass");
+    assert_eq!(second.confirmed, 1, "{second:?}");
+    assert_eq!(chain.record_count().await.expect("count"), 1);
+}
