@@ -57,15 +57,16 @@ fi
 if [ "$with_tests" = 1 ]; then
   req="$ROOT/models/requirements.txt"
   deploy_req="$ROOT/tests/deploy/requirements.txt"
+  verifier_req="$ROOT/chain-svc/verifier/requirements.txt"
   stamp="$PYENV/.requirements.sha256"
-  want="$(cat "$req" "$deploy_req" | sha256sum | cut -d' ' -f1)"
+  want="$(cat "$req" "$deploy_req" "$verifier_req" | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "Python pipeline environment: present ($PYENV)"
   else
-    say "Python test environment: installing models/requirements.txt and tests/deploy/requirements.txt into $PYENV"
+    say "Python test environment: installing models/requirements.txt, tests/deploy/requirements.txt and chain-svc/verifier/requirements.txt into $PYENV"
     python3 -m venv "$PYENV"
     "$PYENV/bin/pip" install --quiet --upgrade pip
-    "$PYENV/bin/pip" install --quiet -r "$req" -r "$deploy_req"
+    "$PYENV/bin/pip" install --quiet -r "$req" -r "$deploy_req" -r "$verifier_req"
     echo "$want" > "$stamp"
   fi
 fi

@@ -78,6 +78,18 @@ mod tests {
         assert_eq!(canon(json!({})), "{}");
     }
 
+    /// The number forms the standalone verifier (chain-svc/verifier, Python) writes too.
+    #[test]
+    fn numbers_are_written_shortest_with_an_unpadded_exponent() {
+        assert_eq!(
+            canon(
+                json!({"a": 148, "b": 33.6, "c": 1e-7, "d": 1e16, "e": 0.0001, "f": -2.5,
+                         "g": 1.5e-300, "h": 2e21})
+            ),
+            r#"{"a":148.0,"b":33.6,"c":1e-7,"d":1e+16,"e":0.0001,"f":-2.5,"g":1.5e-300,"h":2e+21}"#
+        );
+    }
+
     #[test]
     fn non_numbers_are_named() {
         let Value::Object(m) = json!({"age": "50"}) else {
