@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,22 +16,7 @@ const TOKEN: &str = "crash-test-token-0123456789";
 const RECORDS: usize = 60;
 
 fn start(data: &Path, port: u16) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.join("chain-svc.log"))
-        .expect("log");
-    Command::new(env!("CARGO_BIN_EXE_chain-svc"))
-        .env("CHAIN__STORAGE__DATA_DIR", data.join("state"))
-        .env("CHAIN__SERVER__PORT", port.to_string())
-        .env("CHAIN__SERVER__WORKERS", "2")
-        .env("CHAIN__AUTH__INTERNAL_TOKEN", TOKEN)
-        .env("CHAIN__CHAIN__POLL_INTERVAL_MS", "100")
-        .env("CHAIN__TELEMETRY__FILTER", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start chain-svc")
+    common::start_chain_svc(data, port, TOKEN)
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {

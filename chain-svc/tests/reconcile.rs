@@ -28,6 +28,24 @@ fn record(n: usize) -> Value {
     })
 }
 
+/// chain-svc in this process with its embedded anvil, reconciling every 200 ms: (its URL, the
+/// anvil's RPC URL).
+async fn start(data: &std::path::Path) -> (String, String) {
+    medchain_shared::telemetry::init_for_tests();
+    let mut s = Settings::load().expect("defaults");
+    s.server.port = 0;
+    s.server.workers = 1;
+    s.storage.data_dir = data.to_str().expect("utf-8").into();
+    s.chain.poll_interval_ms = 100;
+    s.chain.reconcile_interval_ms = 200;
+    s.auth.internal_token = Some(TOKEN.to_string().into());
+    let running = build(s).await.expect("chain-svc starts");
+    let base = format!("http://127.0.0.1:{}", running.port());
+    let rpc = running.rpc_url.clone();
+    tokio::spawn(running.run_until_stopped());
+    (base, rpc)
+}
+
 async fn status_of(base: &str, n: usize) -> Value {
     common::get_json(
         &format!("{base}/v1/records/{n:08x}-2222-4000-8000-00000000feed"),
@@ -53,19 +71,9 @@ async fn all_confirmed(base: &str, n: usize) {
 
 #[tokio::test]
 async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
-    medchain_shared::telemetry::init_for_tests();
     let data = tempfile::tempdir().expect("tempdir");
-    let mut s = Settings::load().expect("defaults");
-    s.server.port = 0;
-    s.server.workers = 1;
-    s.storage.data_dir = data.path().to_str().expect("utf-8").into();
-    s.chain.poll_interval_ms = 100;
-    s.chain.reconcile_interval_ms = 200;
-    s.auth.internal_token = Some(TOKEN.to_string().into());
-    let running = build(s).await.expect("chain-svc starts");
-    let base = format!("http://127.0.0.1:{}", running.port());
-    let rpc = ProviderBuilder::new().connect_http(running.rpc_url.parse().expect("url"));
-    tokio::spawn(running.run_until_stopped());
+    let (base, rpc_url) = start(data.path()).await;
+    let rpc = ProviderBuilder::new().connect_http(rpc_url.parse().expect("url"));
 
     // The state the chain will go back to: the contract deployed, no record yet.
     let snapshot: U256 = rpc
@@ -108,17 +116,8 @@ async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
 /// records its restart lost are sent again.
 #[tokio::test]
 async fn a_dead_embedded_anvil_is_started_again() {
-    medchain_shared::telemetry::init_for_tests();
     let data = tempfile::tempdir().expect("tempdir");
-    let mut s = Settings::load().expect("defaults");
-    s.server.port = 0;
-    s.server.workers = 1;
-    s.storage.data_dir = data.path().to_str().expect("utf-8").into();
-    s.chain.poll_interval_ms = 100;
-    s.auth.internal_token = Some(TOKEN.to_string().into());
-    let running = build(s).await.expect("chain-svc starts");
-    let base = format!("http://127.0.0.1:{}", running.port());
-    tokio::spawn(running.run_until_stopped());
+    let (base, _) = start(data.path()).await;
     let client = reqwest::Client::new();
     let post = |n: usize| {
         client

@@ -1,6 +1,9 @@
 //! Helpers shared by chain-svc's tests. Each test binary uses some of them.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
 use alloy::primitives::U256;
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
@@ -34,4 +37,25 @@ pub async fn get_with_token(url: &str, token: &str) -> reqwest::Response {
 /// GET `url` with the internal token; the JSON body.
 pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
     get_with_token(url, token).await.json().await.expect("json")
+}
+
+/// chain-svc as a real process (embedded anvil) on `port`, its state in `data/state`, its log
+/// appended to `data/chain-svc.log`.
+pub fn start_chain_svc(data: &Path, port: u16, token: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("chain-svc.log"))
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_chain-svc"))
+        .env("CHAIN__STORAGE__DATA_DIR", data.join("state"))
+        .env("CHAIN__SERVER__PORT", port.to_string())
+        .env("CHAIN__SERVER__WORKERS", "2")
+        .env("CHAIN__AUTH__INTERNAL_TOKEN", token)
+        .env("CHAIN__CHAIN__POLL_INTERVAL_MS", "100")
+        .env("CHAIN__TELEMETRY__FILTER", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start chain-svc")
 }
