@@ -107,34 +107,33 @@ enum Receipt {
     Waiting,
 }
 
+/// Waits up to `timeout` for `hash`'s receipt with alloy's own watcher (it follows new blocks at
+/// the client's poll interval), then asks the node whether it still has the transaction.
 async fn pending_receipt(
     provider: &DynProvider,
     hash: TxHash,
     timeout: std::time::Duration,
 ) -> Result<Receipt, ChainError> {
+    use alloy::providers::{PendingTransactionBuilder, PendingTransactionError, WatchTxError};
     let node = |e: &dyn std::fmt::Display| ChainError::Node(e.to_string());
-    let poll = std::time::Duration::from_millis(100).min(timeout);
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(r) = provider
-            .get_transaction_receipt(hash)
-            .await
-            .map_err(|e| node(&e))?
-        {
-            return Ok(Receipt::Mined(Box::new(r)));
-        }
-        if start.elapsed() >= timeout {
+    let watched = PendingTransactionBuilder::new(provider.root().clone(), hash)
+        .with_timeout(Some(timeout))
+        .get_receipt()
+        .await;
+    match watched {
+        Ok(r) => Ok(Receipt::Mined(Box::new(r))),
+        Err(PendingTransactionError::TxWatcher(WatchTxError::Timeout)) => {
             let known = provider
                 .get_transaction_by_hash(hash)
                 .await
                 .map_err(|e| node(&e))?;
-            return Ok(if known.is_some() {
+            Ok(if known.is_some() {
                 Receipt::Waiting
             } else {
                 Receipt::Dropped
-            });
+            })
         }
-        tokio::time::sleep(poll).await;
+        Err(e) => Err(node(&e)),
     }
 }
 

@@ -94,9 +94,6 @@ def serve_hint(disease: str, slot: str, card: Path) -> str:
 
 # ---- preprocessing options ---------------------------------------------------------------
 
-INTERPOLATIONS = {"bilinear": "bilinear_antialiased", "bicubic": "bicubic_antialiased",
-                  "lanczos": "lanczos_antialiased", "box": "box_antialiased",
-                  "hamming": "hamming_antialiased"}
 
 
 def _size(text: str, what: str) -> tuple[int, int] | int:
@@ -153,7 +150,7 @@ def preprocessing_from_args(a) -> dict | None:
             crop = _size(a.crop, "--crop")
             args["crop"] = crop if isinstance(crop, tuple) else (crop, crop)
         if a.interpolation is not None:
-            args["filter"] = INTERPOLATIONS[a.interpolation]
+            args["filter"] = preprocess.INTERPOLATIONS[a.interpolation]
         if a.mean is not None:
             args["mean"] = _triple(a.mean, "--mean")
         if a.std is not None:
@@ -219,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
                                         "(or @file)")
     pi.add_argument("--resize", help="N: shorter side to N (aspect kept); WxH: whole image")
     pi.add_argument("--crop", help="centre crop N or WxH after the resize")
-    pi.add_argument("--interpolation", choices=sorted(INTERPOLATIONS),
+    pi.add_argument("--interpolation", choices=sorted(preprocess.INTERPOLATIONS),
                     help="Pillow filter of the resize (default bilinear)")
     pi.add_argument("--mean", help="per-channel mean after scaling (default ImageNet)")
     pi.add_argument("--std", help="per-channel std after scaling (default ImageNet)")

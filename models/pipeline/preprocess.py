@@ -27,6 +27,8 @@ FILTERS = {
     "bicubic_antialiased": Image.BICUBIC,
     "lanczos_antialiased": Image.LANCZOS,
 }
+# torchvision's InterpolationMode names -> card filter names.
+INTERPOLATIONS = {name.split("_")[0]: name for name in FILTERS}
 MAX_SIDE = 2048  # the services refuse larger resizes and crops (card.rs MAX_INPUT_SIDE)
 
 SPEC = {

@@ -21,10 +21,8 @@ import ast
 import re
 
 from .convert import ConvertError
+from .preprocess import INTERPOLATIONS
 
-FILTERS = {"bilinear": "bilinear_antialiased", "bicubic": "bicubic_antialiased",
-           "lanczos": "lanczos_antialiased", "box": "box_antialiased",
-           "hamming": "hamming_antialiased"}
 IGNORED = {"Compose"}
 TO_FLOAT = {"ToTensor", "ConvertImageDtype", "ToDtype"}
 NO_OP = {"PILToTensor", "ToImage", "ToPILImage", "ToImageTensor"}
@@ -96,10 +94,10 @@ def parse_transform(text: str) -> dict:
                 raise ConvertError("Resize(antialias=False) is not supported: the service "
                                    "resizes as Pillow does, always antialiased")
             interp = kw.get("interpolation", pos[1] if len(pos) > 1 else "bilinear")
-            if interp not in FILTERS:
+            if interp not in INTERPOLATIONS:
                 raise ConvertError(f"Resize interpolation {interp!r} is not supported: one of "
-                                   f"{', '.join(FILTERS)} (nearest is not)")
-            args["filter"] = FILTERS[interp]
+                                   f"{', '.join(INTERPOLATIONS)} (nearest is not)")
+            args["filter"] = INTERPOLATIONS[interp]
             if isinstance(size, tuple):
                 args["size"] = (size[1], size[0])
             else:

@@ -94,13 +94,14 @@ pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
             (decoder, out, w, h, geometry)
         }
         ImageFormat::Png => {
-            let decoder = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png)
+            let mut decoder = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png)
                 .into_decoder()
                 .ok()?;
             let (w, h) = decoder.dimensions();
             let out = decoder.total_bytes();
+            let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             drop(decoder);
-            let geometry = Geometry::new(bytes, format, w, h, pre);
+            let geometry = Geometry::oriented(orientation, w, h, pre);
             // Two raw rows (this one and the one it is filtered against) at the file's depth,
             // at most 8 bytes a pixel.
             let rows = 2 * u64::from(w) * 8;
@@ -138,6 +139,7 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// From the file: its EXIF orientation read from its header (when the card applies it).
     fn new(bytes: &[u8], format: ImageFormat, w: u32, h: u32, pre: &Preprocessing) -> Self {
         let orientation = if !pre.exif_orientation {
             Orientation::NoTransforms
@@ -149,6 +151,16 @@ impl Geometry {
                 .ok()
                 .and_then(|mut d| d.orientation().ok())
                 .unwrap_or(Orientation::NoTransforms)
+        };
+        Self::oriented(orientation, w, h, pre)
+    }
+
+    /// For a `w`×`h` file with EXIF `orientation` (ignored unless the card applies it).
+    fn oriented(orientation: Orientation, w: u32, h: u32, pre: &Preprocessing) -> Self {
+        let orientation = if pre.exif_orientation {
+            orientation
+        } else {
+            Orientation::NoTransforms
         };
         let swaps = matches!(
             orientation,
