@@ -367,6 +367,22 @@ impl AuditChain {
                 receipt.transaction_hash
             )));
         }
+        // Mined is not recorded: a call to an address without code (a development chain back
+        // from an empty state, before the contract is deployed again) succeeds and records
+        // nothing. Only the contract's own event for this id counts.
+        let recorded = receipt.inner.logs().iter().any(|l| {
+            use alloy::sol_types::SolEvent;
+            l.address() == self.contract
+                && l.topics().first() == Some(&MedchainAudit::PredictionRecorded::SIGNATURE_HASH)
+                && l.topics().get(1) == Some(&r.prediction_id)
+        });
+        if !recorded {
+            return Err(ChainError::Node(format!(
+                "transaction {} was mined without recording {} (no contract at {}?); it will \
+                 be sent again",
+                receipt.transaction_hash, r.prediction_id, self.contract
+            )));
+        }
         Ok(Mined {
             tx_hash: receipt.transaction_hash,
             block_number: receipt.block_number.unwrap_or_default(),

@@ -56,6 +56,9 @@ pub struct Entry {
     /// The hash of the block that holds it (absent in entries confirmed before it was kept).
     #[serde(default)]
     pub block_hash: Option<B256>,
+    /// When it was marked confirmed, ms since the epoch (absent in older entries).
+    #[serde(default)]
+    pub confirmed_at_ms: Option<u64>,
 }
 
 impl Entry {
@@ -71,6 +74,7 @@ impl Entry {
             tx_hash: None,
             block_number: None,
             block_hash: None,
+            confirmed_at_ms: None,
         }
     }
 
@@ -96,6 +100,13 @@ pub enum OutboxError {
 
 fn storage(e: impl std::fmt::Display) -> OutboxError {
     OutboxError::Storage(e.to_string())
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as u64)
 }
 
 /// A redb error, I/O failures told apart.
@@ -228,9 +239,7 @@ impl Outbox {
                     let tx = d.begin_write().map_err(db)?;
                     {
                         let mut probe = tx.open_table(PROBE).map_err(db)?;
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |t| t.as_millis() as u64);
+                        let now = now_ms();
                         // Different bytes each time: a new value is written, not an old kept.
                         let mut bytes = vec![0u8; PROBE_BYTES];
                         for (i, b) in bytes.iter_mut().enumerate() {
@@ -383,6 +392,7 @@ impl Outbox {
             e.tx_hash = Some(tx);
             e.block_number = Some(block);
             e.block_hash = block_hash;
+            e.confirmed_at_ms = Some(now_ms());
             e.last_error = None;
         })
     }
@@ -395,6 +405,7 @@ impl Outbox {
             e.tx_hash = None;
             e.block_number = None;
             e.block_hash = None;
+            e.confirmed_at_ms = None;
             e.last_error = Some(why.to_string());
         })
     }

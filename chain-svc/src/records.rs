@@ -3,7 +3,7 @@
 //! `POST /v1/records/{id}/verify` (does the original input match the commitment on chain?).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use alloy::primitives::{Address, B256};
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::chain::{AuditChain, ChainError, MedchainAudit, RecordInput};
-use crate::outbox::{Entry, Outbox, OutboxError, Status};
+use crate::outbox::{Entry, Outbox, OutboxError, Status, now_ms};
 use crate::privacy::{self, PatientKey};
 
 /// How many new records chain-svc takes: each one costs gas on a public chain and waits in the
@@ -201,12 +201,6 @@ fn b256_to_id(b: &B256) -> String {
     let mut u = [0u8; 16];
     u.copy_from_slice(&b.0[..16]);
     uuid::Uuid::from_bytes(u).to_string()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// SHA-256 over the model's identity (id, version and file hash).

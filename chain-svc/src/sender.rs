@@ -29,6 +29,17 @@ pub struct Sender {
     backoff: Backoff,
     reconcile_every: Duration,
     reconcile_asked: Arc<std::sync::atomic::AtomicBool>,
+    /// The head (number, hash) the last reconciliation saw, and when it started (ms).
+    checkpoint: Arc<std::sync::Mutex<Option<(u64, alloy::primitives::B256, u64)>>>,
+}
+
+/// Where a reconciliation's walk down the confirmed blocks stops (see `Sender::reconcile`).
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Before checking a block at or below this one: the chain is unchanged there.
+    AtOrBelow(u64),
+    /// After a block where a record confirmed by this time (ms) is still on chain.
+    AtOldRecordKept(u64),
 }
 
 /// What one pass did.
@@ -49,6 +60,7 @@ impl Sender {
             backoff,
             reconcile_every: Duration::from_secs(30),
             reconcile_asked: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            checkpoint: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -140,9 +152,18 @@ impl Sender {
     /// was dropped by a reset (an embedded anvil killed with chain-svc restarts from the state it
     /// saved up to a second earlier) or a reorganisation — and queues them to be sent again
     /// (the resend of one the chain does hold after all is recognised as a duplicate of ours).
-    /// Walks the confirmed records from the newest block down and stops at the first block the
-    /// chain still has as it was: a reset or a reorganisation drops a suffix of the chain.
-    /// Returns how many were queued again.
+    ///
+    /// A reset or a reorganisation replaces the chain from some block on, and the blocks below
+    /// stay as they were. Each pass remembers the head it saw (number, hash, time). When that
+    /// block still has its hash, only confirmed blocks above it are checked. Otherwise the walk
+    /// goes down, checking every block, to the first block that still holds a record confirmed
+    /// before that pass: that block is from before the change, so everything below it is too.
+    /// (Stopping at the first block the chain still has is not enough: records confirmed on the
+    /// new chain after a reset can sit in blocks above the lost ones — seen with the CPUs busy
+    /// in `a_dead_embedded_anvil_is_started_again`, and made to happen in
+    /// `records_confirmed_after_a_reset_do_not_hide_the_lost_ones`.) The first pass of a process
+    /// runs before it sends anything: every confirmed record there is from before. Returns how
+    /// many were queued again.
     pub async fn reconcile(&self) -> Result<usize, ChainError> {
         let outbox_err = |e: OutboxError| ChainError::Node(format!("outbox: {e}"));
         let head = self
@@ -151,9 +172,25 @@ impl Sender {
             .get_block_number()
             .await
             .map_err(|e| ChainError::Node(e.to_string()))?;
+        let head_hash = self.chain.block_hash(head).await?;
+        let started_ms = crate::outbox::now_ms();
+        let checkpoint = *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stop = match checkpoint {
+            // The first pass of this process: every record was confirmed before it.
+            None => Stop::AtOldRecordKept(u64::MAX),
+            // The chain is as it was up to the checkpoint: only blocks above it can have changed.
+            Some((n, hash, _)) if self.chain.block_hash(n).await? == Some(hash) => {
+                Stop::AtOrBelow(n)
+            }
+            // Replaced from lower down.
+            Some((_, _, at_ms)) => Stop::AtOldRecordKept(at_ms),
+        };
         let mut below = u64::MAX;
         let mut lost = 0;
-        loop {
+        'walk: loop {
             let groups = self
                 .outbox
                 .confirmed_blocks(below, 16)
@@ -162,12 +199,15 @@ impl Sender {
                 break;
             }
             for (block, entries) in groups {
+                if matches!(stop, Stop::AtOrBelow(n) if block <= n) {
+                    break 'walk;
+                }
                 let current = if block > head {
                     None
                 } else {
                     self.chain.block_hash(block).await?
                 };
-                let mut kept = false;
+                let mut old_kept = false;
                 for e in &entries {
                     let gone = match (e.block_hash, current) {
                         (Some(h), Some(c)) => h != c,
@@ -184,18 +224,22 @@ impl Sender {
                         self.outbox.mark_lost(&e.id(), &why).map_err(outbox_err)?;
                         metrics::counter!(name("records_reconciled_total")).increment(1);
                         lost += 1;
-                    } else {
-                        kept = true;
+                    } else if let Stop::AtOldRecordKept(by) = stop {
+                        old_kept |= e.confirmed_at_ms.is_none_or(|at| at <= by);
                     }
                 }
-                if kept || block == 0 {
-                    if lost > 0 {
-                        self.wake.notify_one();
-                    }
-                    return Ok(lost);
+                if old_kept || block == 0 {
+                    break 'walk;
                 }
                 below = block - 1;
             }
+        }
+        if let Some(hash) = head_hash {
+            *self
+                .checkpoint
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((head, hash, started_ms));
         }
         if lost > 0 {
             self.wake.notify_one();

@@ -31,13 +31,17 @@ fn record(n: usize) -> Value {
 /// chain-svc in this process with its embedded anvil, reconciling every 200 ms: (its URL, the
 /// anvil's RPC URL).
 async fn start(data: &std::path::Path) -> (String, String) {
+    start_reconciling_every(data, 200).await
+}
+
+async fn start_reconciling_every(data: &std::path::Path, ms: u64) -> (String, String) {
     medchain_shared::telemetry::init_for_tests();
     let mut s = Settings::load().expect("defaults");
     s.server.port = 0;
     s.server.workers = 1;
     s.storage.data_dir = data.to_str().expect("utf-8").into();
     s.chain.poll_interval_ms = 100;
-    s.chain.reconcile_interval_ms = 200;
+    s.chain.reconcile_interval_ms = ms;
     s.auth.internal_token = Some(TOKEN.to_string().into());
     let running = build(s).await.expect("chain-svc starts");
     let base = format!("http://127.0.0.1:{}", running.port());
@@ -154,4 +158,44 @@ async fn a_dead_embedded_anvil_is_started_again() {
     assert_eq!(ready.status(), 200);
     let listed = common::get_json(&format!("{base}/v1/patients/MRN-RESET/records"), TOKEN).await;
     assert_eq!(listed["count"], 8, "{listed}");
+}
+
+/// The chain goes back, and new records are confirmed on it — in blocks of the same numbers
+/// as the lost ones, and above them — before the next reconciliation. That one must still find
+/// every lost record: it may not stop at the newest block the chain holds.
+#[tokio::test]
+async fn records_confirmed_after_a_reset_do_not_hide_the_lost_ones() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // Long enough that the revert and the new records land between two passes.
+    let (base, rpc_url) = start_reconciling_every(data.path(), 3000).await;
+    let rpc = ProviderBuilder::new().connect_http(rpc_url.parse().expect("url"));
+    let snapshot: U256 = rpc
+        .raw_request("evm_snapshot".into(), ())
+        .await
+        .expect("snapshot");
+    let client = reqwest::Client::new();
+    let post = |n: usize| {
+        client
+            .post(format!("{base}/v1/records"))
+            .header("x-internal-token", TOKEN)
+            .json(&record(n))
+            .send()
+    };
+    const N: usize = 6;
+    for n in 0..N {
+        assert_eq!(post(n).await.expect("post").status(), 202);
+    }
+    all_confirmed(&base, N).await;
+    let reverted: bool = rpc
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .expect("revert");
+    assert!(reverted);
+    // More new records than lost ones: the newest confirmed blocks are all on the new chain.
+    for n in N..3 * N {
+        assert_eq!(post(n).await.expect("post").status(), 202);
+    }
+    all_confirmed(&base, 3 * N).await;
+    let listed = common::get_json(&format!("{base}/v1/patients/MRN-RESET/records"), TOKEN).await;
+    assert_eq!(listed["count"], 3 * N, "{listed}");
 }
