@@ -83,9 +83,20 @@ pub struct ChainSettings {
     pub read_timeout_ms: u64,
     /// How often the outbox's confirmed records are checked against the chain (and at start).
     pub reconcile_interval_ms: u64,
-    /// How long a sent transaction's receipt is waited for before the node is asked whether it
-    /// still has the transaction (dropped: sent again).
+    /// A batch transaction not mined after this long is replaced (same nonce, fees raised).
     pub receipt_timeout_ms: u64,
+    /// Most records in one batch transaction.
+    pub batch_max_records: usize,
+    /// A partial batch waits this long for more records (full batches go at once).
+    pub batch_linger_ms: u64,
+    /// Most batch transactions sent and not yet mined.
+    pub max_in_flight: usize,
+    /// How much a replacement raises both fees, percent (nodes want at least 10).
+    pub fee_bump_percent: u64,
+    /// The most offered per gas, wei.
+    pub max_fee_per_gas_wei: u64,
+    /// Records confirmed this many blocks deep are final: compacted and no longer reconciled.
+    pub final_depth_blocks: u64,
     /// `/readyz` fails while the signer holds less than this (wei): it could not pay for gas.
     pub min_signer_balance_wei: u64,
     /// Largest image body `verify` hashes.
@@ -136,6 +147,22 @@ impl Settings {
             && self.chain.contract_address.parse::<Address>().is_err()
         {
             return Err(invalid("chain.contract_address", "not an address"));
+        }
+        let c = &self.chain;
+        if !(1..=5_000).contains(&c.batch_max_records) {
+            return Err(invalid(
+                "chain.batch_max_records",
+                "must be 1 to 5000 (the contract's MAX_BATCH)",
+            ));
+        }
+        if c.max_in_flight == 0 {
+            return Err(invalid("chain.max_in_flight", "must be at least 1"));
+        }
+        if c.fee_bump_percent < 10 {
+            return Err(invalid(
+                "chain.fee_bump_percent",
+                "must be at least 10: nodes refuse a replacement that raises the fees by less",
+            ));
         }
         if self.chain.rpc_url.is_some() && !self.chain.dev_chain {
             let signer =
@@ -348,8 +375,18 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
             max: Duration::from_millis(settings.chain.backoff_max_ms),
         },
     );
-    let sender =
-        sender.reconcile_every(Duration::from_millis(settings.chain.reconcile_interval_ms));
+    let c = &settings.chain;
+    let sender = sender
+        .reconcile_every(Duration::from_millis(c.reconcile_interval_ms))
+        .batching(sender::Batching {
+            max_records: c.batch_max_records,
+            linger: Duration::from_millis(c.batch_linger_ms),
+            max_in_flight: c.max_in_flight,
+            replace_after: Duration::from_millis(c.receipt_timeout_ms),
+            fee_bump_percent: u128::from(c.fee_bump_percent),
+            max_fee_per_gas: u128::from(c.max_fee_per_gas_wei),
+            final_depth: c.final_depth_blocks,
+        });
     let wake = sender.notifier();
     let anvil = anvil.map(|a| Arc::new(std::sync::Mutex::new(Some(a))));
     if let Some(a) = &anvil {

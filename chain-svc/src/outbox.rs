@@ -28,6 +28,17 @@ const PENDING: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("pen
 /// (block number, prediction id) → () for every confirmed entry: what the reconciliation walks,
 /// newest block first.
 const CONFIRMED: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("confirmed");
+/// (accepted at ms, prediction id) → () for every pending entry not yet in a batch.
+const UNBATCHED: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("unbatched");
+/// batch number → batch (JSON): its members, nonce and every transaction sent for it.
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+/// batch number → () for every batch not yet confirmed or rejected.
+const OPEN: TableDefinition<u64, ()> = TableDefinition::new("open_batches");
+/// prediction id → the entry of a record confirmed deeper than the finality depth, in a fixed
+/// binary layout (see `Entry::compact`): a third of the JSON, out of the reconciliation's index.
+const FINAL: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("final");
+/// Counters: the next batch number.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Where a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +70,58 @@ pub struct Entry {
     /// When it was marked confirmed, ms since the epoch (absent in older entries).
     #[serde(default)]
     pub confirmed_at_ms: Option<u64>,
+    /// The batch it is in, for good: a record is only ever sent in that batch, whose id the
+    /// contract refuses a second time, so it cannot be committed twice.
+    #[serde(default)]
+    pub batch: Option<u64>,
+}
+
+/// Where a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// Formed; waiting for a nonce, or sent and waiting to be mined.
+    Open,
+    Confirmed,
+    Rejected,
+}
+
+/// One transaction sent for a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTx {
+    pub hash: TxHash,
+    pub nonce: u64,
+    pub fees: crate::chain::Fees,
+    pub sent_at_ms: u64,
+}
+
+/// A batch of records sent in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub seq: u64,
+    /// The id the contract gives it (the hash of its commitments).
+    pub id: B256,
+    /// Its records in the order sent.
+    pub members: Vec<B256>,
+    pub state: BatchState,
+    pub created_at_ms: u64,
+    /// The nonce its transactions use; None until assigned (stored before anything is sent).
+    pub nonce: Option<u64>,
+    pub gas: Option<u64>,
+    /// Every transaction signed for it, oldest first (a replacement keeps the nonce; a batch
+    /// whose nonce another transaction took gets a new one).
+    pub sends: Vec<SentTx>,
+    pub last_error: Option<String>,
+}
+
+impl Batch {
+    /// The newest transaction sent at its current nonce.
+    pub fn last_send(&self) -> Option<&SentTx> {
+        self.sends
+            .iter()
+            .rev()
+            .find(|t| Some(t.nonce) == self.nonce)
+    }
 }
 
 impl Entry {
@@ -75,7 +138,83 @@ impl Entry {
             block_number: None,
             block_hash: None,
             confirmed_at_ms: None,
+            batch: None,
         }
+    }
+
+    /// The fixed binary form of a final entry (`FINAL`): 302 bytes instead of ~1,000 of JSON.
+    fn compact(&self) -> Vec<u8> {
+        let r = &self.record;
+        let mut out = Vec::with_capacity(COMPACT_LEN);
+        for h in [
+            r.prediction_id,
+            r.patient_ref,
+            r.model_id_hash,
+            r.input_commitment,
+        ] {
+            out.extend_from_slice(h.as_slice());
+        }
+        out.extend_from_slice(&[r.disease, r.modality, r.label]);
+        out.extend_from_slice(&r.probability_bps.to_be_bytes());
+        out.extend_from_slice(self.salt.as_slice());
+        out.extend_from_slice(&self.accepted_at_ms.to_be_bytes());
+        out.extend_from_slice(&self.attempts.to_be_bytes());
+        out.extend_from_slice(self.tx_hash.unwrap_or_default().as_slice());
+        out.extend_from_slice(&self.block_number.unwrap_or_default().to_be_bytes());
+        out.extend_from_slice(self.block_hash.unwrap_or_default().as_slice());
+        out.extend_from_slice(&self.confirmed_at_ms.unwrap_or_default().to_be_bytes());
+        out.extend_from_slice(&self.batch.map_or(u64::MAX, |b| b).to_be_bytes());
+        out
+    }
+
+    fn from_compact(b: &[u8]) -> Result<Self, OutboxError> {
+        if b.len() != COMPACT_LEN {
+            return Err(OutboxError::Storage(format!(
+                "a final entry of {} bytes (expected {COMPACT_LEN})",
+                b.len()
+            )));
+        }
+        let mut at = 0;
+        let mut take = |n: usize| {
+            let s = &b[at..at + n];
+            at += n;
+            s
+        };
+        let h = |s: &[u8]| B256::from_slice(s);
+        let u64_of = |s: &[u8]| u64::from_be_bytes(s.try_into().unwrap_or_default());
+        let (pid, pref, model, commit) = (h(take(32)), h(take(32)), h(take(32)), h(take(32)));
+        let codes = take(3).to_vec();
+        let bps = u16::from_be_bytes(take(2).try_into().unwrap_or_default());
+        let salt = h(take(32));
+        let accepted = u64_of(take(8));
+        let attempts = u32::from_be_bytes(take(4).try_into().unwrap_or_default());
+        let tx = h(take(32));
+        let block = u64_of(take(8));
+        let block_hash = h(take(32));
+        let confirmed_at = u64_of(take(8));
+        let batch = u64_of(take(8));
+        Ok(Self {
+            record: RecordInput {
+                prediction_id: pid,
+                patient_ref: pref,
+                model_id_hash: model,
+                input_commitment: commit,
+                disease: codes[0],
+                modality: codes[1],
+                label: codes[2],
+                probability_bps: bps,
+            },
+            salt,
+            status: Status::Confirmed,
+            accepted_at_ms: accepted,
+            attempts,
+            last_error: None,
+            tx_hash: Some(tx),
+            block_number: Some(block),
+            block_hash: (block_hash != B256::ZERO).then_some(block_hash),
+            confirmed_at_ms: (confirmed_at != 0).then_some(confirmed_at),
+            batch: (batch != u64::MAX).then_some(batch),
+        })
     }
 
     /// The prediction id (the key).
@@ -130,6 +269,9 @@ pub struct Outbox {
     failure: Mutex<Option<String>>,
 }
 
+/// The length of `Entry::compact`.
+const COMPACT_LEN: usize = 4 * 32 + 3 + 2 + 32 + 8 + 4 + 32 + 8 + 32 + 8 + 8;
+
 /// The outbox's page cache.
 const OUTBOX_CACHE_BYTES: usize = 4 << 20;
 
@@ -165,6 +307,29 @@ impl Outbox {
         tx.open_table(RECORDS).map_err(db)?;
         tx.open_table(PENDING).map_err(db)?;
         tx.open_table(PROBE).map_err(db)?;
+        tx.open_table(BATCHES).map_err(db)?;
+        tx.open_table(OPEN).map_err(db)?;
+        tx.open_table(FINAL).map_err(db)?;
+        tx.open_table(META).map_err(db)?;
+        {
+            // Outboxes written before batches: their pending entries wait for one.
+            let mut unbatched = tx.open_table(UNBATCHED).map_err(db)?;
+            let open = tx.open_table(OPEN).map_err(db)?;
+            if unbatched.is_empty().map_err(db)? && open.is_empty().map_err(db)? {
+                let pending = tx.open_table(PENDING).map_err(db)?;
+                let records = tx.open_table(RECORDS).map_err(db)?;
+                for item in pending.iter().map_err(db)? {
+                    let (key, _) = item.map_err(db)?;
+                    let (at, id) = key.value();
+                    if let Some(v) = records.get(id).map_err(db)? {
+                        let e: Entry = serde_json::from_slice(v.value()).map_err(storage)?;
+                        if e.batch.is_none() {
+                            unbatched.insert((at, id), ()).map_err(db)?;
+                        }
+                    }
+                }
+            }
+        }
         {
             // Outboxes written before the index: built once from the records.
             let mut confirmed = tx.open_table(CONFIRMED).map_err(db)?;
@@ -264,12 +429,14 @@ impl Outbox {
         let stored = {
             let mut records = tx.open_table(RECORDS).map_err(db)?;
             let key = entry.id().0;
-            let existing = records
-                .get(&key)
-                .map_err(db)?
-                .map(|v| serde_json::from_slice::<Entry>(v.value()))
-                .transpose()
-                .map_err(storage)?;
+            let existing = match records.get(&key).map_err(db)? {
+                Some(v) => Some(serde_json::from_slice::<Entry>(v.value()).map_err(storage)?),
+                None => {
+                    let finals = tx.open_table(FINAL).map_err(db)?;
+                    let old = finals.get(&key).map_err(db)?;
+                    old.map(|v| Entry::from_compact(v.value())).transpose()?
+                }
+            };
             match existing {
                 Some(old) if old.record == entry.record => old,
                 Some(_) => return Err(OutboxError::Conflict(entry.id())),
@@ -278,6 +445,10 @@ impl Outbox {
                     records.insert(&key, bytes.as_slice()).map_err(db)?;
                     let mut pending = tx.open_table(PENDING).map_err(db)?;
                     pending
+                        .insert((entry.accepted_at_ms, &key), ())
+                        .map_err(db)?;
+                    let mut unbatched = tx.open_table(UNBATCHED).map_err(db)?;
+                    unbatched
                         .insert((entry.accepted_at_ms, &key), ())
                         .map_err(db)?;
                     entry
@@ -293,12 +464,12 @@ impl Outbox {
         self.with(false, |d| {
             let tx = d.begin_read().map_err(db)?;
             let records = tx.open_table(RECORDS).map_err(db)?;
-            records
-                .get(&id.0)
-                .map_err(db)?
-                .map(|v| serde_json::from_slice(v.value()))
-                .transpose()
-                .map_err(storage)
+            if let Some(v) = records.get(&id.0).map_err(db)? {
+                return serde_json::from_slice(v.value()).map(Some).map_err(storage);
+            }
+            let finals = tx.open_table(FINAL).map_err(db)?;
+            let found = finals.get(&id.0).map_err(db)?;
+            found.map(|v| Entry::from_compact(v.value())).transpose()
         })
     }
 
@@ -348,35 +519,223 @@ impl Outbox {
         f: impl FnOnce(&mut Entry),
     ) -> Result<Entry, OutboxError> {
         let tx = database.begin_write().map_err(db)?;
-        let entry = {
-            let mut records = tx.open_table(RECORDS).map_err(db)?;
-            let mut entry: Entry = match records.get(&id.0).map_err(db)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
-                None => return Err(OutboxError::NotFound(*id)),
-            };
-            let before = (entry.status, entry.block_number);
-            f(&mut entry);
-            let bytes = serde_json::to_vec(&entry).map_err(storage)?;
-            records.insert(&id.0, bytes.as_slice()).map_err(db)?;
-            let mut pending = tx.open_table(PENDING).map_err(db)?;
-            if entry.status == Status::Pending {
-                pending
-                    .insert((entry.accepted_at_ms, &id.0), ())
-                    .map_err(db)?;
-            } else {
-                pending.remove((entry.accepted_at_ms, &id.0)).map_err(db)?;
-            }
-            let mut confirmed = tx.open_table(CONFIRMED).map_err(db)?;
-            if let (Status::Confirmed, Some(b)) = before {
-                confirmed.remove((b, &id.0)).map_err(db)?;
-            }
-            if let (Status::Confirmed, Some(b)) = (entry.status, entry.block_number) {
-                confirmed.insert((b, &id.0), ()).map_err(db)?;
-            }
-            entry
-        };
+        let entry = Tables::open(&tx)?.update(id, f)?;
         tx.commit().map_err(db)?;
         Ok(entry)
+    }
+
+    /// Takes up to `max` of the oldest records waiting for a batch into a new batch, for good.
+    pub fn form_batch(&self, max: usize) -> Result<Option<Batch>, OutboxError> {
+        self.with(true, |d| {
+            let tx = d.begin_write().map_err(db)?;
+            let batch = {
+                let mut t = Tables::open(&tx)?;
+                let mut meta = tx.open_table(META).map_err(db)?;
+                let mut keys = Vec::new();
+                for item in t.unbatched.iter().map_err(db)?.take(max) {
+                    let (key, _) = item.map_err(db)?;
+                    let (at, id) = key.value();
+                    keys.push((at, *id));
+                }
+                if keys.is_empty() {
+                    return Ok(None);
+                }
+                let seq = meta.get("next_batch").map_err(db)?.map_or(1, |v| v.value());
+                meta.insert("next_batch", seq + 1).map_err(db)?;
+                let mut members = Vec::with_capacity(keys.len());
+                let mut items = Vec::with_capacity(keys.len());
+                for (at, id) in &keys {
+                    t.unbatched.remove((*at, id)).map_err(db)?;
+                    let e = t.update(&B256::from(*id), |e| e.batch = Some(seq))?;
+                    items.push(e.record.commitment());
+                    members.push(e.id());
+                }
+                let batch = Batch {
+                    seq,
+                    id: crate::chain::batch_id(&items),
+                    members,
+                    state: BatchState::Open,
+                    created_at_ms: now_ms(),
+                    nonce: None,
+                    gas: None,
+                    sends: Vec::new(),
+                    last_error: None,
+                };
+                t.put_batch(&batch)?;
+                batch
+            };
+            tx.commit().map_err(db)?;
+            Ok(Some(batch))
+        })
+    }
+
+    /// How many records wait for a batch, and since when the oldest (ms).
+    pub fn unbatched_stats(&self) -> Result<(u64, Option<u64>), OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let t = tx.open_table(UNBATCHED).map_err(db)?;
+            let oldest = t.first().map_err(db)?.map(|(k, _)| k.value().0);
+            Ok((t.len().map_err(db)?, oldest))
+        })
+    }
+
+    /// The batches not yet confirmed or rejected, oldest first.
+    pub fn open_batches(&self) -> Result<Vec<Batch>, OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let open = tx.open_table(OPEN).map_err(db)?;
+            let batches = tx.open_table(BATCHES).map_err(db)?;
+            let mut out = Vec::new();
+            for item in open.iter().map_err(db)? {
+                let (seq, _) = item.map_err(db)?;
+                if let Some(v) = batches.get(seq.value()).map_err(db)? {
+                    out.push(serde_json::from_slice(v.value()).map_err(storage)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// A batch by number (None once compacted away).
+    pub fn batch(&self, seq: u64) -> Result<Option<Batch>, OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let batches = tx.open_table(BATCHES).map_err(db)?;
+            let found = batches.get(seq).map_err(db)?;
+            found
+                .map(|v| serde_json::from_slice(v.value()))
+                .transpose()
+                .map_err(storage)
+        })
+    }
+
+    /// Stores an open batch's nonce, gas, sends and last error (before the transaction it
+    /// describes leaves: after a crash every hash that may be on chain is known).
+    pub fn save_batch(&self, batch: &Batch) -> Result<(), OutboxError> {
+        self.with(true, |d| {
+            let tx = d.begin_write().map_err(db)?;
+            Tables::open(&tx)?.put_batch(batch)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    /// The batch is on chain: it and every record in it confirmed, in one transaction.
+    pub fn confirm_batch(
+        &self,
+        seq: u64,
+        mined: &crate::chain::Mined,
+    ) -> Result<Batch, OutboxError> {
+        let at = now_ms();
+        self.settle(seq, BatchState::Confirmed, None, |e| {
+            e.status = Status::Confirmed;
+            e.tx_hash = Some(mined.tx_hash);
+            e.block_number = Some(mined.block_number);
+            e.block_hash = mined.block_hash;
+            e.confirmed_at_ms = Some(at);
+            e.last_error = None;
+        })
+    }
+
+    /// The contract refused the batch for good: it and its records rejected.
+    pub fn reject_batch(&self, seq: u64, reason: &str) -> Result<Batch, OutboxError> {
+        self.settle(seq, BatchState::Rejected, Some(reason), |e| {
+            e.attempts += 1;
+            e.status = Status::Rejected;
+            e.last_error = Some(reason.to_string());
+        })
+    }
+
+    /// A confirmed batch the chain no longer holds (a reset or a reorganisation dropped its
+    /// block): open again with its records pending, to be sent again as the same batch (same
+    /// id: should the old transaction come back after all, the resend is refused).
+    pub fn reopen_batch(&self, seq: u64, why: &str) -> Result<Batch, OutboxError> {
+        self.settle(seq, BatchState::Open, Some(why), |e| {
+            e.status = Status::Pending;
+            e.tx_hash = None;
+            e.block_number = None;
+            e.block_hash = None;
+            e.confirmed_at_ms = None;
+            e.last_error = Some(why.to_string());
+        })
+    }
+
+    fn settle(
+        &self,
+        seq: u64,
+        state: BatchState,
+        error: Option<&str>,
+        f: impl Fn(&mut Entry),
+    ) -> Result<Batch, OutboxError> {
+        self.with(true, |d| {
+            let tx = d.begin_write().map_err(db)?;
+            let batch = {
+                let mut t = Tables::open(&tx)?;
+                let mut batch = t
+                    .get_batch(seq)?
+                    .ok_or_else(|| OutboxError::Storage(format!("no batch {seq}")))?;
+                for id in &batch.members {
+                    t.update(id, &f)?;
+                }
+                batch.state = state;
+                batch.last_error = error.map(str::to_string);
+                if state == BatchState::Open {
+                    batch.nonce = None;
+                }
+                t.put_batch(&batch)?;
+                batch
+            };
+            tx.commit().map_err(db)?;
+            Ok(batch)
+        })
+    }
+
+    /// Compacts the records confirmed in blocks below `final_below` (deeper than the chain's
+    /// finality: no reorganisation reaches them): each leaves the reconciliation's index and
+    /// is kept in its fixed binary form (salt and all: `verify` still works), and the batches
+    /// that are wholly final are forgotten. Up to `max` records per call; returns how many.
+    pub fn compact(&self, final_below: u64, max: usize) -> Result<usize, OutboxError> {
+        self.with(true, |d| {
+            let tx = d.begin_write().map_err(db)?;
+            let n = {
+                let mut confirmed = tx.open_table(CONFIRMED).map_err(db)?;
+                let mut records = tx.open_table(RECORDS).map_err(db)?;
+                let mut finals = tx.open_table(FINAL).map_err(db)?;
+                let mut batches = tx.open_table(BATCHES).map_err(db)?;
+                let mut keys = Vec::new();
+                for item in confirmed
+                    .range(..(final_below, &[0u8; 32]))
+                    .map_err(db)?
+                    .take(max)
+                {
+                    let (key, _) = item.map_err(db)?;
+                    let (block, id) = key.value();
+                    keys.push((block, *id));
+                }
+                for (block, id) in &keys {
+                    confirmed.remove((*block, id)).map_err(db)?;
+                    let entry = records.remove(id).map_err(db)?;
+                    let Some(entry) = entry else { continue };
+                    let e: Entry = serde_json::from_slice(entry.value()).map_err(storage)?;
+                    drop(entry);
+                    finals.insert(id, e.compact().as_slice()).map_err(db)?;
+                    if let Some(seq) = e.batch {
+                        batches.remove(seq).map_err(db)?;
+                    }
+                }
+                keys.len()
+            };
+            tx.commit().map_err(db)?;
+            Ok(n)
+        })
+    }
+
+    /// How many records are kept in compacted form.
+    pub fn final_count(&self) -> Result<u64, OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let t = tx.open_table(FINAL).map_err(db)?;
+            t.len().map_err(db)
+        })
     }
 
     /// The record is on chain, in block `block` (of hash `block_hash`).
@@ -458,6 +817,77 @@ impl Outbox {
             e.status = Status::Rejected;
             e.last_error = Some(reason.to_string());
         })
+    }
+}
+
+/// The tables an entry's indexes live in, open in one write transaction.
+struct Tables<'t> {
+    records: redb::Table<'t, &'static [u8; 32], &'static [u8]>,
+    pending: redb::Table<'t, (u64, &'static [u8; 32]), ()>,
+    confirmed: redb::Table<'t, (u64, &'static [u8; 32]), ()>,
+    unbatched: redb::Table<'t, (u64, &'static [u8; 32]), ()>,
+    batches: redb::Table<'t, u64, &'static [u8]>,
+    open: redb::Table<'t, u64, ()>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, OutboxError> {
+        Ok(Self {
+            records: tx.open_table(RECORDS).map_err(db)?,
+            pending: tx.open_table(PENDING).map_err(db)?,
+            confirmed: tx.open_table(CONFIRMED).map_err(db)?,
+            unbatched: tx.open_table(UNBATCHED).map_err(db)?,
+            batches: tx.open_table(BATCHES).map_err(db)?,
+            open: tx.open_table(OPEN).map_err(db)?,
+        })
+    }
+
+    /// Rewrites an entry through `f` and keeps its indexes in step with its status.
+    fn update(&mut self, id: &B256, f: impl FnOnce(&mut Entry)) -> Result<Entry, OutboxError> {
+        let mut entry: Entry = match self.records.get(&id.0).map_err(db)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
+            None => return Err(OutboxError::NotFound(*id)),
+        };
+        let before = (entry.status, entry.block_number);
+        f(&mut entry);
+        let bytes = serde_json::to_vec(&entry).map_err(storage)?;
+        self.records.insert(&id.0, bytes.as_slice()).map_err(db)?;
+        let key = (entry.accepted_at_ms, &id.0);
+        if entry.status == Status::Pending {
+            self.pending.insert(key, ()).map_err(db)?;
+            if entry.batch.is_none() {
+                self.unbatched.insert(key, ()).map_err(db)?;
+            }
+        } else {
+            self.pending.remove(key).map_err(db)?;
+            self.unbatched.remove(key).map_err(db)?;
+        }
+        if let (Status::Confirmed, Some(b)) = before {
+            self.confirmed.remove((b, &id.0)).map_err(db)?;
+        }
+        if let (Status::Confirmed, Some(b)) = (entry.status, entry.block_number) {
+            self.confirmed.insert((b, &id.0), ()).map_err(db)?;
+        }
+        Ok(entry)
+    }
+
+    fn get_batch(&self, seq: u64) -> Result<Option<Batch>, OutboxError> {
+        let found = self.batches.get(seq).map_err(db)?;
+        found
+            .map(|v| serde_json::from_slice(v.value()))
+            .transpose()
+            .map_err(storage)
+    }
+
+    fn put_batch(&mut self, b: &Batch) -> Result<(), OutboxError> {
+        let bytes = serde_json::to_vec(b).map_err(storage)?;
+        self.batches.insert(b.seq, bytes.as_slice()).map_err(db)?;
+        if b.state == BatchState::Open {
+            self.open.insert(b.seq, ()).map_err(db)?;
+        } else {
+            self.open.remove(b.seq).map_err(db)?;
+        }
+        Ok(())
     }
 }
 

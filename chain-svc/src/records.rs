@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::chain::{AuditChain, ChainError, MedchainAudit, RecordInput};
+use crate::chain::{AuditChain, ChainError, CommittedLog, RecordInput};
 use crate::outbox::{Entry, Outbox, OutboxError, Status, now_ms};
 use crate::privacy::{self, PatientKey};
 
@@ -181,6 +181,13 @@ pub struct Receipt {
     pub patient_ref: B256,
     pub model_id_hash: B256,
     pub input_commitment: B256,
+    pub disease: Value,
+    pub modality: Value,
+    pub label: u8,
+    pub probability_bps: u16,
+    /// What the chain will hold for it (with the id and the patient reference): the hash of
+    /// the fields above, see `RecordInput::record_hash`.
+    pub record_hash: B256,
     /// Keep it to verify later; without it (and without the service's copy) the commitment
     /// cannot be linked to the input.
     pub salt: B256,
@@ -308,6 +315,11 @@ pub async fn accept(
         patient_ref: stored.record.patient_ref,
         model_id_hash: stored.record.model_id_hash,
         input_commitment: stored.record.input_commitment,
+        disease: name_of(&DISEASES, stored.record.disease),
+        modality: name_of(&MODALITIES, stored.record.modality),
+        label: stored.record.label,
+        probability_bps: stored.record.probability_bps,
+        record_hash: stored.record.record_hash(),
         salt: stored.salt,
         contract: state.contract,
         chain_id: state.chain_id,
@@ -321,31 +333,20 @@ fn name_of(codes: &[&str], code: u8) -> Value {
         .map_or(json!(code), |n| json!(n))
 }
 
-/// The chain's copy of a record, decoded.
-fn on_chain_json(r: &MedchainAudit::Record) -> Value {
+/// The chain's commitment to a record.
+fn on_chain_json(l: &CommittedLog) -> Value {
     json!({
-        "patient_ref": r.patientRef,
-        "model_id_hash": r.modelIdHash,
-        "input_commitment": r.inputCommitment,
-        "disease": name_of(&DISEASES, r.disease),
-        "modality": name_of(&MODALITIES, r.modality),
-        "label": r.label,
-        "probability_bps": r.probabilityBps,
-        "timestamp": r.timestamp,
-        "recorder": r.recorder,
+        "patient_ref": l.patient_ref,
+        "record_hash": l.record_hash,
+        "tx_hash": l.tx_hash,
+        "block_number": l.block_number,
     })
 }
 
-/// Whether the chain's copy holds exactly what the outbox sent.
-fn same_as_sent(r: &MedchainAudit::Record, e: &Entry) -> bool {
-    let s = &e.record;
-    r.patientRef == s.patient_ref
-        && r.modelIdHash == s.model_id_hash
-        && r.inputCommitment == s.input_commitment
-        && r.disease == s.disease
-        && r.modality == s.modality
-        && r.label == s.label
-        && r.probabilityBps == s.probability_bps
+/// The first commitment the chain holds for an id (a later one — another recorder, or another
+/// outbox that took the same id — does not replace it), and how many there are.
+fn first_commitment(logs: &[CommittedLog]) -> Option<&CommittedLog> {
+    logs.first()
 }
 
 /// Runs a chain read under the read timeout; a node that is down or slow is a 503.
@@ -397,28 +398,33 @@ async fn outbox_get(state: &RecordsState, key: B256) -> ApiResult<Option<Entry>>
 pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiResult<HttpResponse> {
     let key = id_to_b256(&id)?;
     let entry = outbox_get(&state, key).await?;
-    let chain = read_chain(&state, state.chain.get(key)).await;
+    let chain = read_chain(&state, state.chain.commitments(key)).await;
     let Some(entry) = entry else {
-        return match chain? {
-            Some(r) => Ok(HttpResponse::Ok().json(json!({
+        let logs = chain?;
+        return match first_commitment(&logs) {
+            Some(l) => Ok(HttpResponse::Ok().json(json!({
                 "prediction_id": b256_to_id(&key),
                 "status": Status::Confirmed,
                 "source": "chain",
-                "on_chain": on_chain_json(&r),
+                "on_chain": on_chain_json(l),
+                "commitments_on_chain": logs.len(),
                 "contract": state.contract,
                 "chain_id": state.chain_id,
             }))),
             None => Err(ApiError::NotFound(format!("no record for prediction {id}"))),
         };
     };
-    let (on_chain, matches, chain_error) = match &chain {
-        Ok(Some(r)) => (
-            on_chain_json(r),
-            json!(same_as_sent(r, &entry)),
-            Value::Null,
-        ),
-        Ok(None) => (Value::Null, Value::Null, Value::Null),
-        Err(e) => (Value::Null, Value::Null, json!(e.to_string())),
+    let (on_chain, matches, count, chain_error) = match &chain {
+        Ok(logs) => match first_commitment(logs) {
+            Some(l) => (
+                on_chain_json(l),
+                json!(l.record_hash == entry.record.record_hash()),
+                json!(logs.len()),
+                Value::Null,
+            ),
+            None => (Value::Null, Value::Null, json!(0), Value::Null),
+        },
+        Err(e) => (Value::Null, Value::Null, Value::Null, json!(e.to_string())),
     };
     Ok(HttpResponse::Ok().json(json!({
         "prediction_id": b256_to_id(&entry.id()),
@@ -427,6 +433,7 @@ pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiRe
         "attempts": entry.attempts,
         "last_error": entry.last_error,
         "accepted_at_unix_ms": entry.accepted_at_ms,
+        "batch": entry.batch,
         "tx_hash": entry.tx_hash,
         "block_number": entry.block_number,
         "patient_ref": entry.record.patient_ref,
@@ -436,8 +443,10 @@ pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiRe
         "modality": name_of(&MODALITIES, entry.record.modality),
         "label": entry.record.label,
         "probability_bps": entry.record.probability_bps,
+        "record_hash": entry.record.record_hash(),
         "on_chain": on_chain,
         "matches_chain": matches,
+        "commitments_on_chain": count,
         "chain_error": chain_error,
         "contract": state.contract,
         "chain_id": state.chain_id,
@@ -453,27 +462,42 @@ pub async fn by_patient(
     let pid = medchain_shared::request::check_patient_id(&patient_id)?;
     let patient_ref = state.patient_key.patient_ref(Some(&pid));
     let logs = read_chain(&state, state.chain.records_of(patient_ref)).await?;
+    // The fields behind each hash are off chain: from this service's outbox, each checked
+    // against the chain's hash; a record another instance wrote shows its hash only.
+    let ids: Vec<B256> = logs.iter().map(|l| l.prediction_id).collect();
+    let held = with_outbox(&state, move |o| {
+        ids.iter()
+            .map(|id| o.get(id))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
     let mut seen = std::collections::HashSet::new();
-    let mut records: Vec<Value> = logs
-        .iter()
-        .map(|l| {
-            seen.insert(l.prediction_id);
-            json!({
-                "prediction_id": b256_to_id(&l.prediction_id),
-                "status": Status::Confirmed,
-                "tx_hash": l.tx_hash,
-                "block_number": l.block_number,
-                "model_id_hash": l.event.modelIdHash,
-                "input_commitment": l.event.inputCommitment,
-                "disease": name_of(&DISEASES, l.event.disease),
-                "modality": name_of(&MODALITIES, l.event.modality),
-                "label": l.event.label,
-                "probability_bps": l.event.probabilityBps,
-                "timestamp": l.event.timestamp,
-                "recorder": l.event.recorder,
-            })
-        })
-        .collect();
+    let mut records = Vec::new();
+    for (l, entry) in logs.iter().zip(held) {
+        if !seen.insert(l.prediction_id) {
+            continue; // a later commitment to the same id does not replace the first
+        }
+        let mut r = json!({
+            "prediction_id": b256_to_id(&l.prediction_id),
+            "status": Status::Confirmed,
+            "tx_hash": l.tx_hash,
+            "block_number": l.block_number,
+            "record_hash": l.record_hash,
+        });
+        if let (Some(e), Some(obj)) = (entry, r.as_object_mut()) {
+            obj.insert(
+                "matches_chain".into(),
+                json!(e.record.record_hash() == l.record_hash),
+            );
+            obj.insert("model_id_hash".into(), json!(e.record.model_id_hash));
+            obj.insert("input_commitment".into(), json!(e.record.input_commitment));
+            obj.insert("disease".into(), name_of(&DISEASES, e.record.disease));
+            obj.insert("modality".into(), name_of(&MODALITIES, e.record.modality));
+            obj.insert("label".into(), json!(e.record.label));
+            obj.insert("probability_bps".into(), json!(e.record.probability_bps));
+        }
+        records.push(r);
+    }
     let waiting = with_outbox(&state, move |o| o.pending_of(&patient_ref)).await?;
     for e in waiting.iter().filter(|e| !seen.contains(&e.id())) {
         records.push(json!({
@@ -486,6 +510,7 @@ pub async fn by_patient(
             "modality": name_of(&MODALITIES, e.record.modality),
             "label": e.record.label,
             "probability_bps": e.record.probability_bps,
+            "record_hash": e.record.record_hash(),
         }));
     }
     Ok(HttpResponse::Ok().json(json!({
@@ -628,8 +653,8 @@ pub async fn verify(
         .map(|p| state.patient_key.patient_ref(Some(&p)));
 
     let entry = outbox_get(&state, key).await?;
-    let on_chain = read_chain(&state, state.chain.get(key)).await?;
-    let Some(record) = on_chain else {
+    let logs = read_chain(&state, state.chain.commitments(key)).await?;
+    let Some(on_chain) = first_commitment(&logs) else {
         return Err(match entry {
             Some(e) if e.status == Status::Pending => ApiError::Conflict(format!(
                 "prediction {id} is accepted but not on chain yet (pending); verify once it is \
@@ -642,30 +667,38 @@ pub async fn verify(
             None => ApiError::NotFound(format!("no record for prediction {id}")),
         });
     };
-    let (salt, salt_source) = match (salt, entry.as_ref()) {
-        (Some(s), _) => (s, "request"),
-        (None, Some(e)) => (e.salt, "service"),
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "salt",
-                "this service holds no salt for the record: send the `salt` from the receipt",
-            ));
-        }
+    // The chain holds the hash of the record's fields; they are in the outbox (and in the
+    // receipt, for the standalone verifier).
+    let Some(entry) = entry else {
+        return Err(ApiError::invalid(
+            "prediction_id",
+            "the record is on chain but this service does not hold its fields (another \
+             instance recorded it): check it with the standalone verifier and its receipt",
+        ));
     };
-    let input_matches = privacy::commitment(&salt, &digest) == record.inputCommitment;
-    let patient_matches = patient_ref.map(|r| r == record.patientRef);
+    let (salt, salt_source) = match salt {
+        Some(s) => (s, "request"),
+        None => (entry.salt, "service"),
+    };
+    let mut claimed = entry.record.clone();
+    claimed.input_commitment = privacy::commitment(&salt, &digest);
+    let input_matches = claimed.record_hash() == on_chain.record_hash;
+    let record_matches = entry.record.record_hash() == on_chain.record_hash;
+    let patient_matches = patient_ref.map(|r| r == on_chain.patient_ref);
     let verified = input_matches && patient_matches.unwrap_or(true);
     Ok(HttpResponse::Ok().json(json!({
         "prediction_id": b256_to_id(&key),
         "verified": verified,
         "checks": {
             "input_commitment": input_matches,
+            "record": record_matches,
             "patient": patient_matches,
         },
         "input": input_kind,
         "input_digest": digest,
         "salt_source": salt_source,
-        "on_chain": on_chain_json(&record),
+        "on_chain": on_chain_json(on_chain),
+        "commitments_on_chain": logs.len(),
         "contract": state.contract,
         "chain_id": state.chain_id,
     })))

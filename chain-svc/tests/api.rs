@@ -96,7 +96,8 @@ async fn records_are_accepted_confirmed_and_carry_no_patient_data() {
     changed["label"] = json!(0);
     assert_eq!(post(&base, &changed, Some(TOKEN)).await.status(), 409);
 
-    // The transaction's calldata: selector + 8 words, none of them the patient id or a value.
+    // The transaction's calldata: selector, the array's offset and length, and per record three
+    // words (id, patient reference, record hash) — none of them the patient id or a value.
     let tx_hash: TxHash = rec["tx_hash"]
         .as_str()
         .expect("tx hash")
@@ -109,7 +110,11 @@ async fn records_are_accepted_confirmed_and_carry_no_patient_data() {
         .expect("rpc")
         .expect("tx");
     let input = alloy::consensus::Transaction::input(&tx).to_vec();
-    assert_eq!(input.len(), 4 + 8 * 32);
+    assert_eq!(input.len(), 4 + 2 * 32 + 3 * 32);
+    assert!(
+        hay_has(&input, &rec["record_hash"]),
+        "the record hash is committed"
+    );
     let hay = alloy::primitives::hex::encode(&input);
     for needle in [
         alloy::primitives::hex::encode("MRN-0042"),
@@ -119,6 +124,12 @@ async fn records_are_accepted_confirmed_and_carry_no_patient_data() {
     ] {
         assert!(!hay.contains(&needle), "calldata contains {needle}");
     }
+}
+
+/// Whether `input` holds the 32 bytes of the hex string `value`.
+fn hay_has(input: &[u8], value: &Value) -> bool {
+    let hex = value.as_str().unwrap_or_default().trim_start_matches("0x");
+    alloy::primitives::hex::encode(input).contains(hex) && hex.len() == 64
 }
 
 #[tokio::test]
@@ -216,8 +227,9 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     for id in [tab, img, other] {
         let rec = wait_confirmed(&base, id).await;
         assert_eq!(rec["matches_chain"], true, "{rec}");
-        assert_eq!(rec["on_chain"]["input_commitment"], rec["input_commitment"]);
-        assert_eq!(rec["on_chain"]["disease"], "diabetes");
+        assert_eq!(rec["on_chain"]["record_hash"], rec["record_hash"]);
+        assert_eq!(rec["commitments_on_chain"], 1);
+        assert_eq!(rec["disease"], "diabetes");
     }
     let url = |id: &str| format!("{base}/v1/records/{id}/verify");
 
@@ -331,6 +343,11 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         .collect();
     assert_eq!(ids, [tab, img], "{mine}");
     assert_eq!(mine["records"][1]["modality"], "image");
+    assert_eq!(mine["records"][1]["matches_chain"], true);
+    assert_eq!(
+        mine["records"][1]["record_hash"],
+        receipts[1]["record_hash"]
+    );
     assert_eq!(mine["patient_ref"], receipts[0]["patient_ref"]);
     let theirs: Value = common::get_json(&format!("{base}/v1/patients/MRN-8/records"), TOKEN).await;
     assert_eq!(theirs["count"], 1);

@@ -1,5 +1,7 @@
-//! The outbox sender against a real anvil: everything accepted is confirmed exactly once,
-//! including across a node outage and a resend after a crash.
+//! The batch sender against a real anvil: every accepted record confirmed exactly once — in
+//! batches mined in one block, under interval mining with records streaming in, across a node
+//! outage, a resend after a crash, a transaction dropped from the pool, one stuck under a raised
+//! base fee, and transactions from the same key sent by someone else.
 
 mod common;
 
@@ -7,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{B256, U256};
-use alloy::providers::Provider;
+use alloy::providers::{DynProvider, Provider};
 use medchain_chain_svc::anvil::Anvil;
 use medchain_chain_svc::chain::{AuditChain, RecordInput};
 use medchain_chain_svc::outbox::{Entry, Outbox, Status};
-use medchain_chain_svc::sender::{Backoff, Sender};
+use medchain_chain_svc::sender::{Backoff, Batching, Pass, Sender};
 
-fn entry(n: u16, now: u64) -> Entry {
+fn entry(n: u32, now: u64) -> Entry {
     let mut id = [0u8; 32];
-    id[..2].copy_from_slice(&n.to_be_bytes());
-    id[31] = 1;
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    id[15] = 1;
     let r = RecordInput {
         prediction_id: B256::from(id),
         patient_ref: B256::repeat_byte(0xAA),
@@ -30,173 +32,440 @@ fn entry(n: u16, now: u64) -> Entry {
     Entry::new(&r, B256::repeat_byte(0x5A), now)
 }
 
-#[tokio::test]
-async fn every_accepted_record_is_confirmed_exactly_once() {
+struct Rig {
+    state: tempfile::TempDir,
+    anvil: Anvil,
+    key: alloy::signers::local::PrivateKeySigner,
+    chain: AuditChain,
+    outbox: Arc<Outbox>,
+    sender: Sender,
+    rpc: DynProvider,
+}
+
+/// Batches sent at once (no linger), replaced after 1 s.
+fn quick() -> Batching {
+    Batching {
+        max_records: 100,
+        linger: Duration::ZERO,
+        replace_after: Duration::from_secs(1),
+        ..Batching::default()
+    }
+}
+
+async fn rig(batching: Batching) -> Rig {
     let state = tempfile::tempdir().expect("tempdir");
-    let bin = Anvil::binary("");
-    let anvil = Anvil::start(&bin, state.path(), 31337).expect("anvil");
-    let port = anvil.port();
+    let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil");
     let key = common::funded_key(&anvil.url()).await;
-    let chain = AuditChain::connect(anvil.url().parse().expect("url"), key, B256::ZERO, None)
-        .await
-        .expect("deploy");
+    let chain = AuditChain::connect(
+        anvil.url().parse().expect("url"),
+        key.clone(),
+        B256::ZERO,
+        None,
+    )
+    .await
+    .expect("deploy");
     let outbox = Arc::new(Outbox::open(&state.path().join("outbox.redb")).expect("outbox"));
     let sender = Sender::new(
         outbox.clone(),
-        chain.clone(),
-        Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-        },
-    );
-
-    for n in 0..10 {
-        outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
-    let pass = sender.pass(64).await.expect("pass");
-    assert_eq!((pass.confirmed, pass.node_failed), (10, false));
-    assert_eq!(chain.record_count().await.expect("count"), 10);
-    assert_eq!(outbox.pending_stats().expect("stats").0, 0);
-
-    // Node down: records stay pending, with the failure noted.
-    for n in 10..15 {
-        outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
-    anvil.stop();
-    let pass = sender.pass(64).await.expect("pass");
-    assert!(pass.node_failed);
-    assert_eq!(pass.confirmed, 0);
-    let waiting = outbox.pending(64).expect("pending");
-    assert_eq!(waiting.len(), 5);
-    assert_eq!(waiting[0].attempts, 1);
-
-    // Node back (same port, same state): the rest goes through, nothing twice.
-    let anvil = Anvil::start_on(&bin, state.path(), 31337, port).expect("anvil again");
-    let pass = sender.pass(64).await.expect("pass");
-    assert_eq!((pass.confirmed, pass.node_failed), (5, false));
-    assert_eq!(chain.record_count().await.expect("count"), 15);
-
-    // A crash after sending but before noting the receipt: the resend is recognised as ours.
-    let crashed = entry(20, 20);
-    outbox.enqueue(crashed.clone()).expect("enqueue");
-    let direct = chain
-        .record(&crashed.record)
-        .await
-        .expect("sent before the crash");
-    let pass = sender.pass(64).await.expect("pass");
-    assert_eq!(pass.confirmed, 1);
-    let stored = outbox.get(&crashed.id()).expect("get").expect("present");
-    assert_eq!(stored.status, Status::Confirmed);
-    assert_eq!(stored.tx_hash, Some(direct.tx_hash));
-    assert_eq!(chain.record_count().await.expect("count"), 16);
-
-    // Someone else's record under the same id is not ours: rejected, not confirmed.
-    let mut foreign = entry(20, 21);
-    foreign.record.prediction_id = crashed.id();
-    foreign.record.input_commitment = B256::repeat_byte(0xEE);
-    let other = Outbox::open(&state.path().join("other.redb")).expect("outbox");
-    other.enqueue(foreign.clone()).expect("enqueue");
-    let other = Arc::new(other);
-    let pass = Sender::new(
-        other.clone(),
         chain.clone(),
         Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
         },
     )
-    .pass(64)
-    .await
-    .expect("pass");
-    assert_eq!(pass.rejected, 1);
-    assert_eq!(
-        other
-            .get(&foreign.id())
-            .expect("get")
-            .expect("present")
-            .status,
-        Status::Rejected
-    );
-    assert_eq!(chain.record_count().await.expect("count"), 16);
-    let block = chain.provider().get_block_number().await.expect("block");
-    assert!(block >= 16);
-    drop(anvil);
+    .batching(batching);
+    let rpc = chain.provider().clone();
+    Rig {
+        state,
+        anvil,
+        key,
+        chain,
+        outbox,
+        sender,
+        rpc,
+    }
 }
 
-/// A transaction the node drops from its pool (the review: the sender then waited for its
-/// receipt forever, every later record stuck `pending` with 0 attempts): after the receipt
-/// timeout the node is asked, the record is sent again, and it is on chain once.
-#[tokio::test]
-async fn a_dropped_transaction_is_sent_again() {
-    let state = tempfile::tempdir().expect("tempdir");
-    let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil");
-    let key = common::funded_key(&anvil.url()).await;
-    let chain = AuditChain::connect(anvil.url().parse().expect("url"), key, B256::ZERO, None)
-        .await
-        .expect("deploy")
-        .with_receipt_timeout(Duration::from_millis(1500));
-    let outbox = Arc::new(Outbox::open(&state.path().join("outbox.redb")).expect("outbox"));
-    let sender = Sender::new(
-        outbox.clone(),
-        chain.clone(),
-        Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-        },
-    );
-    let rpc = chain.provider().clone();
-    // Nothing is mined until the test says so.
-    let _: () = rpc
-        .raw_request("evm_setAutomine".into(), (false,))
-        .await
-        .expect("automine off");
-    outbox.enqueue(entry(1, 1)).expect("enqueue");
-    let pass = tokio::spawn({
-        let sender = sender.clone();
-        async move { sender.pass(64).await }
-    });
-    // The transaction reaches the pool; the node drops it.
-    let mut dropped = false;
-    for _ in 0..100 {
-        let pool: serde_json::Value = rpc
-            .raw_request("txpool_content".into(), ())
+impl Rig {
+    async fn call(&self, method: &'static str, params: serde_json::Value) -> serde_json::Value {
+        self.rpc
+            .raw_request(method.into(), params)
             .await
-            .expect("txpool");
-        let hashes: Vec<String> = pool["pending"]
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    async fn pass(&self) -> Pass {
+        self.sender.pass().await.expect("pass")
+    }
+
+    /// Passes until nothing is pending (a liveness bound, not a timing).
+    async fn drain(&self) {
+        for _ in 0..600 {
+            if self.outbox.pending_stats().expect("stats").0 == 0 {
+                return;
+            }
+            self.pass().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "still pending: {:?}",
+            self.outbox.pending_stats().expect("stats")
+        );
+    }
+
+    /// Every record `0..n` is confirmed in the outbox and committed on chain exactly once.
+    async fn all_once(&self, ids: impl IntoIterator<Item = u32>) {
+        let mut count = 0;
+        for n in ids {
+            let e = entry(n, 0);
+            let stored = self.outbox.get(&e.id()).expect("get").expect("present");
+            assert_eq!(stored.status, Status::Confirmed, "record {n}");
+            let on_chain = self.chain.commitments(e.id()).await.expect("logs");
+            assert_eq!(
+                on_chain.len(),
+                1,
+                "record {n} on chain {} times",
+                on_chain.len()
+            );
+            assert_eq!(on_chain[0].record_hash, stored.record.record_hash());
+            assert_eq!(on_chain[0].tx_hash, stored.tx_hash);
+            count += 1;
+        }
+        assert_eq!(self.chain.record_count().await.expect("count"), count);
+    }
+
+    /// The hashes in the node's pool.
+    async fn pool(&self) -> Vec<String> {
+        let pool = self.call("txpool_content", serde_json::json!([])).await;
+        pool["pending"]
             .as_object()
             .into_iter()
             .flat_map(|by_sender| by_sender.values())
             .filter_map(|by_nonce| by_nonce.as_object())
             .flat_map(|txs| txs.values())
             .filter_map(|tx| tx["hash"].as_str().map(String::from))
-            .collect();
-        if let Some(h) = hashes.first() {
-            let _: serde_json::Value = rpc
-                .raw_request("anvil_dropTransaction".into(), (h.clone(),))
-                .await
-                .expect("drop");
-            dropped = true;
+            .collect()
+    }
+
+    async fn mine(&self) {
+        self.call("evm_mine", serde_json::json!([])).await;
+    }
+
+    async fn automine(&self, on: bool) {
+        self.call("evm_setAutomine", serde_json::json!([on])).await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_records_is_mined_in_one_block() {
+    let r = rig(Batching {
+        max_records: 500,
+        ..quick()
+    })
+    .await;
+    r.automine(false).await;
+    for n in 0..300 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    let sent = r.pass().await;
+    assert_eq!((sent.sent, sent.in_flight), (1, 1), "{sent:?}");
+    assert_eq!(r.pool().await.len(), 1);
+    r.mine().await;
+    let done = r.pass().await;
+    assert_eq!(done.confirmed, 300, "{done:?}");
+    r.all_once(0..300).await;
+    let blocks: std::collections::HashSet<Option<u64>> = (0..300)
+        .map(|n| {
+            r.outbox
+                .get(&entry(n, 0).id())
+                .expect("get")
+                .expect("present")
+                .block_number
+        })
+        .collect();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+}
+
+/// Interval mining (anvil's `--block-time`, 1 s) with records streaming in while the sender
+/// runs: many records per block, each once.
+#[tokio::test]
+async fn records_streaming_in_under_interval_mining_share_blocks() {
+    let r = rig(Batching {
+        linger: Duration::from_millis(200),
+        ..quick()
+    })
+    .await;
+    r.automine(false).await;
+    r.call("evm_setIntervalMining", serde_json::json!([1]))
+        .await;
+    let first_block = r.rpc.get_block_number().await.expect("block");
+    let run = tokio::spawn(r.sender.clone().run(Duration::from_millis(50)));
+    let wake = r.sender.notifier();
+    for n in 0..400u32 {
+        r.outbox.enqueue(entry(n, 0)).expect("enqueue");
+        wake.notify_one();
+        if n % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for _ in 0..600 {
+        if r.outbox.pending_stats().expect("stats").0 == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(dropped, "the transaction never reached the pool");
-    let first = pass.await.expect("task").expect("pass");
-    assert!(first.node_failed, "{first:?}");
-    let e = outbox.pending(10).expect("pending");
-    assert_eq!(e.len(), 1);
+    run.abort();
+    r.all_once(0..400).await;
+    let blocks: std::collections::HashSet<u64> = (0..400)
+        .filter_map(|n| {
+            r.outbox
+                .get(&entry(n, 0).id())
+                .expect("get")
+                .expect("present")
+                .block_number
+        })
+        .collect();
+    let last_block = r.rpc.get_block_number().await.expect("block");
     assert!(
-        e[0].last_error
-            .as_deref()
-            .is_some_and(|m| m.contains("dropped")),
-        "{:?}",
-        e[0].last_error
+        blocks.len() * 10 <= 400,
+        "400 records took {} blocks: {blocks:?} (blocks {first_block}..{last_block})",
+        blocks.len()
     );
-    let _: () = rpc
-        .raw_request("evm_setAutomine".into(), (true,))
+}
+
+#[tokio::test]
+async fn every_accepted_record_is_confirmed_exactly_once_across_an_outage_and_a_crash() {
+    let r = rig(quick()).await;
+    let port = r.anvil.port();
+    for n in 0..250 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    r.drain().await;
+    r.all_once(0..250).await;
+
+    // Node down: records stay pending.
+    for n in 250..255 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    let Rig {
+        state,
+        anvil,
+        chain,
+        outbox,
+        sender,
+        rpc,
+        key,
+    } = r;
+    anvil.stop();
+    let pass = sender.pass().await.expect("pass");
+    assert!(pass.node_failed, "{pass:?}");
+    assert_eq!(outbox.pending_stats().expect("stats").0, 5);
+
+    // Node back (same port, same state): the rest goes through, nothing twice.
+    let anvil = Anvil::start_on(&Anvil::binary(""), state.path(), 31337, port).expect("again");
+    let r = Rig {
+        state,
+        anvil,
+        key,
+        chain,
+        outbox,
+        sender,
+        rpc,
+    };
+    r.drain().await;
+    r.all_once(0..255).await;
+
+    // A crash after the batch was formed and sent but before its hash was stored: the resend
+    // is refused as a duplicate batch, recognised as ours and confirmed from the event.
+    for n in 255..260 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    let batch = r.outbox.form_batch(100).expect("form").expect("a batch");
+    let records: Vec<RecordInput> = batch
+        .members
+        .iter()
+        .map(|id| r.outbox.get(id).expect("get").expect("present").record)
+        .collect();
+    let direct = r
+        .chain
+        .record_batch(&records)
         .await
-        .expect("automine on");
-    let second = sender.pass(64).await.expect("pass");
-    assert_eq!(second.confirmed, 1, "{second:?}");
-    assert_eq!(chain.record_count().await.expect("count"), 1);
+        .expect("sent before the crash");
+    r.drain().await;
+    let stored = r
+        .outbox
+        .get(&entry(257, 0).id())
+        .expect("get")
+        .expect("present");
+    assert_eq!(stored.tx_hash, Some(direct.tx_hash));
+    r.all_once(0..260).await;
+}
+
+/// A transaction the node drops from its pool (`anvil_dropTransaction`) is sent again — at
+/// once, not after the replacement timeout — and confirmed once.
+#[tokio::test]
+async fn a_dropped_transaction_is_sent_again() {
+    let r = rig(Batching {
+        replace_after: Duration::from_secs(3600),
+        ..quick()
+    })
+    .await;
+    r.automine(false).await;
+    for n in 0..10 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    assert_eq!(r.pass().await.sent, 1);
+    let pool = r.pool().await;
+    assert_eq!(pool.len(), 1);
+    r.call("anvil_dropTransaction", serde_json::json!([pool[0]]))
+        .await;
+    assert!(r.pool().await.is_empty());
+    let again = r.pass().await;
+    assert_eq!(again.sent, 1, "{again:?}");
+    assert_eq!(r.pool().await.len(), 1);
+    r.mine().await;
+    assert_eq!(r.pass().await.confirmed, 10);
+    r.all_once(0..10).await;
+    let batch = r.outbox.batch(1).expect("batch").expect("present");
+    assert_eq!(batch.sends.len(), 2, "{:?}", batch.sends);
+    assert_eq!(batch.sends[0].nonce, batch.sends[1].nonce);
+}
+
+/// A transaction stuck in the pool is replaced after the replacement timeout at the same nonce
+/// with both fees raised by at least the bump (the node takes it in place of the first); one
+/// stuck under a raised base fee (`anvil_setNextBlockBaseFeePerGas`) — anvil then evicts it, a
+/// geth node would keep it — is sent again offering what blocks now take. The batch is
+/// confirmed once, by the last transaction.
+#[tokio::test]
+async fn a_stuck_transaction_is_replaced_with_raised_fees() {
+    let r = rig(quick()).await;
+    r.automine(false).await;
+    for n in 0..10 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    assert_eq!(r.pass().await.sent, 1);
+    let first = r.outbox.batch(1).expect("batch").expect("present").sends[0].clone();
+    // Not mined; still in the pool: left alone until the replacement timeout.
+    assert_eq!(r.pass().await.sent, 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(r.pass().await.sent, 1);
+    let batch = r.outbox.batch(1).expect("batch").expect("present");
+    let second = batch.sends[1].clone();
+    assert_eq!(second.nonce, first.nonce);
+    for (new, old) in [
+        (second.fees.max_fee_per_gas, first.fees.max_fee_per_gas),
+        (
+            second.fees.max_priority_fee_per_gas,
+            first.fees.max_priority_fee_per_gas,
+        ),
+    ] {
+        assert!(new >= old * 115 / 100, "{new} after {old}");
+    }
+    assert_eq!(
+        r.pool().await,
+        [second.hash.to_string()],
+        "replaced in the pool"
+    );
+
+    // The next block's base fee far above what it offers: it is not included.
+    let high = second.fees.max_fee_per_gas * 20;
+    r.call(
+        "anvil_setNextBlockBaseFeePerGas",
+        serde_json::json!([U256::from(high)]),
+    )
+    .await;
+    r.mine().await;
+    assert!(
+        r.chain
+            .receipt(second.hash)
+            .await
+            .expect("receipt")
+            .is_none()
+    );
+    assert_eq!(r.pass().await.confirmed, 0);
+    let batch = r.outbox.batch(1).expect("batch").expect("present");
+    let third = batch.sends.last().expect("sent").clone();
+    assert_eq!((batch.sends.len(), third.nonce), (3, first.nonce));
+    // Offers what the last block took.
+    assert!(third.fees.max_fee_per_gas >= high, "{third:?}");
+    r.mine().await;
+    let done = r.pass().await;
+    assert_eq!(done.confirmed, 10, "{done:?}");
+    r.all_once(0..10).await;
+    let stored = r
+        .outbox
+        .get(&entry(0, 0).id())
+        .expect("get")
+        .expect("present");
+    assert_eq!(stored.tx_hash, Some(third.hash));
+}
+
+/// Transactions sent by someone else from the signer's key: one between two batches (the next
+/// batch takes the nonce after it), and one that takes the nonce of a batch waiting in the pool
+/// (the batch is sent again at a new nonce). The nonce follows the chain; each record once.
+#[tokio::test]
+async fn outside_transactions_from_the_signer_key_are_worked_around() {
+    use alloy::network::{EthereumWallet, TransactionBuilder};
+    use alloy::rpc::types::TransactionRequest;
+    let r = rig(quick()).await;
+    let outside = alloy::providers::ProviderBuilder::new()
+        .wallet(EthereumWallet::from(r.key.clone()))
+        .connect_http(r.anvil.url().parse().expect("url"));
+    let someone = alloy::primitives::Address::repeat_byte(0x77);
+    for n in 0..5 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    r.drain().await;
+    // Between two batches.
+    outside
+        .send_transaction(
+            TransactionRequest::default()
+                .with_to(someone)
+                .with_value(U256::from(1)),
+        )
+        .await
+        .expect("send")
+        .get_receipt()
+        .await
+        .expect("mined");
+    for n in 5..10 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    r.drain().await;
+    r.all_once(0..10).await;
+
+    // Taking a waiting batch's nonce: a transfer at the same nonce with higher fees replaces
+    // the batch's transaction in the pool and is mined.
+    r.automine(false).await;
+    for n in 10..15 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    assert_eq!(r.pass().await.sent, 1);
+    let open = r.outbox.open_batches().expect("open");
+    let sent = open[0].sends[0].clone();
+    let _ = outside
+        .send_transaction(
+            TransactionRequest::default()
+                .with_to(someone)
+                .with_value(U256::from(2))
+                .with_nonce(sent.nonce)
+                .with_gas_limit(21_000)
+                .with_max_fee_per_gas(sent.fees.max_fee_per_gas * 3)
+                .with_max_priority_fee_per_gas(sent.fees.max_priority_fee_per_gas * 3),
+        )
+        .await
+        .expect("the outside transaction replaces ours");
+    r.mine().await;
+    assert!(r.chain.receipt(sent.hash).await.expect("receipt").is_none());
+    let renonced = r.pass().await;
+    assert_eq!(renonced.confirmed, 0, "{renonced:?}");
+    r.automine(true).await;
+    r.drain().await;
+    r.all_once(0..15).await;
+    let batch = r
+        .outbox
+        .batch(open[0].seq)
+        .expect("batch")
+        .expect("present");
+    assert_eq!(batch.nonce, Some(sent.nonce + 1), "{batch:?}");
 }

@@ -144,6 +144,11 @@ def test_a_recorded_tabular_prediction_verifies_and_a_changed_input_does_not(sys
     wrong_salt = dict(receipt, salt="0x" + "11" * 32)
     code, out = _verify(system, wrong_salt, tmp_path, features=FEATURES)
     assert (code, out["matches"]) == (1, False), out
+    # A receipt that claims another result for the same input: the record hash differs.
+    claimed = dict(receipt, probability_bps=receipt["probability_bps"] + 1)
+    code, out = _verify(system, claimed, tmp_path, features=FEATURES)
+    assert (code, out["on_chain"], out["matches"]) == (1, True, False), out
+    assert out["commitments_on_chain"] == 1
     unknown = dict(receipt, prediction_id=str(uuid.uuid4()))
     code, out = _verify(system, unknown, tmp_path, features=FEATURES)
     assert (code, out["on_chain"]) == (1, False), out
