@@ -14,11 +14,24 @@ if ! "$bin/medchain-bench" system --quick --bin-dir "$bin" --out "$out" >"$out/r
   echo "bench: 0 passed, 1 failed"
   exit 1
 fi
+if ! "$bin/medchain-bench" chain --quick --bin-dir "$bin" --out "$out" >"$out/chain.log" 2>&1; then
+  cat "$out/chain.log" >&2
+  echo "bench: 0 passed, 1 failed"
+  exit 1
+fi
 python3 - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 r = json.loads((out / "results/system-quick.json").read_text())
 problems = []
+c = json.loads((out / "results/chain-quick.json").read_text())
+for s in c["streams"]:
+    if not s["all_confirmed_once"] or s["blocks_with_records"] < 1:
+        problems.append(f"chain stream: {s['mode']}")
+    if s["largest_batch"]["records"] >= 100 and s["largest_batch"]["gas_per_record"] > 5000:
+        problems.append(f"chain gas per record: {s['largest_batch']}")
+if c["backlog"]["records"] != 200 or not c["backlog"]["samples"]:
+    problems.append(f"chain backlog: {c['backlog']['records']} records")
 if len(r["first_predictions"]) != 4 or not all(p["ok"] for p in r["first_predictions"]):
     problems.append(f"first predictions: {r['first_predictions']}")
 for p in r["peaks"]:
@@ -44,7 +57,7 @@ if q.get("ran"):
     if not all(f["p50_ms"] for f in q["floor"]):
         problems.append(f"int8 floor: {q['floor']}")
 md = (out / "BENCHMARKS.md").read_text()
-for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor"):
+for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor", "## The audit trail on chain"):
     if section not in md:
         problems.append(f"BENCHMARKS.md lacks {section}")
 for p in problems:

@@ -4,15 +4,18 @@
 //! ```text
 //! medchain-bench system [--quick] [--no-cgroup] [--out DIR] [--bin-dir DIR]
 //! medchain-bench soak [--tabular N] [--images N] [--out DIR] [--bin-dir DIR]
+//! medchain-bench chain [--quick] [--out DIR] [--bin-dir DIR]
 //! medchain-bench render [--out DIR]
 //! ```
 //!
 //! `system` measures start-up, memory per process, first-prediction and warm latency through
 //! the gateway and direct, the ONNX Runtime floor, and a second run under 512 MB memory
-//! cgroups; `soak` sends a long stream of requests and tracks RSS and file descriptors;
+//! cgroups; `chain` measures the audit trail (records per block and per second, gas per
+//! record, acceptance-to-confirmation time, the backlog at 20 records a second); `soak` sends a long stream of requests and tracks RSS and file descriptors;
 //! both write `DIR/results/<name>.json` and re-render `DIR/BENCHMARKS.md` from every results
 //! file there. Nothing in the Markdown is written by hand.
 
+mod chainbench;
 mod floor;
 mod inputs;
 mod load;
@@ -65,7 +68,7 @@ fn parse() -> anyhow::Result<Args> {
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "system" | "soak" | "render" if first => args.command = a.clone(),
+            "system" | "soak" | "chain" | "render" if first => args.command = a.clone(),
             "--quick" => args.quick = true,
             "--no-cgroup" => args.cgroup = false,
             "--out" => args.out = PathBuf::from(value("--out")?),
@@ -97,6 +100,15 @@ fn main() -> anyhow::Result<()> {
                 "system-quick.json"
             } else {
                 "system.json"
+            };
+            report::write_json(&results.join(name), &v)?;
+        }
+        "chain" => {
+            let v = rt.block_on(chainbench::run(&args))?;
+            let name = if args.quick {
+                "chain-quick.json"
+            } else {
+                "chain.json"
             };
             report::write_json(&results.join(name), &v)?;
         }

@@ -386,6 +386,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
             fee_bump_percent: u128::from(c.fee_bump_percent),
             max_fee_per_gas: u128::from(c.max_fee_per_gas_wei),
             final_depth: c.final_depth_blocks,
+            follow_every: Duration::from_millis(c.poll_interval_ms),
+            low_balance_wei: u128::from(c.min_signer_balance_wei),
         });
     let wake = sender.notifier();
     let anvil = anvil.map(|a| Arc::new(std::sync::Mutex::new(Some(a))));

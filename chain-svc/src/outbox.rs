@@ -142,7 +142,7 @@ impl Entry {
         }
     }
 
-    /// The fixed binary form of a final entry (`FINAL`): 302 bytes instead of ~1,000 of JSON.
+    /// The fixed binary form of a final entry (`FINAL`): 265 bytes (its JSON: ~770).
     fn compact(&self) -> Vec<u8> {
         let r = &self.record;
         let mut out = Vec::with_capacity(COMPACT_LEN);
@@ -738,7 +738,9 @@ impl Outbox {
         })
     }
 
-    /// The record is on chain, in block `block` (of hash `block_hash`).
+    /// One record on chain, in block `block` (of hash `block_hash`), outside any batch (the
+    /// batch sender confirms whole batches: `confirm_batch`).
+    #[cfg(test)]
     pub fn mark_confirmed(
         &self,
         id: &B256,
@@ -799,23 +801,6 @@ impl Outbox {
                 }
             }
             Ok(out)
-        })
-    }
-
-    /// A send failed in a way that may pass later; the entry stays pending.
-    pub fn mark_attempt_failed(&self, id: &B256, error: &str) -> Result<Entry, OutboxError> {
-        self.update(id, |e| {
-            e.attempts += 1;
-            e.last_error = Some(error.to_string());
-        })
-    }
-
-    /// The contract refused the record for good.
-    pub fn mark_rejected(&self, id: &B256, reason: &str) -> Result<Entry, OutboxError> {
-        self.update(id, |e| {
-            e.attempts += 1;
-            e.status = Status::Rejected;
-            e.last_error = Some(reason.to_string());
         })
     }
 }
@@ -933,12 +918,12 @@ mod tests {
             .expect("confirm");
         assert_eq!(done.status, Status::Confirmed);
         assert_eq!(o.pending_stats().expect("stats"), (2, Some(20)));
-        let failed = o
-            .mark_attempt_failed(&B256::repeat_byte(2), "node down")
-            .expect("attempt");
-        assert_eq!((failed.status, failed.attempts), (Status::Pending, 1));
-        o.mark_rejected(&B256::repeat_byte(3), "duplicate")
-            .expect("reject");
+        let b = o.form_batch(1).expect("form").expect("batch");
+        assert_eq!(b.members, [B256::repeat_byte(2)]);
+        let rejected = o.reject_batch(b.seq, "not a recorder").expect("reject");
+        assert_eq!(rejected.state, BatchState::Rejected);
+        let e = o.get(&B256::repeat_byte(2)).expect("get").expect("present");
+        assert_eq!((e.status, e.attempts), (Status::Rejected, 1));
         assert_eq!(o.pending(10).expect("pending").len(), 1);
         assert_eq!(
             o.get(&B256::repeat_byte(1))
@@ -976,6 +961,77 @@ mod tests {
         drop(o);
         let o = Outbox::open(&path).expect("reopen");
         assert_eq!(blocks(&o, u64::MAX), [(7, 2), (5, 1)]);
+    }
+
+    #[test]
+    fn batches_settle_their_records_together_and_final_records_are_compacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Outbox::open(&dir.path().join("o.redb")).expect("open");
+        for n in 1..=5u8 {
+            o.enqueue(entry(n, u64::from(n))).expect("enqueue");
+        }
+        let b = o.form_batch(3).expect("form").expect("batch");
+        assert_eq!(b.members.len(), 3);
+        assert_eq!(o.unbatched_stats().expect("stats").0, 2);
+        assert_eq!(
+            o.pending_stats().expect("stats").0,
+            5,
+            "batched is still pending"
+        );
+        let items: Vec<_> = b
+            .members
+            .iter()
+            .map(|id| {
+                o.get(id)
+                    .expect("get")
+                    .expect("present")
+                    .record
+                    .commitment()
+            })
+            .collect();
+        assert_eq!(b.id, crate::chain::batch_id(&items));
+        let mined = crate::chain::Mined {
+            tx_hash: TxHash::repeat_byte(7),
+            block_number: 10,
+            block_hash: Some(B256::repeat_byte(0x10)),
+        };
+        o.confirm_batch(b.seq, &mined).expect("confirm");
+        assert_eq!(o.pending_stats().expect("stats").0, 2);
+        assert!(o.open_batches().expect("open").is_empty());
+        // Lost with its block: the whole batch open again, the same members.
+        let again = o.reopen_batch(b.seq, "reset").expect("reopen");
+        assert_eq!(
+            (again.members.clone(), again.nonce),
+            (b.members.clone(), None)
+        );
+        assert_eq!(o.pending_stats().expect("stats").0, 5);
+        assert_eq!(
+            o.unbatched_stats().expect("stats").0,
+            2,
+            "not batched again"
+        );
+        o.confirm_batch(b.seq, &mined).expect("confirm");
+
+        // Final: compacted, still found with everything verify needs.
+        let before = o.get(&b.members[0]).expect("get").expect("present");
+        let json_len = serde_json::to_vec(&before).expect("json").len();
+        assert!(before.compact().len() * 5 < json_len * 2, "{json_len}");
+        assert_eq!(
+            o.compact(10, 100).expect("compact"),
+            0,
+            "block 10 is not below 10"
+        );
+        assert_eq!(o.compact(11, 100).expect("compact"), 3);
+        assert_eq!(o.final_count().expect("count"), 3);
+        let after = o.get(&b.members[0]).expect("get").expect("present");
+        assert_eq!(after, before);
+        assert!(o.confirmed_blocks(u64::MAX, 10).expect("walk").is_empty());
+        assert!(o.batch(b.seq).expect("batch").is_none());
+        // A compacted prediction is still taken once.
+        assert_eq!(o.enqueue(entry(1, 99)).expect("idempotent"), before);
+        let mut other = entry(1, 10);
+        other.record.label = 1;
+        assert!(matches!(o.enqueue(other), Err(OutboxError::Conflict(_))));
     }
 
     #[test]

@@ -414,6 +414,10 @@ pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiRe
             None => Err(ApiError::NotFound(format!("no record for prediction {id}"))),
         };
     };
+    let batch = match entry.batch {
+        Some(seq) => with_outbox(&state, move |o| o.batch(seq)).await?,
+        None => None,
+    };
     let (on_chain, matches, count, chain_error) = match &chain {
         Ok(logs) => match first_commitment(logs) {
             Some(l) => (
@@ -430,10 +434,17 @@ pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiRe
         "prediction_id": b256_to_id(&entry.id()),
         "status": entry.status,
         "source": "outbox",
-        "attempts": entry.attempts,
-        "last_error": entry.last_error,
+        // Transactions sent for its batch (replacements and resends included).
+        "attempts": batch.as_ref().map_or(entry.attempts as usize, |b| b.sends.len()),
+        "last_error": entry.last_error.clone().or_else(|| batch.as_ref().and_then(|b| b.last_error.clone())),
         "accepted_at_unix_ms": entry.accepted_at_ms,
-        "batch": entry.batch,
+        "confirmed_at_unix_ms": entry.confirmed_at_ms,
+        "batch": entry.batch.map(|seq| json!({
+            "seq": seq,
+            "records": batch.as_ref().map(|b| b.members.len()),
+            "nonce": batch.as_ref().and_then(|b| b.nonce),
+            "batch_id": batch.as_ref().map(|b| b.id),
+        })),
         "tx_hash": entry.tx_hash,
         "block_number": entry.block_number,
         "patient_ref": entry.record.patient_ref,
@@ -471,6 +482,10 @@ pub async fn by_patient(
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
+    let mut counts = std::collections::HashMap::<B256, usize>::new();
+    for l in &logs {
+        *counts.entry(l.prediction_id).or_default() += 1;
+    }
     let mut seen = std::collections::HashSet::new();
     let mut records = Vec::new();
     for (l, entry) in logs.iter().zip(held) {
@@ -483,6 +498,7 @@ pub async fn by_patient(
             "tx_hash": l.tx_hash,
             "block_number": l.block_number,
             "record_hash": l.record_hash,
+            "commitments_on_chain": counts.get(&l.prediction_id),
         });
         if let (Some(e), Some(obj)) = (entry, r.as_object_mut()) {
             obj.insert(

@@ -42,6 +42,11 @@ pub struct Batching {
     pub max_fee_per_gas: u128,
     /// Records confirmed this many blocks deep are final: compacted, no longer reconciled.
     pub final_depth: u64,
+    /// How often the batches in flight are followed on chain (receipts, the nonce): passes
+    /// woken in between by new records only form and send batches, with no reads.
+    pub follow_every: Duration,
+    /// Below this balance (wei) the signer is reported low (log, gauge; `/readyz` fails too).
+    pub low_balance_wei: u128,
 }
 
 impl Default for Batching {
@@ -54,6 +59,8 @@ impl Default for Batching {
             fee_bump_percent: 15,
             max_fee_per_gas: 200_000_000_000,
             final_depth: 64,
+            follow_every: Duration::from_secs(1),
+            low_balance_wei: 1_000_000_000_000_000,
         }
     }
 }
@@ -66,6 +73,8 @@ pub struct Sender {
     wake: Arc<Notify>,
     backoff: Backoff,
     batching: Batching,
+    /// When the batches in flight were last followed, and the signer's balance last read.
+    followed: Arc<std::sync::Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>>,
     reconcile_every: Duration,
     reconcile_asked: Arc<std::sync::atomic::AtomicBool>,
     /// The head (number, hash) the last reconciliation saw, and when it started (ms).
@@ -104,6 +113,7 @@ impl Sender {
             wake: Arc::new(Notify::new()),
             backoff,
             batching: Batching::default(),
+            followed: Arc::new(std::sync::Mutex::new((None, None))),
             reconcile_every: Duration::from_secs(30),
             reconcile_asked: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             checkpoint: Arc::new(std::sync::Mutex::new(None)),
@@ -148,7 +158,7 @@ impl Sender {
                 match self.reconcile().await {
                     Ok(_) => {
                         reconciled = Some(std::time::Instant::now());
-                        self.compact().await;
+                        let _ = self.compact().await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reconciliation with the chain failed; will retry")
@@ -173,13 +183,14 @@ impl Sender {
         }
     }
 
-    /// Compacts the records confirmed deeper than the finality depth.
-    async fn compact(&self) {
+    /// Compacts the records confirmed deeper than the finality depth; returns how many.
+    pub async fn compact(&self) -> usize {
         let Ok(head) = self.chain.provider().get_block_number().await else {
-            return;
+            return 0;
         };
-        let Some(below) = head.checked_sub(self.batching.final_depth) else {
-            return;
+        // Final: at least `final_depth` blocks under the head.
+        let Some(below) = (head + 1).checked_sub(self.batching.final_depth) else {
+            return 0;
         };
         let outbox = self.outbox.clone();
         let done = tokio::task::spawn_blocking(move || {
@@ -194,12 +205,18 @@ impl Sender {
         })
         .await;
         match done {
-            Ok(Ok(n)) if n > 0 => {
-                metrics::counter!(name("records_compacted_total")).increment(n as u64);
-                tracing::info!(records = n, below, "final records compacted");
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    metrics::counter!(name("records_compacted_total")).increment(n as u64);
+                    tracing::info!(records = n, below, "final records compacted");
+                }
+                n
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "compaction failed; will retry"),
-            _ => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "compaction failed; will retry");
+                0
+            }
+            Err(_) => 0,
         }
     }
 
@@ -209,18 +226,37 @@ impl Sender {
     pub async fn pass(&self) -> Result<Pass, OutboxError> {
         let mut pass = Pass::default();
         let open = self.outbox.open_batches()?;
-        // The nonce the chain has mined up to, read once per pass.
-        let mined_nonce = match self.chain.nonce(false).await {
-            Ok(n) => n,
-            Err(e) => return Ok(self.node_failed(pass, &e)),
-        };
-        let mut in_flight = 0;
-        for batch in open.iter().filter(|b| b.nonce.is_some()) {
-            match self.follow(batch, mined_nonce, &mut pass).await {
-                Ok(still) => in_flight += usize::from(still),
-                Err(e) if e.is_transient() => return Ok(self.node_failed(pass, &e)),
-                Err(e) => self.reject(batch, &e, &mut pass)?,
+        let sent: Vec<&Batch> = open.iter().filter(|b| b.nonce.is_some()).collect();
+        let mut in_flight = sent.len();
+        let follow = {
+            let mut f = self
+                .followed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due =
+                f.0.is_none_or(|at| at.elapsed() >= self.batching.follow_every);
+            if due {
+                f.0 = Some(std::time::Instant::now());
             }
+            due
+        };
+        if follow && !sent.is_empty() {
+            // The nonce the chain has mined up to, read once per follow.
+            let mined_nonce = match self.chain.nonce(false).await {
+                Ok(n) => n,
+                Err(e) => return Ok(self.node_failed(pass, &e)),
+            };
+            in_flight = 0;
+            for batch in sent {
+                match self.follow(batch, mined_nonce, &mut pass).await {
+                    Ok(still) => in_flight += usize::from(still),
+                    Err(e) if e.is_transient() => return Ok(self.node_failed(pass, &e)),
+                    Err(e) => self.reject(batch, &e, &mut pass)?,
+                }
+            }
+        }
+        if follow {
+            self.check_balance().await;
         }
         // Batches waiting for a nonce: reopened after a reset, or their nonce taken.
         let mut waiting: std::collections::VecDeque<Batch> =
@@ -269,6 +305,30 @@ impl Sender {
         pass.in_flight = in_flight;
         metrics::gauge!(name("batches_in_flight")).set(in_flight as f64);
         Ok(pass)
+    }
+
+    /// Reads the signer's balance (at most once a minute) into `chain_signer_balance_wei` and
+    /// says so loudly when it is below `low_balance_wei`: sending stops when gas cannot be paid.
+    async fn check_balance(&self) {
+        {
+            let mut f = self
+                .followed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if f.1.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            f.1 = Some(std::time::Instant::now());
+        }
+        let Ok(balance) = self.chain.signer_balance().await else {
+            return;
+        };
+        let wei: u128 = balance.saturating_to();
+        metrics::gauge!(name("signer_balance_wei")).set(wei as f64);
+        if wei < self.batching.low_balance_wei {
+            metrics::counter!(name("signer_balance_low_total")).increment(1);
+            tracing::error!(signer = %self.chain.signer(), balance_wei = wei, below_wei = self.batching.low_balance_wei, "the signer is running out of funds for gas: add funds");
+        }
     }
 
     fn node_failed(&self, mut pass: Pass, e: &ChainError) -> Pass {

@@ -70,6 +70,7 @@ async fn all_confirmed(base: &str, n: usize) {
         }
         assert_eq!(rec["status"], "confirmed", "record {i}: {rec}");
         assert_eq!(rec["matches_chain"], true, "record {i}: {rec}");
+        assert_eq!(rec["commitments_on_chain"], 1, "record {i}: {rec}");
     }
 }
 

@@ -48,6 +48,7 @@ fn quick() -> Batching {
         max_records: 100,
         linger: Duration::ZERO,
         replace_after: Duration::from_secs(1),
+        follow_every: Duration::ZERO,
         ..Batching::default()
     }
 }
@@ -338,7 +339,11 @@ async fn a_dropped_transaction_is_sent_again() {
 /// confirmed once, by the last transaction.
 #[tokio::test]
 async fn a_stuck_transaction_is_replaced_with_raised_fees() {
-    let r = rig(quick()).await;
+    let r = rig(Batching {
+        replace_after: Duration::from_secs(3),
+        ..quick()
+    })
+    .await;
     r.automine(false).await;
     for n in 0..10 {
         r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
@@ -347,7 +352,7 @@ async fn a_stuck_transaction_is_replaced_with_raised_fees() {
     let first = r.outbox.batch(1).expect("batch").expect("present").sends[0].clone();
     // Not mined; still in the pool: left alone until the replacement timeout.
     assert_eq!(r.pass().await.sent, 0);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(r.pass().await.sent, 1);
     let batch = r.outbox.batch(1).expect("batch").expect("present");
     let second = batch.sends[1].clone();
@@ -468,4 +473,29 @@ async fn outside_transactions_from_the_signer_key_are_worked_around() {
         .expect("batch")
         .expect("present");
     assert_eq!(batch.nonce, Some(sent.nonce + 1), "{batch:?}");
+}
+
+/// Records confirmed deeper than the finality depth are compacted: out of the reconciliation's
+/// walk, still found (salt and all), still taken once.
+#[tokio::test]
+async fn final_records_are_compacted_and_still_found() {
+    let r = rig(Batching {
+        final_depth: 3,
+        ..quick()
+    })
+    .await;
+    for n in 0..20 {
+        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
+    }
+    r.drain().await;
+    assert_eq!(r.sender.compact().await, 0, "not final yet");
+    for _ in 0..3 {
+        r.mine().await;
+    }
+    assert_eq!(r.sender.compact().await, 20);
+    assert_eq!(r.outbox.final_count().expect("count"), 20);
+    assert_eq!(r.sender.reconcile().await.expect("reconcile"), 0);
+    r.all_once(0..20).await;
+    let again = r.outbox.enqueue(entry(3, 99)).expect("idempotent");
+    assert_eq!(again.status, Status::Confirmed);
 }

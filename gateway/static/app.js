@@ -334,6 +334,7 @@ async function poll(id, attempt) {
   try {
     const rec = await call(`/records/${encodeURIComponent(id)}`);
     const fields = [["Record id", id], ["Status", rec.status]];
+    if (rec.batch) fields.push(["Batch", `#${rec.batch.seq} (${rec.batch.records} records)`]);
     if (rec.tx_hash) fields.push(["Transaction", rec.tx_hash]);
     if (rec.block_number != null) fields.push(["Block", String(rec.block_number)]);
     if (rec.last_error) fields.push(["Last error", rec.last_error]);

@@ -81,11 +81,14 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
     let digest = format!("0x{}", to_hex(&medchain_shared::audit::sha256(&canonical)));
     assert_eq!(p["audit"]["input_digest"], digest.as_str());
     let rec = confirmed(&app, &base, &id).await;
-    assert_eq!(rec["on_chain"]["label"], p["result"]["class_index"]);
+    // The chain holds the hash of the record's fields; the fields match the prediction.
+    assert_eq!(rec["matches_chain"], true, "{rec}");
+    assert_eq!(rec["on_chain"]["record_hash"], p["audit"]["record_hash"]);
+    assert_eq!(rec["label"], p["result"]["class_index"]);
     let bps = (p["result"]["probability"].as_f64().expect("p") * 1e4).round() as u64;
-    assert_eq!(rec["on_chain"]["probability_bps"], bps);
+    assert_eq!(rec["probability_bps"], bps);
     assert_eq!(
-        (&rec["on_chain"]["disease"], &rec["on_chain"]["modality"]),
+        (&rec["disease"], &rec["modality"]),
         (&json!("diabetes"), &json!("tabular"))
     );
 
