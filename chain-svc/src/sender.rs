@@ -404,10 +404,15 @@ impl Sender {
     async fn first_send(&self, mut batch: Batch, pass: &mut Pass) -> Result<bool, ChainError> {
         let items = self.items(&batch)?;
         let gas = match self.chain.simulate_batch(&items).await {
-            Ok((id, gas)) => {
-                debug_assert_eq!(id, batch.id);
-                gas
+            Ok((id, _)) if id != batch.id => {
+                // The contract's id is what its event carries: a batch whose id we computed
+                // differently could never be confirmed.
+                return Err(ChainError::Invalid(format!(
+                    "the contract gives batch {} the id {id}, not {}",
+                    batch.seq, batch.id
+                )));
             }
+            Ok((_, gas)) => gas,
             Err(ChainError::DuplicateBatch(_)) => {
                 if self.confirm_from_chain(&batch, pass).await? {
                     return Ok(false);
