@@ -549,7 +549,7 @@ pub struct VerifyJson {
     /// Or the input's SHA-256 directly (e.g. of an image hashed elsewhere).
     #[serde(default)]
     pub input_digest: Option<B256>,
-    /// The salt from the receipt; without it, the salt this service stored.
+    /// The salt from the receipt (required).
     #[serde(default)]
     pub salt: Option<B256>,
     /// Also check that the record belongs to this patient.
@@ -667,6 +667,16 @@ pub async fn verify(
         .map(medchain_shared::request::check_patient_id)
         .transpose()?
         .map(|p| state.patient_key.patient_ref(Some(&p)));
+    // Without the receipt's salt, verify would be an oracle: anyone could test guesses about a
+    // patient's input against the service's own copy of the salt (the review: glucose 140 /
+    // 148 / 150 answered false / true / false, no key and no salt).
+    let Some(salt) = salt else {
+        return Err(ApiError::invalid(
+            "salt",
+            "send the `salt` from the record's receipt: the service does not check guesses \
+             with its own copy",
+        ));
+    };
 
     let entry = outbox_get(&state, key).await?;
     let logs = read_chain(&state, state.chain.commitments(key)).await?;
@@ -692,10 +702,6 @@ pub async fn verify(
              instance recorded it): check it with the standalone verifier and its receipt",
         ));
     };
-    let (salt, salt_source) = match salt {
-        Some(s) => (s, "request"),
-        None => (entry.salt, "service"),
-    };
     let mut claimed = entry.record.clone();
     claimed.input_commitment = privacy::commitment(&salt, &digest);
     let input_matches = claimed.record_hash() == on_chain.record_hash;
@@ -712,7 +718,6 @@ pub async fn verify(
         },
         "input": input_kind,
         "input_digest": digest,
-        "salt_source": salt_source,
         "on_chain": on_chain_json(on_chain),
         "commitments_on_chain": logs.len(),
         "contract": state.contract,

@@ -144,6 +144,9 @@ async fn bad_requests_are_refused() {
         ("modality", json!("audio")),
         ("probability", json!(1.5)),
         ("patient_id", json!("")),
+        // Invisible characters would give one patient several references.
+        ("patient_id", json!("MRN\u{200B}-0042")),
+        ("patient_id", json!("MRN-\u{202E}2400")),
         ("input_digest", json!("0x12")),
         ("extra", json!(1)),
     ] {
@@ -233,33 +236,35 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     }
     let url = |id: &str| format!("{base}/v1/records/{id}/verify");
 
-    // Tabular: the same features, in any order and integer spelling, with the stored salt.
-    let reordered = json!({"features": {"bmi": 33.6, "glucose": 148.0, "pregnancies": 6}});
+    // The review: without a salt, verify fell back to the service's stored salt, so guesses
+    // about a patient's glucose answered false / true / false. Now no salt, no answer.
+    for glucose in [140, 148, 150] {
+        let guess = json!({"features": {"bmi": 33.6, "glucose": glucose, "pregnancies": 6}});
+        let (s, v) = verify(client.post(url(tab)).json(&guess)).await;
+        assert_eq!((s, &v["field"]), (422, &json!("salt")), "{v}");
+        assert!(v.get("verified").is_none(), "{v}");
+    }
+    let salt = receipts[0]["salt"].clone();
+    // Tabular: the same features, in any order and integer spelling, with the receipt's salt.
+    let reordered =
+        json!({"features": {"bmi": 33.6, "glucose": 148.0, "pregnancies": 6}, "salt": salt});
     let (s, v) = verify(client.post(url(tab)).json(&reordered)).await;
-    assert_eq!(
-        (s, &v["verified"], &v["salt_source"]),
-        (200, &json!(true), &json!("service")),
-        "{v}"
-    );
+    assert_eq!((s, &v["verified"]), (200, &json!(true)), "{v}");
     // One changed value: the chain says no.
-    let changed = json!({"features": {"bmi": 33.6, "glucose": 149, "pregnancies": 6}});
+    let changed =
+        json!({"features": {"bmi": 33.6, "glucose": 149, "pregnancies": 6}, "salt": salt});
     let (s, v) = verify(client.post(url(tab)).json(&changed)).await;
     assert_eq!((s, &v["verified"]), (200, &json!(false)), "{v}");
-    // The receipt's salt works; another salt does not.
-    let with_salt =
-        json!({"features": features, "salt": receipts[0]["salt"], "patient_id": "MRN-7"});
+    // The receipt's salt works with the patient; another salt does not.
+    let with_salt = json!({"features": features, "salt": salt, "patient_id": "MRN-7"});
     let (_, v) = verify(client.post(url(tab)).json(&with_salt)).await;
-    assert_eq!(
-        (&v["verified"], &v["salt_source"]),
-        (&json!(true), &json!("request")),
-        "{v}"
-    );
+    assert_eq!(v["verified"], true, "{v}");
     assert_eq!(v["checks"]["patient"], true);
     let wrong_salt = json!({"features": features, "salt": format!("0x{}", "11".repeat(32))});
     let (_, v) = verify(client.post(url(tab)).json(&wrong_salt)).await;
     assert_eq!(v["verified"], false);
     // The right input but another patient: not verified, and the check says which part failed.
-    let wrong_patient = json!({"features": features, "patient_id": "MRN-8"});
+    let wrong_patient = json!({"features": features, "salt": salt, "patient_id": "MRN-8"});
     let (_, v) = verify(client.post(url(tab)).json(&wrong_patient)).await;
     assert_eq!(
         (
@@ -271,10 +276,11 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         "{v}"
     );
 
-    // Image: the raw bytes as the body; one flipped byte fails.
+    // Image: the raw bytes as the body, the salt in the query; one flipped byte fails.
+    let salt = receipts[1]["salt"].as_str().expect("salt").to_string();
     let (s, v) = verify(
         client
-            .post(url(img))
+            .post(format!("{}?salt={salt}", url(img)))
             .header("content-type", "image/jpeg")
             .body(image.clone()),
     )
@@ -288,13 +294,12 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     tampered[10] ^= 1;
     let (_, v) = verify(
         client
-            .post(url(img))
+            .post(format!("{}?salt={salt}", url(img)))
             .header("content-type", "image/jpeg")
             .body(tampered),
     )
     .await;
     assert_eq!(v["verified"], false);
-    let salt = receipts[1]["salt"].as_str().expect("salt").to_string();
     let (_, v) = verify(
         client
             .post(format!("{}?salt={salt}&patient_id=MRN-7", url(img)))
@@ -302,11 +307,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
             .body(image.clone()),
     )
     .await;
-    assert_eq!(
-        (&v["verified"], &v["salt_source"]),
-        (&json!(true), &json!("request")),
-        "{v}"
-    );
+    assert_eq!(v["verified"], true, "{v}");
 
     // Bad verify requests name what is wrong.
     for (body, field) in [
@@ -353,6 +354,20 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(theirs["count"], 1);
     let nobody: Value = common::get_json(&format!("{base}/v1/patients/MRN-9/records"), TOKEN).await;
     assert_eq!(nobody["count"], 0);
+    // A patient id typed decomposed (NFD) is the same patient as composed (NFC).
+    let nfd = "41111111-2222-4333-8444-555555555555";
+    let res = post(
+        &base,
+        &record_for(nfd, "Jose\u{301}", &digest_of(b"y"), "tabular"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    wait_confirmed(&base, nfd).await;
+    let nfc: Value =
+        common::get_json(&format!("{base}/v1/patients/Jos%C3%A9/records"), TOKEN).await;
+    assert_eq!(nfc["count"], 1, "{nfc}");
+    assert_eq!(nfc["records"][0]["prediction_id"], nfd);
 
     // Readiness: contract present and signer funded; an empty signer makes it not ready.
     let ready = client

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError, web};
 use governor::clock::{Clock, DefaultClock};
@@ -37,7 +37,7 @@ enum ClientKey {
 pub struct ClientGate {
     origins: Vec<String>,
     api_keys: Vec<Vec<u8>>,
-    trust_forwarded_for: bool,
+    trusted_proxy_hops: usize,
     limiter: Arc<DefaultKeyedRateLimiter<ClientKey>>,
 }
 
@@ -52,7 +52,7 @@ impl ClientGate {
                 .iter()
                 .map(|k| k.expose_secret().as_bytes().to_vec())
                 .collect(),
-            trust_forwarded_for: s.trust_forwarded_for,
+            trusted_proxy_hops: s.trusted_proxy_hops,
             limiter: Arc::new(RateLimiter::keyed(
                 Quota::per_second(per_second).allow_burst(burst),
             )),
@@ -93,19 +93,51 @@ impl ClientGate {
         found
     }
 
-    fn client_addr(&self, req: &ServiceRequest) -> Option<IpAddr> {
-        if self.trust_forwarded_for
-            && let Some(first) = req
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse().ok())
-        {
-            return Some(first);
-        }
-        req.peer_addr().map(|a| a.ip())
+    /// Takes one request of `req`'s client from its budget, or the 429 to answer.
+    pub fn limit(&self, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+        let client = self
+            .client_addr(req)
+            .map_or(ClientKey::Unknown, ClientKey::Addr);
+        self.check(&client)
     }
+
+    fn check(&self, client: &ClientKey) -> Result<(), ApiError> {
+        self.limiter.check_key(client).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            metrics::counter!(medchain_shared::metrics::name("rate_limited_total")).increment(1);
+            ApiError::RateLimited {
+                detail: format!(
+                    "too many requests from this client; retry in {} ms",
+                    wait.as_millis()
+                ),
+                retry_after: wait.as_secs().max(1),
+            }
+        })
+    }
+
+    fn client_addr(&self, req: &actix_web::HttpRequest) -> Option<IpAddr> {
+        let peer = req.peer_addr().map(|a| a.ip());
+        if self.trusted_proxy_hops == 0 {
+            return peer;
+        }
+        forwarded_client(
+            req.headers()
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok()),
+            self.trusted_proxy_hops,
+        )
+        .or(peer)
+    }
+}
+
+/// The client address behind `hops` trusted proxies: each appends the address it saw, so the
+/// client is the `hops`-th entry from the right (entries further left are the client's own,
+/// and may be anything). None when there are fewer entries than hops or the entry is not an
+/// address.
+fn forwarded_client<'a>(headers: impl Iterator<Item = &'a str>, hops: usize) -> Option<IpAddr> {
+    let entries: Vec<&str> = headers.flat_map(|h| h.split(',')).map(str::trim).collect();
+    let i = entries.len().checked_sub(hops)?;
+    entries[i].parse().ok()
 }
 
 fn problem(req: ServiceRequest, e: &ApiError) -> ServiceResponse<BoxBody> {
@@ -144,12 +176,10 @@ pub async fn cors_and_limits(
         && req.headers().contains_key("access-control-request-method")
     {
         let Some(o) = cross.filter(|_| cors_ok) else {
-            let e = ApiError::Unauthorized(
+            let e = ApiError::Forbidden(
                 "this origin is not allowed to call the API (clients.cors_origins)".into(),
             );
-            let mut res = problem(req, &e);
-            *res.response_mut().status_mut() = StatusCode::FORBIDDEN;
-            return Ok(res);
+            return Ok(problem(req, &e));
         };
         let res = HttpResponse::NoContent()
             .insert_header(("access-control-allow-origin", o))
@@ -162,6 +192,34 @@ pub async fn cors_and_limits(
             .insert_header((header::VARY, "origin"))
             .finish();
         return Ok(req.into_response(res));
+    }
+
+    // A cross-site request that changes state is refused before it reaches anything: a form or
+    // a `fetch` on another site can send a "simple" POST (multipart, text/plain) without a
+    // preflight, with the visitor's network position and cookies. Browsers say where a request
+    // comes from (`Origin`, `Sec-Fetch-Site`); clients that are not browsers send neither.
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let fetch_site = req
+            .headers()
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let cross_site = match (&cross, fetch_site.as_deref()) {
+            (Some(_), _) => !cors_ok,
+            (None, Some("cross-site" | "same-site")) => origin.is_none(),
+            _ => false,
+        };
+        if cross_site {
+            metrics::counter!(medchain_shared::metrics::name("cross_site_refused_total"))
+                .increment(1);
+            let e = ApiError::Forbidden(
+                "a cross-site request may not change anything here: call the API from the \
+                 gateway's own page, an allowed origin (clients.cors_origins) or a client that \
+                 is not a browser"
+                    .into(),
+            );
+            return Ok(problem(req, &e));
+        }
     }
 
     let key = if gate.api_keys.is_empty() {
@@ -184,19 +242,10 @@ pub async fn cors_and_limits(
     let client = match key {
         Some(i) => ClientKey::Key(i),
         None => gate
-            .client_addr(&req)
+            .client_addr(req.request())
             .map_or(ClientKey::Unknown, ClientKey::Addr),
     };
-    if let Err(not_until) = gate.limiter.check_key(&client) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        metrics::counter!(medchain_shared::metrics::name("rate_limited_total")).increment(1);
-        let e = ApiError::RateLimited {
-            detail: format!(
-                "too many requests from this client; retry in {} ms",
-                wait.as_millis()
-            ),
-            retry_after: wait.as_secs().max(1),
-        };
+    if let Err(e) = gate.check(&client) {
         return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
     }
     let res = next.call(req).await?.map_into_boxed_body();
@@ -219,4 +268,23 @@ fn with_cors(
         h.insert(header::VARY, HeaderValue::from_static("origin"));
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_read_from_the_right() {
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        let one = ["203.0.113.9, 198.51.100.7"];
+        assert_eq!(forwarded_client(one.into_iter(), 1), ip("198.51.100.7"));
+        assert_eq!(forwarded_client(one.into_iter(), 2), ip("203.0.113.9"));
+        assert_eq!(forwarded_client(one.into_iter(), 3), None);
+        // Several headers are one list, in order.
+        let two = ["spoofed, 203.0.113.9", "198.51.100.7"];
+        assert_eq!(forwarded_client(two.into_iter(), 1), ip("198.51.100.7"));
+        assert_eq!(forwarded_client(two.into_iter(), 2), ip("203.0.113.9"));
+        assert_eq!(forwarded_client(["junk"].into_iter(), 1), None);
+    }
 }

@@ -87,8 +87,9 @@ pub struct ClientSettings {
     /// Requests per second per client, and the burst above it.
     pub rate_per_second: u32,
     pub rate_burst: u32,
-    /// Take the client address from `X-Forwarded-For` (behind Render's proxy), not the peer.
-    pub trust_forwarded_for: bool,
+    /// Proxies in front of the gateway that append to `X-Forwarded-For` (Render: 1). The
+    /// client is the entry that many from the right; 0: the peer address, the header ignored.
+    pub trusted_proxy_hops: usize,
     /// When not empty, `/api/v1/` needs one of these in `x-api-key`.
     #[serde(default)]
     pub api_keys: Vec<SecretString>,
@@ -249,8 +250,23 @@ pub fn build(settings: Settings) -> std::io::Result<Application> {
 }
 
 /// `GET /readyz`: each upstream asked once (not polled in the background, which would keep
-/// free-tier instances awake). Point a platform's health check at `/healthz` instead.
-async fn readyz(g: web::Data<Gateway>) -> HttpResponse {
+/// free-tier instances awake). Point a platform's health check at `/healthz` instead. It is
+/// public, so it is rate-limited like the API (each call wakes the upstreams) and says only
+/// which upstream is ready; with the internal token it also says why not and where each is.
+async fn readyz(
+    req: actix_web::HttpRequest,
+    g: web::Data<Gateway>,
+    gate: web::Data<ClientGate>,
+    token: Option<web::Data<medchain_shared::auth::InternalToken>>,
+) -> Result<HttpResponse, medchain_shared::error::ApiError> {
+    let detailed = token.is_some_and(|t| {
+        req.headers()
+            .get(medchain_shared::auth::INTERNAL_TOKEN_HEADER)
+            .is_some_and(|v| t.accepts(Some(v.as_bytes())))
+    });
+    if !detailed {
+        gate.limit(&req)?;
+    }
     let t = Duration::from_millis(g.timeouts.readiness_timeout_ms);
     let (d, h, c) = tokio::join!(
         proxy::ready(&g.proxy, &g.diabetes, t),
@@ -260,16 +276,22 @@ async fn readyz(g: web::Data<Gateway>) -> HttpResponse {
     let check = |name: &str, (ok, detail): (bool, String)| Check {
         name: name.into(),
         ok,
-        detail,
+        detail: if detailed {
+            detail
+        } else if ok {
+            "ready".into()
+        } else {
+            "not ready".into()
+        },
     };
-    readiness(
+    Ok(readiness(
         SERVICE,
         vec![
             check("diabetes-svc", d),
             check("heart-svc", h),
             check("chain-svc", c),
         ],
-    )
+    ))
 }
 
 /// The routes table, for tests and the OpenAPI check.

@@ -135,24 +135,29 @@ impl Route {
         }
     }
 
-    /// The upstream path for this request, parameters percent-encoded again.
+    /// The upstream path for this request: each `{param}` is the client's path segment byte
+    /// for byte, still percent-encoded as sent, so the upstream decodes it exactly once.
+    /// (Decoded here and encoded again, `%2F` and `%25` came out as `%252F` and `%2525`: the
+    /// listing for `A/B` reached the reference of a patient called `A%2FB`.)
     fn target_for(&self, req: &HttpRequest) -> String {
-        let mut out = self.target.to_string();
-        for (name, value) in req.match_info().iter() {
-            out = out.replace(&format!("{{{name}}}"), &encode_segment(value));
-        }
-        out
+        target_from_raw(self.path, self.target, req.uri().path())
     }
 }
 
-/// Percent-encodes a path segment (everything but RFC 3986 unreserved characters).
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+/// `target` with each `{name}` replaced by the segment of `raw` (the request's path, as sent)
+/// at the place `{name}` has in `/api/v1` + `path`.
+fn target_from_raw(path: &str, target: &str, raw: &str) -> String {
+    let pattern: Vec<&str> = "/api/v1"
+        .split('/')
+        .chain(path.split('/').skip(1))
+        .collect();
+    let sent: Vec<&str> = raw.split('/').collect();
+    let mut out = target.to_string();
+    for (i, seg) in pattern.iter().enumerate() {
+        if seg.starts_with('{')
+            && let Some(value) = sent.get(i)
+        {
+            out = out.replace(seg, value);
         }
     }
     out
@@ -207,9 +212,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_are_encoded() {
-        assert_eq!(encode_segment("MRN-0042"), "MRN-0042");
-        assert_eq!(encode_segment("a b/c?"), "a%20b%2Fc%3F");
-        assert_eq!(encode_segment("é"), "%C3%A9");
+    fn parameters_are_forwarded_as_sent() {
+        let t = |raw| target_from_raw("/records/{id}/verify", "/v1/records/{id}/verify", raw);
+        assert_eq!(t("/api/v1/records/abc/verify"), "/v1/records/abc/verify");
+        assert_eq!(
+            t("/api/v1/records/A%2FB/verify"),
+            "/v1/records/A%2FB/verify"
+        );
+        assert_eq!(
+            t("/api/v1/records/50%25/verify"),
+            "/v1/records/50%25/verify"
+        );
+        assert_eq!(
+            t("/api/v1/records/%C3%A9/verify"),
+            "/v1/records/%C3%A9/verify"
+        );
     }
 }

@@ -321,8 +321,8 @@ function showAudit(audit) {
     setAuditFields([["Status", "not recorded (no patient id given)"]]);
     return;
   }
-  if (audit.status === "unrecorded") {
-    setAuditFields([["Status", "unrecorded"], ["Reason", audit.reason]]);
+  if (audit.status === "unrecorded" || audit.status === "unknown") {
+    setAuditFields([["Status", audit.status], ["Reason", audit.reason]]);
     return;
   }
   state.last.receipt = audit;

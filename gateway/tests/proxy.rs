@@ -210,6 +210,21 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
     assert_eq!(status, 404, "{p}");
 }
 
+/// The review: path parameters were decoded twice — the listing for `A/B` (sent `A%2FB`) or
+/// `50%` (`50%25`) reached the upstream as `A%252FB` / `50%2525`, another patient's reference.
+/// Now the upstream gets the segment exactly as the client sent it.
+#[tokio::test]
+async fn path_parameters_reach_the_upstream_byte_for_byte() {
+    let c = Stub::default();
+    let s = settings(vec![closed()], vec![closed()], vec![spawn_stub(c).await]);
+    let gw = start(s).await;
+    for sent in ["A%2FB", "50%25", "%C3%A9t%C3%A9", "a%20b", "MRN-7"] {
+        let (status, seen) = get_json(format!("{gw}/api/v1/patients/{sent}/records")).await;
+        assert_eq!(status, 200, "{seen}");
+        assert_eq!(seen["path"], format!("/v1/patients/{sent}/records"));
+    }
+}
+
 #[tokio::test]
 async fn the_openapi_document_describes_exactly_the_routes() {
     let s = settings(vec![closed()], vec![closed()], vec![closed()]);
@@ -413,6 +428,73 @@ async fn cors_allows_only_listed_origins() {
     assert_eq!(same.status(), 200);
 }
 
+/// The review: any website could make its visitors' browsers write records — a cross-origin
+/// multipart POST (`Origin: evil.example`, a "simple" request with no preflight) was recorded.
+/// Now a state-changing request from another site is refused before it is forwarded.
+#[tokio::test]
+async fn cross_site_posts_are_refused_before_anything_is_forwarded() {
+    let stub = Stub::default();
+    let hits = stub.hits.clone();
+    let mut s = settings(vec![spawn_stub(stub).await], vec![closed()], vec![closed()]);
+    s.clients.cors_origins = vec!["https://app.example.org".into()];
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let url = format!("{gw}/api/v1/diabetes/predict/retina");
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("patient_id", "MRN-0001")
+            .part("image", reqwest::multipart::Part::bytes(vec![0xFF, 0xD8]))
+    };
+    let evil = client
+        .post(&url)
+        .header("origin", "https://evil.example")
+        .multipart(form())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(evil.status(), 403);
+    let (_, p) = json_of(evil).await;
+    assert_eq!(p["type"], "urn:medchain:problem:forbidden", "{p}");
+    // A browser that sends only Sec-Fetch-Site.
+    let fetch = client
+        .post(&url)
+        .header("sec-fetch-site", "cross-site")
+        .multipart(form())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(fetch.status(), 403);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+    // The page itself, an allowed origin, and clients that are not browsers pass.
+    let host = gw.trim_start_matches("http://");
+    for origin in [
+        Some(format!("http://{host}")),
+        Some("https://app.example.org".into()),
+        None,
+    ] {
+        let mut req = client.post(&url).multipart(form());
+        if let Some(o) = origin {
+            req = req
+                .header("origin", o)
+                .header("sec-fetch-site", "same-origin");
+        }
+        assert_eq!(req.send().await.expect("send").status(), 200);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    // Reads stay open to any origin (without CORS headers the browser keeps the answer).
+    let read = client
+        .get(format!("{gw}/api/v1/diabetes/models"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(read.status(), 200);
+}
+
 #[tokio::test]
 async fn clients_are_rate_limited_and_api_keys_are_checked() {
     let mut s = settings(
@@ -486,6 +568,72 @@ async fn clients_are_rate_limited_and_api_keys_are_checked() {
             .status(),
         200
     );
+}
+
+/// The review: behind Render's proxy (`X-Forwarded-For` trusted) the limiter read the left-most
+/// entry, so a client that sent its own first hop got 8 × 200 where it should get 429s. The
+/// client is now read from the right, one entry per trusted proxy.
+#[tokio::test]
+async fn a_spoofed_forwarded_for_does_not_escape_the_rate_limit() {
+    let mut s = settings(
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    s.clients.rate_per_second = 1;
+    s.clients.rate_burst = 3;
+    s.clients.trusted_proxy_hops = 1;
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let url = format!("{gw}/api/v1/diabetes/models");
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        // The client's own claim first, then what the proxy saw.
+        let xff = format!("10.9.8.{i}, 198.51.100.7");
+        let res = client
+            .get(&url)
+            .header("x-forwarded-for", xff)
+            .send()
+            .await
+            .expect("send");
+        codes.push(res.status().as_u16());
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429, 429, 429, 429]);
+    // Another client behind the same proxy has its own budget.
+    let other = client
+        .get(&url)
+        .header("x-forwarded-for", "198.51.100.8")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(other.status(), 200);
+}
+
+/// The review: the gateway's `/metrics` let anyone guess the internal token online, with no
+/// limit. After `MAX_FAILURES` wrong tokens in a minute an address is refused — even with the
+/// right token — for the rest of the minute.
+#[tokio::test]
+async fn guessing_the_internal_token_is_cut_off() {
+    let s = settings(vec![closed()], vec![closed()], vec![closed()]);
+    let gw = start(s).await;
+    let client = reqwest::Client::new();
+    let metrics = |token: &'static str| {
+        client
+            .get(format!("{gw}/metrics"))
+            .header("x-internal-token", token)
+            .send()
+    };
+    assert_eq!(metrics(TOKEN).await.expect("send").status(), 200);
+    let max = medchain_shared::auth::MAX_FAILURES;
+    for _ in 0..max {
+        let res = metrics("gateway-test-token-guess-000").await.expect("send");
+        assert_eq!(res.status(), 401);
+    }
+    let cut = metrics("gateway-test-token-guess-001").await.expect("send");
+    assert_eq!(cut.status(), 429);
+    assert!(cut.headers().contains_key("retry-after"));
+    // The right token does not help while the address is shut out.
+    assert_eq!(metrics(TOKEN).await.expect("send").status(), 429);
 }
 
 #[tokio::test]
@@ -583,6 +731,41 @@ async fn readiness_aggregates_the_upstreams_when_asked() {
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
     assert_eq!(failing, ["heart-svc"], "{body}");
+    // In public it says which, not where or why (the review: it listed the upstream URLs);
+    // with the internal token, everything.
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+    let res = reqwest::Client::new()
+        .get(format!("{gw}/readyz"))
+        .header("x-internal-token", TOKEN)
+        .send()
+        .await
+        .expect("get");
+    let (_, detailed) = json_of(res).await;
+    assert!(detailed.to_string().contains("127.0.0.1"), "{detailed}");
+    // Each public call wakes the upstreams: rate-limited like the API (not with the token).
+    let mut s = settings(vec![closed()], vec![closed()], vec![closed()]);
+    s.clients.rate_per_second = 1;
+    s.clients.rate_burst = 2;
+    let limited = start(s).await;
+    let codes: Vec<u16> =
+        futures_util::future::join_all((0..6).map(|_| reqwest::get(format!("{limited}/readyz"))))
+            .await
+            .into_iter()
+            .map(|r| r.expect("get").status().as_u16())
+            .collect();
+    // A burst of 2 and one more a second: six at once cannot all pass.
+    assert!(codes.contains(&429), "{codes:?}");
+    let with_token = reqwest::Client::new()
+        .get(format!("{limited}/readyz"))
+        .header("x-internal-token", TOKEN)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        with_token.status(),
+        503,
+        "not limited, and the upstreams are down"
+    );
     // Liveness never depends on the upstreams.
     assert_eq!(
         reqwest::get(format!("{gw}/healthz"))

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// Missing or wrong credentials, 401.
     #[error("{0}")]
     Unauthorized(String),
+    /// Known, or not needing to be, but not allowed this, 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such resource, 404.
     #[error("{0}")]
     NotFound(String),
@@ -99,6 +102,7 @@ impl ApiError {
             Self::BadRequest { .. } => ("bad-request", "Malformed request"),
             Self::Invalid { .. } => ("invalid-input", "Invalid input"),
             Self::Unauthorized(_) => ("unauthorized", "Not authorised"),
+            Self::Forbidden(_) => ("forbidden", "Forbidden"),
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::Timeout(_) => ("request-timeout", "Request timeout"),
             Self::Conflict(_) => ("conflict", "Conflict"),
@@ -169,6 +173,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,

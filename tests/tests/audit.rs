@@ -98,7 +98,9 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
         &app,
         &base,
         "",
-        Some(verify(&id).json(&json!({"features": features(), "patient_id": "MRN-E2E-1"}))),
+        Some(verify(&id).json(
+            &json!({"features": features(), "salt": p["audit"]["salt"], "patient_id": "MRN-E2E-1"}),
+        )),
     )
     .await;
     assert_eq!(ok["verified"], true, "{ok}");
@@ -108,7 +110,7 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
         &app,
         &base,
         "",
-        Some(verify(&id).json(&json!({"features": changed}))),
+        Some(verify(&id).json(&json!({"features": changed, "salt": p["audit"]["salt"]}))),
     )
     .await;
     assert_eq!(bad["verified"], false, "{bad}");
@@ -132,7 +134,11 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
         &base,
         "",
         Some(
-            verify(&img_id)
+            app.client
+                .post(format!(
+                    "{base}/v1/records/{img_id}/verify?salt={}",
+                    q["audit"]["salt"].as_str().expect("salt")
+                ))
                 .header("content-type", "image/jpeg")
                 .body(image.clone()),
         ),
@@ -147,7 +153,11 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
         &base,
         "",
         Some(
-            verify(&img_id)
+            app.client
+                .post(format!(
+                    "{base}/v1/records/{img_id}/verify?salt={}",
+                    q["audit"]["salt"].as_str().expect("salt")
+                ))
                 .header("content-type", "image/jpeg")
                 .body(tampered),
         ),
@@ -170,4 +180,80 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
 
 fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A chain-svc stand-in on loopback that takes a record at once but answers only after
+/// `delay` (a slow disk, a busy instance), and answers a repeat of a record it holds after
+/// `repeat_delay` with the stored receipt, as chain-svc does.
+async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use std::sync::{Arc, Mutex};
+    let held: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = HttpServer::new(move || {
+        let held = held.clone();
+        App::new().route(
+            "/v1/records",
+            web::post().to(move |body: web::Json<Value>| {
+                let held = held.clone();
+                async move {
+                    let id = body["prediction_id"].as_str().unwrap_or_default().to_string();
+                    // Taken at once (committed), answered late.
+                    let seen = {
+                        let mut h = held.lock().expect("lock");
+                        let seen = h.contains(&id);
+                        h.push(id.clone());
+                        seen
+                    };
+                    tokio::time::sleep(if seen { repeat_delay } else { delay }).await;
+                    HttpResponse::Accepted().json(json!({
+                        "prediction_id": id, "status": "pending", "salt": format!("0x{}", "5a".repeat(32)),
+                    }))
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The review: a prediction said `unrecorded` when chain-svc had accepted the record after the
+/// client's timeout. Now the timed-out record is sent once more and the late acceptance is
+/// found; when the second attempt times out as well, the audit says `unknown`, not
+/// `unrecorded`.
+#[tokio::test]
+async fn a_record_taken_after_the_timeout_is_not_reported_unrecorded() {
+    let late = slow_recorder(Duration::from_millis(1500), Duration::ZERO).await;
+    let app = spawn_disease(SPEC, move |s| {
+        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+        s.chain.url = late;
+        s.chain.timeout_ms = 500;
+    })
+    .await;
+    let mut body = features();
+    body["patient_id"] = json!("MRN-LATE-1");
+    let p = app.post_json_ok("/v1/predict/tabular", &body).await;
+    assert_eq!(p["audit"]["status"], "pending", "{p}");
+    assert_eq!(p["audit"]["prediction_id"], p["prediction_id"]);
+
+    let silent = slow_recorder(Duration::from_secs(30), Duration::from_secs(30)).await;
+    let app = spawn_disease(SPEC, move |s| {
+        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+        s.chain.url = silent;
+        s.chain.timeout_ms = 300;
+    })
+    .await;
+    let p = app.post_json_ok("/v1/predict/tabular", &body).await;
+    assert_eq!(p["audit"]["status"], "unknown", "{p}");
+    assert!(
+        p["audit"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("may have taken")),
+        "{p}"
+    );
 }

@@ -1,7 +1,10 @@
 //! Recording predictions: a disease service sends every prediction that carries a patient id
 //! to chain-svc (internal token, short timeout) and returns chain-svc's receipt in its answer.
 //! When chain-svc cannot be reached the prediction is still answered, with the audit marked
-//! `unrecorded` and the reason, and a metric counts it. Images never travel: only the SHA-256
+//! `unrecorded` and the reason, and a metric counts it. A record chain-svc may have taken after
+//! the timeout is never called unrecorded: the same request is sent once more (chain-svc takes
+//! a record once and answers a repeat with the stored receipt), and if that times out too the
+//! audit says `unknown`. Images never travel: only the SHA-256
 //! of the uploaded bytes (or of the canonical features, see `crate::audit`).
 
 use std::time::Duration;
@@ -74,14 +77,27 @@ impl AuditClient {
             "patient_id": patient_id,
             "input_digest": digest,
         });
-        let mut req = self.http.post(url).json(&body);
-        if let Some(t) = &self.token {
-            req = req.header(crate::auth::INTERNAL_TOKEN_HEADER, t.expose_secret());
-        }
-        if let Some(id) = request_id {
-            req = req.header(crate::request::REQUEST_ID_HEADER, id);
-        }
-        let outcome = match req.send().await {
+        let send = || {
+            let mut req = self.http.post(url).json(&body);
+            if let Some(t) = &self.token {
+                req = req.header(crate::auth::INTERNAL_TOKEN_HEADER, t.expose_secret());
+            }
+            if let Some(id) = &request_id {
+                req = req.header(crate::request::REQUEST_ID_HEADER, id);
+            }
+            req.send()
+        };
+        let sent = match send().await {
+            // It may have arrived and been taken after we stopped waiting (the review: the
+            // prediction said `unrecorded`, chain-svc had the record). The same request again
+            // finds out: chain-svc answers a repeat with the stored receipt.
+            Err(e) if e.is_timeout() => {
+                metrics::counter!(crate::metrics::name("audit_retries_total")).increment(1);
+                send().await
+            }
+            other => other,
+        };
+        let outcome = match sent {
             Ok(res) if res.status() == reqwest::StatusCode::ACCEPTED => {
                 match res.json::<Value>().await {
                     Ok(mut receipt) => {
@@ -102,7 +118,17 @@ impl AuditClient {
                 Err(("refused", format!("chain-svc answered {status}: {detail}")))
             }
             Err(e) if e.is_timeout() => {
-                Err(("timeout", format!("chain-svc did not answer in time: {e}")))
+                tracing::warn!(prediction = %p.prediction_id, "chain-svc did not answer twice; the record may or may not be taken");
+                metrics::counter!(crate::metrics::name("audit_unknown_total")).increment(1);
+                return Some(json!({
+                    "status": "unknown",
+                    "reason": format!(
+                        "chain-svc did not answer in time, twice ({e}); it may have taken the \
+                         record: look it up by prediction id"
+                    ),
+                    "prediction_id": p.prediction_id,
+                    "input_digest": digest,
+                }));
             }
             Err(e) => Err(("unreachable", format!("chain-svc is unreachable: {e}"))),
         };
