@@ -93,6 +93,8 @@ if start chain-svc "$chain" && start diabetes-svc "$diabetes" && start heart-svc
   && start gateway "$public_port"; then
   up=1
   say "medchain is up: gateway on port $public_port"
+  [ -n "${GATEWAY__CLIENTS__KEYS:-}" ] ||
+    say "GATEWAY__CLIENTS__KEYS is empty: every API call is refused until callers' keys are configured (gateway new-key <role> <id>)"
 fi
 # Polled, not `wait -n`: a service that ended before `wait -n` began would go unnoticed (bash
 # has already collected it). The short sleep is waited on in the background, so a signal

@@ -36,6 +36,19 @@ if [ -z "${MEDCHAIN_INTERNAL_TOKEN:-}" ]; then
 fi
 export MEDCHAIN_INTERNAL_TOKEN
 (umask 077 && printf '%s' "$MEDCHAIN_INTERNAL_TOKEN" > "$token_file")
+# Who may call the API and use the page: your keys if GATEWAY__CLIENTS__KEYS is set, else a
+# development key (role clinician) made once into the data dir (mode 0600); only its hash is
+# given to the gateway.
+dev_key_file="$MEDCHAIN_DATA_DIR/dev-api-key"
+if [ -z "${GATEWAY__CLIENTS__KEYS:-}" ]; then
+  [ -s "$dev_key_file" ] || (umask 077 && python3 -c 'import secrets; print("mk_" + secrets.token_hex(32), end="")' > "$dev_key_file")
+  GATEWAY__CLIENTS__KEYS="dev:clinician:$(python3 - "$dev_key_file" <<'PY'
+import hashlib, sys
+print(hashlib.sha256(open(sys.argv[1], "rb").read().strip()).hexdigest(), end="")
+PY
+)"
+  export GATEWAY__CLIENTS__KEYS
+fi
 
 pids=()
 stop() {
@@ -66,5 +79,8 @@ start diabetes-svc "$((base + 1))"
 start heart-svc "$((base + 2))"
 start gateway "$base"
 say "medchain is up: open http://127.0.0.1:$base/  (Ctrl-C stops everything)"
+if [ -s "$dev_key_file" ] && [[ "$GATEWAY__CLIENTS__KEYS" == dev:clinician:* ]]; then
+  say "development sign-in (a clinician key, $dev_key_file): http://127.0.0.1:$base/#key=$(cat "$dev_key_file")"
+fi
 say "services' internal token: $token_file  (export MEDCHAIN_INTERNAL_TOKEN=\$(cat $token_file))"
 wait -n "${pids[@]}" || true

@@ -17,15 +17,24 @@ pub struct Target {
     pub content_type: String,
     /// The internal token, for requests straight to a service.
     pub token: Option<String>,
+    /// The caller's API key, for requests through the gateway.
+    pub api_key: Option<String>,
 }
 
 impl Target {
+    /// The same request, signed in with `key` (through the gateway).
+    pub fn signed_in(mut self, key: &str) -> Self {
+        self.api_key = Some(key.to_string());
+        self
+    }
+
     pub fn json(url: String, body: &Value, token: Option<&str>) -> Self {
         Target {
             url,
             body: Bytes::from(body.to_string()),
             content_type: "application/json".into(),
             token: token.map(str::to_string),
+            api_key: None,
         }
     }
 
@@ -47,6 +56,7 @@ impl Target {
             body: Bytes::from(body),
             content_type: format!("multipart/form-data; boundary={boundary}"),
             token: token.map(str::to_string),
+            api_key: None,
         }
     }
 }
@@ -165,6 +175,9 @@ async fn one(client: &reqwest::Client, t: &Target, out: &mut Outcome) {
         .body(t.body.clone());
     if let Some(token) = &t.token {
         req = req.header(medchain_shared::auth::INTERNAL_TOKEN_HEADER, token);
+    }
+    if let Some(key) = &t.api_key {
+        req = req.bearer_auth(key);
     }
     let start = Instant::now();
     let resp = match req.send().await {

@@ -141,12 +141,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     say("starting the system (release binaries, embedded defaults)");
     let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
     let gw = sys.get("gateway").url();
+    let key = sys.api_key.clone();
     let tab = |disease: &str, record: &Value| {
         Target::json(
             format!("{gw}/api/v1/{disease}/predict/tabular"),
             record,
             None,
         )
+        .signed_in(&key)
     };
     let mut audited = inputs::diabetes_record();
     audited["patient_id"] = json!("soak-patient-0001");
@@ -158,18 +160,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut images = Vec::new();
     for (disease, model) in [("diabetes", "retina"), ("heart", "ecg")] {
         let url = format!("{gw}/api/v1/{disease}/predict/{model}");
-        images.push(Target::image(
-            url.clone(),
-            &inputs::small_jpeg(model)?,
-            "image/jpeg",
-            None,
-        ));
-        images.push(Target::image(
-            url,
-            &inputs::large_jpeg(model)?,
-            "image/jpeg",
-            None,
-        ));
+        images.push(
+            Target::image(url.clone(), &inputs::small_jpeg(model)?, "image/jpeg", None)
+                .signed_in(&key),
+        );
+        images.push(
+            Target::image(url, &inputs::large_jpeg(model)?, "image/jpeg", None).signed_in(&key),
+        );
     }
 
     // Long enough for every bounded cache to fill: chain-svc's outbox page cache (4 MB) needs

@@ -30,6 +30,7 @@ struct Endpoint {
 fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
     let gw = sys.get("gateway").url();
     let token = Some(sys.token.as_str());
+    let key = sys.api_key.as_str();
     let mut out = Vec::new();
     for (disease, service, model, record) in [
         (
@@ -50,7 +51,8 @@ fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
                 format!("{gw}/api/v1/{disease}/predict/tabular"),
                 &record,
                 None,
-            ),
+            )
+            .signed_in(key),
             direct: Target::json(format!("{svc}/v1/predict/tabular"), &record, token),
         });
         let small = inputs::small_jpeg(model)?;
@@ -64,7 +66,8 @@ fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
                 &small,
                 "image/jpeg",
                 None,
-            ),
+            )
+            .signed_in(key),
             direct: Target::image(
                 format!("{svc}/v1/predict/{model}"),
                 &small,
@@ -87,7 +90,8 @@ fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
             format!("{gw}/api/v1/diabetes/predict/tabular"),
             &record,
             None,
-        ),
+        )
+        .signed_in(key),
         direct: Target::json(format!("{svc}/v1/predict/tabular"), &record, token),
     });
     Ok(out)
@@ -155,7 +159,8 @@ async fn loads(
             &large,
             "image/jpeg",
             None,
-        );
+        )
+        .signed_in(&sys.api_key);
         let name = format!(
             "16 concurrent {disease}/{model} uploads of a 3000×2000 JPEG ({:.1} MB)",
             large.len() as f64 / 1048576.0
@@ -600,11 +605,11 @@ async fn instance_run(
     for (disease, model) in [("diabetes", "retina"), ("heart", "ecg")] {
         let url = format!("{gw}/api/v1/{disease}/predict/{model}");
         let large = inputs::large_jpeg(model)?;
-        let t = Target::image(url.clone(), &large, "image/jpeg", None);
+        let t = Target::image(url.clone(), &large, "image/jpeg", None).signed_in(&sys.api_key);
         let name = format!("16 concurrent {disease}/{model} 3000×2000 JPEGs");
         phases.push(instance_phase(&sys, &name, &t, 16, 48).await);
         let progressive = inputs::progressive_40mp(model)?;
-        let t = Target::image(url, &progressive, "image/jpeg", None);
+        let t = Target::image(url, &progressive, "image/jpeg", None).signed_in(&sys.api_key);
         let name = format!(
             "16 concurrent {disease}/{model} 40-MP progressive JPEGs ({:.0} KB)",
             progressive.len() as f64 / 1024.0

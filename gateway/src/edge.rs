@@ -1,12 +1,15 @@
-//! The public API's edge: CORS for allowlisted frontend origins, optional client API keys, and
-//! per-client rate limiting (governor's keyed GCRA limiter; the client is its API key, else its
-//! address). Errors use the one problem shape.
+//! The public API's edge: CORS for allowlisted frontend origins, cross-site refusal, the
+//! caller's API key (`crate::callers`), and per-caller rate limiting (governor's keyed GCRA
+//! limiter; a caller is its key id, an unauthenticated request its address). Errors use the
+//! one problem shape.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ClientSettings;
+use crate::callers::Callers;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
@@ -16,27 +19,20 @@ use actix_web::{HttpResponse, ResponseError, web};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use medchain_shared::error::ApiError;
-use secrecy::ExposeSecret;
-use subtle::ConstantTimeEq;
-
-use crate::ClientSettings;
-
-/// Header a client presents its API key in.
-pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Who a client is, for rate limiting.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ClientKey {
-    Key(usize),
+    Key(String),
     Addr(IpAddr),
     Unknown,
 }
 
-/// CORS allowlist, API keys and the limiter.
+/// CORS allowlist, callers and the limiter.
 #[derive(Debug)]
 pub struct ClientGate {
     origins: Vec<String>,
-    api_keys: Vec<Vec<u8>>,
+    callers: Callers,
     trusted_proxy_hops: usize,
     limiter: Arc<DefaultKeyedRateLimiter<ClientKey>>,
 }
@@ -47,11 +43,8 @@ impl ClientGate {
         let burst = NonZeroU32::new(s.rate_burst).unwrap_or(NonZeroU32::MIN);
         Self {
             origins: s.cors_origins.clone(),
-            api_keys: s
-                .api_keys
-                .iter()
-                .map(|k| k.expose_secret().as_bytes().to_vec())
-                .collect(),
+            // Validated with the settings.
+            callers: Callers::from_entries(&s.keys).unwrap_or_default(),
             trusted_proxy_hops: s.trusted_proxy_hops,
             limiter: Arc::new(RateLimiter::keyed(
                 Quota::per_second(per_second).allow_burst(burst),
@@ -79,18 +72,6 @@ impl ClientGate {
 
     fn allowed_origin(&self, origin: &str) -> bool {
         self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
-    }
-
-    /// The API key presented, if it is one of ours.
-    fn key_index(&self, presented: &[u8]) -> Option<usize> {
-        // Compare with every key in constant time each, so timing says nothing about which.
-        let mut found = None;
-        for (i, k) in self.api_keys.iter().enumerate() {
-            if bool::from(k.as_slice().ct_eq(presented)) {
-                found = Some(i);
-            }
-        }
-        found
     }
 
     /// Takes one request of `req`'s client from its budget, or the 429 to answer.
@@ -186,7 +167,7 @@ pub async fn cors_and_limits(
             .insert_header(("access-control-allow-methods", "GET, POST"))
             .insert_header((
                 "access-control-allow-headers",
-                "content-type, x-api-key, x-request-id",
+                "authorization, content-type, x-api-key, x-request-id",
             ))
             .insert_header(("access-control-max-age", "600"))
             .insert_header((header::VARY, "origin"))
@@ -222,32 +203,34 @@ pub async fn cors_and_limits(
         }
     }
 
-    let key = if gate.api_keys.is_empty() {
-        None
-    } else {
-        let presented = req
-            .headers()
-            .get(API_KEY_HEADER)
-            .map(|v| v.as_bytes().to_vec());
-        match presented.as_deref().and_then(|p| gate.key_index(p)) {
-            Some(i) => Some(i),
-            None => {
-                let e = ApiError::Unauthorized(format!(
-                    "missing or unknown `{API_KEY_HEADER}` header: this API needs a client key"
-                ));
-                return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
-            }
+    // The API's own description is public (rate-limited by address).
+    if req.path().ends_with("/openapi.json") {
+        let addr = gate
+            .client_addr(req.request())
+            .map_or(ClientKey::Unknown, ClientKey::Addr);
+        if let Err(e) = gate.check(&addr) {
+            return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
+        }
+        let res = next.call(req).await?.map_into_boxed_body();
+        return Ok(with_cors(res, cors_ok.then_some(origin)));
+    }
+    // Who is calling. A request that names no caller, or an unknown one, still counts against
+    // its address's budget, so keys cannot be guessed at full speed.
+    let caller = match gate.callers.authenticate(req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            let addr = gate
+                .client_addr(req.request())
+                .map_or(ClientKey::Unknown, ClientKey::Addr);
+            let e = gate.check(&addr).err().unwrap_or(e);
+            metrics::counter!(medchain_shared::metrics::name("unauthenticated_total")).increment(1);
+            return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
         }
     };
-    let client = match key {
-        Some(i) => ClientKey::Key(i),
-        None => gate
-            .client_addr(req.request())
-            .map_or(ClientKey::Unknown, ClientKey::Addr),
-    };
-    if let Err(e) = gate.check(&client) {
+    if let Err(e) = gate.check(&ClientKey::Key(caller.id.clone())) {
         return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
     }
+    actix_web::HttpMessage::extensions_mut(&req).insert(caller);
     let res = next.call(req).await?.map_into_boxed_body();
     Ok(with_cors(res, cors_ok.then_some(origin)))
 }

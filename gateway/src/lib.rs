@@ -3,6 +3,7 @@
 //! bodies, per-route limits and timeouts, round-robin with passive health, the internal token,
 //! request ids, CORS, per-client rate limits and optional API keys. No business logic.
 
+pub mod callers;
 pub mod edge;
 pub mod page;
 pub mod proxy;
@@ -19,7 +20,6 @@ use medchain_shared::server::{Application, Common};
 use medchain_shared::settings::{
     self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
 };
-use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::edge::{ClientGate, cors_and_limits};
@@ -90,9 +90,10 @@ pub struct ClientSettings {
     /// Proxies in front of the gateway that append to `X-Forwarded-For` (Render: 1). The
     /// client is the entry that many from the right; 0: the peer address, the header ignored.
     pub trusted_proxy_hops: usize,
-    /// When not empty, `/api/v1/` needs one of these in `x-api-key`.
+    /// Callers' API keys, `id:role:sha256hex` each (`gateway new-key <role> <id>` makes
+    /// one). Every route under `/api/v1/` but the OpenAPI document needs one.
     #[serde(default)]
-    pub api_keys: Vec<SecretString>,
+    pub keys: Vec<String>,
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
@@ -111,7 +112,7 @@ impl Settings {
                 "upstreams.heart",
                 "upstreams.chain",
                 "clients.cors_origins",
-                "clients.api_keys",
+                "clients.keys",
             ],
         )?;
         let mut s = s;
@@ -161,17 +162,8 @@ impl Settings {
         if self.clients.rate_per_second == 0 || self.clients.rate_burst == 0 {
             return Err(invalid("clients.rate_per_second", "must be positive"));
         }
-        if self
-            .clients
-            .api_keys
-            .iter()
-            .any(|k| secrecy::ExposeSecret::expose_secret(k).len() < 16)
-        {
-            return Err(invalid(
-                "clients.api_keys",
-                "each key needs at least 16 characters",
-            ));
-        }
+        crate::callers::Callers::from_entries(&self.clients.keys)
+            .map_err(|e| invalid("clients.keys", e))?;
         Ok(())
     }
 }

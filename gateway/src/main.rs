@@ -1,9 +1,27 @@
 //! gateway entry point: load settings, start telemetry, serve until stopped.
+//! `gateway new-key <role> <id>` makes a caller's API key instead and prints it with the
+//! `clients.keys` entry to configure (the key itself is not stored anywhere).
 
+use medchain_gateway::callers::{Role, new_key};
 use medchain_gateway::{Settings, build};
+
+fn key_command(args: &[String]) -> anyhow::Result<()> {
+    let [role, id] = args else {
+        anyhow::bail!("usage: gateway new-key <clinician|auditor|admin> <id>");
+    };
+    let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+    let (key, entry) = new_key(role, id).map_err(anyhow::Error::msg)?;
+    println!("key (give it to the caller; it is shown only now): {key}");
+    println!("clients.keys entry (configure this; GATEWAY__CLIENTS__KEYS): {entry}");
+    Ok(())
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("new-key") {
+        return key_command(&args[1..]);
+    }
     medchain_shared::memory::tune_allocator();
     let settings = Settings::load()?;
     if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use medchain_shared::error::ApiError;
 
 use crate::Gateway;
+use crate::callers::{Caller, Role};
 use crate::proxy::{self, RoutePolicy};
 
 /// Which upstream serves a route.
@@ -40,6 +41,8 @@ pub struct Route {
     /// The upstream's path, with the same `{param}` segments.
     pub target: &'static str,
     pub kind: Kind,
+    /// Who may call it.
+    pub roles: &'static [Role],
 }
 
 const fn r(
@@ -48,6 +51,7 @@ const fn r(
     upstream: UpstreamKey,
     target: &'static str,
     kind: Kind,
+    roles: &'static [Role],
 ) -> Route {
     Route {
         method,
@@ -55,8 +59,19 @@ const fn r(
         upstream,
         target,
         kind,
+        roles,
     }
 }
+
+/// Predictions: clinicians.
+const PREDICT: &[Role] = &[Role::Clinician];
+/// Records: whoever reads them — clinicians (their work) and auditors.
+const RECORDS: &[Role] = &[Role::Clinician, Role::Auditor];
+/// Warming the models up: admins, and clinicians (the page warms a service when its tab opens,
+/// so that the first prediction does not wait for a cold instance).
+const OPERATE: &[Role] = &[Role::Clinician, Role::Admin];
+/// What the page needs to draw itself: every caller.
+const EVERYONE: &[Role] = &[Role::Clinician, Role::Auditor, Role::Admin];
 
 use Kind::{Image, Read, Tabular, Verify};
 use UpstreamKey::{Chain, Diabetes, Heart};
@@ -69,6 +84,7 @@ pub const ROUTES: &[Route] = &[
         Diabetes,
         "/v1/predict/tabular",
         Tabular,
+        PREDICT,
     ),
     r(
         "POST",
@@ -76,16 +92,39 @@ pub const ROUTES: &[Route] = &[
         Diabetes,
         "/v1/predict/retina",
         Image,
+        PREDICT,
     ),
-    r("POST", "/diabetes/warmup", Diabetes, "/v1/warmup", Read),
-    r("GET", "/diabetes/models", Diabetes, "/models", Read),
-    r("GET", "/diabetes/cards", Diabetes, "/v1/cards", Read),
+    r(
+        "POST",
+        "/diabetes/warmup",
+        Diabetes,
+        "/v1/warmup",
+        Read,
+        OPERATE,
+    ),
+    r(
+        "GET",
+        "/diabetes/models",
+        Diabetes,
+        "/models",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/diabetes/cards",
+        Diabetes,
+        "/v1/cards",
+        Read,
+        EVERYONE,
+    ),
     r(
         "POST",
         "/heart/predict/tabular",
         Heart,
         "/v1/predict/tabular",
         Tabular,
+        PREDICT,
     ),
     r(
         "POST",
@@ -93,16 +132,18 @@ pub const ROUTES: &[Route] = &[
         Heart,
         "/v1/predict/ecg",
         Image,
+        PREDICT,
     ),
-    r("POST", "/heart/warmup", Heart, "/v1/warmup", Read),
-    r("GET", "/heart/models", Heart, "/models", Read),
-    r("GET", "/heart/cards", Heart, "/v1/cards", Read),
+    r("POST", "/heart/warmup", Heart, "/v1/warmup", Read, OPERATE),
+    r("GET", "/heart/models", Heart, "/models", Read, EVERYONE),
+    r("GET", "/heart/cards", Heart, "/v1/cards", Read, EVERYONE),
     r(
         "GET",
         "/records/{prediction_id}",
         Chain,
         "/v1/records/{prediction_id}",
         Read,
+        RECORDS,
     ),
     r(
         "POST",
@@ -110,6 +151,7 @@ pub const ROUTES: &[Route] = &[
         Chain,
         "/v1/records/{prediction_id}/verify",
         Verify,
+        RECORDS,
     ),
     r(
         "GET",
@@ -117,6 +159,7 @@ pub const ROUTES: &[Route] = &[
         Chain,
         "/v1/patients/{patient_id}/records",
         Read,
+        RECORDS,
     ),
 ];
 
@@ -169,6 +212,25 @@ async fn handle(
     payload: web::Payload,
     g: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
+    // Authenticated by the edge (`cors_and_limits`); here: may this caller do this?
+    let caller = req.extensions().get::<Caller>().cloned();
+    let Some(caller) = caller else {
+        return Err(ApiError::Unauthorized("sign in first".into()));
+    };
+    if !route.roles.contains(&caller.role) {
+        metrics::counter!(medchain_shared::metrics::name("forbidden_total"), "role" => caller.role.as_str())
+            .increment(1);
+        let who: Vec<&str> = route.roles.iter().map(|r| r.as_str()).collect();
+        return Err(ApiError::Forbidden(format!(
+            "{} {} is for the {} role{}; `{}` is signed in as {}",
+            route.method,
+            route.path,
+            who.join(" or "),
+            if who.len() > 1 { "s" } else { "" },
+            caller.id,
+            caller.role
+        )));
+    }
     let target = route.target_for(&req);
     proxy::forward(
         &g.proxy,
@@ -184,6 +246,7 @@ async fn handle(
 /// Mounts every route of the table (inside `/api/v1`), and the OpenAPI document.
 pub fn register(cfg: &mut web::ServiceConfig) {
     cfg.route("/openapi.json", web::get().to(crate::page::openapi));
+    cfg.route("/whoami", web::get().to(whoami));
     for route in ROUTES {
         let method = match route.method {
             "GET" => web::get(),
@@ -205,6 +268,22 @@ pub fn register(cfg: &mut web::ServiceConfig) {
             req.path()
         )))
     }));
+}
+
+/// `GET /whoami`: the signed-in caller (id and role) and what the role may call.
+async fn whoami(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let caller = req.extensions().get::<Caller>().cloned();
+    let caller = caller.ok_or_else(|| ApiError::Unauthorized("sign in first".into()))?;
+    let may: Vec<String> = ROUTES
+        .iter()
+        .filter(|r| r.roles.contains(&caller.role))
+        .map(|r| format!("{} /api/v1{}", r.method, r.path))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "id": caller.id,
+        "role": caller.role,
+        "may": may,
+    })))
 }
 
 #[cfg(test)]

@@ -2,13 +2,12 @@
 "use strict";
 
 const API = "/api/v1";
-const state = { cards: {}, warmed: {}, last: null, pollTimer: null };
+const state = { cards: {}, warmed: {}, last: null, pollTimer: null, key: null, caller: null, tab: "diabetes" };
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function apiKeyHeaders() {
-  const key = $("#api-key").value.trim();
-  return key ? { "x-api-key": key } : {};
+  return state.key ? { authorization: `Bearer ${state.key}` } : {};
 }
 
 async function call(path, options = {}) {
@@ -42,6 +41,7 @@ function selectTab(tab) {
     t.tabIndex = on ? 0 : -1;
     $("#" + t.getAttribute("aria-controls")).hidden = !on;
   }
+  state.tab = tab.dataset.disease;
   openDisease(tab.dataset.disease);
 }
 
@@ -66,7 +66,12 @@ function panel(disease) {
 
 async function openDisease(disease) {
   const p = panel(disease);
-  if (!state.warmed[disease]) {
+  if (!state.caller) {
+    setServiceState(p, "Sign in to use this service.");
+    return;
+  }
+  // Auditors make no predictions: nothing to warm up for them.
+  if (!state.warmed[disease] && state.caller.role !== "auditor") {
     state.warmed[disease] = true;
     // Wakes a sleeping instance and loads both models in the background: the first
     // prediction is then fast.
@@ -381,12 +386,52 @@ async function verify() {
   }
 }
 
+// ---- signing in ----------------------------------------------------------------------------
+// The key stays in this tab's sessionStorage; a development link may carry it in the URL
+// fragment (#key=…), which never reaches a server and is removed from the address bar at once.
+async function signIn(key) {
+  state.key = key;
+  try {
+    const me = await call("/whoami");
+    state.caller = me;
+    sessionStorage.setItem("medchain-api-key", key);
+    $("#whoami").textContent = `Signed in as ${me.id} (${me.role})`;
+    $("#signin-form").hidden = true;
+    $("#signout").hidden = false;
+    showError("");
+    openDisease(state.tab);
+  } catch (e) {
+    state.key = null;
+    state.caller = null;
+    sessionStorage.removeItem("medchain-api-key");
+    $("#whoami").textContent = `Not signed in: ${e.message}`;
+  }
+}
+
+function signOut() {
+  sessionStorage.removeItem("medchain-api-key");
+  state.key = null;
+  state.caller = null;
+  state.cards = {};
+  state.warmed = {};
+  $("#whoami").textContent = "Signed out.";
+  $("#signin-form").hidden = false;
+  $("#signout").hidden = true;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  const key = sessionStorage.getItem("medchain-api-key");
-  if (key) $("#api-key").value = key;
-  $("#api-key").addEventListener("change", (e) => sessionStorage.setItem("medchain-api-key", e.target.value));
   $("#verify").addEventListener("click", verify);
+  $("#signin-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn($("#api-key").value.trim());
+    $("#api-key").value = "";
+  });
+  $("#signout").addEventListener("click", signOut);
   initPanels();
   setupTabs();
-  openDisease("diabetes");
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (fromLink) history.replaceState(null, "", location.pathname + location.search);
+  const key = fromLink || sessionStorage.getItem("medchain-api-key");
+  if (key) signIn(key);
+  else openDisease(state.tab);
 });

@@ -8,10 +8,33 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
+use medchain_gateway::callers::{Role, entry_for};
 use medchain_gateway::{Settings, build, route_table};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "gateway-test-token-0123456789";
+/// A caller of each role (their hashes are configured by `settings`).
+const CLINICIAN: &str = "mk_test_clinician_0123456789abcdef";
+const AUDITOR: &str = "mk_test_auditor_0123456789abcdef";
+const ADMIN: &str = "mk_test_admin_0123456789abcdef";
+
+/// A client signed in with `key`.
+fn client_as(key: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .expect("client")
+}
+
+/// A clinician's client.
+fn client() -> reqwest::Client {
+    client_as(CLINICIAN)
+}
 
 /// A stub upstream: echoes what it received, drains bodies, can be slow or broken.
 #[derive(Clone, Default)]
@@ -103,6 +126,11 @@ fn settings(d: Vec<String>, h: Vec<String>, c: Vec<String>) -> Settings {
     s.upstreams.heart = h;
     s.upstreams.chain = c;
     s.proxy.wake_grace_ms = 0;
+    s.clients.keys = vec![
+        entry_for("test-clinician", Role::Clinician, CLINICIAN),
+        entry_for("test-auditor", Role::Auditor, AUDITOR),
+        entry_for("test-admin", Role::Admin, ADMIN),
+    ];
     s
 }
 
@@ -116,20 +144,12 @@ async fn start(s: Settings) -> String {
 
 /// GET `url`; status and JSON body.
 async fn get_json(url: String) -> (u16, Value) {
-    json_of(reqwest::get(url).await.expect("get")).await
+    json_of(client().get(url).send().await.expect("get")).await
 }
 
 /// POST `body` as JSON to `url`; status and JSON body.
 async fn post_json(url: String, body: Value) -> (u16, Value) {
-    json_of(
-        reqwest::Client::new()
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .expect("post"),
-    )
-    .await
+    json_of(client().post(url).json(&body).send().await.expect("post")).await
 }
 
 async fn json_of(res: reqwest::Response) -> (u16, Value) {
@@ -146,8 +166,13 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         vec![spawn_stub(c.clone()).await],
     );
     let gw = start(s).await;
-    let client = reqwest::Client::new();
     for r in route_table() {
+        // A caller the route is for.
+        let client = client_as(match r.roles[0] {
+            Role::Clinician => CLINICIAN,
+            Role::Auditor => AUDITOR,
+            Role::Admin => ADMIN,
+        });
         let path = r
             .path
             .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
@@ -191,7 +216,7 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         }
     }
     // Generated when the client sends none, and the same id reaches the upstream.
-    let res = client
+    let res = client()
         .get(format!("{gw}/api/v1/diabetes/models"))
         .send()
         .await
@@ -247,6 +272,13 @@ async fn the_openapi_document_describes_exactly_the_routes() {
         .map(|r| (r.method.to_string(), format!("/api/v1{}", r.path)))
         .collect();
     routed.push(("GET".into(), "/api/v1/openapi.json".into()));
+    routed.push(("GET".into(), "/api/v1/whoami".into()));
+    // Each operation names the roles its route is for.
+    for r in route_table() {
+        let op = &doc["paths"][format!("/api/v1{}", r.path)][r.method.to_ascii_lowercase()];
+        let roles: Vec<&str> = r.roles.iter().map(|x| x.as_str()).collect();
+        assert_eq!(op["x-roles"], json!(roles), "{} {}", r.method, r.path);
+    }
     documented.sort();
     routed.sort();
     assert_eq!(documented, routed);
@@ -296,7 +328,9 @@ async fn a_platform_error_page_becomes_a_problem_naming_the_upstream() {
         vec![closed()],
     );
     let gw = start(s).await;
-    let res = reqwest::get(format!("{gw}/api/v1/diabetes/models"))
+    let res = client()
+        .get(format!("{gw}/api/v1/diabetes/models"))
+        .send()
         .await
         .expect("get");
     assert!(
@@ -326,7 +360,7 @@ async fn round_robin_skips_an_instance_that_fails() {
         vec![closed()],
     );
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     for i in 0..12 {
         let res = client
             .post(format!("{gw}/api/v1/heart/predict/tabular"))
@@ -376,7 +410,7 @@ async fn cors_allows_only_listed_origins() {
     );
     s.clients.cors_origins = vec!["https://app.example.org".into()];
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{gw}/api/v1/diabetes/models");
     let ok = client
         .get(&url)
@@ -438,7 +472,7 @@ async fn cross_site_posts_are_refused_before_anything_is_forwarded() {
     let mut s = settings(vec![spawn_stub(stub).await], vec![closed()], vec![closed()]);
     s.clients.cors_origins = vec!["https://app.example.org".into()];
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{gw}/api/v1/diabetes/predict/retina");
     let form = || {
         reqwest::multipart::Form::new()
@@ -505,7 +539,7 @@ async fn clients_are_rate_limited_and_api_keys_are_checked() {
     s.clients.rate_per_second = 1;
     s.clients.rate_burst = 3;
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{gw}/api/v1/diabetes/models");
     for _ in 0..3 {
         assert_eq!(client.get(&url).send().await.expect("send").status(), 200);
@@ -529,29 +563,129 @@ async fn clients_are_rate_limited_and_api_keys_are_checked() {
         200
     );
 
-    let mut s = settings(
-        vec![spawn_stub(Stub::default()).await],
+    // Callers: every route but the page, health and the OpenAPI document needs a key; each
+    // role may call its routes only.
+    let stub = Stub::default();
+    let hits = stub.hits.clone();
+    let gw = start(settings(
+        vec![spawn_stub(stub).await],
         vec![closed()],
         vec![closed()],
-    );
-    s.clients.api_keys = vec!["client-key-0123456789abcdef".to_string().into()];
-    let gw = start(s).await;
-    let url = format!("{gw}/api/v1/diabetes/models");
-    assert_eq!(client.get(&url).send().await.expect("send").status(), 401);
+    ))
+    .await;
+    let api = |p: &str| format!("{gw}/api/v1{p}");
+    let anonymous = reqwest::Client::new();
+    let res = anonymous
+        .get(api("/diabetes/models"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 401);
+    let (_, p) = json_of(res).await;
+    assert_eq!(p["type"], "urn:medchain:problem:unauthorized", "{p}");
+    let wrong = client_as("mk_not_a_key_0000000000000000");
     assert_eq!(
-        client
-            .get(&url)
-            .header("x-api-key", "client-key-wrong-0000000")
+        wrong
+            .get(api("/diabetes/models"))
             .send()
             .await
             .expect("send")
             .status(),
         401
     );
+    let x_api_key = anonymous
+        .get(api("/diabetes/models"))
+        .header("x-api-key", AUDITOR)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(x_api_key.status(), 200, "the key may come in x-api-key too");
     assert_eq!(
-        client
-            .get(&url)
-            .header("x-api-key", "client-key-0123456789abcdef")
+        hits.load(Ordering::SeqCst),
+        1,
+        "refused calls reach nothing"
+    );
+    let tabular = r#"{"glucose": 120}"#;
+    let post = |c: &reqwest::Client, p: &str| {
+        c.post(api(p))
+            .header("content-type", "application/json")
+            .body(tabular)
+            .send()
+    };
+    // (chain-svc is down here: a caller the gate lets through gets its 502.)
+    for (who, path, want) in [
+        (CLINICIAN, "/diabetes/predict/tabular", 200),
+        (AUDITOR, "/diabetes/predict/tabular", 403),
+        (ADMIN, "/diabetes/predict/tabular", 403),
+        (CLINICIAN, "/diabetes/warmup", 200),
+        (AUDITOR, "/diabetes/warmup", 403),
+        (ADMIN, "/diabetes/warmup", 200),
+        (
+            CLINICIAN,
+            "/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d/verify",
+            502,
+        ),
+        (
+            AUDITOR,
+            "/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d/verify",
+            502,
+        ),
+        (
+            ADMIN,
+            "/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d/verify",
+            403,
+        ),
+    ] {
+        let res = post(&client_as(who), path).await.expect("send");
+        assert_eq!(res.status(), want, "{who} POST {path}");
+        if want == 403 {
+            let (_, p) = json_of(res).await;
+            assert_eq!(p["type"], "urn:medchain:problem:forbidden", "{p}");
+        }
+    }
+    for (who, path, want) in [
+        (ADMIN, "/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d", 403),
+        (AUDITOR, "/patients/MRN-1/records", 502),
+        (ADMIN, "/patients/MRN-1/records", 403),
+        (ADMIN, "/diabetes/cards", 200),
+    ] {
+        let res = client_as(who).get(api(path)).send().await.expect("send");
+        assert_eq!(res.status(), want, "{who} GET {path}");
+    }
+    // Who am I, and what may I call.
+    let (status, me) = json_of(
+        client_as(AUDITOR)
+            .get(api("/whoami"))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, &me["id"], &me["role"]),
+        (200, &json!("test-auditor"), &json!("auditor"))
+    );
+    assert!(
+        me["may"]
+            .as_array()
+            .expect("may")
+            .iter()
+            .all(|m| !m.as_str().unwrap_or("").contains("/predict/")),
+        "{me}"
+    );
+    assert_eq!(
+        anonymous
+            .get(api("/whoami"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+    // The API description and the page are public.
+    assert_eq!(
+        anonymous
+            .get(api("/openapi.json"))
             .send()
             .await
             .expect("send")
@@ -584,6 +718,8 @@ async fn a_spoofed_forwarded_for_does_not_escape_the_rate_limit() {
     s.clients.rate_burst = 3;
     s.clients.trusted_proxy_hops = 1;
     let gw = start(s).await;
+    // Not signed in: limited by address, which is what X-Forwarded-For decides (a signed-in
+    // caller is limited by its key id).
     let client = reqwest::Client::new();
     let url = format!("{gw}/api/v1/diabetes/models");
     let mut codes = Vec::new();
@@ -598,7 +734,7 @@ async fn a_spoofed_forwarded_for_does_not_escape_the_rate_limit() {
             .expect("send");
         codes.push(res.status().as_u16());
     }
-    assert_eq!(codes, [200, 200, 200, 429, 429, 429, 429, 429]);
+    assert_eq!(codes, [401, 401, 401, 429, 429, 429, 429, 429]);
     // Another client behind the same proxy has its own budget.
     let other = client
         .get(&url)
@@ -606,7 +742,7 @@ async fn a_spoofed_forwarded_for_does_not_escape_the_rate_limit() {
         .send()
         .await
         .expect("send");
-    assert_eq!(other.status(), 200);
+    assert_eq!(other.status(), 401);
 }
 
 /// The review: the gateway's `/metrics` let anyone guess the internal token online, with no
@@ -616,7 +752,7 @@ async fn a_spoofed_forwarded_for_does_not_escape_the_rate_limit() {
 async fn guessing_the_internal_token_is_cut_off() {
     let s = settings(vec![closed()], vec![closed()], vec![closed()]);
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let metrics = |token: &'static str| {
         client
             .get(format!("{gw}/metrics"))
@@ -645,7 +781,7 @@ async fn bodies_over_a_routes_limit_are_refused() {
         vec![closed()],
     );
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let big = vec![b' '; 70 * 1024];
     let (status, p) = json_of(
         client
@@ -734,7 +870,7 @@ async fn readiness_aggregates_the_upstreams_when_asked() {
     // In public it says which, not where or why (the review: it listed the upstream URLs);
     // with the internal token, everything.
     assert!(!body.to_string().contains("127.0.0.1"), "{body}");
-    let res = reqwest::Client::new()
+    let res = client()
         .get(format!("{gw}/readyz"))
         .header("x-internal-token", TOKEN)
         .send()
@@ -755,7 +891,7 @@ async fn readiness_aggregates_the_upstreams_when_asked() {
             .collect();
     // A burst of 2 and one more a second: six at once cannot all pass.
     assert!(codes.contains(&429), "{codes:?}");
-    let with_token = reqwest::Client::new()
+    let with_token = client()
         .get(format!("{limited}/readyz"))
         .header("x-internal-token", TOKEN)
         .send()
@@ -808,7 +944,7 @@ async fn a_prediction_that_reached_an_instance_is_never_sent_to_another() {
         vec![closed()],
     );
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let mut statuses = Vec::new();
     for i in 0..2 {
         let res = client
@@ -840,7 +976,7 @@ async fn an_instance_that_may_be_asleep_gets_the_wake_grace_once() {
     s.proxy.tabular_timeout_ms = 300;
     s.proxy.wake_grace_ms = 2000;
     let gw = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{gw}/api/v1/diabetes/predict/tabular");
     // Never heard from: it may be waking up, so the first call may take route + grace.
     let first = client
@@ -867,7 +1003,7 @@ async fn bodiless_requests_go_upstream_without_body_framing() {
     );
     s.proxy.read_timeout_ms = 5_000;
     let base = start(s).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{base}/api/v1/diabetes/models");
     let requests = [
         (

@@ -5,6 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+const KEY: &str = "mk_streaming_test_0123456789abcdef";
+
 use actix_web::{App, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 
@@ -77,13 +79,28 @@ async fn ten_megabyte_uploads_stream_through_without_being_buffered() {
         .env("GATEWAY__UPSTREAMS__CHAIN", &up)
         .env("GATEWAY__TELEMETRY__FILTER", "warn")
         .env("GATEWAY__CLIENTS__RATE_BURST", "1000")
+        .env(
+            "GATEWAY__CLIENTS__KEYS",
+            medchain_gateway::callers::entry_for(
+                "streaming",
+                medchain_gateway::callers::Role::Clinician,
+                KEY,
+            ),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("gateway");
     let gw = Reap(gw);
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-api-key", KEY.parse().expect("header"));
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .expect("client")
+    };
     for _ in 0..200 {
         if client.get(format!("{base}/healthz")).send().await.is_ok() {
             break;

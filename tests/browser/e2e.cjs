@@ -1,4 +1,5 @@
-// Drives the web page in headless Chromium against the real system: the diabetes form through
+// Drives the web page in headless Chromium against the real system: signing in with the
+// development key scripts/run.sh made, the diabetes form through
 // to a confirmed, verified audit record; opening the heart form warms heart-svc; an ECG upload
 // through to its class; keyboard use of the tabs; no Content-Security-Policy violations. Prints "browser: N passed, N failed".
 "use strict";
@@ -7,6 +8,7 @@ const fs = require("fs");
 const { chromium } = require(path.join(process.env.MEDCHAIN_NODE_MODULES, "playwright-core"));
 
 const url = process.argv[2];
+const devKey = process.env.MEDCHAIN_DEV_KEY || "";
 const root = path.resolve(__dirname, "../..");
 const artifacts = process.env.MEDCHAIN_ARTIFACTS || path.join(root, ".data/artifacts");
 let passed = 0;
@@ -42,6 +44,17 @@ function expect(cond, message) {
   try {
     await page.goto(url);
     const diabetes = page.locator("#panel-diabetes");
+
+    await check("signing in with the development key says who is signed in", async () => {
+      expect(devKey.startsWith("mk_"), "scripts/run.sh made no development key");
+      const before = await page.locator("#panel-diabetes .service-state").innerText();
+      expect(before.includes("Sign in"), `before signing in: ${before}`);
+      await page.locator("#api-key").fill(devKey);
+      await page.getByRole("button", { name: "Sign in" }).click();
+      await page.locator("#whoami").filter({ hasText: "Signed in as" }).waitFor({ timeout: 30000 });
+      const who = await page.locator("#whoami").innerText();
+      expect(who.includes("dev (clinician)"), who);
+    });
 
     await check("the diabetes form is built from the model card", async () => {
       await diabetes.locator("input[name=glucose]").waitFor({ timeout: 30000 });
@@ -82,7 +95,9 @@ function expect(cond, message) {
 
     // What heart-svc has loaded, by model key, as the gateway reports it.
     const heartModels = async () => {
-      const res = await page.request.get(new URL("/api/v1/heart/models", url).toString());
+      const res = await page.request.get(new URL("/api/v1/heart/models", url).toString(), {
+        headers: { authorization: `Bearer ${devKey}` },
+      });
       expect(res.ok(), `GET /api/v1/heart/models: ${res.status()}`);
       const body = await res.json();
       return Object.fromEntries(body.models.map((m) => [m.key, m.state]));

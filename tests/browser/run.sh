@@ -46,4 +46,4 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 grep -q "medchain is up" "$data/run.log" || { cat "$data/run.log" >&2; echo "browser: 0 passed, 1 failed"; exit 1; }
-node "$ROOT/tests/browser/e2e.cjs" "http://127.0.0.1:$base/"
+MEDCHAIN_DEV_KEY="$(cat "$data/dev-api-key")" node "$ROOT/tests/browser/e2e.cjs" "http://127.0.0.1:$base/"

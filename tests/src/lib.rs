@@ -77,6 +77,35 @@ pub struct TestApp {
 /// A token long enough for the settings' validation.
 pub const TEST_TOKEN: &str = "test-internal-token-0123456789";
 
+/// A clinician's API key for the gateways tests start (see [`test_key_entry`]).
+pub const TEST_API_KEY: &str = "mk_test_clinician_key_0123456789abcdef";
+
+/// The gateway's `clients.keys` entry of `key` for a clinician called `id`.
+pub fn key_entry(id: &str, key: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "{id}:clinician:{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    )
+}
+
+/// The `clients.keys` entry of [`TEST_API_KEY`].
+pub fn test_key_entry() -> String {
+    key_entry("test-clinician", TEST_API_KEY)
+}
+
+/// A client that signs in with `key` on every request (`Authorization: Bearer`).
+pub fn signed_in_client(key: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Ok(v) = format!("Bearer {key}").parse() {
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Starts a disease service on port 0 with its embedded defaults, changed by `tweak`.
 pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSettings)) -> TestApp {
     medchain_shared::telemetry::init_for_tests();

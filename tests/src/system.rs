@@ -82,6 +82,8 @@ impl Service {
 pub struct System {
     pub services: Vec<Service>,
     pub token: String,
+    /// A clinician's API key for the gateway (`clients.keys` holds its hash).
+    pub api_key: String,
     /// The settings given to every process, as `NAME=value` (the token masked).
     pub env: Vec<String>,
     data: tempfile::TempDir,
@@ -128,6 +130,9 @@ impl System {
         let mut raw = [0u8; 24];
         getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let token = hex::encode(raw);
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let api_key = format!("mk_{}", hex::encode(raw));
+        let key_entry = crate::key_entry("system-test", &api_key);
         let ports = free_ports(4)?;
         let port = |name: &str| ports[NAMES.iter().position(|n| *n == name).unwrap_or(0)];
         let url = |name: &str| format!("http://127.0.0.1:{}", port(name));
@@ -147,6 +152,8 @@ impl System {
             // One load generator is one client: the per-client limit would measure itself.
             ("GATEWAY__CLIENTS__RATE_PER_SECOND".into(), "1000000".into()),
             ("GATEWAY__CLIENTS__RATE_BURST".into(), "1000000".into()),
+            // The caller the harness signs in as (a hash: nothing secret in `env`).
+            ("GATEWAY__CLIENTS__KEYS".into(), key_entry),
         ];
         env.push((
             "MEDCHAIN_DATA_DIR".into(),
@@ -167,6 +174,7 @@ impl System {
         let mut system = System {
             services: Vec::new(),
             token,
+            api_key,
             env: shown,
             data,
         };
@@ -249,13 +257,18 @@ impl System {
         self.data.path()
     }
 
-    /// A client of the gateway's public API (`/api/v1`).
+    /// A client of the gateway's public API (`/api/v1`), signed in as the harness' clinician.
     pub fn gateway_api(&self) -> crate::TestApp {
         crate::TestApp {
             address: format!("{}/api/v1", self.get("gateway").url()),
-            client: reqwest::Client::new(),
+            client: self.signed_in_client(),
             token: None,
         }
+    }
+
+    /// A client that sends the harness' API key with every request.
+    pub fn signed_in_client(&self) -> reqwest::Client {
+        crate::signed_in_client(&self.api_key)
     }
 
     pub fn get(&self, name: &str) -> &Service {

@@ -27,6 +27,7 @@ async fn system() -> String {
     g.upstreams.chain = vec![format!("http://127.0.0.1:{}", closed_port())];
     g.clients.rate_burst = 10_000;
     g.clients.rate_per_second = 10_000;
+    g.clients.keys = vec![medchain_tests::test_key_entry()];
     let app = medchain_gateway::build(g).expect("gateway");
     let url = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -89,7 +90,7 @@ type JsonCase = (
 #[tokio::test]
 async fn forty_plus_bad_json_bodies_get_their_4xx() {
     let gw = system().await;
-    let client = reqwest::Client::new();
+    let client = medchain_tests::signed_in_client(medchain_tests::TEST_API_KEY);
     let json_ct = Some("application/json");
     let long_id = "x".repeat(129);
     let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
@@ -189,7 +190,7 @@ fn jpeg(img: &image::DynamicImage) -> Vec<u8> {
 #[tokio::test]
 async fn forty_plus_bad_images_and_forms_get_their_4xx() {
     let gw = system().await;
-    let client = reqwest::Client::new();
+    let client = medchain_tests::signed_in_client(medchain_tests::TEST_API_KEY);
     let dir = models_dir().join("examples");
     let example = std::fs::read(dir.join("retina/2-moderate_npdr-1.jpg")).expect("example");
     let example_png = std::fs::read(dir.join("retina/0-no_dr-0.png")).expect("example");

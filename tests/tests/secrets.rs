@@ -28,7 +28,8 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
         );
     }
     let logs = tempfile::tempdir().expect("tempdir");
-    let api_key = format!("client-key-{}", random_hex(16));
+    let api_key = format!("mk_{}", random_hex(16));
+    let key_entry = medchain_tests::key_entry("secrets-test", &api_key);
     let trace = "trace";
     let sys = System::start(
         &bin,
@@ -39,7 +40,7 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
             ("DIABETES__TELEMETRY__FILTER", trace),
             ("HEART__TELEMETRY__FILTER", trace),
             ("CHAIN__TELEMETRY__FILTER", trace),
-            ("GATEWAY__CLIENTS__API_KEYS", &api_key),
+            ("GATEWAY__CLIENTS__KEYS", &key_entry),
         ],
     )
     .await

@@ -52,6 +52,7 @@ impl Instance {
             .env("MEDCHAIN_BIN_DIR", &bin)
             .env("MEDCHAIN_DATA_DIR", data.path())
             .env("GATEWAY__SERVER__HOST", "127.0.0.1")
+            .env("GATEWAY__CLIENTS__KEYS", medchain_tests::test_key_entry())
             .env_remove("MEDCHAIN_INTERNAL_TOKEN")
             .env_remove("HEART__MODELS__IMAGE__CARD")
             .stdin(Stdio::null())
@@ -63,7 +64,7 @@ impl Instance {
             child,
             gateway: TestApp {
                 address: format!("http://127.0.0.1:{public}"),
-                client: reqwest::Client::new(),
+                client: medchain_tests::signed_in_client(medchain_tests::TEST_API_KEY),
                 token: None,
             },
             base,
