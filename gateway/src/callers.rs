@@ -153,14 +153,8 @@ impl Callers {
 
     /// The caller a request's credential names, or the 401 to answer.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let presented = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, rest) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
-            .or_else(|| headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()));
+        let presented =
+            bearer(headers).or_else(|| headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()));
         let Some(presented) = presented.filter(|p| !p.is_empty()) else {
             return Err(ApiError::Unauthorized(if self.keys.is_empty() {
                 "this gateway has no API keys configured (clients.keys): no one can call it \
@@ -189,6 +183,17 @@ impl Callers {
             })
             .ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))
     }
+}
+
+/// The credential of `Authorization: Bearer <credential>`, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
 }
 
 /// A new random key for `role` and `id`: the key (shown once) and its `clients.keys` entry.

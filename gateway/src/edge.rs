@@ -33,6 +33,7 @@ enum ClientKey {
 pub struct ClientGate {
     origins: Vec<String>,
     callers: Callers,
+    oidc: Option<crate::oidc::Oidc>,
     trusted_proxy_hops: usize,
     limiter: Arc<DefaultKeyedRateLimiter<ClientKey>>,
 }
@@ -45,6 +46,11 @@ impl ClientGate {
             origins: s.cors_origins.clone(),
             // Validated with the settings.
             callers: Callers::from_entries(&s.keys).unwrap_or_default(),
+            oidc: s
+                .oidc
+                .enabled()
+                .then(|| crate::oidc::Oidc::new(&s.oidc).ok())
+                .flatten(),
             trusted_proxy_hops: s.trusted_proxy_hops,
             limiter: Arc::new(RateLimiter::keyed(
                 Quota::per_second(per_second).allow_burst(burst),
@@ -216,7 +222,14 @@ pub async fn cors_and_limits(
     }
     // Who is calling. A request that names no caller, or an unknown one, still counts against
     // its address's budget, so keys cannot be guessed at full speed.
-    let caller = match gate.callers.authenticate(req.headers()) {
+    let bearer = crate::callers::bearer(req.headers()).map(str::to_string);
+    let authenticated = match (&gate.oidc, bearer.as_deref()) {
+        (Some(oidc), Some(token)) if crate::oidc::Oidc::looks_like_jwt(token) => {
+            oidc.authenticate(token).await
+        }
+        _ => gate.callers.authenticate(req.headers()),
+    };
+    let caller = match authenticated {
         Ok(c) => c,
         Err(e) => {
             let addr = gate

@@ -5,6 +5,7 @@
 
 pub mod callers;
 pub mod edge;
+pub mod oidc;
 pub mod page;
 pub mod proxy;
 pub mod routes;
@@ -94,6 +95,8 @@ pub struct ClientSettings {
     /// one). Every route under `/api/v1/` but the OpenAPI document needs one.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Bearer tokens from an identity provider (OIDC), besides the keys.
+    pub oidc: crate::oidc::OidcSettings,
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
@@ -113,6 +116,7 @@ impl Settings {
                 "upstreams.chain",
                 "clients.cors_origins",
                 "clients.keys",
+                "clients.oidc.role_map",
             ],
         )?;
         let mut s = s;
@@ -164,6 +168,10 @@ impl Settings {
         }
         crate::callers::Callers::from_entries(&self.clients.keys)
             .map_err(|e| invalid("clients.keys", e))?;
+        self.clients
+            .oidc
+            .check()
+            .map_err(|e| invalid("clients.oidc", e))?;
         Ok(())
     }
 }

@@ -1021,3 +1021,295 @@ async fn bodiless_requests_go_upstream_without_body_framing() {
         assert_eq!(echoed["bytes"], 0);
     }
 }
+
+/// A test identity provider: an RSA and a P-256 key, its JWKS served on loopback (changeable,
+/// fetches counted), and tokens it signs.
+mod idp {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::{Value, json};
+
+    pub const ISSUER: &str = "https://idp.example.org";
+    pub const AUDIENCE: &str = "medchain-gateway";
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// A signing key and its public JWK.
+    pub struct Key {
+        pub kid: String,
+        pub alg: Algorithm,
+        pub encoding: EncodingKey,
+        pub jwk: Value,
+        /// The raw public key bytes (for the HS256-with-the-public-key attack).
+        pub public: Vec<u8>,
+    }
+
+    pub fn rsa(kid: &str) -> Key {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
+        let der = private.to_pkcs1_der().expect("pkcs1");
+        let (n, e) = (private.n().to_bytes_be(), private.e().to_bytes_be());
+        Key {
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            encoding: EncodingKey::from_rsa_der(der.as_bytes()),
+            jwk: json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64(&n), "e": b64(&e)}),
+            public: n,
+        }
+    }
+
+    pub fn ec(kid: &str) -> Key {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ec key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("ec pair");
+        let point = pair.public_key().as_ref().to_vec(); // 0x04 ‖ x ‖ y
+        Key {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwk: json!({"kty": "EC", "kid": kid, "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])}),
+            public: point,
+        }
+    }
+
+    pub fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+
+    /// Standard claims for `sub` with `roles`, changed by `tweak`.
+    pub fn claims(sub: &str, roles: Value, tweak: impl FnOnce(&mut Value)) -> Value {
+        let mut c = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles,
+            "iat": now(), "nbf": now() - 5, "exp": now() + 600,
+        });
+        tweak(&mut c);
+        c
+    }
+
+    pub fn sign(key: &Key, claims: &Value) -> String {
+        let mut h = Header::new(key.alg);
+        h.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&h, claims, &key.encoding).expect("sign")
+    }
+
+    /// The JWKS endpoint: its document and how often it was fetched.
+    #[derive(Clone)]
+    pub struct Jwks {
+        pub doc: Arc<Mutex<Value>>,
+        pub fetches: Arc<AtomicUsize>,
+        pub down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Jwks {
+        pub fn set(&self, keys: &[&Key]) {
+            *self.doc.lock().expect("lock") =
+                json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+        }
+        pub fn fetched(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+    }
+
+    pub async fn serve(keys: &[&Key]) -> (String, Jwks) {
+        let jwks = Jwks {
+            doc: Arc::default(),
+            fetches: Arc::default(),
+            down: Arc::default(),
+        };
+        jwks.set(keys);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let state = web::Data::new(jwks.clone());
+        let server = HttpServer::new(move || {
+            App::new().app_data(state.clone()).route(
+                "/jwks.json",
+                web::get().to(|j: web::Data<Jwks>| async move {
+                    j.fetches.fetch_add(1, Ordering::SeqCst);
+                    if j.down.load(Ordering::SeqCst) {
+                        return HttpResponse::ServiceUnavailable().finish();
+                    }
+                    let doc = j.doc.lock().expect("lock").clone();
+                    HttpResponse::Ok().json(doc)
+                }),
+            )
+        })
+        .workers(1)
+        .listen(listener)
+        .expect("listen")
+        .run();
+        tokio::spawn(server);
+        (format!("http://127.0.0.1:{port}/jwks.json"), jwks)
+    }
+}
+
+/// Bearer tokens from the operator's identity provider, against a JWKS served on loopback:
+/// RS256 and ES256 accepted with their role; expired (beyond the leeway), wrong audience or
+/// issuer, unknown key id, `alg: none` and HS256 signed with the public key refused; a rotated
+/// key set fetched again; no mapped role is a 403; the provider down with no cached key a 503.
+#[tokio::test]
+async fn bearer_tokens_from_the_identity_provider() {
+    use serde_json::json;
+    let (rsa1, ec1) = (idp::rsa("rsa-1"), idp::ec("ec-1"));
+    let (jwks_url, jwks) = idp::serve(&[&rsa1, &ec1]).await;
+    let mut s = settings(
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    s.clients.oidc.issuer = idp::ISSUER.into();
+    s.clients.oidc.audience = idp::AUDIENCE.into();
+    s.clients.oidc.jwks_url = jwks_url;
+    s.clients.oidc.role_map = vec![
+        "medchain-clinician=clinician".into(),
+        "medchain-auditor=auditor".into(),
+    ];
+    s.clients.oidc.jwks_min_refetch_secs = 0;
+    let gw = start(s).await;
+    let whoami = |token: String| {
+        let url = format!("{gw}/api/v1/whoami");
+        async move { json_of(client_as(&token).get(url).send().await.expect("send")).await }
+    };
+    let detail = |p: &Value| p["detail"].as_str().unwrap_or_default().to_string();
+
+    let rs = idp::sign(
+        &rsa1,
+        &idp::claims("alice", json!("medchain-clinician"), |_| {}),
+    );
+    let (status, me) = whoami(rs.clone()).await;
+    assert_eq!(
+        (status, &me["id"], &me["role"]),
+        (200, &json!("oidc:alice"), &json!("clinician")),
+        "{me}"
+    );
+    let es = idp::sign(
+        &ec1,
+        &idp::claims("bob", json!(["staff", "medchain-auditor"]), |_| {}),
+    );
+    let (status, me) = whoami(es.clone()).await;
+    assert_eq!((status, &me["role"]), (200, &json!("auditor")), "{me}");
+    // The role decides the routes, as with keys.
+    let predict = client_as(&es)
+        .post(format!("{gw}/api/v1/diabetes/predict/tabular"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(predict.status(), 403);
+
+    // Clock skew within the leeway passes; beyond it, expired.
+    let skewed = idp::sign(
+        &rsa1,
+        &idp::claims("alice", json!("medchain-clinician"), |c| {
+            c["exp"] = json!(idp::now() - 30);
+        }),
+    );
+    assert_eq!(whoami(skewed).await.0, 200);
+    for (what, tweak, expect) in [
+        (
+            "expired",
+            Box::new(|c: &mut Value| c["exp"] = json!(idp::now() - 3600))
+                as Box<dyn Fn(&mut Value)>,
+            "expired",
+        ),
+        (
+            "another audience",
+            Box::new(|c: &mut Value| c["aud"] = json!("someone-else")),
+            "is not for",
+        ),
+        (
+            "another issuer",
+            Box::new(|c: &mut Value| c["iss"] = json!("https://evil.example")),
+            "not issued by",
+        ),
+        (
+            "not yet valid",
+            Box::new(|c: &mut Value| c["nbf"] = json!(idp::now() + 3600)),
+            "not valid yet",
+        ),
+    ] {
+        let t = idp::sign(
+            &rsa1,
+            &idp::claims("alice", json!("medchain-clinician"), |c| tweak(c)),
+        );
+        let (status, p) = whoami(t).await;
+        assert_eq!(status, 401, "{what}: {p}");
+        assert!(detail(&p).contains(expect), "{what}: {p}");
+    }
+
+    // A key the provider does not publish.
+    let stranger = idp::rsa("rsa-9");
+    let (status, p) = whoami(idp::sign(
+        &stranger,
+        &idp::claims("eve", json!("medchain-clinician"), |_| {}),
+    ))
+    .await;
+    assert_eq!(status, 401, "{p}");
+    assert!(detail(&p).contains("not one of the provider's"), "{p}");
+
+    // `alg: none`, and HS256 "signed" with the RSA public key: refused by algorithm.
+    let body = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        idp::claims("eve", json!("medchain-clinician"), |_| {}).to_string(),
+    );
+    let none_header = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        r#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#,
+    );
+    let (status, p) = whoami(format!("{none_header}.{body}.")).await;
+    assert_eq!(status, 401, "{p}");
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.kid = Some("rsa-1".into());
+    let forged = jsonwebtoken::encode(
+        &hs,
+        &idp::claims("eve", json!("medchain-clinician"), |_| {}),
+        &jsonwebtoken::EncodingKey::from_secret(&rsa1.public),
+    )
+    .expect("sign");
+    let (status, p) = whoami(forged).await;
+    assert_eq!(status, 401, "{p}");
+    assert!(detail(&p).contains("HS256"), "{p}");
+
+    // Rotation: the provider publishes a new key (and drops the old one); the first token
+    // naming it makes the gateway fetch the key set again.
+    let rsa2 = idp::rsa("rsa-2");
+    jwks.set(&[&rsa2, &ec1]);
+    let before = jwks.fetched();
+    let rotated = idp::sign(
+        &rsa2,
+        &idp::claims("carol", json!("medchain-clinician"), |_| {}),
+    );
+    assert_eq!(whoami(rotated.clone()).await.0, 200);
+    assert_eq!(jwks.fetched(), before + 1, "fetched once for the new key");
+    assert_eq!(whoami(rotated).await.0, 200);
+    assert_eq!(jwks.fetched(), before + 1, "then served from the cache");
+
+    // Signed in, but no role in medchain.
+    let visitor = idp::sign(&rsa2, &idp::claims("dave", json!(["staff"]), |_| {}));
+    let (status, p) = whoami(visitor).await;
+    assert_eq!(status, 403, "{p}");
+
+    // The provider down: cached keys still work; an unknown key cannot be checked (503).
+    jwks.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cached = idp::sign(&ec1, &idp::claims("bob", json!("medchain-auditor"), |_| {}));
+    assert_eq!(whoami(cached).await.0, 200);
+    let rsa3 = idp::rsa("rsa-3");
+    let (status, p) = whoami(idp::sign(
+        &rsa3,
+        &idp::claims("carol", json!("medchain-clinician"), |_| {}),
+    ))
+    .await;
+    assert_eq!(status, 503, "{p}");
+}
