@@ -80,18 +80,18 @@ pub const TEST_TOKEN: &str = "test-internal-token-0123456789";
 /// A clinician's API key for the gateways tests start (see [`test_key_entry`]).
 pub const TEST_API_KEY: &str = "mk_test_clinician_key_0123456789abcdef";
 
-/// The gateway's `clients.keys` entry of `key` for a clinician called `id`.
-pub fn key_entry(id: &str, key: &str) -> String {
+/// The gateway's `clients.keys` entry of `key` for a caller called `id` with `role`.
+pub fn key_entry(id: &str, role: &str, key: &str) -> String {
     use sha2::Digest;
     format!(
-        "{id}:clinician:{}",
+        "{id}:{role}:{}",
         hex::encode(sha2::Sha256::digest(key.as_bytes()))
     )
 }
 
 /// The `clients.keys` entry of [`TEST_API_KEY`].
 pub fn test_key_entry() -> String {
-    key_entry("test-clinician", TEST_API_KEY)
+    key_entry("test-clinician", "clinician", TEST_API_KEY)
 }
 
 /// A client that signs in with `key` on every request (`Authorization: Bearer`).

@@ -132,7 +132,7 @@ impl System {
         let token = hex::encode(raw);
         getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let api_key = format!("mk_{}", hex::encode(raw));
-        let key_entry = crate::key_entry("system-test", &api_key);
+        let key_entry = crate::key_entry("system-test", "clinician", &api_key);
         let ports = free_ports(4)?;
         let port = |name: &str| ports[NAMES.iter().position(|n| *n == name).unwrap_or(0)];
         let url = |name: &str| format!("http://127.0.0.1:{}", port(name));

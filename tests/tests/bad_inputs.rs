@@ -10,6 +10,7 @@ use medchain_tests::{
 use serde_json::{Value, json};
 
 const TABULAR: &str = "/api/v1/diabetes/predict/tabular";
+const ADMIN_KEY: &str = "mk_test_admin_key_0123456789abcdef";
 const RETINA: &str = "/api/v1/diabetes/predict/retina";
 
 /// diabetes-svc behind an in-process gateway; returns the gateway's base URL.
@@ -27,7 +28,10 @@ async fn system() -> String {
     g.upstreams.chain = vec![format!("http://127.0.0.1:{}", closed_port())];
     g.clients.rate_burst = 10_000;
     g.clients.rate_per_second = 10_000;
-    g.clients.keys = vec![medchain_tests::test_key_entry()];
+    g.clients.keys = vec![
+        medchain_tests::test_key_entry(),
+        medchain_tests::key_entry("test-admin", "admin", ADMIN_KEY),
+    ];
     let app = medchain_gateway::build(g).expect("gateway");
     let url = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -337,4 +341,33 @@ async fn forty_plus_bad_images_and_forms_get_their_4xx() {
         .await
         .expect("send");
     assert_eq!(res.status(), 200, "the image model still serves");
+}
+
+/// The review: `/api/v1/*/models` showed anyone the model files' paths, the host they are
+/// downloaded from and why a load failed. In public (a clinician here) it says what is
+/// loaded; an admin sees everything.
+#[tokio::test]
+async fn model_state_says_where_and_why_to_admins_only() {
+    let gw = system().await;
+    let get = |key: &str| {
+        let url = format!("{gw}/api/v1/diabetes/models");
+        let client = medchain_tests::signed_in_client(key);
+        async move {
+            let res = client.get(url).send().await.expect("models");
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.expect("json")
+        }
+    };
+    let clinician = get(medchain_tests::TEST_API_KEY).await;
+    let admin = get(ADMIN_KEY).await;
+    let text = clinician.to_string();
+    assert!(admin["models"][0]["file"].is_string(), "{admin}");
+    assert!(admin["memory"].is_object(), "{admin}");
+    for hidden in ["\"file\"", "\"memory\"", ".onnx"] {
+        assert!(!text.contains(hidden), "{hidden} in {text}");
+    }
+    assert_eq!(
+        clinician["models"][0]["state"], admin["models"][0]["state"],
+        "the state is the same"
+    );
 }

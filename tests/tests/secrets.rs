@@ -29,7 +29,7 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
     }
     let logs = tempfile::tempdir().expect("tempdir");
     let api_key = format!("mk_{}", random_hex(16));
-    let key_entry = medchain_tests::key_entry("secrets-test", &api_key);
+    let key_entry = medchain_tests::key_entry("secrets-test", "clinician", &api_key);
     let trace = "trace";
     let sys = System::start(
         &bin,
