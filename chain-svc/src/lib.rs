@@ -468,10 +468,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
                     .route("/v1/records", web::post().to(records::accept))
                     .route("/v1/records/{id}", web::get().to(records::get))
                     .route("/v1/records/{id}/verify", web::post().to(records::verify))
-                    .route(
-                        "/v1/patients/{patient_id}/records",
-                        web::get().to(records::by_patient),
-                    ),
+                    .route("/v1/patients/records", web::post().to(records::by_patient)),
             )
     })?;
     Ok(Running {

@@ -1,5 +1,6 @@
 //! The record routes: `POST /v1/records` (accept into the outbox, 202), `GET /v1/records/{id}`
-//! (outbox status and the chain's copy), `GET /v1/patients/{patient_id}/records` and
+//! (outbox status and the chain's copy), `POST /v1/patients/records` (the patient id in the
+//! body, never in a URL that proxies and platforms log) and
 //! `POST /v1/records/{id}/verify` (does the original input match the commitment on chain?).
 
 use std::sync::Arc;
@@ -464,13 +465,21 @@ pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiRe
     })))
 }
 
-/// `GET /v1/patients/{patient_id}/records`: every record of the patient on chain (found by the
-/// keyed reference, oldest first) and those still waiting in the outbox.
+/// The body of a per-patient listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientQuery {
+    pub patient_id: String,
+}
+
+/// `POST /v1/patients/records` `{"patient_id": …}`: every record of the patient on chain (found
+/// by the keyed reference, oldest first) and those still waiting in the outbox. A POST so that
+/// the patient id travels in the body: URLs end up in proxy and platform access logs.
 pub async fn by_patient(
     state: web::Data<RecordsState>,
-    patient_id: web::Path<String>,
+    body: ValidJson<PatientQuery>,
 ) -> ApiResult<HttpResponse> {
-    let pid = medchain_shared::request::check_patient_id(&patient_id)?;
+    let pid = medchain_shared::request::check_patient_id(&body.0.patient_id)?;
     let patient_ref = state.patient_key.patient_ref(Some(&pid));
     let logs = read_chain(&state, state.chain.records_of(patient_ref)).await?;
     // The fields behind each hash are off chain: from this service's outbox, each checked
@@ -557,14 +566,14 @@ pub struct VerifyJson {
     pub patient_id: Option<String>,
 }
 
-/// Query of a verify request whose body is the image itself.
+/// Query of a verify request whose body is the image itself. No patient id here: URLs are
+/// logged by proxies and platforms; to check the patient too, send JSON with the image's
+/// `input_digest` and the `patient_id`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
     #[serde(default)]
     pub salt: Option<String>,
-    #[serde(default)]
-    pub patient_id: Option<String>,
 }
 
 fn is_json(req: &HttpRequest) -> bool {
@@ -649,6 +658,17 @@ pub async fn verify(
         };
         (digest, body.salt, body.patient_id, kind)
     } else {
+        if req
+            .query_string()
+            .split('&')
+            .any(|kv| kv.starts_with("patient_id="))
+        {
+            return Err(ApiError::invalid(
+                "patient_id",
+                "a patient id may not travel in a URL (they are logged): send JSON \
+                 {\"input_digest\": SHA-256 of the image, \"salt\", \"patient_id\"} instead",
+            ));
+        }
         let q = web::Query::<VerifyQuery>::from_query(req.query_string())
             .map_err(|e| ApiError::invalid("query", format!("bad query string: {e}")))?
             .into_inner();
@@ -660,7 +680,7 @@ pub async fn verify(
             })
             .transpose()?;
         let (digest, _) = hash_stream(payload, state.verify_max_bytes).await?;
-        (digest, salt, q.patient_id, "image")
+        (digest, salt, None, "image")
     };
     let patient_ref = patient_id
         .as_deref()

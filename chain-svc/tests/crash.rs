@@ -165,7 +165,7 @@ async fn kill_9_under_writes(with_anvil: bool) {
         assert_eq!(rec["commitments_on_chain"], 1, "record {n}: {rec}");
     }
     // Exactly once: the chain's events for the patient are the 60 records, no more.
-    let listed = common::get_json(&format!("{base}/v1/patients/MRN-CRASH/records"), TOKEN).await;
+    let listed = common::list_patient(&base, TOKEN, "MRN-CRASH").await;
     let ids: std::collections::BTreeSet<String> = listed["records"]
         .as_array()
         .expect("records")

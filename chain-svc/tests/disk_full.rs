@@ -171,7 +171,7 @@ async fn a_full_disk_refuses_clearly_and_the_service_recovers_without_a_restart(
         assert_eq!(rec["matches_chain"], true, "record {n}: {rec}");
         assert_eq!(rec["commitments_on_chain"], 1, "record {n}: {rec}");
     }
-    let listed = common::get_json(&format!("{base}/v1/patients/MRN-DISKFULL/records"), TOKEN).await;
+    let listed = common::list_patient(&base, TOKEN, "MRN-DISKFULL").await;
     assert_eq!(listed["count"], accepted.len(), "{listed}");
     eprintln!(
         "refused record {refused} while full; all {} accepted records confirmed once",

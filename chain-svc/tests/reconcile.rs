@@ -110,7 +110,7 @@ async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
 
     // Found, sent again, confirmed — and on chain once each.
     all_confirmed(&base, N).await;
-    let listed = common::get_json(&format!("{base}/v1/patients/MRN-RESET/records"), TOKEN).await;
+    let listed = common::list_patient(&base, TOKEN, "MRN-RESET").await;
     assert_eq!(listed["count"], N, "{listed}");
     let rec = status_of(&base, 0).await;
     assert!(rec["attempts"].as_u64().is_some(), "{rec}");
@@ -157,7 +157,7 @@ async fn a_dead_embedded_anvil_is_started_again() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
-    let listed = common::get_json(&format!("{base}/v1/patients/MRN-RESET/records"), TOKEN).await;
+    let listed = common::list_patient(&base, TOKEN, "MRN-RESET").await;
     assert_eq!(listed["count"], 8, "{listed}");
 }
 
@@ -197,6 +197,6 @@ async fn records_confirmed_after_a_reset_do_not_hide_the_lost_ones() {
         assert_eq!(post(n).await.expect("post").status(), 202);
     }
     all_confirmed(&base, 3 * N).await;
-    let listed = common::get_json(&format!("{base}/v1/patients/MRN-RESET/records"), TOKEN).await;
+    let listed = common::list_patient(&base, TOKEN, "MRN-RESET").await;
     assert_eq!(listed["count"], 3 * N, "{listed}");
 }

@@ -153,11 +153,12 @@ pub const ROUTES: &[Route] = &[
         Verify,
         RECORDS,
     ),
+    // The patient id in the body: URLs are logged by proxies and platforms.
     r(
-        "GET",
-        "/patients/{patient_id}/records",
+        "POST",
+        "/patients/records",
         Chain,
-        "/v1/patients/{patient_id}/records",
+        "/v1/patients/records",
         Read,
         RECORDS,
     ),

@@ -369,10 +369,19 @@ async function verify() {
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ features: input.features, salt: receipt.salt, patient_id: input.patient || undefined }),
       });
+    } else if (crypto.subtle) {
+      // The image's SHA-256 is computed here: the image does not travel again, and the patient
+      // id goes in the body (never in a URL, which proxies log).
+      const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", await input.file.arrayBuffer()));
+      const digest = "0x" + [...hash].map((b) => b.toString(16).padStart(2, "0")).join("");
+      v = await call(path, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ input_digest: digest, salt: receipt.salt, patient_id: input.patient || undefined }),
+      });
     } else {
-      const q = new URLSearchParams({ salt: receipt.salt });
-      if (input.patient) q.set("patient_id", input.patient);
-      v = await call(`${path}?${q}`, {
+      // Not a secure context (no WebCrypto): the image itself, without the patient check.
+      v = await call(`${path}?${new URLSearchParams({ salt: receipt.salt })}`, {
         method: "POST",
         headers: { "content-type": input.file.type || "application/octet-stream" },
         body: input.file,

@@ -176,12 +176,10 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         });
         let path = r
             .path
-            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
-            .replace("{patient_id}", "MRN 42");
+            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d");
         let target = r
             .target
-            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
-            .replace("{patient_id}", "MRN%2042");
+            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d");
         let url = format!("{gw}/api/v1{path}?x=1");
         let rb = if r.method == "GET" {
             client.get(&url)
@@ -238,16 +236,17 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
 
 /// The review: path parameters were decoded twice — the listing for `A/B` (sent `A%2FB`) or
 /// `50%` (`50%25`) reached the upstream as `A%252FB` / `50%2525`, another patient's reference.
-/// Now the upstream gets the segment exactly as the client sent it.
+/// Now the upstream gets the segment exactly as the client sent it (the listing takes its
+/// patient id in the body now; the record look-up's id is the path parameter left).
 #[tokio::test]
 async fn path_parameters_reach_the_upstream_byte_for_byte() {
     let c = Stub::default();
     let s = settings(vec![closed()], vec![closed()], vec![spawn_stub(c).await]);
     let gw = start(s).await;
     for sent in ["A%2FB", "50%25", "%C3%A9t%C3%A9", "a%20b", "MRN-7"] {
-        let (status, seen) = get_json(format!("{gw}/api/v1/patients/{sent}/records")).await;
+        let (status, seen) = get_json(format!("{gw}/api/v1/records/{sent}")).await;
         assert_eq!(status, 200, "{seen}");
-        assert_eq!(seen["path"], format!("/v1/patients/{sent}/records"));
+        assert_eq!(seen["path"], format!("/v1/records/{sent}"));
     }
 }
 
@@ -636,6 +635,8 @@ async fn clients_are_rate_limited_and_api_keys_are_checked() {
             "/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d/verify",
             403,
         ),
+        (AUDITOR, "/patients/records", 502),
+        (ADMIN, "/patients/records", 403),
     ] {
         let res = post(&client_as(who), path).await.expect("send");
         assert_eq!(res.status(), want, "{who} POST {path}");
@@ -646,8 +647,6 @@ async fn clients_are_rate_limited_and_api_keys_are_checked() {
     }
     for (who, path, want) in [
         (ADMIN, "/records/0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d", 403),
-        (AUDITOR, "/patients/MRN-1/records", 502),
-        (ADMIN, "/patients/MRN-1/records", 403),
         (ADMIN, "/diabetes/cards", 200),
     ] {
         let res = client_as(who).get(api(path)).send().await.expect("send");

@@ -55,8 +55,9 @@ pub async fn request_context(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_string());
-    // The route pattern, never the raw path: path parameters can be patient ids
-    // (`/v1/patients/{patient_id}/records`), which must not reach the logs.
+    // The route pattern, never the raw path: path parameters are identifiers (patient ids
+    // travel in bodies only, but a path may still carry whatever a client put there), which
+    // must not reach the logs.
     let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
     let start = Instant::now();
     // Inner middleware answers errors as responses (see `auth`), so an `Err` here is rare; it

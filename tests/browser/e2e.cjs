@@ -131,10 +131,24 @@ function expect(cond, message) {
       const expected = card.classes[best].name;
       const heart = page.locator("#panel-heart");
       await heart.locator("input[type=file]").setInputFiles(path.join(root, "models/examples", ex.file));
+      await heart.locator("form.image [name=patient_id]").fill("MRN-BROWSER-2");
       await heart.getByRole("button", { name: "Predict from image" }).click();
       await page.locator("#result-summary").filter({ hasText: expected }).waitFor({ timeout: 60000 });
       const notice = await page.locator("#demo-notice").innerText();
       expect(/demo model/i.test(notice) && notice.includes("synthetic"), notice);
+    });
+
+    await check("the ECG verifies by its digest, the patient id in the body", async () => {
+      await page.locator("#audit-status").filter({ hasText: "confirmed" }).waitFor({ timeout: 60000 });
+      const sent = [];
+      page.on("request", (r) => { if (r.url().includes("/verify")) sent.push(r); });
+      await page.getByRole("button", { name: "Verify this input against the chain" }).click();
+      await page.locator("#verify-result").filter({ hasText: "erified" }).waitFor({ timeout: 30000 });
+      const text = await page.locator("#verify-result").innerText();
+      expect(text.startsWith("Verified"), text);
+      expect(sent.length === 1 && !sent[0].url().includes("MRN"), `verify URL: ${sent.map((r) => r.url())}`);
+      const body = JSON.parse(sent[0].postData() || "{}");
+      expect(/^0x[0-9a-f]{64}$/.test(body.input_digest) && body.patient_id === "MRN-BROWSER-2", `body: ${sent[0].postData()}`);
     });
 
     await check("no script error or Content-Security-Policy violation", async () => {

@@ -168,7 +168,17 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
     // Without a patient id nothing is recorded; the patient's list holds exactly the two.
     let anonymous = app.post_json_ok("/v1/predict/tabular", &features()).await;
     assert!(anonymous["audit"].is_null());
-    let listed = chain(&app, &base, "/v1/patients/MRN-E2E-1/records", None).await;
+    let listed = chain(
+        &app,
+        &base,
+        "",
+        Some(
+            app.client
+                .post(format!("{base}/v1/patients/records"))
+                .json(&json!({"patient_id": "MRN-E2E-1"})),
+        ),
+    )
+    .await;
     let ids: Vec<&str> = listed["records"]
         .as_array()
         .expect("records")

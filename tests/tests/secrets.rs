@@ -107,12 +107,14 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
     }
     assert_eq!(record["status"], "confirmed", "{record}");
     let res = client
-        .get(format!("{gw}/patients/{PATIENT}/records"))
+        .post(format!("{gw}/patients/records"))
         .header("x-api-key", &api_key)
+        .json(&json!({"patient_id": PATIENT}))
         .send()
         .await
         .expect("by patient");
-    assert_eq!(res.status(), 200);
+    let status = res.status();
+    assert_eq!(status, 200, "{}", res.text().await.unwrap_or_default());
     let mut features = body.clone();
     features
         .as_object_mut()

@@ -34,6 +34,20 @@ pub async fn get_with_token(url: &str, token: &str) -> reqwest::Response {
         .expect("get")
 }
 
+/// The per-patient listing of chain-svc at `base` (the patient id in the body).
+pub async fn list_patient(base: &str, token: &str, patient: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/patients/records"))
+        .header("x-internal-token", token)
+        .json(&serde_json::json!({"patient_id": patient}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// GET `url` with the internal token; the JSON body.
 pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
     get_with_token(url, token).await.json().await.expect("json")
