@@ -13,17 +13,12 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::Args;
+use crate::load::percentile;
 
 const TOKEN: &str = "chain-bench-internal-token-0123456789";
 
 fn say(msg: &str) {
     eprintln!("[chain-bench] {msg}");
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// anvil and chain-svc, stopped on drop.
@@ -67,7 +62,7 @@ async fn wait_ok(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 
 async fn start(args: &Args, block_time: Option<u64>) -> anyhow::Result<Rig> {
     let dir = tempfile::tempdir()?;
-    let (rpc_port, port) = (free_port()?, free_port()?);
+    let (rpc_port, port) = (medchain_tests::closed_port(), medchain_tests::closed_port());
     let mut anvil = Command::new(anvil_binary()?);
     anvil.args(["--host", "127.0.0.1", "--port", &rpc_port.to_string()]);
     if let Some(s) = block_time {
@@ -202,14 +197,6 @@ fn hex_u64(v: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied()
-}
-
 /// One mining mode: `n` records sent as fast as chain-svc takes them (16 at a time).
 async fn stream(
     args: &Args,
@@ -294,7 +281,7 @@ async fn stream(
         "first_accept_to_last_confirm_s": span_s,
         "gas_per_record": gas_total as f64 / n as f64,
         "largest_batch": largest,
-        "latency_s": {"p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": latencies.last()},
+        "latency_s": {"p50": percentile(&latencies, 50.0), "p99": percentile(&latencies, 99.0), "max": latencies.last()},
     }))
 }
 

@@ -500,11 +500,19 @@ impl Outbox {
 
     /// How many are pending, and since when the oldest waits.
     pub fn pending_stats(&self) -> Result<(u64, Option<u64>), OutboxError> {
+        self.queue_stats(PENDING)
+    }
+
+    /// How many entries a (accepted at, id) queue holds, and the oldest one's time.
+    fn queue_stats(
+        &self,
+        queue: TableDefinition<(u64, &[u8; 32]), ()>,
+    ) -> Result<(u64, Option<u64>), OutboxError> {
         self.with(false, |d| {
             let tx = d.begin_read().map_err(db)?;
-            let pending = tx.open_table(PENDING).map_err(db)?;
-            let oldest = pending.first().map_err(db)?.map(|(k, _)| k.value().0);
-            Ok((pending.len().map_err(db)?, oldest))
+            let t = tx.open_table(queue).map_err(db)?;
+            let oldest = t.first().map_err(db)?.map(|(k, _)| k.value().0);
+            Ok((t.len().map_err(db)?, oldest))
         })
     }
 
@@ -571,12 +579,7 @@ impl Outbox {
 
     /// How many records wait for a batch, and since when the oldest (ms).
     pub fn unbatched_stats(&self) -> Result<(u64, Option<u64>), OutboxError> {
-        self.with(false, |d| {
-            let tx = d.begin_read().map_err(db)?;
-            let t = tx.open_table(UNBATCHED).map_err(db)?;
-            let oldest = t.first().map_err(db)?.map(|(k, _)| k.value().0);
-            Ok((t.len().map_err(db)?, oldest))
-        })
+        self.queue_stats(UNBATCHED)
     }
 
     /// The batches not yet confirmed or rejected, oldest first.
@@ -619,12 +622,13 @@ impl Outbox {
         })
     }
 
-    /// The batch is on chain: it and every record in it confirmed, in one transaction.
+    /// The batch is on chain: it and every record in it confirmed, in one transaction. Returns
+    /// the batch and when each of its records was accepted (ms).
     pub fn confirm_batch(
         &self,
         seq: u64,
         mined: &crate::chain::Mined,
-    ) -> Result<Batch, OutboxError> {
+    ) -> Result<(Batch, Vec<u64>), OutboxError> {
         let at = now_ms();
         self.settle(seq, BatchState::Confirmed, None, |e| {
             e.status = Status::Confirmed;
@@ -643,6 +647,7 @@ impl Outbox {
             e.status = Status::Rejected;
             e.last_error = Some(reason.to_string());
         })
+        .map(|(b, _)| b)
     }
 
     /// A confirmed batch the chain no longer holds (a reset or a reorganisation dropped its
@@ -657,6 +662,7 @@ impl Outbox {
             e.confirmed_at_ms = None;
             e.last_error = Some(why.to_string());
         })
+        .map(|(b, _)| b)
     }
 
     fn settle(
@@ -665,16 +671,17 @@ impl Outbox {
         state: BatchState,
         error: Option<&str>,
         f: impl Fn(&mut Entry),
-    ) -> Result<Batch, OutboxError> {
+    ) -> Result<(Batch, Vec<u64>), OutboxError> {
         self.with(true, |d| {
             let tx = d.begin_write().map_err(db)?;
+            let mut accepted = Vec::new();
             let batch = {
                 let mut t = Tables::open(&tx)?;
                 let mut batch = t
                     .get_batch(seq)?
                     .ok_or_else(|| OutboxError::Storage(format!("no batch {seq}")))?;
                 for id in &batch.members {
-                    t.update(id, &f)?;
+                    accepted.push(t.update(id, &f)?.accepted_at_ms);
                 }
                 batch.state = state;
                 batch.last_error = error.map(str::to_string);
@@ -685,7 +692,7 @@ impl Outbox {
                 batch
             };
             tx.commit().map_err(db)?;
-            Ok(batch)
+            Ok((batch, accepted))
         })
     }
 

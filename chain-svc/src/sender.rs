@@ -352,18 +352,17 @@ impl Sender {
         mined: &crate::chain::Mined,
         pass: &mut Pass,
     ) -> Result<(), ChainError> {
-        self.outbox
+        let (_, accepted) = self
+            .outbox
             .confirm_batch(batch.seq, mined)
             .map_err(|e| ChainError::Node(format!("outbox: {e}")))?;
         let n = batch.members.len();
         metrics::counter!(name("records_confirmed_total")).increment(n as u64);
         metrics::counter!(name("batches_confirmed_total")).increment(1);
         let now = now_ms();
-        for id in &batch.members {
-            if let Ok(Some(e)) = self.outbox.get(id) {
-                metrics::histogram!(name("record_confirm_seconds"))
-                    .record(now.saturating_sub(e.accepted_at_ms) as f64 / 1000.0);
-            }
+        let latency = metrics::histogram!(name("record_confirm_seconds"));
+        for at in accepted {
+            latency.record(now.saturating_sub(at) as f64 / 1000.0);
         }
         tracing::info!(batch = batch.seq, records = n, block = mined.block_number, tx = %mined.tx_hash, "batch confirmed");
         pass.confirmed += n;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const TOKEN: &str = "crash-test-token-0123456789";
 const RECORDS: usize = 60;
@@ -39,16 +39,7 @@ fn id(n: usize) -> String {
 }
 
 fn record(n: usize) -> Value {
-    json!({
-        "prediction_id": id(n),
-        "disease": "heart",
-        "modality": "tabular",
-        "model": {"id": "heart-tabular-xgb", "version": "1.0.0", "sha256": "00"},
-        "label": (n % 2),
-        "probability": 0.5,
-        "patient_id": "MRN-CRASH",
-        "input_digest": format!("0x{:064x}", n + 1),
-    })
+    common::record(&id(n), "MRN-CRASH", n)
 }
 
 /// anvil processes whose command line names this test's data dir.

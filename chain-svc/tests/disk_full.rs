@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const TOKEN: &str = "disk-full-test-token-0123456789";
 
@@ -28,16 +28,7 @@ fn id(n: usize) -> String {
 }
 
 fn record(n: usize) -> Value {
-    json!({
-        "prediction_id": id(n),
-        "disease": "diabetes",
-        "modality": "tabular",
-        "model": {"id": "diabetes-tabular-xgb", "version": "1.0.0", "sha256": "00"},
-        "label": (n % 2),
-        "probability": 0.25,
-        "patient_id": "MRN-DISKFULL",
-        "input_digest": format!("0x{:064x}", n + 7),
-    })
+    common::record(&id(n), "MRN-DISKFULL", n)
 }
 
 fn set_file_size_limit(pid: u32, soft: &str) {

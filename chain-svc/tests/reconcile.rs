@@ -11,21 +11,16 @@ use std::time::Duration;
 use alloy::primitives::U256;
 use alloy::providers::{Provider, ProviderBuilder};
 use medchain_chain_svc::{Settings, build};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const TOKEN: &str = "reconcile-test-token-0123456789";
 
+fn id(n: usize) -> String {
+    format!("{n:08x}-2222-4000-8000-00000000feed")
+}
+
 fn record(n: usize) -> Value {
-    json!({
-        "prediction_id": format!("{n:08x}-2222-4000-8000-00000000feed"),
-        "disease": "heart",
-        "modality": "image",
-        "model": {"id": "heart-ecg-resnet50", "version": "1.0.0", "sha256": "0a"},
-        "label": 2,
-        "probability": 0.61,
-        "patient_id": "MRN-RESET",
-        "input_digest": format!("0x{:064x}", n + 99),
-    })
+    common::record(&id(n), "MRN-RESET", n)
 }
 
 /// chain-svc in this process with its embedded anvil, reconciling every 200 ms: (its URL, the
@@ -51,11 +46,7 @@ async fn start_reconciling_every(data: &std::path::Path, ms: u64) -> (String, St
 }
 
 async fn status_of(base: &str, n: usize) -> Value {
-    common::get_json(
-        &format!("{base}/v1/records/{n:08x}-2222-4000-8000-00000000feed"),
-        TOKEN,
-    )
-    .await
+    common::get_json(&format!("{base}/v1/records/{}", id(n)), TOKEN).await
 }
 
 async fn all_confirmed(base: &str, n: usize) {

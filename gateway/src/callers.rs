@@ -90,30 +90,17 @@ fn parse_entry(entry: &str) -> Result<Key, String> {
         ));
     }
     let role: Role = role.parse()?;
-    let bytes = hex_32(hash).ok_or_else(|| {
-        format!("key `{id}`: the hash must be 64 hex digits (the key's SHA-256), not the key")
-    })?;
+    let bytes = hex::decode(hash.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            format!("key `{id}`: the hash must be 64 hex digits (the key's SHA-256), not the key")
+        })?;
     Ok(Key {
         id: id.to_string(),
         role,
         sha256: bytes,
     })
-}
-
-fn hex_32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The configured keys.
@@ -200,7 +187,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub fn new_key(role: Role, id: &str) -> Result<(String, String), String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
-    let key = format!("mk_{}", to_hex(&bytes));
+    let key = format!("mk_{}", hex::encode(bytes));
     let entry = entry_for(id, role, &key);
     parse_entry(&entry)?;
     Ok((key, entry))
@@ -208,7 +195,10 @@ pub fn new_key(role: Role, id: &str) -> Result<(String, String), String> {
 
 /// The `clients.keys` entry of an existing `key`.
 pub fn entry_for(id: &str, role: Role, key: &str) -> String {
-    format!("{id}:{role}:{}", to_hex(&Sha256::digest(key.as_bytes())))
+    format!(
+        "{id}:{role}:{}",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ impl ClientGate {
         self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 
-    /// Takes one request of `req`'s client from its budget, or the 429 to answer.
+    /// Takes one request of `req`'s client address from its budget, or the 429 to answer.
     pub fn limit(&self, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
         let client = self
             .client_addr(req)
@@ -211,10 +211,7 @@ pub async fn cors_and_limits(
 
     // The API's own description is public (rate-limited by address).
     if req.path().ends_with("/openapi.json") {
-        let addr = gate
-            .client_addr(req.request())
-            .map_or(ClientKey::Unknown, ClientKey::Addr);
-        if let Err(e) = gate.check(&addr) {
+        if let Err(e) = gate.limit(req.request()) {
             return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
         }
         let res = next.call(req).await?.map_into_boxed_body();
@@ -232,10 +229,7 @@ pub async fn cors_and_limits(
     let caller = match authenticated {
         Ok(c) => c,
         Err(e) => {
-            let addr = gate
-                .client_addr(req.request())
-                .map_or(ClientKey::Unknown, ClientKey::Addr);
-            let e = gate.check(&addr).err().unwrap_or(e);
+            let e = gate.limit(req.request()).err().unwrap_or(e);
             metrics::counter!(medchain_shared::metrics::name("unauthenticated_total")).increment(1);
             return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
         }

@@ -21,6 +21,9 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::callers::{Caller, Role};
 
+/// The most of a JWKS document read.
+const MAX_JWKS_BYTES: usize = 256 << 10;
+
 /// How tokens are checked (see `config/default.toml`, `[clients.oidc]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -307,7 +310,7 @@ impl Oidc {
         struct Jwks {
             keys: Vec<Jwk>,
         }
-        let res = self
+        let mut res = self
             .http
             .get(&self.settings.jwks_url)
             .send()
@@ -320,7 +323,16 @@ impl Oidc {
                 res.status()
             ));
         }
-        let jwks: Jwks = res.json().await.map_err(|e| e.to_string())?;
+        // A key set is a few KB: one that sends more (or whatever answers at its URL) is not
+        // read into memory.
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_JWKS_BYTES {
+                return Err(format!("the key set is over {MAX_JWKS_BYTES} bytes"));
+            }
+        }
+        let jwks: Jwks = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         let mut keys = HashMap::new();
         for k in jwks.keys {
             let Some(kid) = k.kid.clone() else { continue };

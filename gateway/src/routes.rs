@@ -246,8 +246,10 @@ async fn handle(
     // everyone else learns what is loaded, not where it lives or why it failed.
     if route.target == "/models" && caller.role != Role::Admin && res.status().is_success() {
         let status = res.status();
-        let body = actix_web::body::to_bytes(res.into_body())
+        // Model state is a few KB; an upstream answering more is not read further.
+        let body = actix_web::body::to_bytes_limited(res.into_body(), 1 << 20)
             .await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("/models is over 1 MiB")))?
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading /models: {e}")))?;
         let v: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("/models is not JSON: {e}")))?;

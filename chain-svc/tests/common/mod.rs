@@ -24,6 +24,21 @@ pub async fn funded_key(rpc_url: &str) -> PrivateKeySigner {
     signer
 }
 
+/// A record as a disease service sends it: prediction `id` for `patient`, the `n`-th of a
+/// stream (its label and input digest vary with `n`).
+pub fn record(id: &str, patient: &str, n: usize) -> serde_json::Value {
+    serde_json::json!({
+        "prediction_id": id,
+        "disease": "heart",
+        "modality": "tabular",
+        "model": {"id": "heart-tabular-xgb", "version": "1.0.0", "sha256": "00"},
+        "label": (n % 2),
+        "probability": 0.5,
+        "patient_id": patient,
+        "input_digest": format!("0x{:064x}", n + 1),
+    })
+}
+
 /// GET `url` with the internal token.
 pub async fn get_with_token(url: &str, token: &str) -> reqwest::Response {
     reqwest::Client::new()
