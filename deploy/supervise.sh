@@ -12,7 +12,10 @@
 #   PORT                         the gateway's port (default 8080)
 #   MEDCHAIN_INTERNAL_PORT_BASE  diabetes-svc on it, heart-svc +1, chain-svc +2 (default 18081)
 #   MEDCHAIN_BIN_DIR             where the four binaries are (default /usr/local/bin)
-#   MEDCHAIN_INTERNAL_TOKEN      the services' shared token (default: a fresh random one)
+#   <SERVICE>__AUTH__ACCEPT__<CALLER>, <SERVICE>__AUTH__SEND__<CALLEE>
+#                                the services' credentials, one per pair (docs/security.md);
+#                                default: fresh random ones at every start. Set
+#                                GATEWAY__AUTH__ACCEPT__MONITOR to read the gateway's /metrics.
 #   HEART__MODELS__IMAGE__CARD   default heart/ecg.int8.card.json: the int8 ECG model is what
 #                                makes the four fit one 512 MB instance with headroom
 #   DIABETES__IMAGES__DECODE_BUDGET_MB, HEART__IMAGES__DECODE_BUDGET_MB
@@ -37,10 +40,11 @@ for p in "$public_port" "$diabetes" "$heart" "$chain"; do
   case "$p" in '' | *[!0-9]*) say "not a port number: '$p'"; exit 2 ;; esac
 done
 
-if [ -z "${MEDCHAIN_INTERNAL_TOKEN:-}" ]; then
-  MEDCHAIN_INTERNAL_TOKEN="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-fi
-export MEDCHAIN_INTERNAL_TOKEN
+# A fresh credential per pair of services, but for the ones set from outside.
+while IFS='=' read -r name value; do
+  case "$name" in ''|'#'*) continue ;; esac
+  [ -n "${!name:-}" ] || export "$name=$value"
+done < <("$bin/gateway" new-credentials)
 export DIABETES__SERVER__HOST=127.0.0.1 DIABETES__SERVER__PORT="$diabetes"
 export HEART__SERVER__HOST=127.0.0.1 HEART__SERVER__PORT="$heart"
 export CHAIN__SERVER__HOST=127.0.0.1 CHAIN__SERVER__PORT="$chain"

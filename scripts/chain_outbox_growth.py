@@ -11,7 +11,7 @@ import json, os, subprocess, sys, tempfile, time, uuid, urllib.request, concurre
 binary = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 16000
 data = tempfile.mkdtemp()
 port = 18931
-env = dict(os.environ, CHAIN__SERVER__PORT=str(port), MEDCHAIN_DATA_DIR=data, MEDCHAIN_INTERNAL_TOKEN="t0k3n-for-growth-test-0123456789", CHAIN__TELEMETRY__FILTER="warn")
+env = dict(os.environ, CHAIN__SERVER__PORT=str(port), MEDCHAIN_DATA_DIR=data, CHAIN__TELEMETRY__FILTER="warn")
 p = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 def rss():
     for l in open(f"/proc/{p.pid}/status"):

@@ -86,7 +86,7 @@ def upload(base: str, data: bytes, content_type: str) -> int:
 def probe(binary: Path, name: str, data: bytes, n: int, content_type: str = "image/png") -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, MEDCHAIN_INTERNAL_TOKEN=TOKEN,
+    env = dict(os.environ,
                MEDCHAIN_DATA_DIR=tempfile.mkdtemp(prefix="decode-probe-"))
     env.update({f"{PREFIX}__SERVER__PORT": str(port), f"{PREFIX}__TELEMETRY__FILTER": "warn",
                 f"{PREFIX}__CHAIN__URL": ""})

@@ -80,7 +80,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, **{f"{prefix}__SERVER__PORT": str(port),
                               f"{prefix}__TELEMETRY__FILTER": "warn",
-                              "MEDCHAIN_INTERNAL_TOKEN": TOKEN, "MEDCHAIN_DATA_DIR": data})
+                              "MEDCHAIN_DATA_DIR": data})
     procs = []
     try:
         if a.with_chain:

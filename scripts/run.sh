@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole system locally on its embedded defaults (bundled models, local chain):
 # builds release binaries, starts chain-svc, diabetes-svc, heart-svc and the gateway on
-# loopback with a fresh internal token, waits until each answers /healthz, prints the URL,
+# loopback, each with its own credentials, waits until each answers /healthz, prints the URL,
 # and stops everything on Ctrl-C.
 #   MEDCHAIN_BIN_DIR=<dir>     use the binaries there instead of building release ones
 #                              (the browser test runs the debug binaries of the test build)
@@ -28,14 +28,15 @@ export DIABETES__CHAIN__URL="http://127.0.0.1:$((base + 3))" HEART__CHAIN__URL="
 
 export MEDCHAIN_DATA_DIR="${MEDCHAIN_DATA_DIR:-$ROOT/.data}"
 mkdir -p "$MEDCHAIN_DATA_DIR"
-# The services' shared internal token: yours if set, else a fresh one for this run, written
-# (mode 0600) where your curl commands can read it.
-token_file="$MEDCHAIN_DATA_DIR/internal-token"
-if [ -z "${MEDCHAIN_INTERNAL_TOKEN:-}" ]; then
-  MEDCHAIN_INTERNAL_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-fi
-export MEDCHAIN_INTERNAL_TOKEN
-(umask 077 && printf '%s' "$MEDCHAIN_INTERNAL_TOKEN" > "$token_file")
+# One credential per pair of services (docs/security.md), made once into the data dir (mode
+# 0600) by `gateway new-credentials`; each service reads the variables of its own prefix.
+# Your own values win: any *__AUTH__* variable already set is kept.
+cred_file="$MEDCHAIN_DATA_DIR/credentials.env"
+[ -s "$cred_file" ] || (umask 077 && "$bin/gateway" new-credentials > "$cred_file")
+while IFS='=' read -r name value; do
+  case "$name" in ''|'#'*) continue ;; esac
+  [ -n "${!name:-}" ] || export "$name=$value"
+done < "$cred_file"
 # Who may call the API and use the page: your keys if GATEWAY__CLIENTS__KEYS is set, else a
 # development key (role clinician) made once into the data dir (mode 0600); only its hash is
 # given to the gateway.
@@ -82,5 +83,5 @@ say "medchain is up: open http://127.0.0.1:$base/  (Ctrl-C stops everything)"
 if [ -s "$dev_key_file" ] && [[ "$GATEWAY__CLIENTS__KEYS" == dev:clinician:* ]]; then
   say "development sign-in (a clinician key, $dev_key_file): http://127.0.0.1:$base/#key=$(cat "$dev_key_file")"
 fi
-say "services' internal token: $token_file  (export MEDCHAIN_INTERNAL_TOKEN=\$(cat $token_file))"
+say "service credentials: $cred_file  (metrics: curl -H \"x-internal-token: \$GATEWAY__AUTH__ACCEPT__MONITOR\" http://127.0.0.1:$base/metrics after sourcing it)"
 wait -n "${pids[@]}" || true

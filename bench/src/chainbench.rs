@@ -10,12 +10,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use medchain_shared::auth::Peer;
 use serde_json::{Value, json};
 
 use crate::Args;
 use crate::load::percentile;
 
-const TOKEN: &str = "chain-bench-internal-token-0123456789";
+/// The credential of each caller of chain-svc in the bench (as `credential(from)`).
+fn credential(from: Peer) -> String {
+    format!("chain-bench-{from}-credential")
+}
 
 fn say(msg: &str) {
     eprintln!("[chain-bench] {msg}");
@@ -88,7 +92,14 @@ async fn start(args: &Args, block_time: Option<u64>) -> anyhow::Result<Rig> {
     procs.push(
         Command::new(args.bin_dir.join("chain-svc"))
             .env("CHAIN__SERVER__PORT", port.to_string())
-            .env("CHAIN__AUTH__INTERNAL_TOKEN", TOKEN)
+            .envs(
+                [Peer::Gateway, Peer::Diabetes, Peer::Heart, Peer::Monitor].map(|p| {
+                    (
+                        format!("CHAIN__AUTH__ACCEPT__{}", p.as_str().to_ascii_uppercase()),
+                        credential(p),
+                    )
+                }),
+            )
             .env("CHAIN__STORAGE__DATA_DIR", dir.path().join("state"))
             .env("CHAIN__CHAIN__RPC_URL", &rpc)
             .env("CHAIN__CHAIN__DEV_CHAIN", "true")
@@ -127,10 +138,16 @@ fn record(tag: u32, n: usize) -> Value {
 
 impl Rig {
     async fn post(&self, body: &Value) -> anyhow::Result<()> {
+        // Each record from its own disease's service.
+        let writer = if body["disease"] == "heart" {
+            Peer::Heart
+        } else {
+            Peer::Diabetes
+        };
         let r = self
             .http
             .post(format!("{}/v1/records", self.base))
-            .header("x-internal-token", TOKEN)
+            .header("x-internal-token", credential(writer))
             .json(body)
             .send()
             .await?;
@@ -144,7 +161,9 @@ impl Rig {
         Ok(self
             .http
             .get(format!("{}/v1/records/{id}", self.base))
-            .header("x-internal-token", TOKEN)
+            .header("x-internal-token", credential(Peer::Gateway))
+            .header(medchain_shared::auth::CALLER_HEADER, "chain-bench")
+            .header(medchain_shared::auth::CALLER_ROLE_HEADER, "auditor")
             .send()
             .await?
             .json()
@@ -155,7 +174,7 @@ impl Rig {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
-            .header("x-internal-token", TOKEN)
+            .header("x-internal-token", credential(Peer::Monitor))
             .send()
             .await?
             .text()

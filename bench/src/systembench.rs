@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 
 use crate::load::{Outcome, Target, drive};
 use crate::{Args, floor, inputs, report};
-use medchain_tests::system::{Cgroup, Cgroups, System};
+use medchain_tests::Peer;
+use medchain_tests::system::{Cgroup, Cgroups, System, service_peer};
 
 const LIMIT_512_MB: u64 = 512 << 20;
 
@@ -29,7 +30,6 @@ struct Endpoint {
 
 fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
     let gw = sys.get("gateway").url();
-    let token = Some(sys.token.as_str());
     let key = sys.api_key.as_str();
     let mut out = Vec::new();
     for (disease, service, model, record) in [
@@ -42,6 +42,8 @@ fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
         ("heart", "heart-svc", "ecg", inputs::heart_record()),
     ] {
         let svc = sys.get(service).url();
+        // Called directly, as the gateway calls it.
+        let token = Some(sys.credential(Peer::Gateway, service_peer(service)));
         out.push(Endpoint {
             label: format!("{disease}/tabular"),
             service,
@@ -92,7 +94,11 @@ fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
             None,
         )
         .signed_in(key),
-        direct: Target::json(format!("{svc}/v1/predict/tabular"), &record, token),
+        direct: Target::json(
+            format!("{svc}/v1/predict/tabular"),
+            &record,
+            Some(sys.credential(Peer::Gateway, Peer::Diabetes)),
+        ),
     });
     Ok(out)
 }
@@ -508,7 +514,10 @@ async fn poll_health(
 async fn unrecorded(sys: &System) -> Option<f64> {
     let text = reqwest::Client::new()
         .get(format!("{}/metrics", sys.get("diabetes-svc").url()))
-        .header(medchain_shared::auth::INTERNAL_TOKEN_HEADER, &sys.token)
+        .header(
+            medchain_shared::auth::INTERNAL_TOKEN_HEADER,
+            sys.credential(Peer::Monitor, Peer::Diabetes),
+        )
         .send()
         .await
         .ok()?

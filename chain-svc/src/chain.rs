@@ -719,6 +719,35 @@ impl AuditChain {
             .map_err(|e| ChainError::Node(e.to_string()))
     }
 
+    /// Whether `account` may record, and the contract's admin (who grants and revokes).
+    pub async fn recorder_status(&self, account: Address) -> Result<(bool, Address), ChainError> {
+        let c = MedchainAudit::new(self.contract, &self.provider);
+        let is = c
+            .isRecorder(account)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        let admin = c.admin().call().await.map_err(ChainError::from_contract)?;
+        Ok((is, admin))
+    }
+
+    /// Grants (`on`) or revokes the recorder role of `account`, signed by this service's key
+    /// (which must be the contract's admin: the call is simulated first, so a refusal costs
+    /// nothing). Returns the transaction's hash once the node has it, not waiting for a block.
+    pub async fn set_recorder(&self, account: Address, on: bool) -> Result<TxHash, ChainError> {
+        let c = MedchainAudit::new(self.contract, &self.provider);
+        let pending = if on {
+            let call = c.grantRecorder(account);
+            call.call().await.map_err(ChainError::from_contract)?;
+            call.send().await.map_err(ChainError::from_contract)?
+        } else {
+            let call = c.revokeRecorder(account);
+            call.call().await.map_err(ChainError::from_contract)?;
+            call.send().await.map_err(ChainError::from_contract)?
+        };
+        Ok(*pending.tx_hash())
+    }
+
     /// Grants `account` the recorder role (the signer must be admin).
     pub async fn grant_recorder(&self, account: Address) -> Result<(), ChainError> {
         let c = MedchainAudit::new(self.contract, &self.provider);

@@ -6,6 +6,7 @@ pub mod anvil;
 pub mod chain;
 pub mod outbox;
 pub mod privacy;
+pub mod recorders;
 pub mod records;
 pub mod sender;
 
@@ -18,7 +19,7 @@ use actix_web::{App, HttpResponse, web};
 use alloy::primitives::{Address, B256, U256, keccak256};
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
-use medchain_shared::auth::require_internal_token;
+use medchain_shared::auth::{Peer, only};
 use medchain_shared::health::{Check, ScrapeHook, readiness};
 use medchain_shared::request::request_context;
 use medchain_shared::server::{Application, Common};
@@ -58,6 +59,8 @@ pub struct LimitSettings {
     pub records_per_minute: u32,
     pub records_per_minute_per_source: u32,
     pub max_pending: u64,
+    /// Verifications one auditor may make with the stored salt a minute.
+    pub stored_salt_per_minute: u32,
 }
 
 /// Where state lives.
@@ -142,7 +145,12 @@ impl Settings {
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.auth.validate(ENV_PREFIX, &self.server)?;
+        self.auth.validate(
+            ENV_PREFIX,
+            &self.server,
+            &[Peer::Gateway, Peer::Diabetes, Peer::Heart, Peer::Monitor],
+            &[],
+        )?;
         if !self.chain.contract_address.is_empty()
             && self.chain.contract_address.parse::<Address>().is_err()
         {
@@ -435,6 +443,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
             settings.limits.records_per_minute,
             settings.limits.records_per_minute_per_source,
             settings.limits.max_pending,
+            settings.limits.stored_salt_per_minute,
         ),
         outbox: outbox.clone(),
         patient_key,
@@ -452,7 +461,13 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
         timeout: read_timeout,
     });
     let hook = web::Data::new(ScrapeHook(Box::new(move || outbox_gauges(&outbox))));
-    let common = Common::new(SERVICE, env!("CARGO_PKG_VERSION"), "chain", &settings.auth);
+    let common = Common::new(
+        SERVICE,
+        env!("CARGO_PKG_VERSION"),
+        "chain",
+        &settings.auth,
+        &settings.server,
+    );
     let app = Application::build(&settings.server, move || {
         let common = common.clone();
         App::new()
@@ -462,13 +477,21 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
             .app_data(ready.clone())
             .app_data(hook.clone())
             .route("/readyz", web::get().to(readyz))
+            // Writing: the disease services (each its own disease). Reading: the gateway, on
+            // behalf of the caller it names.
+            .service(
+                web::resource("/v1/records")
+                    .wrap(from_fn(only(&[Peer::Diabetes, Peer::Heart])))
+                    .route(web::post().to(records::accept)),
+            )
             .service(
                 web::scope("")
-                    .wrap(from_fn(require_internal_token))
-                    .route("/v1/records", web::post().to(records::accept))
+                    .wrap(from_fn(only(&[Peer::Gateway])))
                     .route("/v1/records/{id}", web::get().to(records::get))
                     .route("/v1/records/{id}/verify", web::post().to(records::verify))
-                    .route("/v1/patients/records", web::post().to(records::by_patient)),
+                    .route("/v1/patients/records", web::post().to(records::by_patient))
+                    .route("/v1/recorders/{address}", web::get().to(recorders::status))
+                    .route("/v1/recorders/{address}", web::post().to(recorders::change)),
             )
     })?;
     Ok(Running {

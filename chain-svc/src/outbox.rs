@@ -37,6 +37,12 @@ const OPEN: TableDefinition<u64, ()> = TableDefinition::new("open_batches");
 /// prediction id → the entry of a record confirmed deeper than the finality depth, in a fixed
 /// binary layout (see `Entry::compact`): a third of the JSON, out of the reconciliation's index.
 const FINAL: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("final");
+/// prediction id → the caller who made the prediction (the gateway's caller id), off chain
+/// only: who may read the record later.
+const CREATORS: TableDefinition<&[u8; 32], &str> = TableDefinition::new("creators");
+/// (caller id, patient reference) → () for every patient a caller has recorded a prediction
+/// for: the patients whose records that caller may read.
+const CARE: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("care");
 /// Counters: the next batch number.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -311,6 +317,8 @@ impl Outbox {
         tx.open_table(OPEN).map_err(db)?;
         tx.open_table(FINAL).map_err(db)?;
         tx.open_table(META).map_err(db)?;
+        tx.open_table(CREATORS).map_err(db)?;
+        tx.open_table(CARE).map_err(db)?;
         {
             // Outboxes written before batches: their pending entries wait for one.
             let mut unbatched = tx.open_table(UNBATCHED).map_err(db)?;
@@ -421,10 +429,20 @@ impl Outbox {
     /// Accepts an entry durably. The same prediction with the same content is accepted again
     /// idempotently (the stored entry is returned); with other content it is a conflict.
     pub fn enqueue(&self, entry: Entry) -> Result<Entry, OutboxError> {
-        self.with(true, |d| Self::enqueue_in(d, entry))
+        self.enqueue_by(entry, None)
     }
 
-    fn enqueue_in(database: &Database, entry: Entry) -> Result<Entry, OutboxError> {
+    /// [`Outbox::enqueue`], remembering `creator` as the caller who made the prediction (in
+    /// the same transaction; a repeat of a record already taken changes nothing).
+    pub fn enqueue_by(&self, entry: Entry, creator: Option<&str>) -> Result<Entry, OutboxError> {
+        self.with(true, |d| Self::enqueue_in(d, entry, creator))
+    }
+
+    fn enqueue_in(
+        database: &Database,
+        entry: Entry,
+        creator: Option<&str>,
+    ) -> Result<Entry, OutboxError> {
         let tx = database.begin_write().map_err(db)?;
         let stored = {
             let mut records = tx.open_table(RECORDS).map_err(db)?;
@@ -451,12 +469,70 @@ impl Outbox {
                     unbatched
                         .insert((entry.accepted_at_ms, &key), ())
                         .map_err(db)?;
+                    if let Some(who) = creator {
+                        tx.open_table(CREATORS)
+                            .map_err(db)?
+                            .insert(&key, who)
+                            .map_err(db)?;
+                        tx.open_table(CARE)
+                            .map_err(db)?
+                            .insert((who, &entry.record.patient_ref.0), ())
+                            .map_err(db)?;
+                    }
                     entry
                 }
             }
         };
         tx.commit().map_err(db)?;
         Ok(stored)
+    }
+
+    /// Whether `caller` made the prediction `id`, or has recorded one for the patient
+    /// `patient_ref`: the records a clinician may read.
+    pub fn may_read(
+        &self,
+        caller: &str,
+        id: &B256,
+        patient_ref: &B256,
+    ) -> Result<bool, OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let creators = tx.open_table(CREATORS).map_err(db)?;
+            let made = creators
+                .get(&id.0)
+                .map_err(db)?
+                .is_some_and(|v| v.value() == caller);
+            Ok(made || Self::cares_in(&tx, caller, patient_ref)?)
+        })
+    }
+
+    /// Whether `caller` has recorded a prediction for the patient `patient_ref`.
+    pub fn cares_for(&self, caller: &str, patient_ref: &B256) -> Result<bool, OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            Self::cares_in(&tx, caller, patient_ref)
+        })
+    }
+
+    fn cares_in(
+        tx: &redb::ReadTransaction,
+        caller: &str,
+        patient_ref: &B256,
+    ) -> Result<bool, OutboxError> {
+        let care = tx.open_table(CARE).map_err(db)?;
+        Ok(care.get((caller, &patient_ref.0)).map_err(db)?.is_some())
+    }
+
+    /// The caller who made the prediction `id`, if one was named.
+    pub fn creator(&self, id: &B256) -> Result<Option<String>, OutboxError> {
+        self.with(false, |d| {
+            let tx = d.begin_read().map_err(db)?;
+            let creators = tx.open_table(CREATORS).map_err(db)?;
+            Ok(creators
+                .get(&id.0)
+                .map_err(db)?
+                .map(|v| v.value().to_string()))
+        })
     }
 
     /// The entry of a prediction id.

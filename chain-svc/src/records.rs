@@ -16,6 +16,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use medchain_shared::auth::{self, Calling, Peer};
+
 use crate::chain::{AuditChain, ChainError, CommittedLog, RecordInput};
 use crate::outbox::{Entry, Outbox, OutboxError, Status, now_ms};
 use crate::privacy::{self, PatientKey};
@@ -28,6 +30,9 @@ pub struct RecordLimits {
     per_minute: u32,
     per_source_per_minute: u32,
     max_pending: u64,
+    /// Verifications with the stored salt, per caller (auditors).
+    stored_salt: governor::DefaultKeyedRateLimiter<String>,
+    stored_salt_per_minute: u32,
 }
 
 impl std::fmt::Debug for RecordLimits {
@@ -36,6 +41,7 @@ impl std::fmt::Debug for RecordLimits {
             .field("per_minute", &self.per_minute)
             .field("per_source_per_minute", &self.per_source_per_minute)
             .field("max_pending", &self.max_pending)
+            .field("stored_salt_per_minute", &self.stored_salt_per_minute)
             .finish()
     }
 }
@@ -43,7 +49,14 @@ impl std::fmt::Debug for RecordLimits {
 impl RecordLimits {
     /// `per_minute` new records from all sources, `per_source_per_minute` from one (a minute's
     /// worth may come at once, then one every minute / n); at most `max_pending` waiting.
-    pub fn new(per_minute: u32, per_source_per_minute: u32, max_pending: u64) -> Self {
+    /// `stored_salt_per_minute`: verifications one caller may make with the service's copy of
+    /// the salt.
+    pub fn new(
+        per_minute: u32,
+        per_source_per_minute: u32,
+        max_pending: u64,
+        stored_salt_per_minute: u32,
+    ) -> Self {
         let quota = |n: u32| {
             let n = std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
             governor::Quota::per_minute(n)
@@ -54,7 +67,27 @@ impl RecordLimits {
             per_minute,
             per_source_per_minute,
             max_pending,
+            stored_salt: governor::RateLimiter::keyed(quota(stored_salt_per_minute)),
+            stored_salt_per_minute,
         }
+    }
+
+    /// One verification with the stored salt for `caller`, or the 429 to answer.
+    fn stored_salt(&self, caller: &str) -> Result<(), ApiError> {
+        use governor::clock::{Clock, DefaultClock};
+        self.stored_salt
+            .check_key(&caller.to_string())
+            .map_err(|nu| {
+                let retry_after = nu.wait_time_from(DefaultClock::default().now()).as_secs() + 1;
+                ApiError::RateLimited {
+                    detail: format!(
+                        "{} verifications a minute with the stored salt per caller; retry in \
+                         {retry_after} s",
+                        self.stored_salt_per_minute
+                    ),
+                    retry_after,
+                }
+            })
     }
 
     /// Takes one new record from `source` (the disease code: the service that records it), or
@@ -146,6 +179,55 @@ pub struct RecordsState {
     pub read_timeout: Duration,
 }
 
+/// Who reads a record, as the gateway named them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reader {
+    /// Open development mode (a loopback listener with no credentials) and no caller named:
+    /// the operator at the machine, who sees everything.
+    Operator,
+    /// Reads and verifies any record; may verify with the stored salt.
+    Auditor(String),
+    /// Reads the records they created and those of patients they recorded a prediction for.
+    Clinician(String),
+}
+
+impl Reader {
+    /// The reader of a request: the caller the gateway named, or the operator in open mode.
+    pub fn of(req: &HttpRequest) -> ApiResult<Self> {
+        match (auth::forwarded_caller(req), auth::calling(req)) {
+            (Some((id, role)), _) => match role.as_str() {
+                "auditor" => Ok(Self::Auditor(id)),
+                "clinician" => Ok(Self::Clinician(id)),
+                other => Err(ApiError::Forbidden(format!(
+                    "the {other} role reads no records"
+                ))),
+            },
+            (None, Some(Calling::Anyone)) => Ok(Self::Operator),
+            (None, _) => Err(ApiError::Forbidden(
+                "records are read on behalf of a signed-in caller, and the gateway named none"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Whether this reader may see the record `id` of the patient `patient_ref`.
+    async fn may_read(&self, state: &RecordsState, id: B256, patient_ref: B256) -> ApiResult<bool> {
+        match self {
+            Self::Operator | Self::Auditor(_) => Ok(true),
+            Self::Clinician(c) => {
+                let c = c.clone();
+                with_outbox(state, move |o| o.may_read(&c, &id, &patient_ref)).await
+            }
+        }
+    }
+}
+
+/// What a reader who may not see a record hears: exactly what a record that does not exist
+/// says, so that trying ids tells nothing.
+fn no_record(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no record for prediction {id}"))
+}
+
 const DISEASES: [&str; 2] = ["diabetes", "heart"];
 const MODALITIES: [&str; 2] = ["tabular", "image"];
 
@@ -172,6 +254,10 @@ pub struct NewRecord {
     pub patient_id: Option<String>,
     /// SHA-256 of the canonical input (canonical JSON features, or the uploaded image bytes).
     pub input_digest: B256,
+    /// The signed-in caller who asked for the prediction (the gateway's caller id): who may
+    /// read the record later. Kept in the outbox, never on chain.
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// The receipt of an accepted record.
@@ -249,12 +335,42 @@ fn code(field: &str, value: &str, allowed: &[&str]) -> Result<u8, ApiError> {
 
 /// `POST /v1/records`
 pub async fn accept(
+    req: HttpRequest,
     state: web::Data<RecordsState>,
     body: ValidJson<NewRecord>,
 ) -> ApiResult<HttpResponse> {
     let r = body.0;
     let prediction_id = id_to_b256(&r.prediction_id)?;
     let disease = code("disease", &r.disease, &DISEASES)?;
+    // Each disease service writes its own disease's records only: a compromised heart-svc
+    // cannot put words in diabetes-svc's mouth.
+    if let Some(Calling::Peer(writer)) = auth::calling(&req) {
+        let own = match writer {
+            Peer::Diabetes => 1,
+            Peer::Heart => 2,
+            _ => 0,
+        };
+        if own != disease {
+            return Err(ApiError::Forbidden(format!(
+                "the {writer} credential may not record {} predictions",
+                r.disease
+            )));
+        }
+    }
+    let created_by = r
+        .created_by
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            if c.len() <= 160 && c.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(c)
+            } else {
+                Err(ApiError::invalid(
+                    "created_by",
+                    "`created_by` must be a caller id: printable ASCII, at most 160 characters",
+                ))
+            }
+        })
+        .transpose()?;
     let modality = code("modality", &r.modality, &MODALITIES)?;
     if !r.probability.is_finite() || !(0.0..=1.0).contains(&r.probability) {
         return Err(ApiError::invalid(
@@ -298,7 +414,7 @@ pub async fn accept(
         }
         let (pending, _) = outbox.pending_stats()?;
         limits_state.limits.admit(record.disease, pending)?;
-        match outbox.enqueue(Entry::new(&record, salt, now_ms())) {
+        match outbox.enqueue_by(Entry::new(&record, salt, now_ms()), created_by.as_deref()) {
             // Lost a race with an identical request: that one's record stands.
             Err(OutboxError::Conflict(id)) => match outbox.get(&id)? {
                 Some(old) if same(&old) => Ok(old),
@@ -396,13 +512,24 @@ async fn outbox_get(state: &RecordsState, key: B256) -> ApiResult<Option<Entry>>
 /// `GET /v1/records/{id}`: the outbox's view (status, attempts, transaction) and the chain's
 /// copy, compared. A record this instance never saw (another instance, or a host that lost
 /// its disk) is answered from the chain alone.
-pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiResult<HttpResponse> {
+pub async fn get(
+    req: HttpRequest,
+    state: web::Data<RecordsState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let reader = Reader::of(&req)?;
     let key = id_to_b256(&id)?;
     let entry = outbox_get(&state, key).await?;
+    if let Some(e) = &entry
+        && !reader.may_read(&state, key, e.record.patient_ref).await?
+    {
+        return Err(no_record(&id));
+    }
     let chain = read_chain(&state, state.chain.commitments(key)).await;
     let Some(entry) = entry else {
         let logs = chain?;
         return match first_commitment(&logs) {
+            Some(l) if !reader.may_read(&state, key, l.patient_ref).await? => Err(no_record(&id)),
             Some(l) => Ok(HttpResponse::Ok().json(json!({
                 "prediction_id": b256_to_id(&key),
                 "status": Status::Confirmed,
@@ -412,7 +539,7 @@ pub async fn get(state: web::Data<RecordsState>, id: web::Path<String>) -> ApiRe
                 "contract": state.contract,
                 "chain_id": state.chain_id,
             }))),
-            None => Err(ApiError::NotFound(format!("no record for prediction {id}"))),
+            None => Err(no_record(&id)),
         };
     };
     let batch = match entry.batch {
@@ -476,11 +603,22 @@ pub struct PatientQuery {
 /// by the keyed reference, oldest first) and those still waiting in the outbox. A POST so that
 /// the patient id travels in the body: URLs end up in proxy and platform access logs.
 pub async fn by_patient(
+    req: HttpRequest,
     state: web::Data<RecordsState>,
     body: ValidJson<PatientQuery>,
 ) -> ApiResult<HttpResponse> {
+    let reader = Reader::of(&req)?;
     let pid = medchain_shared::request::check_patient_id(&body.0.patient_id)?;
     let patient_ref = state.patient_key.patient_ref(Some(&pid));
+    // A clinician lists the patients they recorded a prediction for; any other patient looks
+    // exactly like one nobody has records of. Not even the patient's reference is given: with
+    // it, the public chain would tell when that patient's records were written.
+    if let Reader::Clinician(c) = &reader {
+        let c = c.clone();
+        if !with_outbox(&state, move |o| o.cares_for(&c, &patient_ref)).await? {
+            return Ok(HttpResponse::Ok().json(listing(&state, None, Vec::new())));
+        }
+    }
     let logs = read_chain(&state, state.chain.records_of(patient_ref)).await?;
     // The fields behind each hash are off chain: from this service's outbox, each checked
     // against the chain's hash; a record another instance wrote shows its hash only.
@@ -538,13 +676,17 @@ pub async fn by_patient(
             "record_hash": e.record.record_hash(),
         }));
     }
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(HttpResponse::Ok().json(listing(&state, Some(patient_ref), records)))
+}
+
+fn listing(state: &RecordsState, patient_ref: Option<B256>, records: Vec<Value>) -> Value {
+    json!({
         "patient_ref": patient_ref,
         "count": records.len(),
         "records": records,
         "contract": state.contract,
         "chain_id": state.chain_id,
-    })))
+    })
 }
 
 /// The JSON form of a verify request.
@@ -558,7 +700,7 @@ pub struct VerifyJson {
     /// Or the input's SHA-256 directly (e.g. of an image hashed elsewhere).
     #[serde(default)]
     pub input_digest: Option<B256>,
-    /// The salt from the receipt (required).
+    /// The salt from the receipt (required, but for an auditor: see `verify`).
     #[serde(default)]
     pub salt: Option<B256>,
     /// Also check that the record belongs to this patient.
@@ -622,6 +764,7 @@ pub async fn verify(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    let reader = Reader::of(&req)?;
     let key = id_to_b256(&id)?;
     let (digest, salt, patient_id, input_kind) = if is_json(&req) {
         let body = ValidJson::<VerifyJson>::from_request(&req, &mut payload.into_inner())
@@ -687,19 +830,40 @@ pub async fn verify(
         .map(medchain_shared::request::check_patient_id)
         .transpose()?
         .map(|p| state.patient_key.patient_ref(Some(&p)));
-    // Without the receipt's salt, verify would be an oracle: anyone could test guesses about a
-    // patient's input against the service's own copy of the salt (the review: glucose 140 /
-    // 148 / 150 answered false / true / false, no key and no salt).
-    let Some(salt) = salt else {
-        return Err(ApiError::invalid(
-            "salt",
-            "send the `salt` from the record's receipt: the service does not check guesses \
-             with its own copy",
-        ));
-    };
-
     let entry = outbox_get(&state, key).await?;
     let logs = read_chain(&state, state.chain.commitments(key)).await?;
+    let owner = entry
+        .as_ref()
+        .map(|e| e.record.patient_ref)
+        .or_else(|| first_commitment(&logs).map(|l| l.patient_ref));
+    if let Some(owner) = owner
+        && !reader.may_read(&state, key, owner).await?
+    {
+        return Err(no_record(&id));
+    }
+    // Without the receipt's salt, verify would be an oracle: anyone could test guesses about a
+    // patient's input against the service's own copy of the salt (the review: glucose 140 /
+    // 148 / 150 answered false / true / false, no key and no salt). An auditor may use that
+    // copy: each use is logged with who and which record, and limited per auditor.
+    let salt_source = if salt.is_some() { "receipt" } else { "stored" };
+    let salt = match (salt, &reader) {
+        (Some(s), _) => Some(s),
+        (None, Reader::Auditor(who)) => {
+            state.limits.stored_salt(who)?;
+            metrics::counter!(medchain_shared::metrics::name("stored_salt_uses_total"))
+                .increment(1);
+            tracing::info!(target: "medchain::access", caller = %who, prediction = %b256_to_id(&key), "verify with the stored salt");
+            None
+        }
+        (None, Reader::Operator) => None,
+        (None, Reader::Clinician(_)) => {
+            return Err(ApiError::invalid(
+                "salt",
+                "send the `salt` from the record's receipt: the service does not check guesses \
+                 with its own copy (only an auditor may, and each use is logged)",
+            ));
+        }
+    };
     let Some(on_chain) = first_commitment(&logs) else {
         return Err(match entry {
             Some(e) if e.status == Status::Pending => ApiError::Conflict(format!(
@@ -710,7 +874,7 @@ pub async fn verify(
                 "prediction {id} is not on chain: {}",
                 e.last_error.unwrap_or_else(|| "rejected".into())
             )),
-            None => ApiError::NotFound(format!("no record for prediction {id}")),
+            None => no_record(&id),
         });
     };
     // The chain holds the hash of the record's fields; they are in the outbox (and in the
@@ -722,6 +886,7 @@ pub async fn verify(
              instance recorded it): check it with the standalone verifier and its receipt",
         ));
     };
+    let salt = salt.unwrap_or(entry.salt);
     let mut claimed = entry.record.clone();
     claimed.input_commitment = privacy::commitment(&salt, &digest);
     let input_matches = claimed.record_hash() == on_chain.record_hash;
@@ -738,6 +903,7 @@ pub async fn verify(
         },
         "input": input_kind,
         "input_digest": digest,
+        "salt": salt_source,
         "on_chain": on_chain_json(on_chain),
         "commitments_on_chain": logs.len(),
         "contract": state.contract,
@@ -751,8 +917,14 @@ mod limit_tests {
 
     #[test]
     fn a_minutes_worth_at_once_then_refused() {
-        let l = RecordLimits::new(4, 3, 100);
+        let l = RecordLimits::new(4, 3, 100, 2);
         let got: Vec<bool> = (0..4).map(|_| l.admit(1, 0).is_ok()).collect();
         assert_eq!(got, [true, true, true, false]);
+        let salt: Vec<bool> = (0..3).map(|_| l.stored_salt("audit-1").is_ok()).collect();
+        assert_eq!(salt, [true, true, false], "per caller");
+        assert!(
+            l.stored_salt("audit-2").is_ok(),
+            "another caller has their own"
+        );
     }
 }

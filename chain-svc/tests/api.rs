@@ -3,14 +3,14 @@
 
 mod common;
 
+use medchain_shared::auth::Peer;
+
 use std::time::Duration;
 
 use alloy::primitives::TxHash;
 use alloy::providers::{Provider, ProviderBuilder};
 use medchain_chain_svc::{Running, Settings, build};
 use serde_json::{Value, json};
-
-const TOKEN: &str = "chain-test-token-0123456789";
 
 async fn spawn(data: &std::path::Path) -> (String, String) {
     spawn_with(data, |_| {}).await
@@ -24,7 +24,7 @@ async fn spawn_with(data: &std::path::Path, tweak: impl FnOnce(&mut Settings)) -
     s.server.workers = 1;
     s.storage.data_dir = data.to_str().expect("utf-8").into();
     s.chain.poll_interval_ms = 100;
-    s.auth.internal_token = Some(TOKEN.to_string().into());
+    common::secure(&mut s.auth);
     let running: Running = build(s).await.expect("chain-svc starts");
     let base = format!("http://127.0.0.1:{}", running.port());
     let rpc = running.rpc_url.clone();
@@ -45,18 +45,19 @@ fn body(id: &str) -> Value {
     })
 }
 
-async fn post(base: &str, v: &Value, token: Option<&str>) -> reqwest::Response {
+/// POSTs a record, `signed` as the service of its disease (or with no credential).
+async fn post(base: &str, v: &Value, signed: bool) -> reqwest::Response {
     let mut rb = reqwest::Client::new()
         .post(format!("{base}/v1/records"))
         .json(v);
-    if let Some(t) = token {
-        rb = rb.header("x-internal-token", t);
+    if signed {
+        rb = common::as_writer(rb, v["disease"].as_str().unwrap_or_default());
     }
     rb.send().await.expect("post")
 }
 
 async fn get(base: &str, id: &str) -> Value {
-    common::get_json(&format!("{base}/v1/records/{id}"), TOKEN).await
+    common::get_json(&format!("{base}/v1/records/{id}")).await
 }
 
 #[tokio::test]
@@ -65,7 +66,7 @@ async fn records_are_accepted_confirmed_and_carry_no_patient_data() {
     let (base, rpc) = spawn(data.path()).await;
     let id = "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d";
 
-    let res = post(&base, &body(id), Some(TOKEN)).await;
+    let res = post(&base, &body(id), true).await;
     assert_eq!(res.status(), 202);
     let receipt: Value = res.json().await.expect("receipt");
     assert_eq!(receipt["status"], "pending");
@@ -84,7 +85,7 @@ async fn records_are_accepted_confirmed_and_carry_no_patient_data() {
     assert!(rec["block_number"].as_u64().is_some_and(|b| b > 0));
 
     // The same request again: the same record, not a second one.
-    let again: Value = post(&base, &body(id), Some(TOKEN))
+    let again: Value = post(&base, &body(id), true)
         .await
         .json()
         .await
@@ -94,7 +95,7 @@ async fn records_are_accepted_confirmed_and_carry_no_patient_data() {
     // Same id, other content: a conflict.
     let mut changed = body(id);
     changed["label"] = json!(0);
-    assert_eq!(post(&base, &changed, Some(TOKEN)).await.status(), 409);
+    assert_eq!(post(&base, &changed, true).await.status(), 409);
 
     // The transaction's calldata: selector, the array's offset and length, and per record three
     // words (id, patient reference, record hash) — none of them the patient id or a value.
@@ -137,7 +138,7 @@ async fn bad_requests_are_refused() {
     let data = tempfile::tempdir().expect("tempdir");
     let (base, _) = spawn(data.path()).await;
     let id = "6a1f6f2e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
-    assert_eq!(post(&base, &body(id), None).await.status(), 401);
+    assert_eq!(post(&base, &body(id), false).await.status(), 401);
     for (field, value) in [
         ("prediction_id", json!("not-a-uuid")),
         ("disease", json!("lungs")),
@@ -152,13 +153,173 @@ async fn bad_requests_are_refused() {
     ] {
         let mut b = body(id);
         b[field] = value;
-        let res = post(&base, &b, Some(TOKEN)).await;
+        let res = post(&base, &b, true).await;
         assert_eq!(res.status(), 422, "{field}");
         let p: Value = res.json().await.expect("problem");
         assert_eq!(p["field"], field, "{p}");
     }
-    let missing = common::get_with_token(&format!("{base}/v1/records/{id}"), TOKEN).await;
+    let missing = common::get_as_auditor(&format!("{base}/v1/records/{id}")).await;
     assert_eq!(missing.status(), 404);
+}
+
+/// Least privilege between services and per-caller reading (issue 18): each disease service
+/// writes its own disease's records only, the gateway reads and writes nothing, the monitor
+/// does neither; a clinician reads what they created and their patients' records, and any
+/// other record looks exactly like one that does not exist.
+#[tokio::test]
+async fn records_are_written_by_their_own_service_and_read_by_whom_they_concern() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (base, _) = spawn(data.path()).await;
+    let client = reqwest::Client::new();
+    let records = format!("{base}/v1/records");
+    let x = "a1111111-2222-4333-8444-555555555555";
+    let mut rec = record_for(x, "MRN-P1", &digest_of(b"x"), "tabular");
+    let send = |rb: reqwest::RequestBuilder| async move {
+        let res = rb.send().await.expect("send");
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    // Writing: a diabetes record from heart-svc, the gateway or the monitor is refused.
+    for from in [Peer::Heart, Peer::Gateway, Peer::Monitor] {
+        let rb = client
+            .post(&records)
+            .header("x-internal-token", common::credential(from))
+            .json(&rec);
+        let (status, p) = send(rb).await;
+        assert_eq!(status, 403, "{from}: {p}");
+    }
+    rec["created_by"] = json!("dr a");
+    let (status, p) = send(common::as_writer(client.post(&records), "diabetes").json(&rec)).await;
+    assert_eq!((status, &p["field"]), (422, &json!("created_by")), "{p}");
+    rec["created_by"] = json!("dr-a");
+    let (status, _) = send(common::as_writer(client.post(&records), "diabetes").json(&rec)).await;
+    assert_eq!(status, 202);
+
+    // Reading: not with a disease service's credential, not without a named caller.
+    let get = |id: &str| client.get(format!("{base}/v1/records/{id}"));
+    let (status, _) = send(common::as_writer(get(x), "diabetes")).await;
+    assert_eq!(status, 403);
+    let (status, p) =
+        send(get(x).header("x-internal-token", common::credential(Peer::Gateway))).await;
+    assert_eq!(status, 403, "{p}");
+    let (status, p) = send(
+        get(x)
+            .header("x-internal-token", common::credential(Peer::Gateway))
+            .header(medchain_shared::auth::CALLER_HEADER, "ops")
+            .header(medchain_shared::auth::CALLER_ROLE_HEADER, "admin"),
+    )
+    .await;
+    assert_eq!(status, 403, "admins read no records: {p}");
+
+    // dr-a made it; dr-b did not and has never seen the patient: to dr-b it does not exist.
+    let (status, mine) = send(common::as_clinician(get(x), "dr-a")).await;
+    assert_eq!((status, &mine["prediction_id"]), (200, &json!(x)), "{mine}");
+    let (status, hidden) = send(common::as_clinician(get(x), "dr-b")).await;
+    let unknown = "b1111111-2222-4333-8444-555555555555";
+    let (status_unknown, absent) = send(common::as_clinician(get(unknown), "dr-b")).await;
+    assert_eq!((status, status_unknown), (404, 404));
+    assert_eq!(
+        hidden["detail"].as_str().map(|d| d.replace(x, "ID")),
+        absent["detail"].as_str().map(|d| d.replace(unknown, "ID")),
+        "a hidden record reads as a missing one"
+    );
+    let list = |who: &'static str, patient: &'static str| {
+        let rb = client
+            .post(format!("{base}/v1/patients/records"))
+            .json(&json!({"patient_id": patient}));
+        send(common::as_clinician(rb, who))
+    };
+    let (_, a) = list("dr-a", "MRN-P1").await;
+    assert_eq!(a["count"], 1, "{a}");
+    let (_, b) = list("dr-b", "MRN-P1").await;
+    let (_, nobody) = list("dr-b", "MRN-P9").await;
+    assert_eq!(b["count"], 0, "{b}");
+    assert_eq!(
+        b, nobody,
+        "another's patient reads as one nobody has records of"
+    );
+    assert!(b["patient_ref"].is_null(), "not even the reference: {b}");
+    assert!(a["patient_ref"].is_string(), "{a}");
+    let audit = common::list_patient(&base, "MRN-P1").await;
+    assert_eq!(audit["count"], 1, "an auditor sees every record");
+
+    // dr-b records a prediction for the patient: now the patient is theirs too, and so is
+    // the patient's whole history.
+    let y = "c1111111-2222-4333-8444-555555555555";
+    let mut second = record_for(y, "MRN-P1", &digest_of(b"y"), "tabular");
+    second["created_by"] = json!("dr-b");
+    let (status, _) =
+        send(common::as_writer(client.post(&records), "diabetes").json(&second)).await;
+    assert_eq!(status, 202);
+    let (_, b) = list("dr-b", "MRN-P1").await;
+    assert_eq!(b["count"], 2, "{b}");
+    let (status, _) = send(common::as_clinician(get(x), "dr-b")).await;
+    assert_eq!(status, 200);
+    // ... and dr-a sees dr-b's record of their patient.
+    let (status, _) = send(common::as_clinician(get(y), "dr-a")).await;
+    assert_eq!(status, 200);
+}
+
+/// Recorder management: an admin (as the gateway names them) grants and revokes an account's
+/// recorder role with the service's key; other roles are refused; a bad address is named.
+#[tokio::test]
+async fn an_admin_grants_and_revokes_recorders() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (base, _) = spawn(data.path()).await;
+    let client = reqwest::Client::new();
+    let account = "0x00000000000000000000000000000000000000a1";
+    let url = format!("{base}/v1/recorders/{account}");
+    let as_admin = |rb: reqwest::RequestBuilder| {
+        rb.header("x-internal-token", common::credential(Peer::Gateway))
+            .header(medchain_shared::auth::CALLER_HEADER, "ops")
+            .header(medchain_shared::auth::CALLER_ROLE_HEADER, "admin")
+    };
+    let status = || async {
+        let res = as_admin(client.get(&url)).send().await.expect("get");
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.expect("json")
+    };
+    let before = status().await;
+    assert_eq!(before["recorder"], false, "{before}");
+    assert_eq!(before["admin"], before["signer"], "{before}");
+    for (on, want) in [(true, true), (false, false)] {
+        let res = as_admin(client.post(&url))
+            .json(&json!({"recorder": on}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), 202);
+        let sent: Value = res.json().await.expect("json");
+        assert!(sent["tx_hash"].is_string(), "{sent}");
+        let mut now = Value::Null;
+        for _ in 0..100 {
+            now = status().await;
+            if now["recorder"] == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(now["recorder"], want, "{now}");
+    }
+    // Not for other roles, not with a disease service's credential; a bad address is named.
+    let res = common::as_auditor(client.post(&url))
+        .json(&json!({"recorder": true}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 403);
+    let res = common::as_writer(client.get(&url), "heart")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 403);
+    let res = as_admin(client.get(format!("{base}/v1/recorders/0x12")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 422);
+    let p: Value = res.json().await.expect("json");
+    assert_eq!(p["field"], "address", "{p}");
 }
 
 fn digest_of(bytes: &[u8]) -> String {
@@ -168,8 +329,10 @@ fn digest_of(bytes: &[u8]) -> String {
     )
 }
 
+/// A record of `patient` that the clinician `dr-a` asked for.
 fn record_for(id: &str, patient: &str, digest: &str, modality: &str) -> Value {
     let mut b = body(id);
+    b["created_by"] = json!("dr-a");
     b["patient_id"] = json!(patient);
     b["input_digest"] = json!(digest);
     b["modality"] = json!(modality);
@@ -188,11 +351,7 @@ async fn wait_confirmed(base: &str, id: &str) -> Value {
 }
 
 async fn verify(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = request
-        .header("x-internal-token", TOKEN)
-        .send()
-        .await
-        .expect("verify");
+    let res = common::as_auditor(request).send().await.expect("verify");
     let status = res.status().as_u16();
     (status, res.json().await.expect("json"))
 }
@@ -200,7 +359,7 @@ async fn verify(request: reqwest::RequestBuilder) -> (u16, Value) {
 #[tokio::test]
 async fn records_verify_against_the_chain_and_list_by_patient() {
     let data = tempfile::tempdir().expect("tempdir");
-    let (base, rpc) = spawn(data.path()).await;
+    let (base, rpc) = spawn_with(data.path(), |s| s.limits.stored_salt_per_minute = 2).await;
     let client = reqwest::Client::new();
     let features = json!({"pregnancies": 6, "glucose": 148, "bmi": 33.6, "insulin": null});
     let canonical =
@@ -218,12 +377,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         (img, "MRN-7", digest_of(&image), "image"),
         (other, "MRN-8", digest_of(b"x"), "tabular"),
     ] {
-        let res = post(
-            &base,
-            &record_for(id, patient, &digest, modality),
-            Some(TOKEN),
-        )
-        .await;
+        let res = post(&base, &record_for(id, patient, &digest, modality), true).await;
         assert_eq!(res.status(), 202);
         receipts.push(res.json::<Value>().await.expect("receipt"));
     }
@@ -237,13 +391,38 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     let url = |id: &str| format!("{base}/v1/records/{id}/verify");
 
     // The review: without a salt, verify fell back to the service's stored salt, so guesses
-    // about a patient's glucose answered false / true / false. Now no salt, no answer.
+    // about a patient's glucose answered false / true / false. Now no salt, no answer — even
+    // for the clinician who made the record; another clinician hears there is no record.
     for glucose in [140, 148, 150] {
         let guess = json!({"features": {"bmi": 33.6, "glucose": glucose, "pregnancies": 6}});
-        let (s, v) = verify(client.post(url(tab)).json(&guess)).await;
-        assert_eq!((s, &v["field"]), (422, &json!("salt")), "{v}");
+        let res = common::as_clinician(client.post(url(tab)), "dr-a")
+            .json(&guess)
+            .send()
+            .await
+            .expect("verify");
+        assert_eq!(res.status(), 422);
+        let v: Value = res.json().await.expect("json");
+        assert_eq!(v["field"], "salt", "{v}");
         assert!(v.get("verified").is_none(), "{v}");
+        let res = common::as_clinician(client.post(url(tab)), "dr-b")
+            .json(&guess)
+            .send()
+            .await
+            .expect("verify");
+        assert_eq!(res.status(), 404);
     }
+    // An auditor may use the stored salt: logged, and limited per auditor (2 a minute here).
+    let guess = |g: u32| json!({"features": {"bmi": 33.6, "glucose": g, "pregnancies": 6}});
+    let (s, v) = verify(client.post(url(tab)).json(&guess(148))).await;
+    assert_eq!(
+        (s, &v["verified"], &v["salt"]),
+        (200, &json!(true), &json!("stored")),
+        "{v}"
+    );
+    let (s, v) = verify(client.post(url(tab)).json(&guess(150))).await;
+    assert_eq!((s, &v["verified"]), (200, &json!(false)), "{v}");
+    let (s, v) = verify(client.post(url(tab)).json(&guess(140))).await;
+    assert_eq!(s, 429, "{v}");
     let salt = receipts[0]["salt"].clone();
     // Tabular: the same features, in any order and integer spelling, with the receipt's salt.
     let reordered =
@@ -318,9 +497,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         "{v}"
     );
     // And the listing takes the patient id in its body only.
-    let old = client
-        .get(format!("{base}/v1/patients/MRN-7/records"))
-        .header("x-internal-token", TOKEN)
+    let old = common::as_auditor(client.get(format!("{base}/v1/patients/MRN-7/records")))
         .send()
         .await
         .expect("get");
@@ -352,7 +529,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(s, 404, "{v}");
 
     // Per patient: the keyed reference finds exactly that patient's records.
-    let mine: Value = common::list_patient(&base, TOKEN, "MRN-7").await;
+    let mine: Value = common::list_patient(&base, "MRN-7").await;
     let ids: Vec<&str> = mine["records"]
         .as_array()
         .expect("records")
@@ -367,21 +544,21 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         receipts[1]["record_hash"]
     );
     assert_eq!(mine["patient_ref"], receipts[0]["patient_ref"]);
-    let theirs: Value = common::list_patient(&base, TOKEN, "MRN-8").await;
+    let theirs: Value = common::list_patient(&base, "MRN-8").await;
     assert_eq!(theirs["count"], 1);
-    let nobody: Value = common::list_patient(&base, TOKEN, "MRN-9").await;
+    let nobody: Value = common::list_patient(&base, "MRN-9").await;
     assert_eq!(nobody["count"], 0);
     // A patient id typed decomposed (NFD) is the same patient as composed (NFC).
     let nfd = "41111111-2222-4333-8444-555555555555";
     let res = post(
         &base,
         &record_for(nfd, "Jose\u{301}", &digest_of(b"y"), "tabular"),
-        Some(TOKEN),
+        true,
     )
     .await;
     assert_eq!(res.status(), 202);
     wait_confirmed(&base, nfd).await;
-    let nfc: Value = common::list_patient(&base, TOKEN, "Jos\u{e9}").await;
+    let nfc: Value = common::list_patient(&base, "Jos\u{e9}").await;
     assert_eq!(nfc["count"], 1, "{nfc}");
     assert_eq!(nfc["records"][0]["prediction_id"], nfd);
 
@@ -419,11 +596,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(funds["ok"], false, "{body}");
 
     // Metrics: the outbox gauges and counters are exported.
-    let metrics = common::get_with_token(&format!("{base}/metrics"), TOKEN)
-        .await
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::get_metrics(&base).await;
     for name in [
         "chain_outbox_pending 0",
         "chain_outbox_oldest_pending_age_seconds",
@@ -480,10 +653,10 @@ async fn new_records_are_capped_per_source_and_in_all() {
     })
     .await;
     for n in 0..3 {
-        let res = post(&base, &numbered(n, "diabetes"), Some(TOKEN)).await;
+        let res = post(&base, &numbered(n, "diabetes"), true).await;
         assert_eq!(res.status(), 202, "record {n}: {:?}", res.text().await);
     }
-    let res = post(&base, &numbered(3, "diabetes"), Some(TOKEN)).await;
+    let res = post(&base, &numbered(3, "diabetes"), true).await;
     assert_eq!(res.status(), 429);
     let retry: u64 = res.headers()["retry-after"]
         .to_str()
@@ -500,19 +673,12 @@ async fn new_records_are_capped_per_source_and_in_all() {
     );
     // A retry of a record already taken is answered, not counted.
     assert_eq!(
-        post(&base, &numbered(0, "diabetes"), Some(TOKEN))
-            .await
-            .status(),
+        post(&base, &numbered(0, "diabetes"), true).await.status(),
         202
     );
     // Another source has its own allowance, within the total.
-    assert_eq!(
-        post(&base, &numbered(7, "heart"), Some(TOKEN))
-            .await
-            .status(),
-        202
-    );
-    let res = post(&base, &numbered(8, "heart"), Some(TOKEN)).await;
+    assert_eq!(post(&base, &numbered(7, "heart"), true).await.status(), 202);
+    let res = post(&base, &numbered(8, "heart"), true).await;
     assert_eq!(res.status(), 429);
     let problem: Value = res.json().await.expect("problem");
     assert!(
@@ -524,7 +690,7 @@ async fn new_records_are_capped_per_source_and_in_all() {
 
     let data = tempfile::tempdir().expect("tempdir");
     let (base, _) = spawn_with(data.path(), |s| s.limits.max_pending = 0).await;
-    let res = post(&base, &numbered(10, "heart"), Some(TOKEN)).await;
+    let res = post(&base, &numbered(10, "heart"), true).await;
     assert_eq!(res.status(), 503);
     let problem: Value = res.json().await.expect("problem");
     assert!(

@@ -4,6 +4,8 @@
 
 mod common;
 
+use medchain_shared::auth::Peer;
+
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -12,11 +14,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const TOKEN: &str = "crash-test-token-0123456789";
 const RECORDS: usize = 60;
 
 fn start(data: &Path, port: u16) -> Child {
-    common::start_chain_svc(data, port, TOKEN)
+    common::start_chain_svc(data, port)
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
@@ -100,7 +101,7 @@ async fn kill_9_under_writes(with_anvil: bool) {
                 loop {
                     let res = client
                         .post(format!("{base}/v1/records"))
-                        .header("x-internal-token", TOKEN)
+                        .header("x-internal-token", common::credential(Peer::Heart))
                         .json(&record(n))
                         .send()
                         .await;
@@ -145,7 +146,7 @@ async fn kill_9_under_writes(with_anvil: bool) {
     for n in 0..RECORDS {
         let mut rec = Value::Null;
         for _ in 0..400 {
-            rec = common::get_json(&format!("{base}/v1/records/{}", id(n)), TOKEN).await;
+            rec = common::get_json(&format!("{base}/v1/records/{}", id(n))).await;
             if rec["status"] == "confirmed" {
                 break;
             }
@@ -156,7 +157,7 @@ async fn kill_9_under_writes(with_anvil: bool) {
         assert_eq!(rec["commitments_on_chain"], 1, "record {n}: {rec}");
     }
     // Exactly once: the chain's events for the patient are the 60 records, no more.
-    let listed = common::list_patient(&base, TOKEN, "MRN-CRASH").await;
+    let listed = common::list_patient(&base, "MRN-CRASH").await;
     let ids: std::collections::BTreeSet<String> = listed["records"]
         .as_array()
         .expect("records")
@@ -165,7 +166,7 @@ async fn kill_9_under_writes(with_anvil: bool) {
         .collect();
     assert_eq!(listed["count"], RECORDS, "{listed}");
     assert_eq!(ids, (0..RECORDS).map(id).collect());
-    let metrics = common::get_with_token(&format!("{base}/metrics"), TOKEN)
+    let metrics = common::get_as_auditor(&format!("{base}/metrics"))
         .await
         .text()
         .await

@@ -10,17 +10,17 @@
 
 mod common;
 
+use medchain_shared::auth::Peer;
+
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::Value;
 
-const TOKEN: &str = "disk-full-test-token-0123456789";
-
 /// Its log is a file on the same (full) disk, as in a deployment that redirects stderr.
 fn start(data: &Path, port: u16) -> Child {
-    common::start_chain_svc(data, port, TOKEN)
+    common::start_chain_svc(data, port)
 }
 
 fn id(n: usize) -> String {
@@ -47,7 +47,7 @@ fn set_file_size_limit(pid: u32, soft: &str) {
 async fn post(client: &reqwest::Client, base: &str, n: usize) -> (u16, Value) {
     let r = client
         .post(format!("{base}/v1/records"))
-        .header("x-internal-token", TOKEN)
+        .header("x-internal-token", common::credential(Peer::Heart))
         .json(&record(n))
         .send()
         .await
@@ -152,7 +152,7 @@ async fn a_full_disk_refuses_clearly_and_the_service_recovers_without_a_restart(
     for &n in &accepted {
         let mut rec = Value::Null;
         for _ in 0..600 {
-            rec = common::get_json(&format!("{base}/v1/records/{}", id(n)), TOKEN).await;
+            rec = common::get_json(&format!("{base}/v1/records/{}", id(n))).await;
             if rec["status"] == "confirmed" {
                 break;
             }
@@ -162,7 +162,7 @@ async fn a_full_disk_refuses_clearly_and_the_service_recovers_without_a_restart(
         assert_eq!(rec["matches_chain"], true, "record {n}: {rec}");
         assert_eq!(rec["commitments_on_chain"], 1, "record {n}: {rec}");
     }
-    let listed = common::list_patient(&base, TOKEN, "MRN-DISKFULL").await;
+    let listed = common::list_patient(&base, "MRN-DISKFULL").await;
     assert_eq!(listed["count"], accepted.len(), "{listed}");
     eprintln!(
         "refused record {refused} while full; all {} accepted records confirmed once",

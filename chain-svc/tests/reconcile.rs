@@ -6,14 +6,14 @@
 
 mod common;
 
+use medchain_shared::auth::Peer;
+
 use std::time::Duration;
 
 use alloy::primitives::U256;
 use alloy::providers::{Provider, ProviderBuilder};
 use medchain_chain_svc::{Settings, build};
 use serde_json::Value;
-
-const TOKEN: &str = "reconcile-test-token-0123456789";
 
 fn id(n: usize) -> String {
     format!("{n:08x}-2222-4000-8000-00000000feed")
@@ -37,7 +37,7 @@ async fn start_reconciling_every(data: &std::path::Path, ms: u64) -> (String, St
     s.storage.data_dir = data.to_str().expect("utf-8").into();
     s.chain.poll_interval_ms = 100;
     s.chain.reconcile_interval_ms = ms;
-    s.auth.internal_token = Some(TOKEN.to_string().into());
+    common::secure(&mut s.auth);
     let running = build(s).await.expect("chain-svc starts");
     let base = format!("http://127.0.0.1:{}", running.port());
     let rpc = running.rpc_url.clone();
@@ -46,7 +46,7 @@ async fn start_reconciling_every(data: &std::path::Path, ms: u64) -> (String, St
 }
 
 async fn status_of(base: &str, n: usize) -> Value {
-    common::get_json(&format!("{base}/v1/records/{}", id(n)), TOKEN).await
+    common::get_json(&format!("{base}/v1/records/{}", id(n))).await
 }
 
 async fn all_confirmed(base: &str, n: usize) {
@@ -81,7 +81,7 @@ async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
     for n in 0..N {
         let res = client
             .post(format!("{base}/v1/records"))
-            .header("x-internal-token", TOKEN)
+            .header("x-internal-token", common::credential(Peer::Heart))
             .json(&record(n))
             .send()
             .await
@@ -101,7 +101,7 @@ async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
 
     // Found, sent again, confirmed — and on chain once each.
     all_confirmed(&base, N).await;
-    let listed = common::list_patient(&base, TOKEN, "MRN-RESET").await;
+    let listed = common::list_patient(&base, "MRN-RESET").await;
     assert_eq!(listed["count"], N, "{listed}");
     let rec = status_of(&base, 0).await;
     assert!(rec["attempts"].as_u64().is_some(), "{rec}");
@@ -118,7 +118,7 @@ async fn a_dead_embedded_anvil_is_started_again() {
     let post = |n: usize| {
         client
             .post(format!("{base}/v1/records"))
-            .header("x-internal-token", TOKEN)
+            .header("x-internal-token", common::credential(Peer::Heart))
             .json(&record(n))
             .send()
     };
@@ -148,7 +148,7 @@ async fn a_dead_embedded_anvil_is_started_again() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
-    let listed = common::list_patient(&base, TOKEN, "MRN-RESET").await;
+    let listed = common::list_patient(&base, "MRN-RESET").await;
     assert_eq!(listed["count"], 8, "{listed}");
 }
 
@@ -169,7 +169,7 @@ async fn records_confirmed_after_a_reset_do_not_hide_the_lost_ones() {
     let post = |n: usize| {
         client
             .post(format!("{base}/v1/records"))
-            .header("x-internal-token", TOKEN)
+            .header("x-internal-token", common::credential(Peer::Heart))
             .json(&record(n))
             .send()
     };
@@ -188,6 +188,6 @@ async fn records_confirmed_after_a_reset_do_not_hide_the_lost_ones() {
         assert_eq!(post(n).await.expect("post").status(), 202);
     }
     all_confirmed(&base, 3 * N).await;
-    let listed = common::list_patient(&base, TOKEN, "MRN-RESET").await;
+    let listed = common::list_patient(&base, "MRN-RESET").await;
     assert_eq!(listed["count"], 3 * N, "{listed}");
 }

@@ -23,7 +23,15 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import verify_record  # noqa: E402
 
-TOKEN = "verifier-test-token-" + uuid.uuid4().hex
+# One credential per pair of services (docs/security.md): the test calls diabetes-svc and reads
+# chain-svc as the gateway would (naming an auditor as the caller); diabetes-svc writes to
+# chain-svc with its own.
+RUN = uuid.uuid4().hex
+GATEWAY_TO_DIABETES = "verifier-test-gateway-diabetes-" + RUN
+GATEWAY_TO_CHAIN = "verifier-test-gateway-chain-" + RUN
+DIABETES_TO_CHAIN = "verifier-test-diabetes-chain-" + RUN
+AS_AUDITOR = {"x-internal-token": GATEWAY_TO_CHAIN, "x-medchain-caller": "verifier-test",
+              "x-medchain-caller-role": "auditor"}
 FEATURES = {"pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,
             "insulin": None, "bmi": 33.6, "diabetes_pedigree_function": 0.627, "age": 50}
 
@@ -41,8 +49,9 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _call(url, body=None, content_type="application/json"):
-    req = urllib.request.Request(url, data=body, headers={"x-internal-token": TOKEN})
+def _call(url, body=None, content_type="application/json", headers=None):
+    req = urllib.request.Request(
+        url, data=body, headers=headers or {"x-internal-token": GATEWAY_TO_DIABETES})
     if body is not None:
         req.add_header("content-type", content_type)
     try:
@@ -73,7 +82,12 @@ def system(tmp_path_factory):
     procs = [subprocess.Popen([anvil_bin, "--host", "127.0.0.1", "--port", str(rpc_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     rpc = f"http://127.0.0.1:{rpc_port}"
-    env = dict(os.environ, MEDCHAIN_INTERNAL_TOKEN=TOKEN, MEDCHAIN_DATA_DIR=str(data))
+    env = dict(os.environ, MEDCHAIN_DATA_DIR=str(data),
+               CHAIN__AUTH__ACCEPT__GATEWAY=GATEWAY_TO_CHAIN,
+               CHAIN__AUTH__ACCEPT__DIABETES=DIABETES_TO_CHAIN,
+               DIABETES__AUTH__ACCEPT__GATEWAY=GATEWAY_TO_DIABETES,
+               DIABETES__AUTH__SEND__CHAIN=DIABETES_TO_CHAIN)
+    env.pop("MEDCHAIN_INTERNAL_TOKEN", None)
     try:
         end = time.monotonic() + 30
         while True:
@@ -103,7 +117,8 @@ def system(tmp_path_factory):
 
 def _confirmed(system, prediction_id):
     for _ in range(300):
-        status, rec = _call(f"{system['chain']}/v1/records/{prediction_id}")
+        status, rec = _call(f"{system['chain']}/v1/records/{prediction_id}",
+                            headers=AS_AUDITOR)
         if status == 200 and rec.get("status") == "confirmed":
             return rec
         time.sleep(0.1)

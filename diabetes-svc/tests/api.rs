@@ -2,8 +2,8 @@
 
 use medchain_diabetes_svc::SPEC;
 use medchain_tests::{
-    TEST_TOKEN, assert_problem, check_image_fixtures, check_int8_variant, check_tabular_fixtures,
-    models_copy, png, png_header_only, spawn_disease,
+    Peer, assert_problem, check_image_fixtures, check_int8_variant, check_tabular_fixtures,
+    credential, models_copy, png, png_header_only, secure, spawn_disease,
 };
 use serde_json::{Value, json};
 
@@ -223,23 +223,41 @@ async fn the_memory_guard_refuses_a_load_under_a_small_limit() {
     assert_eq!(app.model("tabular").await["loads"], 0);
 }
 
+/// Least privilege: diabetes-svc takes its routes from the gateway's credential for it alone,
+/// `/metrics` from the monitor's alone; heart-svc's credentials (or the gateway's for heart-svc)
+/// open nothing here. Health stays open.
 #[tokio::test]
-async fn the_internal_token_guards_everything_but_health() {
-    let mut app = spawn_disease(SPEC, |s| {
-        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
-    })
-    .await;
+async fn only_the_gateways_credential_opens_the_routes_and_only_the_monitors_the_metrics() {
+    let mut app = spawn_disease(SPEC, |s| secure(&mut s.auth, Peer::Diabetes)).await;
     app.post_json_ok("/v1/predict/tabular", &valid_body()).await;
-    app.token = Some("wrong-token-but-long-enough".into());
-    for path in ["/models", "/metrics"] {
-        assert_problem(app.get(path).await, 401, None).await;
-    }
+    assert_problem(app.get("/metrics").await, 403, None).await;
+    assert!(
+        app.metrics().await.contains("diabetes_"),
+        "the monitor reads it"
+    );
+    app.token = Some(credential(Peer::Monitor, Peer::Diabetes));
     assert_problem(
         app.post_json("/v1/predict/tabular", &valid_body()).await,
-        401,
+        403,
         None,
     )
     .await;
+    for other in [
+        credential(Peer::Gateway, Peer::Heart),
+        credential(Peer::Heart, Peer::Chain),
+        credential(Peer::Diabetes, Peer::Chain),
+        "wrong-token-but-long-enough".into(),
+    ] {
+        // Two tries each: nine wrong ones in all, under the per-address limit of ten.
+        app.token = Some(other.clone());
+        assert_problem(app.get("/models").await, 401, None).await;
+        assert_problem(
+            app.post_json("/v1/predict/tabular", &valid_body()).await,
+            401,
+            None,
+        )
+        .await;
+    }
     app.token = None;
     assert_problem(app.post_json("/v1/warmup", &json!({})).await, 401, None).await;
     assert_eq!(app.get("/healthz").await.status(), 200);

@@ -117,13 +117,25 @@ impl Callers {
             .filter(|e| !e.trim().is_empty())
             .map(|e| parse_entry(e))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
-        ids.sort_unstable();
-        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!(
-                "key id `{}` is configured twice (rotate with a new id)",
-                w[0]
-            ));
+        // A caller may hold several keys at once (rotation: the new key is added under the same
+        // id, the old one removed later), so that what they created stays theirs; one id with
+        // two roles, or one key twice, is a mistake.
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[..i] {
+                if a.sha256 == b.sha256 {
+                    return Err(format!(
+                        "keys `{}` and `{}` are the same key: make a new one",
+                        b.id, a.id
+                    ));
+                }
+                if a.id == b.id && a.role != b.role {
+                    return Err(format!(
+                        "key id `{}` is configured with two roles ({} and {}): one caller, one \
+                         role",
+                        a.id, b.role, a.role
+                    ));
+                }
+            }
         }
         Ok(Self { keys })
     }
@@ -218,7 +230,8 @@ mod tests {
     #[test]
     fn keys_are_checked_by_hash_with_their_roles_and_rotate() {
         let (old, old_entry) = new_key(Role::Clinician, "ward-7").expect("key");
-        let (new, new_entry) = new_key(Role::Clinician, "ward-7-2026").expect("key");
+        // Rotated under the same id: the caller stays who they are.
+        let (new, new_entry) = new_key(Role::Clinician, "ward-7").expect("key");
         let (audit, audit_entry) = new_key(Role::Auditor, "audit").expect("key");
         assert!(
             !old_entry.contains(&old),
@@ -235,10 +248,7 @@ mod tests {
                 role: Role::Clinician
             }
         );
-        assert_eq!(
-            who(headers("x-api-key", &new)).expect("new").id,
-            "ward-7-2026"
-        );
+        assert_eq!(who(headers("x-api-key", &new)).expect("new").id, "ward-7");
         assert_eq!(
             who(headers("authorization", &format!("bearer {audit}")))
                 .expect("audit")
@@ -262,11 +272,17 @@ mod tests {
         assert!(err("a:nurse:00").contains("unknown role"));
         assert!(err("a:admin:mk_0123").contains("64 hex digits"));
         assert!(err("a b:admin:00").contains("key id"));
-        let (_, e) = new_key(Role::Admin, "ops").expect("key");
+        let (key, e) = new_key(Role::Admin, "ops").expect("key");
         assert!(
-            Callers::from_entries(&[e.clone(), e])
+            Callers::from_entries(&[e.clone(), e.clone()])
                 .expect_err("twice")
-                .contains("twice")
+                .contains("the same key")
+        );
+        let other_role = entry_for("ops", Role::Auditor, &format!("{key}-2"));
+        assert!(
+            Callers::from_entries(&[e, other_role])
+                .expect_err("two roles")
+                .contains("two roles")
         );
     }
 }

@@ -1,6 +1,6 @@
 //! gateway: the only public front. Serves the web page and the public API under `/api/v1/`,
 //! proxying each route to its upstream (diabetes-svc, heart-svc, chain-svc) with streamed
-//! bodies, per-route limits and timeouts, round-robin with passive health, the internal token,
+//! bodies, per-route limits and timeouts, round-robin with passive health, a credential per upstream,
 //! request ids, CORS, per-client rate limits and optional API keys. No business logic.
 
 pub mod callers;
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, web};
+use medchain_shared::auth::{Calling, INTERNAL_TOKEN_HEADER, Peer, ServiceAuth};
 use medchain_shared::health::{Check, readiness};
 use medchain_shared::request::request_context;
 use medchain_shared::server::{Application, Common};
@@ -138,7 +139,12 @@ impl Settings {
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.auth.validate(ENV_PREFIX, &self.server)?;
+        self.auth.validate(
+            ENV_PREFIX,
+            &self.server,
+            &[Peer::Monitor],
+            &[Peer::Diabetes, Peer::Heart, Peer::Chain],
+        )?;
         for (key, urls) in [
             ("upstreams.diabetes", &self.upstreams.diabetes),
             ("upstreams.heart", &self.upstreams.heart),
@@ -208,16 +214,19 @@ pub fn build(settings: Settings) -> std::io::Result<Application> {
         builder = builder.pool_max_idle_per_host(0);
     }
     let client = builder.build().map_err(std::io::Error::other)?;
+    let send = |p: Peer| settings.auth.send.get(p).cloned();
     let gateway = Arc::new(Gateway {
         proxy: Proxy {
             client,
-            token: settings.auth.internal_token.clone(),
             wake_grace: Duration::from_millis(p.wake_grace_ms),
             sleep_after: Duration::from_secs(p.sleep_after_secs),
         },
-        diabetes: Upstream::new("diabetes-svc", &settings.upstreams.diabetes, eject),
-        heart: Upstream::new("heart-svc", &settings.upstreams.heart, eject),
-        chain: Upstream::new("chain-svc", &settings.upstreams.chain, eject),
+        diabetes: Upstream::new("diabetes-svc", &settings.upstreams.diabetes, eject)
+            .presenting(send(Peer::Diabetes)),
+        heart: Upstream::new("heart-svc", &settings.upstreams.heart, eject)
+            .presenting(send(Peer::Heart)),
+        chain: Upstream::new("chain-svc", &settings.upstreams.chain, eject)
+            .presenting(send(Peer::Chain)),
         limits: settings.limits.clone(),
         timeouts: settings.proxy.clone(),
     });
@@ -228,6 +237,7 @@ pub fn build(settings: Settings) -> std::io::Result<Application> {
         env!("CARGO_PKG_VERSION"),
         "gateway",
         &settings.auth,
+        &settings.server,
     );
     Application::build(&settings.server, move || {
         let common = common.clone();
@@ -252,17 +262,23 @@ pub fn build(settings: Settings) -> std::io::Result<Application> {
 /// `GET /readyz`: each upstream asked once (not polled in the background, which would keep
 /// free-tier instances awake). Point a platform's health check at `/healthz` instead. It is
 /// public, so it is rate-limited like the API (each call wakes the upstreams) and says only
-/// which upstream is ready; with the internal token it also says why not and where each is.
+/// which upstream is ready; with the monitor's credential it also says why not and where each
+/// is.
 async fn readyz(
     req: actix_web::HttpRequest,
     g: web::Data<Gateway>,
     gate: web::Data<ClientGate>,
-    token: Option<web::Data<medchain_shared::auth::InternalToken>>,
+    auth: Option<web::Data<ServiceAuth>>,
 ) -> Result<HttpResponse, medchain_shared::error::ApiError> {
-    let detailed = token.is_some_and(|t| {
-        req.headers()
-            .get(medchain_shared::auth::INTERNAL_TOKEN_HEADER)
-            .is_some_and(|v| t.accepts(Some(v.as_bytes())))
+    let detailed = auth.is_some_and(|a| {
+        let presented = req
+            .headers()
+            .get(INTERNAL_TOKEN_HEADER)
+            .map(|v| v.as_bytes());
+        matches!(
+            a.identify(presented),
+            Some(Calling::Peer(Peer::Monitor) | Calling::Anyone)
+        )
     });
     if !detailed {
         gate.limit(&req)?;

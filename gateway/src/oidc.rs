@@ -255,7 +255,7 @@ impl Oidc {
                     self.settings.roles_claim
                 ))
             })?;
-        let id: String = format!("oidc:{sub}").chars().take(128).collect();
+        let id = caller_id(sub);
         Ok(Caller { id, role })
     }
 
@@ -348,6 +348,20 @@ impl Oidc {
             keys,
             fetched: Some(Instant::now()),
         })
+    }
+}
+
+/// A caller id for a token's subject: `oidc:<sub>` when the subject is printable ASCII of up to
+/// 120 characters (what travels to the services in a header), else `oidc:~` and a hash of it.
+pub fn caller_id(sub: &str) -> String {
+    if !sub.is_empty() && sub.len() <= 120 && sub.bytes().all(|b| b.is_ascii_graphic()) {
+        format!("oidc:{sub}")
+    } else {
+        use sha2::Digest;
+        format!(
+            "oidc:~{}",
+            &hex::encode(sha2::Sha256::digest(sub.as_bytes()))[..32]
+        )
     }
 }
 

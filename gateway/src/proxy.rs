@@ -1,6 +1,6 @@
 //! Forwarding to upstreams: round-robin over each upstream's instances with passive health (an
 //! instance whose connection fails or times out is skipped for a while; nothing is polled), the
-//! internal token and request id added, bodies streamed both ways with a size cap, per-route
+//! gateway's credential for that upstream, the signed-in caller and the request id added, bodies streamed both ways with a size cap, per-route
 //! timeouts with extra time for an instance that may be waking from sleep, and failures turned
 //! into 502/503/504 problems naming the upstream — never a hang.
 
@@ -34,6 +34,8 @@ struct Instance {
 #[derive(Debug)]
 pub struct Upstream {
     pub name: &'static str,
+    /// The gateway's credential for this upstream (`auth.send.<upstream>`).
+    token: Option<SecretString>,
     instances: Vec<Instance>,
     next: AtomicUsize,
     eject_for: Duration,
@@ -44,6 +46,7 @@ impl Upstream {
     pub fn new(name: &'static str, urls: &[String], eject_for: Duration) -> Self {
         Self {
             name,
+            token: None,
             instances: urls
                 .iter()
                 .map(|u| Instance {
@@ -55,6 +58,12 @@ impl Upstream {
             next: AtomicUsize::new(0),
             eject_for,
         }
+    }
+
+    /// The same, presenting `token` on every call.
+    pub fn presenting(mut self, token: Option<SecretString>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Instances in the order to try them: round-robin from the next one, healthy first;
@@ -113,7 +122,6 @@ pub struct RoutePolicy {
 #[derive(Debug)]
 pub struct Proxy {
     pub client: reqwest::Client,
-    pub token: Option<SecretString>,
     /// Added to the timeout of a request to an instance that may be asleep.
     pub wake_grace: Duration,
     /// Silence after which an instance may be asleep (Render free tier: 15 minutes).
@@ -234,6 +242,9 @@ pub async fn forward(
         None
     };
     let query = req.query_string();
+    let caller = actix_web::HttpMessage::extensions(req)
+        .get::<crate::callers::Caller>()
+        .cloned();
     let request_id = RequestId::of(req);
     let started = Instant::now();
     let mut last_err = None;
@@ -263,11 +274,18 @@ pub async fn forward(
                 rb = rb.header(h.as_str(), v.as_bytes());
             }
         }
-        if let Some(t) = &proxy.token {
+        if let Some(t) = &up.token {
             rb = rb.header(
                 medchain_shared::auth::INTERNAL_TOKEN_HEADER,
                 t.expose_secret(),
             );
+        }
+        // Who is asking, for the upstream's own decisions (who may read which record). Client
+        // headers never pass (see FORWARD_REQUEST), so these are the gateway's word.
+        if let Some(c) = &caller {
+            rb = rb
+                .header(medchain_shared::auth::CALLER_HEADER, c.id.as_str())
+                .header(medchain_shared::auth::CALLER_ROLE_HEADER, c.role.as_str());
         }
         if let Some(id) = &request_id {
             rb = rb.header(medchain_shared::request::REQUEST_ID_HEADER, id);

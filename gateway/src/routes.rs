@@ -70,6 +70,8 @@ const RECORDS: &[Role] = &[Role::Clinician, Role::Auditor];
 /// Warming the models up: admins, and clinicians (the page warms a service when its tab opens,
 /// so that the first prediction does not wait for a cold instance).
 const OPERATE: &[Role] = &[Role::Clinician, Role::Admin];
+/// Unloading models, managing the contract's recorders: admins.
+const ADMIN: &[Role] = &[Role::Admin];
 /// What the page needs to draw itself: every caller.
 const EVERYONE: &[Role] = &[Role::Clinician, Role::Auditor, Role::Admin];
 
@@ -101,6 +103,14 @@ pub const ROUTES: &[Route] = &[
         "/v1/warmup",
         Read,
         OPERATE,
+    ),
+    r(
+        "POST",
+        "/diabetes/unload",
+        Diabetes,
+        "/v1/unload",
+        Read,
+        ADMIN,
     ),
     r(
         "GET",
@@ -135,6 +145,7 @@ pub const ROUTES: &[Route] = &[
         PREDICT,
     ),
     r("POST", "/heart/warmup", Heart, "/v1/warmup", Read, OPERATE),
+    r("POST", "/heart/unload", Heart, "/v1/unload", Read, ADMIN),
     r("GET", "/heart/models", Heart, "/models", Read, EVERYONE),
     r("GET", "/heart/cards", Heart, "/v1/cards", Read, EVERYONE),
     r(
@@ -152,6 +163,22 @@ pub const ROUTES: &[Route] = &[
         "/v1/records/{prediction_id}/verify",
         Verify,
         RECORDS,
+    ),
+    r(
+        "GET",
+        "/recorders/{address}",
+        Chain,
+        "/v1/recorders/{address}",
+        Read,
+        ADMIN,
+    ),
+    r(
+        "POST",
+        "/recorders/{address}",
+        Chain,
+        "/v1/recorders/{address}",
+        Read,
+        ADMIN,
     ),
     // The patient id in the body: URLs are logged by proxies and platforms.
     r(

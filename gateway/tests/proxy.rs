@@ -9,10 +9,16 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use medchain_gateway::callers::{Role, entry_for};
+use medchain_gateway::routes::UpstreamKey;
 use medchain_gateway::{Settings, build, route_table};
+use medchain_shared::auth::Peer;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "gateway-test-token-0123456789";
+/// What the gateway presents to each upstream, and what the monitor presents to the gateway.
+const TO_DIABETES: &str = "gateway-to-diabetes-credential";
+const TO_HEART: &str = "gateway-to-heart-credential";
+const TO_CHAIN: &str = "gateway-to-chain-credential";
+const TOKEN: &str = "monitor-to-gateway-credential";
 /// A caller of each role (their hashes are configured by `settings`).
 const CLINICIAN: &str = "mk_test_clinician_0123456789abcdef";
 const AUDITOR: &str = "mk_test_auditor_0123456789abcdef";
@@ -78,6 +84,8 @@ async fn stub_handler(
         "query": req.query_string(),
         "method": req.method().as_str(),
         "token": h("x-internal-token"),
+        "caller": h("x-medchain-caller"),
+        "caller_role": h("x-medchain-caller-role"),
         "request_id": h("x-request-id"),
         "cookie": h("cookie"),
         "content_type": h("content-type"),
@@ -121,7 +129,10 @@ fn settings(d: Vec<String>, h: Vec<String>, c: Vec<String>) -> Settings {
     let mut s = Settings::load().expect("defaults");
     s.server.port = 0;
     s.server.workers = 1;
-    s.auth.internal_token = Some(TOKEN.to_string().into());
+    s.auth.send.set(Peer::Diabetes, TO_DIABETES);
+    s.auth.send.set(Peer::Heart, TO_HEART);
+    s.auth.send.set(Peer::Chain, TO_CHAIN);
+    s.auth.accept.set(Peer::Monitor, TOKEN);
     s.upstreams.diabetes = d;
     s.upstreams.heart = h;
     s.upstreams.chain = c;
@@ -176,10 +187,12 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         });
         let path = r
             .path
-            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d");
+            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
+            .replace("{address}", "0x00000000000000000000000000000000000000a1");
         let target = r
             .target
-            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d");
+            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
+            .replace("{address}", "0x00000000000000000000000000000000000000a1");
         let url = format!("{gw}/api/v1{path}?x=1");
         let rb = if r.method == "GET" {
             client.get(&url)
@@ -192,6 +205,9 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         let res = rb
             .header("x-request-id", "trace-abc-123")
             .header("cookie", "session=secret")
+            // A client naming itself someone else: the gateway's word replaces it.
+            .header("x-medchain-caller", "someone-else")
+            .header("x-medchain-caller-role", "auditor")
             .send()
             .await
             .expect("send");
@@ -201,7 +217,26 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         assert_eq!(seen["path"], target.as_str(), "{}", r.path);
         assert_eq!(seen["query"], "x=1");
         assert_eq!(seen["method"], r.method);
-        assert_eq!(seen["token"], TOKEN, "the internal token is added");
+        let own = match r.upstream {
+            UpstreamKey::Diabetes => TO_DIABETES,
+            UpstreamKey::Heart => TO_HEART,
+            UpstreamKey::Chain => TO_CHAIN,
+        };
+        assert_eq!(
+            seen["token"], own,
+            "each upstream gets the gateway's credential for it"
+        );
+        let (id, role) = match r.roles[0] {
+            _ if r.target == "/models" => ("test-admin", "admin"),
+            Role::Clinician => ("test-clinician", "clinician"),
+            Role::Auditor => ("test-auditor", "auditor"),
+            Role::Admin => ("test-admin", "admin"),
+        };
+        assert_eq!(
+            (&seen["caller"], &seen["caller_role"]),
+            (&json!(id), &json!(role)),
+            "the signed-in caller is named, whatever the client sent"
+        );
         assert_eq!(
             seen["request_id"], "trace-abc-123",
             "the request id is forwarded"
@@ -226,9 +261,9 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         .to_string();
     let (_, seen) = json_of(res).await;
     assert_eq!(seen["request_id"], id.as_str());
-    assert_eq!(d.hits.load(Ordering::SeqCst), 6);
-    assert_eq!(h.hits.load(Ordering::SeqCst), 5);
-    assert_eq!(c.hits.load(Ordering::SeqCst), 3);
+    assert_eq!(d.hits.load(Ordering::SeqCst), 7);
+    assert_eq!(h.hits.load(Ordering::SeqCst), 6);
+    assert_eq!(c.hits.load(Ordering::SeqCst), 5);
 
     let (status, p) = get_json(format!("{gw}/api/v1/nothing")).await;
     assert_eq!(status, 404, "{p}");

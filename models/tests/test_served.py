@@ -117,7 +117,7 @@ def service(user_models, tmp_path_factory):
                    ".card.json")),
                DIABETES__MODELS__IMAGE__CARD=str(user_models["image"].with_suffix(".card.json")),
                DIABETES__CHAIN__URL="", DIABETES__TELEMETRY__FILTER="warn",
-               MEDCHAIN_INTERNAL_TOKEN=TOKEN,
+               DIABETES__AUTH__ACCEPT__GATEWAY=TOKEN,
                MEDCHAIN_DATA_DIR=str(tmp_path_factory.mktemp("data")))
     proc = subprocess.Popen([str(_binary())], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

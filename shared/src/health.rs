@@ -76,14 +76,14 @@ fn mime_text() -> actix_web::mime::Mime {
     actix_web::mime::TEXT_PLAIN_UTF_8
 }
 
-/// Mounts `/healthz` (open) and `/metrics` (internal token) on a service. The app must
-/// register `ServiceInfo`, `PrometheusHandle` and `InternalToken` as app data.
+/// Mounts `/healthz` (open) and `/metrics` (the monitor's credential) on a service. The app
+/// must register `ServiceInfo`, `PrometheusHandle` and `ServiceAuth` as app data.
 pub fn base_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz)).service(
         web::resource("/metrics")
-            .wrap(actix_web::middleware::from_fn(
-                crate::auth::require_internal_token,
-            ))
+            .wrap(actix_web::middleware::from_fn(crate::auth::only(&[
+                crate::auth::Peer::Monitor,
+            ])))
             .route(web::get().to(metrics)),
     );
 }

@@ -89,13 +89,13 @@ impl Application {
     }
 }
 
-/// What every service registers on its `App`: service info, the metrics handle, the internal
-/// token, and the `/healthz` + `/metrics` routes.
+/// What every service registers on its `App`: service info, the metrics handle, the credentials
+/// it accepts, and the `/healthz` + `/metrics` routes.
 #[derive(Debug, Clone)]
 pub struct Common {
     info: actix_web::web::Data<crate::health::ServiceInfo>,
     prometheus: actix_web::web::Data<metrics_exporter_prometheus::PrometheusHandle>,
-    token: actix_web::web::Data<crate::auth::InternalToken>,
+    auth: actix_web::web::Data<crate::auth::ServiceAuth>,
 }
 
 impl Common {
@@ -105,12 +105,14 @@ impl Common {
         version: &'static str,
         metrics_prefix: &str,
         auth: &crate::settings::AuthSettings,
+        server: &crate::settings::ServerSettings,
     ) -> Self {
         Self {
             info: actix_web::web::Data::new(crate::health::ServiceInfo { service, version }),
             prometheus: actix_web::web::Data::new(crate::metrics::init(metrics_prefix)),
-            token: actix_web::web::Data::new(crate::auth::InternalToken::new(
-                auth.internal_token.clone(),
+            auth: actix_web::web::Data::new(crate::auth::ServiceAuth::new(
+                &auth.accept,
+                server.is_loopback(),
             )),
         }
     }
@@ -124,7 +126,7 @@ impl Common {
     pub fn register(&self, cfg: &mut actix_web::web::ServiceConfig) {
         cfg.app_data(self.info.clone())
             .app_data(self.prometheus.clone())
-            .app_data(self.token.clone())
+            .app_data(self.auth.clone())
             .configure(crate::health::base_routes);
     }
 }

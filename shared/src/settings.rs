@@ -4,13 +4,15 @@
 use std::net::{IpAddr, TcpListener};
 
 use config::{Config, Environment, File, FileFormat};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
+
+use crate::auth::{Credentials, MIN_CREDENTIAL_CHARS, Peer, credential_hash};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-/// Environment variable every service reads its shared internal token from, so that one
-/// generated value (a Render env group, a compose `.env`) reaches all of them.
-pub const INTERNAL_TOKEN_ENV: &str = "MEDCHAIN_INTERNAL_TOKEN";
+/// The one shared internal token of earlier versions, replaced by one credential per pair of
+/// services: a service that finds it set refuses to start and says what to set instead.
+pub const RETIRED_TOKEN_ENV: &str = "MEDCHAIN_INTERNAL_TOKEN";
 
 /// A setting that cannot be used, naming the setting to change.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,8 @@ impl ServerSettings {
         }
     }
 
-    fn is_loopback(&self) -> bool {
+    /// Whether it listens on loopback only.
+    pub fn is_loopback(&self) -> bool {
         self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }
@@ -91,35 +94,104 @@ pub enum LogFormat {
     Json,
 }
 
-/// Service-to-service authentication.
+/// Service-to-service credentials: one per pair of services (see `crate::auth`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Shared secret every internal call carries in `x-internal-token`. Also read from
-    /// `MEDCHAIN_INTERNAL_TOKEN`. May be left unset only when the service listens on loopback.
-    pub internal_token: Option<SecretString>,
+    /// The credentials this service takes, per calling service (`auth.accept.gateway`, ...):
+    /// the value itself, or `sha256:<hex>` of it.
+    #[serde(default)]
+    pub accept: Credentials,
+    /// The credentials this service presents, per service it calls (`auth.send.chain`, ...).
+    #[serde(default)]
+    pub send: Credentials,
 }
 
 impl AuthSettings {
-    /// The token in force, or an error when it is missing on a non-loopback listener.
-    pub fn validate(&self, prefix: &str, server: &ServerSettings) -> Result<(), SettingsError> {
-        match &self.internal_token {
-            Some(t) if t.expose_secret().len() < 16 => Err(SettingsError::Invalid {
-                key: "auth.internal_token".into(),
-                env: format!("{INTERNAL_TOKEN_ENV} or {prefix}__AUTH__INTERNAL_TOKEN"),
-                reason: "must be at least 16 characters".into(),
-            }),
-            None if !server.is_loopback() => Err(SettingsError::Invalid {
-                key: "auth.internal_token".into(),
-                env: format!("{INTERNAL_TOKEN_ENV} or {prefix}__AUTH__INTERNAL_TOKEN"),
-                reason: format!(
-                    "required when listening on {} (only a loopback listener may run without it)",
-                    server.host
-                ),
-            }),
-            _ => Ok(()),
+    /// Checks the credentials of a service that takes calls from `accepts` and makes calls to
+    /// `sends`: each value well formed, no two peers sharing one, none for a service this one
+    /// has nothing to do with, and every caller but the monitor given one unless the listener
+    /// is loopback (where a service with no credential at all takes every call).
+    pub fn validate(
+        &self,
+        prefix: &str,
+        server: &ServerSettings,
+        accepts: &[Peer],
+        sends: &[Peer],
+    ) -> Result<(), SettingsError> {
+        let invalid = |key: String, reason: String| SettingsError::invalid(prefix, &key, reason);
+        let mut seen: Vec<([u8; 32], Peer)> = Vec::new();
+        for p in self.accept.configured() {
+            let key = format!("auth.accept.{p}");
+            if !accepts.contains(&p) {
+                return Err(invalid(
+                    key,
+                    format!("this service takes no calls from {p}; remove it"),
+                ));
+            }
+            let value = self.accept.get(p).map(|v| v.expose_secret()).unwrap_or("");
+            let hash = credential_hash(value).map_err(|r| invalid(key.clone(), r))?;
+            if let Some((_, other)) = seen.iter().find(|(h, _)| *h == hash) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "the same credential as auth.accept.{other}: each service needs its own, \
+                         or either can act as the other"
+                    ),
+                ));
+            }
+            seen.push((hash, p));
         }
+        for p in self.send.configured() {
+            let key = format!("auth.send.{p}");
+            if !sends.contains(&p) {
+                return Err(invalid(
+                    key,
+                    format!("this service makes no calls to {p}; remove it"),
+                ));
+            }
+            let value = self.send.get(p).map(|v| v.expose_secret()).unwrap_or("");
+            if value.starts_with("sha256:") || value.trim().chars().count() < MIN_CREDENTIAL_CHARS {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be the credential itself, at least {MIN_CREDENTIAL_CHARS} characters"
+                    ),
+                ));
+            }
+        }
+        if !server.is_loopback() {
+            for p in accepts.iter().filter(|p| **p != Peer::Monitor) {
+                if self.accept.get(*p).is_none() {
+                    return Err(invalid(
+                        format!("auth.accept.{p}"),
+                        format!(
+                            "required when listening on {} (only a loopback listener may run \
+                             without credentials): the credential {p} presents to this service",
+                            server.host
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
+}
+
+/// An error when the retired shared token is set, saying what to set instead.
+fn refuse_retired_token(value: Option<&str>, prefix: &str) -> Result<(), SettingsError> {
+    if value.is_none_or(str::is_empty) {
+        return Ok(());
+    }
+    Err(SettingsError::Invalid {
+        key: "auth".into(),
+        env: RETIRED_TOKEN_ENV.into(),
+        reason: format!(
+            "the one shared internal token is retired: every pair of services has its own \
+             credential now ({prefix}__AUTH__ACCEPT__<CALLER> and {prefix}__AUTH__SEND__<SERVICE>, \
+             see docs/security.md); unset {RETIRED_TOKEN_ENV}"
+        ),
+    })
 }
 
 /// Loads a settings tree: `defaults` (TOML embedded in the binary) → the file named by
@@ -153,12 +225,7 @@ pub fn load<T: DeserializeOwned>(
         })?;
         builder = builder.set_override("server.port", port)?;
     }
-    if let Some(token) = std::env::var(INTERNAL_TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        builder = builder.set_override("auth.internal_token", token)?;
-    }
+    refuse_retired_token(std::env::var(RETIRED_TOKEN_ENV).ok().as_deref(), prefix)?;
     Ok(builder.build()?.try_deserialize()?)
 }
 
@@ -182,47 +249,98 @@ mod tests {
         [auth]
     "#;
 
-    #[test]
-    fn embedded_defaults_load_without_any_file_or_env() {
-        let s: S = load(DEFAULTS, "MEDCHAIN_SETTINGS_TEST_A", &[]).expect("defaults load");
-        assert_eq!(s.server.port, 8080);
-        assert!(s.auth.internal_token.is_none());
-        assert!(s.auth.validate("X", &s.server).is_ok());
-    }
+    const ALL_CALLERS: [Peer; 3] = [Peer::Gateway, Peer::Diabetes, Peer::Monitor];
 
-    #[test]
-    fn missing_token_on_public_listener_names_the_setting() {
-        let s: S = load(DEFAULTS, "MEDCHAIN_SETTINGS_TEST_B", &[]).expect("defaults load");
-        let public = ServerSettings {
-            host: "0.0.0.0".into(),
-            ..s.server
-        };
-        let err = s.auth.validate("SVC", &public).expect_err("must refuse");
-        let msg = err.to_string();
-        assert!(msg.contains("auth.internal_token"), "{msg}");
-        assert!(msg.contains("SVC__AUTH__INTERNAL_TOKEN"), "{msg}");
-    }
-
-    #[test]
-    fn short_token_is_refused() {
-        let auth = AuthSettings {
-            internal_token: Some(SecretString::from("short")),
-        };
-        let server = ServerSettings {
-            host: "127.0.0.1".into(),
+    fn server(host: &str) -> ServerSettings {
+        ServerSettings {
+            host: host.into(),
             port: 0,
             workers: 1,
             shutdown_timeout_secs: 1,
             keep_alive_secs: 75,
-        };
-        assert!(auth.validate("SVC", &server).is_err());
+        }
     }
 
     #[test]
-    fn secrets_do_not_show_in_debug_output() {
-        let auth = AuthSettings {
-            internal_token: Some(SecretString::from("a-very-secret-token-value")),
+    fn embedded_defaults_load_without_any_file_or_env() {
+        let s: S = load(DEFAULTS, "MEDCHAIN_SETTINGS_TEST_A", &[]).expect("defaults load");
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.auth.accept.configured().count(), 0);
+        assert!(s.auth.validate("X", &s.server, &ALL_CALLERS, &[]).is_ok());
+    }
+
+    #[test]
+    fn a_public_listener_needs_each_callers_credential_but_the_monitors() {
+        let mut auth = AuthSettings::default();
+        auth.accept.set(Peer::Gateway, "gateway-credential-0001");
+        let err = auth
+            .validate("SVC", &server("0.0.0.0"), &ALL_CALLERS, &[])
+            .expect_err("diabetes missing");
+        let msg = err.to_string();
+        assert!(msg.contains("auth.accept.diabetes"), "{msg}");
+        assert!(msg.contains("SVC__AUTH__ACCEPT__DIABETES"), "{msg}");
+        auth.accept.set(Peer::Diabetes, "diabetes-credential-0001");
+        assert!(
+            auth.validate("SVC", &server("0.0.0.0"), &ALL_CALLERS, &[])
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn credentials_are_each_their_own_and_only_where_they_belong() {
+        let check = |f: &dyn Fn(&mut AuthSettings)| {
+            let mut auth = AuthSettings::default();
+            f(&mut auth);
+            auth.validate(
+                "SVC",
+                &server("127.0.0.1"),
+                &[Peer::Gateway, Peer::Monitor],
+                &[Peer::Chain],
+            )
+            .map_err(|e| e.to_string())
         };
-        assert!(!format!("{auth:?}").contains("a-very-secret-token-value"));
+        assert!(
+            check(&|a| a.accept.set(Peer::Gateway, "short"))
+                .unwrap_err()
+                .contains("16")
+        );
+        let twice = check(&|a| {
+            a.accept.set(Peer::Gateway, "one-credential-for-two");
+            a.accept.set(Peer::Monitor, "one-credential-for-two");
+        })
+        .unwrap_err();
+        assert!(twice.contains("each service needs its own"), "{twice}");
+        assert!(
+            check(&|a| a.accept.set(Peer::Heart, "heart-credential-0001"))
+                .unwrap_err()
+                .contains("takes no calls from heart")
+        );
+        assert!(
+            check(&|a| a.send.set(Peer::Diabetes, "diabetes-credential-1"))
+                .unwrap_err()
+                .contains("makes no calls to diabetes")
+        );
+        assert!(
+            check(&|a| a
+                .send
+                .set(Peer::Chain, format!("sha256:{}", "ab".repeat(32))))
+            .unwrap_err()
+            .contains("the credential itself")
+        );
+        assert!(check(&|a| a.send.set(Peer::Chain, "chain-credential-0001")).is_ok());
+        assert!(
+            check(&|a| a.accept.set(Peer::Gateway, "")).is_ok(),
+            "empty = unset"
+        );
+    }
+
+    #[test]
+    fn the_retired_shared_token_is_refused_with_what_to_set() {
+        assert!(refuse_retired_token(None, "SVC").is_ok());
+        assert!(refuse_retired_token(Some(""), "SVC").is_ok());
+        let msg = refuse_retired_token(Some("an-old-shared-token"), "SVC")
+            .expect_err("refused")
+            .to_string();
+        assert!(msg.contains("SVC__AUTH__ACCEPT__"), "{msg}");
     }
 }

@@ -31,7 +31,7 @@ data="$(mktemp -d)"
 export MEDCHAIN_ARTIFACTS="${MEDCHAIN_ARTIFACTS:-$ROOT/.data/artifacts}"
 mkdir -p "$MEDCHAIN_ARTIFACTS"
 MEDCHAIN_BIN_DIR="$bin" MEDCHAIN_PORT_BASE="$base" MEDCHAIN_DATA_DIR="$data" \
-  MEDCHAIN_INTERNAL_TOKEN="" "$ROOT/scripts/run.sh" > "$data/run.log" 2>&1 &
+  "$ROOT/scripts/run.sh" > "$data/run.log" 2>&1 &
 system=$!
 cleanup() {
   kill -TERM "$system" 2>/dev/null || true

@@ -109,7 +109,13 @@ def test_render_blueprint_uses_documented_fields_and_commits_no_secret(path):
                 ref = ev["fromService"]
                 assert ref["name"] in services, f"{name}: {key} refers to unknown {ref['name']}"
                 assert services[ref["name"]]["type"] == ref["type"], f"{name}: {key}"
-                assert ref["property"] in {"host", "port", "hostport", "connectionString"}, key
+                # Exactly one of: a property of the service, or one of its env vars.
+                assert len({"property", "envVarKey"} & set(ref)) == 1, f"{name}: {key}"
+                if "property" in ref:
+                    assert ref["property"] in {"host", "port", "hostport", "connectionString"}, key
+                else:
+                    theirs = {e.get("key") for e in services[ref["name"]].get("envVars", [])}
+                    assert ref["envVarKey"] in theirs, f"{name}: {key} copies an unset variable"
                 continue
             sources = {"value", "sync", "generateValue"} & set(ev)
             assert len(sources) == 1, f"{name}: {key} needs exactly one source"
@@ -122,11 +128,56 @@ def test_render_blueprint_uses_documented_fields_and_commits_no_secret(path):
     assert public["type"] == "web", "the gateway is the public service"
 
 
-def test_the_free_blueprint_keeps_services_public_but_token_protected():
+# Who calls whom (caller, callee) — each pair with a credential of its own.
+CALLS = [("GATEWAY", "DIABETES"), ("GATEWAY", "HEART"), ("GATEWAY", "CHAIN"),
+         ("DIABETES", "CHAIN"), ("HEART", "CHAIN")]
+BLUEPRINT_NAMES = {"GATEWAY": "medchain-gateway", "DIABETES": "medchain-diabetes",
+                   "HEART": "medchain-heart", "CHAIN": "medchain-chain"}
+
+
+@pytest.mark.parametrize("path", ["render.yaml", "deploy/render-paid.yaml"])
+def test_each_pair_of_services_has_its_own_generated_credential(path):
+    bp = yaml.safe_load((ROOT / path).read_text())
+    env = {s["name"]: {e["key"]: e for e in s["envVars"] if "key" in e} for s in bp["services"]}
+    assert "envVarGroups" not in bp, "no credential is shared by every service"
+    for caller, callee in CALLS:
+        accept = env[BLUEPRINT_NAMES[callee]][f"{callee}__AUTH__ACCEPT__{caller}"]
+        assert accept.get("generateValue") is True, accept
+        send = env[BLUEPRINT_NAMES[caller]][f"{caller}__AUTH__SEND__{callee}"]
+        assert send["fromService"]["name"] == BLUEPRINT_NAMES[callee], send
+        assert send["fromService"]["envVarKey"] == accept["key"], send
+    # And nothing more: no service holds a credential that is not its own.
+    for name, keys in env.items():
+        creds = {k for k in keys if "__AUTH__" in k}
+        mine = {f"{callee}__AUTH__ACCEPT__{caller}" for caller, callee in CALLS
+                if BLUEPRINT_NAMES[callee] == name}
+        mine |= {f"{caller}__AUTH__SEND__{callee}" for caller, callee in CALLS
+                 if BLUEPRINT_NAMES[caller] == name}
+        assert creds == mine, name
+
+
+def test_the_free_blueprint_keeps_services_public():
     bp = yaml.safe_load((ROOT / "render.yaml").read_text())
     for s in bp["services"]:
         assert s["plan"] == "free" and s["type"] == "web", s["name"]
-        assert {"fromGroup": "medchain-internal"} in s["envVars"], s["name"]
+
+
+def test_compose_gives_each_service_only_its_own_credentials():
+    c = compose()
+    prefixes = {"gateway": "GATEWAY", "diabetes-svc": "DIABETES", "heart-svc": "HEART",
+                "chain-svc": "CHAIN"}
+    for svc, prefix in prefixes.items():
+        env = c["services"][svc]["environment"]
+        creds = {k for k in env if "__AUTH__" in k}
+        want = {f"{prefix}__AUTH__ACCEPT__{caller}" for caller, callee in CALLS if callee == prefix}
+        want |= {f"{prefix}__AUTH__SEND__{callee}" for caller, callee in CALLS if caller == prefix}
+        want.add(f"{prefix}__AUTH__ACCEPT__MONITOR")
+        assert creds == want, svc
+        for k in creds:
+            # From .env under the same name: required, but for the monitor's (optional).
+            optional = k.endswith("__MONITOR")
+            assert re.fullmatch(r"\$\{%s%s\}" % (k, ":-" if optional else r":\?[^}]+"), env[k]), k
+    assert "MEDCHAIN_INTERNAL_TOKEN" not in (ROOT / "docker-compose.yml").read_text()
 
 
 def test_the_paid_blueprint_keeps_services_private_and_scales_heart():
@@ -167,7 +218,9 @@ def test_the_single_instance_blueprint_runs_everything_in_one_free_instance():
     keys = {ev["key"]: ev for ev in s["envVars"]}
     # The supervisor wires the services over loopback: no upstream URL to fill in.
     assert not [k for k in keys if "UPSTREAMS" in k or k.endswith("__CHAIN__URL")]
-    assert keys["MEDCHAIN_INTERNAL_TOKEN"] == {"key": "MEDCHAIN_INTERNAL_TOKEN", "generateValue": True}
+    # The supervisor makes the services' credentials at every start.
+    assert not [k for k in keys if "__AUTH__" in k or k == "MEDCHAIN_INTERNAL_TOKEN"]
+    assert "new-credentials" in (ROOT / "deploy/supervise.sh").read_text()
     assert keys["CHAIN__SECRETS__SIGNER_KEY"]["sync"] is False
 
 

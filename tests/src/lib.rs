@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use medchain_shared::auth::CALLS;
+pub use medchain_shared::auth::Peer;
 use medchain_shared::ml::service::{self, DiseaseSettings, DiseaseSpec};
+use medchain_shared::settings::AuthSettings;
 use serde_json::Value;
 
 pub mod system;
@@ -70,12 +73,40 @@ pub fn closed_port() -> u16 {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    /// Sent as `x-internal-token` when set.
+    /// Sent as `x-internal-token` when set: the gateway's credential for this service.
     pub token: Option<String>,
+    /// The monitor's credential, for `/metrics`, when set.
+    pub monitor: Option<String>,
 }
 
-/// A token long enough for the settings' validation.
-pub const TEST_TOKEN: &str = "test-internal-token-0123456789";
+/// The credential `from` presents to `to` in tests.
+pub fn credential(from: Peer, to: Peer) -> String {
+    format!("test-{from}-to-{to}-credential")
+}
+
+/// Gives the service `me` the test credentials of a whole system: what each of its callers
+/// and the monitor present to it, and what it presents to each service it calls.
+pub fn secure(auth: &mut AuthSettings, me: Peer) {
+    for (from, to) in CALLS {
+        if to == me {
+            auth.accept.set(from, credential(from, to));
+        }
+        if from == me {
+            auth.send.set(to, credential(from, to));
+        }
+    }
+    auth.accept
+        .set(Peer::Monitor, credential(Peer::Monitor, me));
+}
+
+/// The peer a disease service is.
+pub fn disease_peer(spec: &DiseaseSpec) -> Peer {
+    if spec.disease == "heart" {
+        Peer::Heart
+    } else {
+        Peer::Diabetes
+    }
+}
 
 /// A clinician's API key for the gateways tests start (see [`test_key_entry`]).
 pub const TEST_API_KEY: &str = "mk_test_clinician_key_0123456789abcdef";
@@ -123,11 +154,14 @@ pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSet
     settings.memory.limit_mb = 8192;
     tweak(&mut settings);
     settings.validate(&spec).expect("test settings are valid");
-    let token = settings
-        .auth
-        .internal_token
-        .as_ref()
-        .map(|_| TEST_TOKEN.to_string());
+    let accepted = |p: Peer| {
+        settings
+            .auth
+            .accept
+            .get(p)
+            .map(|v| secrecy::ExposeSecret::expose_secret(v).to_string())
+    };
+    let (token, monitor) = (accepted(Peer::Gateway), accepted(Peer::Monitor));
     let app = service::build(spec, settings).expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -135,6 +169,7 @@ pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSet
         address,
         client: reqwest::Client::new(),
         token,
+        monitor,
     }
 }
 
@@ -144,6 +179,17 @@ impl TestApp {
             Some(t) => rb.header("x-internal-token", t),
             None => rb,
         }
+    }
+
+    /// `/metrics`, with the monitor's credential when the service has one.
+    pub async fn metrics(&self) -> String {
+        let mut rb = self.client.get(format!("{}/metrics", self.address));
+        if let Some(m) = &self.monitor {
+            rb = rb.header("x-internal-token", m);
+        }
+        let res = rb.send().await.expect("GET /metrics");
+        assert_eq!(res.status(), 200, "/metrics");
+        res.text().await.expect("metrics")
     }
 
     /// GET with the internal token.

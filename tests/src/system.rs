@@ -1,6 +1,6 @@
 //! The whole system as processes: the four service binaries started on free loopback ports
-//! exactly as `scripts/run.sh` starts them (embedded defaults; only ports, data dir, internal
-//! token and the gateway's per-client rate limit are set, plus what the caller adds), each
+//! exactly as `scripts/run.sh` starts them (embedded defaults; only ports, data dir, a random
+//! credential per pair of services and the gateway's per-client rate limit are set, plus what the caller adds), each
 //! optionally in its own memory cgroup or all four in one (as in the single-instance image),
 //! and their memory read from `/proc`. Used by the
 //! benchmark command and by whole-system tests.
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use medchain_shared::auth::{CALLS, Peer, SERVICES, credentials_env};
 use medchain_shared::memory;
 use serde_json::{Value, json};
 
@@ -77,11 +78,22 @@ impl Service {
     }
 }
 
+/// The peer a service of [`NAMES`] is.
+pub fn service_peer(name: &str) -> Peer {
+    match name {
+        "diabetes-svc" => Peer::Diabetes,
+        "heart-svc" => Peer::Heart,
+        "chain-svc" => Peer::Chain,
+        _ => Peer::Gateway,
+    }
+}
+
 /// The whole system.
 #[derive(Debug)]
 pub struct System {
     pub services: Vec<Service>,
-    pub token: String,
+    /// This run's random credential of each (caller, callee) pair, the monitor's included.
+    credentials: Vec<((Peer, Peer), String)>,
     /// A clinician's API key for the gateway (`clients.keys` holds its hash).
     pub api_key: String,
     /// The settings given to every process, as `NAME=value` (the token masked).
@@ -128,8 +140,14 @@ impl System {
         medchain_shared::http::init_tls();
         let data = tempfile::tempdir()?;
         let mut raw = [0u8; 24];
-        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let token = hex::encode(raw);
+        let mut credentials = Vec::new();
+        for (from, to) in CALLS
+            .into_iter()
+            .chain(SERVICES.into_iter().map(|s| (Peer::Monitor, s)))
+        {
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            credentials.push(((from, to), hex::encode(raw)));
+        }
         getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let api_key = format!("mk_{}", hex::encode(raw));
         let key_entry = crate::key_entry("system-test", "clinician", &api_key);
@@ -164,16 +182,27 @@ impl System {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
+        let secret_env = credentials_env(|from, to| {
+            credentials
+                .iter()
+                .find(|(pair, _)| *pair == (from, to))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        });
         let shown = env
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
-            .chain(["MEDCHAIN_INTERNAL_TOKEN=<random per run>".to_string()])
+            .chain(
+                secret_env
+                    .iter()
+                    .map(|(k, _)| format!("{k}=<random per run>")),
+            )
             .collect();
-        env.push(("MEDCHAIN_INTERNAL_TOKEN".into(), token.clone()));
+        env.extend(secret_env);
         fs::create_dir_all(logs)?;
         let mut system = System {
             services: Vec::new(),
-            token,
+            credentials,
             api_key,
             env: shown,
             data,
@@ -252,6 +281,19 @@ impl System {
         Ok(system)
     }
 
+    /// The credential `from` presents to `to` in this run.
+    pub fn credential(&self, from: Peer, to: Peer) -> &str {
+        self.credentials
+            .iter()
+            .find(|(pair, _)| *pair == (from, to))
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// Every credential of this run (to check that none is logged).
+    pub fn credentials(&self) -> impl Iterator<Item = &str> {
+        self.credentials.iter().map(|(_, v)| v.as_str())
+    }
+
     /// The services' data dir (chain-svc's outbox, the embedded chain, development keys).
     pub fn data_dir(&self) -> &Path {
         self.data.path()
@@ -263,6 +305,7 @@ impl System {
             address: format!("{}/api/v1", self.get("gateway").url()),
             client: self.signed_in_client(),
             token: None,
+            monitor: None,
         }
     }
 
@@ -318,7 +361,10 @@ impl System {
         for s in &self.services {
             let text = match client
                 .get(format!("{}/metrics", s.url()))
-                .header(medchain_shared::auth::INTERNAL_TOKEN_HEADER, &self.token)
+                .header(
+                    medchain_shared::auth::INTERNAL_TOKEN_HEADER,
+                    self.credential(Peer::Monitor, service_peer(s.name)),
+                )
                 .send()
                 .await
             {

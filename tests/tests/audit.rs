@@ -5,16 +5,18 @@ use std::time::Duration;
 
 use medchain_chain_svc::{Running, Settings as ChainSettings};
 use medchain_diabetes_svc::SPEC;
-use medchain_tests::{TEST_TOKEN, TestApp, models_dir, spawn_disease};
+use medchain_shared::auth::{CALLER_HEADER, CALLER_ROLE_HEADER};
+use medchain_tests::{Peer, TestApp, credential, models_dir, secure, spawn_disease};
 use serde_json::{Value, json};
 
-async fn chain_svc(data: &std::path::Path) -> String {
+async fn chain_svc(data: &std::path::Path, tweak: impl FnOnce(&mut ChainSettings)) -> String {
     let mut s = ChainSettings::load().expect("defaults");
     s.server.port = 0;
     s.server.workers = 1;
     s.storage.data_dir = data.to_str().expect("utf-8").into();
     s.chain.poll_interval_ms = 100;
-    s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+    secure(&mut s.auth, Peer::Chain);
+    tweak(&mut s);
     let running: Running = medchain_chain_svc::build(s)
         .await
         .expect("chain-svc starts");
@@ -37,8 +39,11 @@ async fn chain(
     body: Option<reqwest::RequestBuilder>,
 ) -> Value {
     let rb = body.unwrap_or_else(|| app.client.get(format!("{base}{path}")));
+    // Read as the gateway does, on behalf of an auditor.
     let res = rb
-        .header("x-internal-token", TEST_TOKEN)
+        .header("x-internal-token", credential(Peer::Gateway, Peer::Chain))
+        .header(CALLER_HEADER, "e2e-auditor")
+        .header(CALLER_ROLE_HEADER, "auditor")
         .send()
         .await
         .expect("chain-svc");
@@ -59,10 +64,10 @@ async fn confirmed(app: &TestApp, base: &str, id: &str) -> Value {
 #[tokio::test]
 async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() {
     let data = tempfile::tempdir().expect("tempdir");
-    let base = chain_svc(data.path()).await;
+    let base = chain_svc(data.path(), |_| {}).await;
     let chain_url = base.clone();
     let app = spawn_disease(SPEC, move |s| {
-        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+        secure(&mut s.auth, Peer::Diabetes);
         s.chain.url = chain_url;
         s.chain.timeout_ms = 2000;
     })
@@ -240,7 +245,7 @@ async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
 async fn a_record_taken_after_the_timeout_is_not_reported_unrecorded() {
     let late = slow_recorder(Duration::from_millis(1500), Duration::ZERO).await;
     let app = spawn_disease(SPEC, move |s| {
-        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+        secure(&mut s.auth, Peer::Diabetes);
         s.chain.url = late;
         s.chain.timeout_ms = 500;
     })
@@ -253,7 +258,7 @@ async fn a_record_taken_after_the_timeout_is_not_reported_unrecorded() {
 
     let silent = slow_recorder(Duration::from_secs(30), Duration::from_secs(30)).await;
     let app = spawn_disease(SPEC, move |s| {
-        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+        secure(&mut s.auth, Peer::Diabetes);
         s.chain.url = silent;
         s.chain.timeout_ms = 300;
     })
@@ -266,4 +271,124 @@ async fn a_record_taken_after_the_timeout_is_not_reported_unrecorded() {
             .is_some_and(|r| r.contains("may have taken")),
         "{p}"
     );
+}
+
+/// The whole path of issue 18 with real services: a clinician's prediction through the gateway
+/// is recorded as theirs (the gateway names the caller, diabetes-svc passes it on, chain-svc
+/// keeps it off chain); the listing and the record are theirs and their patients', an auditor
+/// sees everything and may verify with the stored salt, and a client cannot name itself
+/// someone else.
+#[tokio::test]
+async fn each_caller_reads_what_concerns_them_through_the_gateway() {
+    use medchain_tests::{closed_port, key_entry, signed_in_client};
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = chain_svc(data.path(), |_| {}).await;
+    let chain_url = base.clone();
+    let svc = spawn_disease(SPEC, move |s| {
+        secure(&mut s.auth, Peer::Diabetes);
+        s.chain.url = chain_url;
+        s.chain.timeout_ms = 5000;
+    })
+    .await;
+    let mut g = medchain_gateway::Settings::load().expect("gateway defaults");
+    g.server.port = 0;
+    g.server.workers = 2;
+    secure(&mut g.auth, Peer::Gateway);
+    g.upstreams.diabetes = vec![svc.address.clone()];
+    g.upstreams.heart = vec![format!("http://127.0.0.1:{}", closed_port())];
+    g.upstreams.chain = vec![base.clone()];
+    g.clients.keys = vec![
+        key_entry("dr-a", "clinician", "mk_dr_a_key_0123456789abcdef"),
+        key_entry("dr-b", "clinician", "mk_dr_b_key_0123456789abcdef"),
+        key_entry("audit-1", "auditor", "mk_audit_key_0123456789abcdef"),
+    ];
+    let gw = medchain_gateway::build(g).expect("gateway");
+    let api = format!("http://127.0.0.1:{}/api/v1", gw.port());
+    tokio::spawn(gw.run_until_stopped());
+    let (a, b, auditor) = (
+        signed_in_client("mk_dr_a_key_0123456789abcdef"),
+        signed_in_client("mk_dr_b_key_0123456789abcdef"),
+        signed_in_client("mk_audit_key_0123456789abcdef"),
+    );
+    let call = |rb: reqwest::RequestBuilder| async move {
+        let res = rb.send().await.expect("gateway");
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let list = |c: &reqwest::Client, patient: &str| {
+        c.post(format!("{api}/patients/records"))
+            .json(&json!({"patient_id": patient}))
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v["records"]
+            .as_array()
+            .map(|r| r.iter().map(|x| x["prediction_id"].to_string()).collect())
+            .unwrap_or_default()
+    };
+
+    let mut body = features();
+    body["patient_id"] = json!("MRN-GW-1");
+    let (status, p) = call(
+        a.post(format!("{api}/diabetes/predict/tabular"))
+            .json(&body),
+    )
+    .await;
+    assert_eq!(
+        (status, &p["audit"]["status"]),
+        (200, &json!("pending")),
+        "{p}"
+    );
+    let id = p["prediction_id"].as_str().expect("id").to_string();
+
+    // A client that names itself the auditor is still dr-b: the gateway's word replaces it.
+    let spoofed = b
+        .post(format!("{api}/patients/records"))
+        .header("x-medchain-caller", "audit-1")
+        .header("x-medchain-caller-role", "auditor")
+        .json(&json!({"patient_id": "MRN-GW-1"}));
+    let (status, v) = call(spoofed).await;
+    assert_eq!((status, &v["count"]), (200, &json!(0)), "{v}");
+    let (_, v) = call(list(&a, "MRN-GW-1")).await;
+    assert_eq!(ids(&v), [format!("\"{id}\"")], "{v}");
+    let (_, v) = call(list(&auditor, "MRN-GW-1")).await;
+    assert_eq!(ids(&v).len(), 1, "{v}");
+    let (status, _) = call(b.get(format!("{api}/records/{id}"))).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(a.get(format!("{api}/records/{id}"))).await;
+    assert_eq!(status, 200);
+
+    // Verify without the salt: the clinician must bring it; the auditor may use the stored one.
+    let mut rec = Value::Null;
+    for _ in 0..200 {
+        rec = call(auditor.get(format!("{api}/records/{id}"))).await.1;
+        if rec["status"] == "confirmed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rec["status"], "confirmed", "{rec}");
+    let verify = |c: &reqwest::Client| {
+        c.post(format!("{api}/records/{id}/verify"))
+            .json(&json!({"features": features()}))
+    };
+    let (status, v) = call(verify(&a)).await;
+    assert_eq!((status, &v["field"]), (422, &json!("salt")), "{v}");
+    let (status, v) = call(verify(&auditor)).await;
+    assert_eq!(
+        (status, &v["verified"], &v["salt"]),
+        (200, &json!(true), &json!("stored")),
+        "{v}"
+    );
+
+    // dr-b predicts for the same patient: the patient's history is now theirs to read too.
+    let (status, _) = call(
+        b.post(format!("{api}/diabetes/predict/tabular"))
+            .json(&body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, v) = call(list(&b, "MRN-GW-1")).await;
+    assert_eq!(ids(&v).len(), 2, "{v}");
+    let (status, _) = call(b.get(format!("{api}/records/{id}"))).await;
+    assert_eq!(status, 200);
 }

@@ -5,7 +5,7 @@
 
 use medchain_diabetes_svc::SPEC;
 use medchain_tests::{
-    TEST_TOKEN, assert_problem_for, closed_port, models_dir, png, png_header_only, spawn_disease,
+    Peer, assert_problem_for, closed_port, models_dir, png, png_header_only, spawn_disease,
 };
 use serde_json::{Value, json};
 
@@ -16,13 +16,13 @@ const RETINA: &str = "/api/v1/diabetes/predict/retina";
 /// diabetes-svc behind an in-process gateway; returns the gateway's base URL.
 async fn system() -> String {
     let svc = spawn_disease(SPEC, |s| {
-        s.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+        medchain_tests::secure(&mut s.auth, Peer::Diabetes)
     })
     .await;
     let mut g = medchain_gateway::Settings::load().expect("gateway defaults");
     g.server.port = 0;
     g.server.workers = 2;
-    g.auth.internal_token = Some(TEST_TOKEN.to_string().into());
+    medchain_tests::secure(&mut g.auth, Peer::Gateway);
     g.upstreams.diabetes = vec![svc.address.clone()];
     g.upstreams.heart = vec![format!("http://127.0.0.1:{}", closed_port())];
     g.upstreams.chain = vec![format!("http://127.0.0.1:{}", closed_port())];
@@ -369,5 +369,66 @@ async fn model_state_says_where_and_why_to_admins_only() {
     assert_eq!(
         clinician["models"][0]["state"], admin["models"][0]["state"],
         "the state is the same"
+    );
+}
+
+/// Unloading is for admins: it drops the loaded models, each loads again on its next request;
+/// a clinician is refused.
+#[tokio::test]
+async fn an_admin_unloads_the_models_and_they_load_again_on_use() {
+    let gw = system().await;
+    let (clinician, admin) = (
+        medchain_tests::signed_in_client(medchain_tests::TEST_API_KEY),
+        medchain_tests::signed_in_client(ADMIN_KEY),
+    );
+    let tabular = |m: &Value| -> Value {
+        m["models"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["key"] == "tabular"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let models = || async {
+        let res = admin
+            .get(format!("{gw}/api/v1/diabetes/models"))
+            .send()
+            .await
+            .expect("models");
+        res.json::<Value>().await.expect("json")
+    };
+    let predict = || async {
+        let res = clinician
+            .post(format!("{gw}{TABULAR}"))
+            .json(&valid())
+            .send()
+            .await
+            .expect("predict");
+        assert_eq!(res.status(), 200);
+    };
+    predict().await;
+    let before = tabular(&models().await);
+    assert_eq!(before["state"], "ready", "{before}");
+    let refused = clinician
+        .post(format!("{gw}/api/v1/diabetes/unload"))
+        .send()
+        .await
+        .expect("unload");
+    assert_eq!(refused.status(), 403);
+    let res = admin
+        .post(format!("{gw}/api/v1/diabetes/unload"))
+        .send()
+        .await
+        .expect("unload");
+    assert_eq!(res.status(), 200);
+    let done: Value = res.json().await.expect("json");
+    assert_eq!(tabular(&done)["unloaded"], true, "{done}");
+    assert_eq!(tabular(&models().await)["state"], "unloaded");
+    predict().await;
+    let after = tabular(&models().await);
+    assert_eq!(after["state"], "ready", "{after}");
+    assert_eq!(
+        after["loads"].as_u64(),
+        before["loads"].as_u64().map(|n| n + 1),
+        "loaded once more: {after}"
     );
 }

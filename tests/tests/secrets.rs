@@ -1,8 +1,9 @@
 //! The whole system as processes (the test build's binaries), every service logging at trace
 //! level, every dependency's logs included: after predictions with a patient id (tabular and
 //! image), a per-patient listing, a record read and a verification, a request with a wrong
-//! internal token and one with a wrong client API key, no log line holds a secret (internal
-//! token, client API key, chain signer key, patient-reference key) or the patient id.
+//! service credential and one with a wrong client API key, no log line holds a secret (the nine
+//! service credentials, client API key, chain signer key, patient-reference key) or the
+//! patient id.
 
 use std::time::Duration;
 
@@ -133,7 +134,7 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
     let verdict: Value = res.json().await.expect("json");
     assert!(verdict.to_string().contains("true"), "{verdict}");
 
-    // Refused callers: a wrong internal token straight to a service, a wrong client key.
+    // Refused callers: a wrong service credential straight to a service, a wrong client key.
     let res = client
         .post(format!(
             "{}/v1/predict/tabular",
@@ -158,7 +159,8 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
     let signer = std::fs::read_to_string(chain_data.join("dev-signer.key")).expect("signer key");
     let patient_key =
         std::fs::read_to_string(chain_data.join("dev-patient.key")).expect("patient key");
-    let token = sys.token.clone();
+    let credentials: Vec<String> = sys.credentials().map(str::to_string).collect();
+    assert_eq!(credentials.len(), 9, "five pairs and the monitor's four");
     drop(sys); // stops every process, so the logs are complete
 
     let mut all = String::new();
@@ -178,13 +180,17 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
         "every request should have its access line"
     );
     let signer = signer.trim().trim_start_matches("0x");
-    let secrets = [
-        ("internal token", token.as_str()),
+    let mut secrets = vec![
         ("client API key", api_key.as_str()),
         ("chain signer key", signer),
         ("patient-reference key", patient_key.trim()),
         ("patient id", PATIENT),
     ];
+    secrets.extend(
+        credentials
+            .iter()
+            .map(|c| ("service credential", c.as_str())),
+    );
     for (what, value) in secrets {
         assert!(value.len() >= 16, "{what} too short to search for");
         if let Some(line) = all.lines().find(|l| l.contains(value)) {

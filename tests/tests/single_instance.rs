@@ -1,6 +1,6 @@
 //! The single-instance image's supervisor (`deploy/supervise.sh`) on the real binaries (test
 //! build), as the image runs it: the four services behind the gateway on one public port,
-//! the others on loopback with a generated internal token and the int8 ECG model; SIGTERM
+//! the others on loopback with generated credentials (one per pair) and the int8 ECG model; SIGTERM
 //! stops everything; a service that dies takes the whole instance down for the platform to
 //! restart, leaving nothing running.
 
@@ -66,6 +66,7 @@ impl Instance {
                 address: format!("http://127.0.0.1:{public}"),
                 client: medchain_tests::signed_in_client(medchain_tests::TEST_API_KEY),
                 token: None,
+                monitor: None,
             },
             base,
             log,

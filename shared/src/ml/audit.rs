@@ -1,5 +1,5 @@
 //! Recording predictions: a disease service sends every prediction that carries a patient id
-//! to chain-svc (internal token, short timeout) and returns chain-svc's receipt in its answer.
+//! to chain-svc (its own credential, short timeout) and returns chain-svc's receipt in its answer.
 //! When chain-svc cannot be reached the prediction is still answered, with the audit marked
 //! `unrecorded` and the reason, and a metric counts it. A record chain-svc may have taken after
 //! the timeout is never called unrecorded: the same request is sent once more (chain-svc takes
@@ -33,7 +33,7 @@ pub struct AuditClient {
 }
 
 impl AuditClient {
-    /// A client for `settings`, sending `token` as the internal token.
+    /// A client for `settings`, presenting `token` (`auth.send.chain`) to chain-svc.
     pub fn new(settings: &ChainClientSettings, token: Option<SecretString>) -> Self {
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
         let http = crate::http::client_builder(timeout)
@@ -51,12 +51,14 @@ impl AuditClient {
     }
 
     /// Records `p` for the patient, given the patient id and the input's digest (no patient,
-    /// no record: returns `None`).
+    /// no record: returns `None`). `created_by` is the signed-in caller the gateway named: it
+    /// decides who may read the record later, and stays off chain.
     pub async fn record(
         &self,
         p: &Prediction,
         patient: Option<(String, [u8; 32])>,
         request_id: Option<String>,
+        created_by: Option<String>,
     ) -> Option<Value> {
         let (patient_id, input_digest) = patient?;
         let digest = format!("0x{}", hex::encode(input_digest));
@@ -76,6 +78,7 @@ impl AuditClient {
             "probability": p.result.probability,
             "patient_id": patient_id,
             "input_digest": digest,
+            "created_by": created_by,
         });
         let send = || {
             let mut req = self.http.post(url).json(&body);

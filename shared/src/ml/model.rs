@@ -479,6 +479,23 @@ impl LazyModel {
         Ok(())
     }
 
+    /// Drops the session now (an operator's unload): the next request loads it again.
+    /// Requests still running finish on the session they hold, which is freed after the last.
+    /// Returns how many were running, or `None` if it was not loaded.
+    pub fn unload(&self) -> Option<usize> {
+        let mut state = self.lock_state();
+        let running = match &*state {
+            State::Ready(l) => Arc::strong_count(l) - 1,
+            _ => return None,
+        };
+        *state = State::Unloaded;
+        drop(state);
+        memory::release_free_memory();
+        metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone()).set(0.0);
+        tracing::info!(model = %self.key, running, "unloaded on request");
+        Some(running)
+    }
+
     /// Drops the session if it has been idle long enough and nobody is using it.
     /// Returns whether it unloaded.
     pub fn unload_if_idle(&self) -> bool {

@@ -87,6 +87,7 @@ impl DiseaseModels {
                 web::post().to(predict_image),
             )
             .route("/v1/warmup", web::post().to(warmup))
+            .route("/v1/unload", web::post().to(unload))
             .route("/v1/cards", web::get().to(cards))
             .route("/models", web::get().to(models));
     }
@@ -359,7 +360,12 @@ async fn predict_tabular(
     let mut p = prediction(card, probs, ms, None)?;
     p.audit = models
         .audit
-        .record(&p, audit_input, RequestId::of(&req))
+        .record(
+            &p,
+            audit_input,
+            RequestId::of(&req),
+            crate::auth::forwarded_caller(&req).map(|(id, _)| id),
+        )
         .await;
     Ok(HttpResponse::Ok().json(p))
 }
@@ -448,9 +454,33 @@ async fn predict_image(
     let mut p = prediction(&card, softmax(&logits), ms, Some(info))?;
     p.audit = models
         .audit
-        .record(&p, audit_input, RequestId::of(&req))
+        .record(
+            &p,
+            audit_input,
+            RequestId::of(&req),
+            crate::auth::forwarded_caller(&req).map(|(id, _)| id),
+        )
         .await;
     Ok(HttpResponse::Ok().json(p))
+}
+
+/// `POST /v1/unload`: drops both models' sessions (an operator freeing memory, or making the
+/// next request load a changed file); each loads again on its next request.
+async fn unload(models: web::Data<DiseaseModels>) -> HttpResponse {
+    let models: Vec<serde_json::Value> = models
+        .all()
+        .into_iter()
+        .map(|m| {
+            let running = m.unload();
+            serde_json::json!({
+                "key": m.key(),
+                "unloaded": running.is_some(),
+                // Requests that finish on the session they hold; it is freed after them.
+                "finishing": running.unwrap_or(0),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "models": models }))
 }
 
 /// `POST /v1/warmup`: starts loading both models in the background; returns at once.

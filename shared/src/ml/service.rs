@@ -16,7 +16,7 @@ use super::model::{Backoff, LazyModel, MemorySettings, ModelSettings};
 use super::remote::DownloadSettings;
 use super::routes::{DiseaseModels, readyz};
 use super::runtime::RuntimeSettings;
-use crate::auth::require_internal_token;
+use crate::auth::{Peer, only};
 use crate::request::request_context;
 use crate::server::{Application, Common};
 use crate::settings::{self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings};
@@ -90,7 +90,12 @@ impl DiseaseSettings {
 
     /// Checks that types cannot express.
     pub fn validate(&self, spec: &DiseaseSpec) -> Result<(), SettingsError> {
-        self.auth.validate(spec.env_prefix, &self.server)?;
+        self.auth.validate(
+            spec.env_prefix,
+            &self.server,
+            &[Peer::Gateway, Peer::Monitor],
+            &[Peer::Chain],
+        )?;
         let invalid = |key: &str, reason: &str| SettingsError::Invalid {
             key: key.into(),
             env: format!(
@@ -156,7 +161,10 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
         )),
         decode_budget: Budget::new(settings.images.decode_budget_mb),
         upload_buffer: UploadBuffer::new(settings.images.buffer_mb),
-        audit: AuditClient::new(&settings.chain, settings.auth.internal_token.clone()),
+        audit: AuditClient::new(
+            &settings.chain,
+            settings.auth.send.get(Peer::Chain).cloned(),
+        ),
     });
     if tokio::runtime::Handle::try_current().is_ok() {
         models.spawn_watchers();
@@ -166,6 +174,7 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
         spec.version,
         &spec.env_prefix.to_ascii_lowercase(),
         &settings.auth,
+        &settings.server,
     );
     let hook = web::Data::new(models.scrape_hook());
     Application::build(&settings.server, move || {
@@ -181,7 +190,8 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
             .route("/readyz", web::get().to(readyz))
             .service(
                 web::scope("")
-                    .wrap(from_fn(require_internal_token))
+                    // Only the gateway: another disease service has no business here.
+                    .wrap(from_fn(only(&[Peer::Gateway])))
                     .configure(move |cfg| guarded.routes(cfg)),
             )
     })
