@@ -145,13 +145,29 @@ impl Settings {
             &[Peer::Monitor],
             &[Peer::Diabetes, Peer::Heart, Peer::Chain],
         )?;
-        for (key, urls) in [
-            ("upstreams.diabetes", &self.upstreams.diabetes),
-            ("upstreams.heart", &self.upstreams.heart),
-            ("upstreams.chain", &self.upstreams.chain),
+        for (key, urls, peer) in [
+            (
+                "upstreams.diabetes",
+                &self.upstreams.diabetes,
+                Peer::Diabetes,
+            ),
+            ("upstreams.heart", &self.upstreams.heart, Peer::Heart),
+            ("upstreams.chain", &self.upstreams.chain, Peer::Chain),
         ] {
             if urls.is_empty() {
                 return Err(invalid(key, "needs at least one URL"));
+            }
+            // Beyond loopback an upstream takes no call without the gateway's credential.
+            if self.auth.send.get(peer).is_none()
+                && let Some(u) = urls.iter().find(|u| !settings::url_is_loopback(u))
+            {
+                return Err(invalid(
+                    &format!("auth.send.{peer}"),
+                    format!(
+                        "required: {u} is not on loopback, and {peer} takes no call without \
+                         the gateway's credential (docs/security.md)"
+                    ),
+                ));
             }
             for u in urls {
                 let ok = (u.starts_with("http://") || u.starts_with("https://"))

@@ -76,6 +76,21 @@ impl ServerSettings {
     }
 }
 
+/// Whether an http(s) URL (or `host:port`) names this machine's loopback: a service there
+/// needs no credential to be reached in development; any other does.
+pub fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -332,6 +347,26 @@ mod tests {
             check(&|a| a.accept.set(Peer::Gateway, "")).is_ok(),
             "empty = unset"
         );
+    }
+
+    #[test]
+    fn loopback_urls_are_told_from_others() {
+        for u in [
+            "http://127.0.0.1:8081",
+            "http://localhost:8083/",
+            "http://[::1]:80",
+            "127.0.0.1:9",
+        ] {
+            assert!(url_is_loopback(u), "{u}");
+        }
+        for u in [
+            "http://diabetes-svc:8081",
+            "https://medchain-chain.onrender.com",
+            "10.0.0.5:8082",
+            "http://127.0.0.1.example:1",
+        ] {
+            assert!(!url_is_loopback(u), "{u}");
+        }
     }
 
     #[test]

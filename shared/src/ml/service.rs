@@ -96,6 +96,20 @@ impl DiseaseSettings {
             &[Peer::Gateway, Peer::Monitor],
             &[Peer::Chain],
         )?;
+        let url = self.chain.url.trim();
+        if !url.is_empty()
+            && !settings::url_is_loopback(url)
+            && self.auth.send.get(Peer::Chain).is_none()
+        {
+            return Err(SettingsError::invalid(
+                spec.env_prefix,
+                "auth.send.chain",
+                format!(
+                    "required: chain.url {url} is not on loopback, and chain-svc records nothing \
+                     without this service's credential (docs/security.md)"
+                ),
+            ));
+        }
         let invalid = |key: &str, reason: &str| SettingsError::Invalid {
             key: key.into(),
             env: format!(
