@@ -8,6 +8,9 @@
 #   MEDCHAIN_CONTAINERS_KEEP=1 ...        leave the compose project running afterwards
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
+# A failure before the tests (engine, base images, a build) counts as one failed test.
+reported=0
+trap '[ "$reported" = 1 ] || echo "containers: 0 passed, 1 failed (stopped before the tests)"' EXIT
 
 # The engine: Debian's packages (dockerd, containerd, runc; docker-compose 1.29).
 if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; then
@@ -45,6 +48,7 @@ set +e
 "$PYENV/bin/python" -m pytest -q tests/containers 2>&1 | tee "$TOOLS/containers.log"
 status=${PIPESTATUS[0]}
 set -e
+reported=1
 python3 - "$TOOLS/containers.log" <<'PY'
 import re, sys
 last = open(sys.argv[1]).read().strip().splitlines()[-1:] or [""]

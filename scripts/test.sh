@@ -32,9 +32,19 @@ br_status=${PIPESTATUS[0]}
 say "benchmark command smoke run (debug binaries, few requests; figures not kept)"
 bench/smoke.sh 2>&1 | tee "$logs/bench.log"
 bench_status=${PIPESTATUS[0]}
+
+say "container test (real images, docker-compose with heart-svc scaled; scripts/test-containers.sh)"
+if [ "$(id -u)" = 0 ] || docker info >/dev/null 2>&1; then
+  scripts/test-containers.sh 2>&1 | tee "$logs/containers.log"
+  ct_status=${PIPESTATUS[0]}
+else
+  # Installing and starting an engine needs root; without one the test cannot run here.
+  echo "containers: not run (no Docker engine, and not root to install one)" | tee "$logs/containers.log"
+  ct_status=0
+fi
 set -e
 
-python3 - "$logs/pytest.log" "$logs/cargo.log" "$logs/browser.log" "$logs/bench.log" <<'PY'
+python3 - "$logs/pytest.log" "$logs/cargo.log" "$logs/browser.log" "$logs/bench.log" "$logs/containers.log" <<'PY'
 import re, sys
 passed = failed = 0
 py = open(sys.argv[1]).read()
@@ -46,10 +56,11 @@ for n, kind in re.findall(r"(\d+) (passed|failed|error)", py.splitlines()[-1] if
 for p, f in re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", open(sys.argv[2]).read()):
     passed += int(p)
     failed += int(f)
-for log, name in ((sys.argv[3], "browser"), (sys.argv[4], "bench")):
+for log, name in ((sys.argv[3], "browser"), (sys.argv[4], "bench"), (sys.argv[5], "containers")):
     for p, f in re.findall(name + r": (\d+) passed, (\d+) failed", open(log).read()):
         passed += int(p)
         failed += int(f)
 print(f"{passed} passed, {failed} failed")
 PY
-[ "$py_status" = 0 ] && [ "$rs_status" = 0 ] && [ "$br_status" = 0 ] && [ "$bench_status" = 0 ]
+[ "$py_status" = 0 ] && [ "$rs_status" = 0 ] && [ "$br_status" = 0 ] && [ "$bench_status" = 0 ] &&
+  [ "$ct_status" = 0 ]

@@ -43,9 +43,17 @@ if ! fresh "$debian"; then
     "$DOCKER" import - medchain-local/debian-rootfs:bookworm >/dev/null
   ctx="$(mktemp -d)"
   cat /usr/local/share/ca-certificates/*.crt > "$ctx/host-ca.crt" 2>/dev/null || : > "$ctx/host-ca.crt"
+  cat > "$ctx/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
   cat > "$ctx/Dockerfile" <<'DF'
 FROM medchain-local/debian-rootfs:bookworm
 COPY host-ca.crt /usr/local/share/ca-certificates/host-ca.crt
+# As Debian's official images: apt keeps no package caches or archives in a layer.
+COPY docker-clean /etc/apt/apt.conf.d/docker-clean
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
