@@ -15,6 +15,7 @@ trap '[ "$reported" = 1 ] || echo "containers: 0 passed, 1 failed (stopped befor
 # The engine: Debian's packages (dockerd, containerd, runc; docker-compose 1.29).
 if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; then
   say "Docker engine: installing Debian's docker.io and docker-compose"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >/dev/null
 fi
 # Debian's client builds with the engine's own BuildKit; a newer client elsewhere on PATH may

@@ -29,7 +29,8 @@ debian=medchain-local/debian:bookworm-slim
 if ! fresh "$debian"; then
   rootfs="$TOOLS/rootfs/bookworm"
   if [ ! -x "$rootfs/bin/bash" ]; then
-    command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    command -v debootstrap >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
     say "Debian bookworm root: debootstrap --variant=minbase into $rootfs"
     rm -rf "$rootfs.part" && mkdir -p "$(dirname "$rootfs")"
     debootstrap --variant=minbase bookworm "$rootfs.part" http://deb.debian.org/debian >/dev/null
