@@ -204,7 +204,10 @@ async fn fails_then_recovers(mode: Mode, reason: &str, attempts: usize) {
         answered_in_back_off += 1;
         assert_eq!(host.requests.load(Ordering::SeqCst), attempts, "{mode:?}");
     }
-    assert!(answered_in_back_off > 0, "no request fitted in the back-off");
+    assert!(
+        answered_in_back_off > 0,
+        "no request fitted in the back-off"
+    );
     assert!(
         cached_files(cache.path()).is_empty(),
         "{mode:?} left {:?}",
