@@ -2,7 +2,8 @@
 # The container test: builds every image here from the real Dockerfiles (the base images made
 # locally, as no registry is reachable: tests/containers/base-images.sh), runs docker-compose
 # with heart-svc scaled to three, and checks the system through the gateway's port, published
-# on 127.0.0.1 only (tests/containers/test_compose.py). Installs and starts a Docker engine
+# on 127.0.0.1 only (tests/containers/test_compose.py); then runs the single-instance image
+# alone under --memory 512m through the benchmark's load phases (tests/containers/test_single.py). Installs and starts a Docker engine
 # where it can (Debian's docker.io, as root). Ends with "containers: N passed, N failed".
 #   scripts/test-containers.sh            everything
 #   MEDCHAIN_CONTAINERS_KEEP=1 ...        leave the compose project running afterwards
@@ -35,13 +36,17 @@ export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
 say "base images (made here, not pulled)"
 while IFS='=' read -r name value; do export "$name=$value"; done < <(DOCKER=docker MEDCHAIN_TOOLS="$TOOLS" tests/containers/base-images.sh)
 
-say "building the images (docker-compose build, and the single-instance image)"
+say "building the images (docker-compose build, and the single-instance image with each ECG model)"
 export MEDCHAIN_COMPOSE_PROJECT="${MEDCHAIN_COMPOSE_PROJECT:-medchaintest}"
 started=$(date +%s)
 docker-compose -p "$MEDCHAIN_COMPOSE_PROJECT" build --quiet
-docker build --quiet -f deploy/single.Dockerfile \
-  --build-arg RUST_IMAGE --build-arg PYTHON_IMAGE --build-arg NODE_IMAGE --build-arg DEBIAN_IMAGE \
-  -t "$MEDCHAIN_COMPOSE_PROJECT/single" . >/dev/null
+for ecg in int8 fp32; do
+  tag="$MEDCHAIN_COMPOSE_PROJECT/single"
+  [ "$ecg" = int8 ] || tag="$tag-$ecg"
+  docker build --quiet -f deploy/single.Dockerfile --build-arg "ECG_MODEL=$ecg" \
+    --build-arg RUST_IMAGE --build-arg PYTHON_IMAGE --build-arg NODE_IMAGE --build-arg DEBIAN_IMAGE \
+    -t "$tag" . >/dev/null
+done
 say "images built in $(( $(date +%s) - started )) s"
 
 say "compose tests (pytest)"
