@@ -4,27 +4,23 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use alloy::primitives::Address;
-use medchain_shared::auth::{self, Calling};
+use medchain_shared::auth;
 use medchain_shared::error::{ApiError, ApiResult};
 use medchain_shared::request::ValidJson;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::chain::ChainError;
-use crate::records::RecordsState;
+use crate::records::{RecordsState, within_read_timeout};
 
 /// The caller must be an admin (as the gateway names them), or the operator in open mode.
 fn admin_only(req: &HttpRequest) -> ApiResult<String> {
-    match (auth::forwarded_caller(req), auth::calling(req)) {
-        (Some((id, role)), _) if role == "admin" => Ok(id),
-        (Some((_, role)), _) => Err(ApiError::Forbidden(format!(
+    match auth::named_caller(req, "recorders are managed")? {
+        None => Ok("operator".into()),
+        Some((id, role)) if role == "admin" => Ok(id),
+        Some((_, role)) => Err(ApiError::Forbidden(format!(
             "recorders are managed by admins; the {role} role may not"
         ))),
-        (None, Some(Calling::Anyone)) => Ok("operator".into()),
-        (None, _) => Err(ApiError::Forbidden(
-            "recorders are managed on behalf of a signed-in admin, and the gateway named none"
-                .into(),
-        )),
     }
 }
 
@@ -56,11 +52,9 @@ pub async fn status(
 ) -> ApiResult<HttpResponse> {
     admin_only(&req)?;
     let account = address(&raw)?;
-    let (recorder, admin) =
-        tokio::time::timeout(state.read_timeout, state.chain.recorder_status(account))
-            .await
-            .map_err(|_| ApiError::unavailable("the chain node did not answer in time", Some(5)))?
-            .map_err(chain_error)?;
+    let (recorder, admin) = within_read_timeout(&state, state.chain.recorder_status(account))
+        .await?
+        .map_err(chain_error)?;
     Ok(HttpResponse::Ok().json(json!({
         "address": account,
         "recorder": recorder,
@@ -90,9 +84,8 @@ pub async fn change(
     let who = admin_only(&req)?;
     let account = address(&raw)?;
     let on = body.0.recorder;
-    let tx = tokio::time::timeout(state.read_timeout, state.chain.set_recorder(account, on))
-        .await
-        .map_err(|_| ApiError::unavailable("the chain node did not answer in time", Some(5)))?
+    let tx = within_read_timeout(&state, state.chain.set_recorder(account, on))
+        .await?
         .map_err(chain_error)?;
     tracing::info!(target: "medchain::access", caller = %who, %account, recorder = on, %tx, "recorder changed");
     Ok(HttpResponse::Accepted().json(json!({

@@ -194,19 +194,15 @@ pub enum Reader {
 impl Reader {
     /// The reader of a request: the caller the gateway named, or the operator in open mode.
     pub fn of(req: &HttpRequest) -> ApiResult<Self> {
-        match (auth::forwarded_caller(req), auth::calling(req)) {
-            (Some((id, role)), _) => match role.as_str() {
+        match auth::named_caller(req, "records are read")? {
+            None => Ok(Self::Operator),
+            Some((id, role)) => match role.as_str() {
                 "auditor" => Ok(Self::Auditor(id)),
                 "clinician" => Ok(Self::Clinician(id)),
                 other => Err(ApiError::Forbidden(format!(
                     "the {other} role reads no records"
                 ))),
             },
-            (None, Some(Calling::Anyone)) => Ok(Self::Operator),
-            (None, _) => Err(ApiError::Forbidden(
-                "records are read on behalf of a signed-in caller, and the gateway named none"
-                    .into(),
-            )),
         }
     }
 
@@ -361,7 +357,7 @@ pub async fn accept(
         .created_by
         .filter(|c| !c.is_empty())
         .map(|c| {
-            if c.len() <= 160 && c.bytes().all(|b| b.is_ascii_graphic()) {
+            if auth::is_caller_id(&c) {
                 Ok(c)
             } else {
                 Err(ApiError::invalid(
@@ -466,25 +462,33 @@ fn first_commitment(logs: &[CommittedLog]) -> Option<&CommittedLog> {
     logs.first()
 }
 
+/// Runs a chain call under the read timeout: a node that does not answer in time is a 503;
+/// the call's own error is the caller's to map.
+pub(crate) async fn within_read_timeout<T>(
+    state: &RecordsState,
+    f: impl Future<Output = Result<T, ChainError>>,
+) -> ApiResult<Result<T, ChainError>> {
+    tokio::time::timeout(state.read_timeout, f)
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(
+                format!(
+                    "the chain node did not answer within {} ms",
+                    state.read_timeout.as_millis()
+                ),
+                Some(5),
+            )
+        })
+}
+
 /// Runs a chain read under the read timeout; a node that is down or slow is a 503.
 async fn read_chain<T>(
     state: &RecordsState,
     f: impl Future<Output = Result<T, ChainError>>,
 ) -> ApiResult<T> {
-    match tokio::time::timeout(state.read_timeout, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ApiError::unavailable(
-            format!("cannot read the chain: {e}"),
-            Some(5),
-        )),
-        Err(_) => Err(ApiError::unavailable(
-            format!(
-                "the chain node did not answer within {} ms",
-                state.read_timeout.as_millis()
-            ),
-            Some(5),
-        )),
-    }
+    within_read_timeout(state, f)
+        .await?
+        .map_err(|e| ApiError::unavailable(format!("cannot read the chain: {e}"), Some(5)))
 }
 
 /// Runs an outbox operation on the blocking pool (redb reads and fsyncs block).

@@ -287,6 +287,28 @@ pub fn calling(req: &actix_web::HttpRequest) -> Option<Calling> {
     req.extensions().get::<Calling>().copied()
 }
 
+/// Whether `s` can be a caller id: printable ASCII, 1 to 160 characters (it travels in a
+/// header and is stored with the records a caller creates).
+pub fn is_caller_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 160 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The caller a request is made for, as the gateway named them: `Some((id, role))`; `None` in
+/// open development mode with no caller named (the operator at the machine); a 403 naming
+/// `what` when a peer's call names nobody.
+pub fn named_caller(
+    req: &actix_web::HttpRequest,
+    what: &str,
+) -> Result<Option<(String, String)>, ApiError> {
+    match (forwarded_caller(req), calling(req)) {
+        (Some(c), _) => Ok(Some(c)),
+        (None, Some(Calling::Anyone)) => Ok(None),
+        (None, _) => Err(ApiError::Forbidden(format!(
+            "{what} on behalf of a signed-in caller, and the gateway named none"
+        ))),
+    }
+}
+
 /// The signed-in caller the gateway named (`CALLER_HEADER`, `CALLER_ROLE_HEADER`): believed
 /// only on a request the gateway's credential made (or any, in open development mode), and
 /// only if it is printable ASCII of at most 160 characters. `(id, role)`.
@@ -299,7 +321,7 @@ pub fn forwarded_caller(req: &actix_web::HttpRequest) -> Option<(String, String)
         req.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 160 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|v| is_caller_id(v))
             .map(str::to_string)
     };
     Some((header(CALLER_HEADER)?, header(CALLER_ROLE_HEADER)?))
@@ -340,11 +362,12 @@ async fn guard(
         };
         return Ok(req.error_response(err).map_into_right_body());
     }
-    let presented = req
-        .headers()
-        .get(INTERNAL_TOKEN_HEADER)
-        .map(|v| v.as_bytes().to_vec());
-    let err = match auth.identify(presented.as_deref()) {
+    let who = auth.identify(
+        req.headers()
+            .get(INTERNAL_TOKEN_HEADER)
+            .map(|v| v.as_bytes()),
+    );
+    let err = match who {
         Some(c @ Calling::Anyone) => {
             req.extensions_mut().insert(c);
             return next

@@ -72,7 +72,7 @@ impl ServerSettings {
 
     /// Whether it listens on loopback only.
     pub fn is_loopback(&self) -> bool {
-        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        host_is_loopback(&self.host)
     }
 }
 
@@ -87,6 +87,11 @@ pub fn url_is_loopback(url: &str) -> bool {
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
+    host_is_loopback(host)
+}
+
+/// Whether a host name or address is this machine's loopback.
+fn host_is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
