@@ -6,11 +6,29 @@
 #                             → bench/results/system.json and bench/BENCHMARKS.md
 #   bench/run.sh soak         soak run (100,000 tabular + 2,000 image requests; not in CI)
 #                             → bench/results/soak.json and bench/BENCHMARKS.md
+#   bench/run.sh containers   container run: builds every image (Docker's engine installed and
+#                             started where it can, base images made here), then each
+#                             container's cgroup peak per load phase for docker-compose with
+#                             heart-svc×3 and the single-instance image under --memory 512m
+#                             → bench/results/containers.json and bench/BENCHMARKS.md
 #   bench/run.sh --help       every option
-# A full system run takes about 10 minutes on 2 cores; the soak run about 15.
+# A full system run takes about 10 minutes on 2 cores; the soak run about 15; the container
+# run about 15 after its images are built.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
+if [ "${1:-}" = containers ]; then
+  # shellcheck source=scripts/containers-lib.sh
+  source "$ROOT/scripts/containers-lib.sh"
+  containers_engine
+  containers_build medchainbench
+  set -- "$@" --project medchainbench
+fi
 say "building release binaries (the first build takes several minutes)"
-cargo build --release --quiet --bins
+if [ "${1:-}" = containers ]; then
+  # The services run from their images; only the load generator is built here.
+  cargo build --release --quiet --bin medchain-bench
+else
+  cargo build --release --quiet --bins
+fi
 exec "${CARGO_TARGET_DIR:-$ROOT/target}/release/medchain-bench" "$@"

@@ -90,4 +90,20 @@ if [ "$with_tests" = 1 ]; then
     [ -x "$MEDCHAIN_CHROMIUM" ] || { echo "chromium did not install at $MEDCHAIN_CHROMIUM" >&2; exit 1; }
   fi
 fi
+if [ "$with_tests" = 1 ]; then
+  # kubectl with its built-in kustomize renders deploy/k8s for the deployment tests. The
+  # machines this runs on have it; elsewhere apt's `kubectl` package (Kubernetes' or Google's
+  # apt repository) where one is configured. Debian's own kubernetes-client (1.20) is too old:
+  # its kustomize predates `labels:` and inline `patches:`.
+  if kubectl kustomize --help >/dev/null 2>&1; then
+    say "kubectl: present ($(command -v kubectl))"
+  else
+    say "kubectl: installing apt's kubectl package"
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq kubectl ||
+      echo "kubectl is not installable here: the Kubernetes package tests will fail and say so" >&2
+  fi
+fi
 say "set-up complete"

@@ -5,17 +5,21 @@
 //! medchain-bench system [--quick] [--no-cgroup] [--out DIR] [--bin-dir DIR]
 //! medchain-bench soak [--tabular N] [--images N] [--out DIR] [--bin-dir DIR]
 //! medchain-bench chain [--quick] [--out DIR] [--bin-dir DIR]
+//! medchain-bench containers [--quick] [--project NAME] [--out DIR]
 //! medchain-bench render [--out DIR]
 //! ```
 //!
 //! `system` measures start-up, memory per process, first-prediction and warm latency through
 //! the gateway and direct, the ONNX Runtime floor, and a second run under 512 MB memory
 //! cgroups; `chain` measures the audit trail (records per block and per second, gas per
-//! record, acceptance-to-confirmation time, the backlog at 20 records a second); `soak` sends a long stream of requests and tracks RSS and file descriptors;
+//! record, acceptance-to-confirmation time, the backlog at 20 records a second); `containers`
+//! measures each container's cgroup peak per load phase (compose with heart-svc scaled, and the
+//! single-instance image under `--memory 512m`); `soak` sends a long stream of requests and tracks RSS and file descriptors;
 //! both write `DIR/results/<name>.json` and re-render `DIR/BENCHMARKS.md` from every results
 //! file there. Nothing in the Markdown is written by hand.
 
 mod chainbench;
+mod containerbench;
 mod floor;
 mod inputs;
 mod load;
@@ -37,6 +41,8 @@ pub struct Args {
     pub cgroup: bool,
     pub soak_tabular: usize,
     pub soak_images: usize,
+    /// The compose project (and image name prefix) of the container run.
+    pub project: String,
     /// The command line as typed, for the results.
     pub argv: String,
 }
@@ -61,6 +67,7 @@ fn parse() -> anyhow::Result<Args> {
         cgroup: true,
         soak_tabular: 100_000,
         soak_images: 2_000,
+        project: "medchainbench".into(),
         argv: argv.join(" "),
     };
     let mut it = argv.into_iter().skip(1);
@@ -68,13 +75,16 @@ fn parse() -> anyhow::Result<Args> {
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "system" | "soak" | "chain" | "render" if first => args.command = a.clone(),
+            "system" | "soak" | "chain" | "containers" | "render" if first => {
+                args.command = a.clone()
+            }
             "--quick" => args.quick = true,
             "--no-cgroup" => args.cgroup = false,
             "--out" => args.out = PathBuf::from(value("--out")?),
             "--bin-dir" => args.bin_dir = PathBuf::from(value("--bin-dir")?),
             "--tabular" => args.soak_tabular = value("--tabular")?.parse()?,
             "--images" => args.soak_images = value("--images")?.parse()?,
+            "--project" => args.project = value("--project")?,
             "-h" | "--help" => {
                 println!("{}", include_str!("usage.txt"));
                 std::process::exit(0);
@@ -109,6 +119,15 @@ fn main() -> anyhow::Result<()> {
                 "chain-quick.json"
             } else {
                 "chain.json"
+            };
+            report::write_json(&results.join(name), &v)?;
+        }
+        "containers" => {
+            let v = rt.block_on(containerbench::run(&args))?;
+            let name = if args.quick {
+                "containers-quick.json"
+            } else {
+                "containers.json"
             };
             report::write_json(&results.join(name), &v)?;
         }

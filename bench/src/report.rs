@@ -106,6 +106,13 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
     } else {
         md.push_str("No system run recorded yet: run `bench/run.sh`.\n\n");
     }
+    if let Some(v) = read(dir, "containers.json").or_else(|| read(dir, "containers-quick.json")) {
+        containers_md(&mut md, &v)?;
+    } else {
+        md.push_str(
+            "## Containers\n\nNo container run recorded yet: run `bench/run.sh containers`.\n\n",
+        );
+    }
     if let Some(v) = read(dir, "chain.json").or_else(|| read(dir, "chain-quick.json")) {
         chain_md(&mut md, &v)?;
     } else {
@@ -812,5 +819,129 @@ fn int8_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// The containers of a run, in their order.
+fn container_labels(run: &Value) -> Vec<String> {
+    run["limits_mb"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn containers_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+    md.push_str("## Containers\n\n");
+    run_md(md, v)?;
+    writeln!(
+        md,
+        "- Engine: Docker {} · docker-compose {}\n",
+        s(&v["engine"]["docker"]),
+        s(&v["engine"]["compose"])
+    )?;
+    md.push_str(
+        "The images built from the repository's Dockerfiles, run as a user runs them, and measured as the platform \
+         sees them: each container's memory cgroup peak (cgroup v1 `memory.max_usage_in_bytes`, v2 `memory.peak`; \
+         page cache included, which is what a container's limit is held against), reset before each phase. \
+         The same phases as the system run above, through the gateway's port on 127.0.0.1. \
+         Page cache dropped before each deployment started, so that libraries and model files are charged to \
+         the containers that read them.\n",
+    );
+    for run in v["runs"].as_array().into_iter().flatten() {
+        let labels = container_labels(run);
+        let title = match run["ecg_model"].as_str() {
+            Some(ecg) => format!("The single-instance image alone, {ecg} ECG model"),
+            None => "docker-compose.yml with heart-svc scaled to three (fp32 ECG model)".into(),
+        };
+        writeln!(md, "\n### {title}\n")?;
+        writeln!(
+            md,
+            "`{}` · gateway ready {} s after start · cgroup v{} · page cache dropped: {}\n",
+            s(&run["command"]),
+            f(&run["ready_after_s"], 1),
+            s(&run["cgroup_version"]),
+            run["page_cache_dropped"]
+        )?;
+        md.push_str("| phase | ok / requests | p50 ms | p99 ms |");
+        for l in &labels {
+            write!(md, " {l} peak MB |")?;
+        }
+        md.push_str("\n|---|---|---|---|");
+        md.push_str(&"---|".repeat(labels.len()));
+        md.push('\n');
+        let mut failed = 0;
+        for p in run["phases"].as_array().into_iter().flatten() {
+            let load = &p["load"];
+            let requests = if load.is_null() {
+                "–".to_string()
+            } else {
+                failed += load["failed"].as_u64().unwrap_or(0);
+                format!("{} / {}", load["ok"], load["requests"])
+            };
+            write!(
+                md,
+                "| {} | {requests} | {} | {} |",
+                s(&p["phase"]),
+                f(&load["p50_ms"], 1),
+                f(&load["p99_ms"], 1)
+            )?;
+            for l in &labels {
+                write!(md, " {} |", f(&p["containers"][l]["peak_mb"], 1))?;
+            }
+            md.push('\n');
+        }
+        md.push_str(
+            "\n| container | image | image size MiB | limit MB | largest phase peak MB | OOM-killed | restarts | running at the end |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for l in &labels {
+            let peak = run["phases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["containers"][l]["peak_mb"].as_f64())
+                .reduce(f64::max);
+            let end = &run["end"][l];
+            writeln!(
+                md,
+                "| {l} | `{}` | {} | {} | {} | {} | {} | {} |",
+                s(&run["images"][l]["image"]),
+                f(&run["images"][l]["size_mib"], 1),
+                f(&run["limits_mb"][l], 0),
+                peak.map_or_else(|| "–".into(), |x| format!("{x:.1}")),
+                s(&end["oom_killed"]),
+                s(&end["restarts"]),
+                s(&end["running"])
+            )?;
+        }
+        writeln!(md, "\nFailed requests over the run: {failed}.")?;
+        if let Some(spread) = run["spread"].as_array() {
+            md.push_str(
+                "\nLoad spreading over the three heart-svc instances: heart/tabular at concurrency 16 through the gateway, which resolves `heart-svc` to every instance's address (Docker's DNS), with kept-alive connections per address and with a new connection per request (`GATEWAY__PROXY__REUSE_CONNECTIONS=false`). Requests per instance from each instance's access log.\n\n| keep-alive | ok / requests | throughput req/s | p50 ms | p99 ms | served per instance |\n|---|---|---|---|---|---|\n",
+            );
+            for x in spread {
+                let per = x["served_per_instance"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}: {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                let load = &x["load"];
+                writeln!(
+                    md,
+                    "| {} | {} / {} | {} | {} | {} | {per} |",
+                    x["reuse_connections"],
+                    load["ok"],
+                    load["requests"],
+                    f(&load["throughput_rps"], 0),
+                    f(&load["p50_ms"], 2),
+                    f(&load["p99_ms"], 2)
+                )?;
+            }
+        }
+    }
+    md.push('\n');
     Ok(())
 }

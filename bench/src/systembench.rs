@@ -352,7 +352,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
 /// model files are read again by — and charged to — the cgroup about to start, as in a fresh
 /// container; otherwise pages an earlier run cached stay charged to the cgroup that first read
 /// them and a cgroup's peak leaves them out. Whether it could.
-fn drop_page_cache() -> bool {
+pub(crate) fn drop_page_cache() -> bool {
     // Written back first, so that dirty pages can be dropped too.
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()

@@ -1,6 +1,7 @@
 //! gateway: the only public front. Serves the web page and the public API under `/api/v1/`,
 //! proxying each route to its upstream (diabetes-svc, heart-svc, chain-svc) with streamed
-//! bodies, per-route limits and timeouts, round-robin with passive health, a credential per upstream,
+//! bodies, per-route limits and timeouts, round-robin with passive health over every instance (an
+//! upstream's DNS name resolved to all of its addresses, each with kept-alive connections), a credential per upstream,
 //! request ids, CORS, per-client rate limits and optional API keys. No business logic.
 
 pub mod callers;
@@ -65,9 +66,12 @@ pub struct ProxySettings {
     pub sleep_after_secs: u64,
     pub eject_secs: u64,
     pub readiness_timeout_ms: u64,
-    /// Keep connections to upstreams alive. Off behind a DNS name that lists several instances
-    /// (docker compose `--scale`): each request then resolves and connects anew.
+    /// Keep connections to upstreams alive (a pool per instance address).
     pub reuse_connections: bool,
+    /// How often an upstream given as a plain-http DNS name is looked up again, each address
+    /// it lists becoming an instance; 0: never (the name is then one instance, resolved by
+    /// each new connection).
+    pub resolve_secs: u64,
 }
 
 /// Body size limits per kind of route.
@@ -222,6 +226,15 @@ impl Gateway {
 
 /// Builds the server (bound, not yet running).
 pub fn build(settings: Settings) -> std::io::Result<Application> {
+    build_with(settings, Arc::new(proxy::SystemResolver))
+}
+
+/// The same, with upstream names looked up by `resolver` (tests give several loopback
+/// addresses to one name).
+pub fn build_with(
+    settings: Settings,
+    resolver: Arc<dyn proxy::Resolve>,
+) -> std::io::Result<Application> {
     let p = &settings.proxy;
     let eject = Duration::from_secs(p.eject_secs);
     let mut builder =
@@ -246,6 +259,11 @@ pub fn build(settings: Settings) -> std::io::Result<Application> {
         limits: settings.limits.clone(),
         timeouts: settings.proxy.clone(),
     });
+    proxy::spawn_refresh(
+        Arc::downgrade(&gateway),
+        resolver,
+        Duration::from_secs(p.resolve_secs),
+    );
     let gate = Arc::new(ClientGate::new(&settings.clients));
     gate.spawn_cleanup();
     let common = Common::new(

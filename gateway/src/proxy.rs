@@ -1,12 +1,20 @@
 //! Forwarding to upstreams: round-robin over each upstream's instances with passive health (an
-//! instance whose connection fails or times out is skipped for a while; nothing is polled), the
+//! instance whose connection fails or times out is skipped for a while; nothing is polled). An
+//! upstream given as a plain-http DNS name is looked up again and again ([`Upstream::refresh`]),
+//! and every address it resolves to is an instance of its own, with its own pool of kept-alive
+//! connections: a scaled service behind one name (a headless Service on Kubernetes, `--scale` on
+//! Compose) gets requests spread over all of its instances without a new connection per request;
+//! an address that is no longer listed is dropped. The
 //! gateway's credential for that upstream, the signed-in caller and the request id added, bodies streamed both ways with a size cap, per-route
 //! timeouts with extra time for an instance that may be waking from sleep, and failures turned
 //! into 502/503/504 problems naming the upstream — never a hang.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{self, HeaderName};
@@ -19,9 +27,34 @@ use medchain_shared::request::RequestId;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
+/// Looks up an upstream's host name: the system's resolver, or a test's own.
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+}
+
+/// The system's resolver (`getaddrinfo`: /etc/hosts, then DNS), as every other client uses.
+#[derive(Debug)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
+
 /// One instance of an upstream.
 #[derive(Debug)]
 struct Instance {
+    /// Where requests go: the configured base URL, or, for a resolved name, the same URL with
+    /// one of its addresses in place of the name.
     base: String,
     /// Skipped until then after a transport failure.
     ejected_until: Mutex<Option<Instant>>,
@@ -30,31 +63,89 @@ struct Instance {
     last_answer: Mutex<Option<Instant>>,
 }
 
+impl Instance {
+    fn new(base: String) -> Arc<Self> {
+        Arc::new(Instance {
+            base,
+            ejected_until: Mutex::new(None),
+            last_answer: Mutex::new(None),
+        })
+    }
+}
+
+/// A configured base URL; `name` when it is a plain-http URL whose host is a DNS name, which is
+/// then resolved to its addresses.
+#[derive(Debug)]
+struct Configured {
+    base: String,
+    name: Option<Named>,
+    /// The instance URLs the name resolved to last.
+    resolved: Mutex<Vec<String>>,
+}
+
+#[derive(Debug)]
+struct Named {
+    host: String,
+    port: u16,
+    /// The base URL's path (usually empty), kept after the address.
+    path: String,
+}
+
+impl Configured {
+    fn parse(url: &str) -> Self {
+        let base = url.trim_end_matches('/').to_string();
+        let name = reqwest::Url::parse(&base).ok().and_then(|u| {
+            // TLS needs the name (SNI, the certificate), and a platform's https endpoint has
+            // its own load balancer: only plain http is spread by address.
+            if u.scheme() != "http" {
+                return None;
+            }
+            // An address is already an instance; only a name can stand for several.
+            let host = u.host_str()?;
+            if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+                return None;
+            }
+            Some(Named {
+                host: host.to_string(),
+                port: u.port_or_known_default()?,
+                path: u.path().trim_end_matches('/').to_string(),
+            })
+        });
+        Configured {
+            base,
+            name,
+            resolved: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 /// An upstream service and its instances.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: &'static str,
     /// The gateway's credential for this upstream (`auth.send.<upstream>`).
     token: Option<SecretString>,
-    instances: Vec<Instance>,
+    configured: Vec<Configured>,
+    /// The instances now: replaced whole by [`Upstream::refresh`], read by every request.
+    instances: RwLock<Arc<Vec<Arc<Instance>>>>,
     next: AtomicUsize,
     eject_for: Duration,
 }
 
 impl Upstream {
-    /// `urls` are base URLs (`https://heart-svc.onrender.com`, `http://10.0.0.5:8082`).
+    /// `urls` are base URLs (`https://heart-svc.onrender.com`, `http://10.0.0.5:8082`,
+    /// `http://heart-svc:8082`). Until the first [`Upstream::refresh`], each is one instance.
     pub fn new(name: &'static str, urls: &[String], eject_for: Duration) -> Self {
+        let configured: Vec<Configured> = urls.iter().map(|u| Configured::parse(u)).collect();
+        let instances = configured
+            .iter()
+            .map(|c| Instance::new(c.base.clone()))
+            .collect();
         Self {
             name,
             token: None,
-            instances: urls
-                .iter()
-                .map(|u| Instance {
-                    base: u.trim_end_matches('/').to_string(),
-                    ejected_until: Mutex::new(None),
-                    last_answer: Mutex::new(None),
-                })
-                .collect(),
+            configured,
+            instances: RwLock::new(Arc::new(instances)),
             next: AtomicUsize::new(0),
             eject_for,
         }
@@ -66,45 +157,146 @@ impl Upstream {
         self
     }
 
+    /// Whether any base URL is a name to resolve.
+    pub fn has_names(&self) -> bool {
+        self.configured.iter().any(|c| c.name.is_some())
+    }
+
+    fn current(&self) -> Arc<Vec<Arc<Instance>>> {
+        self.instances
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Looks every name up again and makes each address an instance. An address still listed
+    /// keeps its state (ejection, last answer) and its pooled connections; one no longer listed
+    /// is dropped. A name that cannot be resolved keeps the addresses it had (a resolver that
+    /// fails for a moment drops nothing), or stays the name itself if it never had any.
+    pub async fn refresh(&self, resolver: &dyn Resolve) {
+        let old = self.current();
+        let mut bases = Vec::new();
+        for c in &self.configured {
+            let Some(n) = &c.name else {
+                bases.push(c.base.clone());
+                continue;
+            };
+            match resolver.lookup(&n.host, n.port).await {
+                Ok(mut addrs) if !addrs.is_empty() => {
+                    addrs.sort();
+                    let urls: Vec<String> = addrs
+                        .iter()
+                        .map(|a| format!("http://{a}{}", n.path))
+                        .collect();
+                    bases.extend(urls.iter().cloned());
+                    *lock(&c.resolved) = urls;
+                }
+                result => {
+                    let kept = lock(&c.resolved).clone();
+                    let error = match result {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "no address".into(),
+                    };
+                    tracing::warn!(upstream = self.name, host = %n.host, %error, kept = kept.len(),
+                        "upstream name not resolved; keeping its last addresses");
+                    if kept.is_empty() {
+                        bases.push(c.base.clone());
+                    } else {
+                        bases.extend(kept);
+                    }
+                }
+            }
+        }
+        // One instance per URL, in the order first listed.
+        let mut seen = std::collections::HashSet::new();
+        bases.retain(|b| seen.insert(b.clone()));
+        let same =
+            bases.len() == old.len() && bases.iter().zip(old.iter()).all(|(b, i)| *b == i.base);
+        metrics::gauge!(name("upstream_instances"), "upstream" => self.name)
+            .set(bases.len() as f64);
+        if same {
+            return;
+        }
+        let new: Vec<Arc<Instance>> = bases
+            .into_iter()
+            .map(|b| {
+                old.iter()
+                    .find(|i| i.base == b)
+                    .cloned()
+                    .unwrap_or_else(|| Instance::new(b))
+            })
+            .collect();
+        tracing::info!(upstream = self.name, instances = ?new.iter().map(|i| i.base.as_str()).collect::<Vec<_>>(), "upstream instances changed");
+        *self
+            .instances
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+    }
+
     /// Instances in the order to try them: round-robin from the next one, healthy first;
     /// ejected ones last (soonest back first), so a request is never refused untried.
-    fn order(&self) -> Vec<usize> {
-        let n = self.instances.len();
+    fn order(&self) -> Vec<Arc<Instance>> {
+        let instances = self.current();
+        let n = instances.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut healthy = Vec::with_capacity(n);
         let mut ejected = Vec::new();
         for k in 0..n {
-            let i = (start + k) % n;
-            match *lock(&self.instances[i].ejected_until) {
-                Some(until) if until > now => ejected.push((until, i)),
-                _ => healthy.push(i),
+            let inst = &instances[(start + k) % n];
+            match *lock(&inst.ejected_until) {
+                Some(until) if until > now => ejected.push((until, inst.clone())),
+                _ => healthy.push(inst.clone()),
             }
         }
-        ejected.sort();
+        ejected.sort_by_key(|(until, _)| *until);
         healthy.extend(ejected.into_iter().map(|(_, i)| i));
         healthy
     }
 
-    fn eject(&self, i: usize) {
-        *lock(&self.instances[i].ejected_until) = Some(Instant::now() + self.eject_for);
+    fn eject(&self, inst: &Instance) {
+        *lock(&inst.ejected_until) = Some(Instant::now() + self.eject_for);
         metrics::counter!(name("upstream_ejections_total"), "upstream" => self.name).increment(1);
     }
 
-    fn answered(&self, i: usize) {
-        let inst = &self.instances[i];
+    fn answered(&self, inst: &Instance) {
         *lock(&inst.ejected_until) = None;
         *lock(&inst.last_answer) = Some(Instant::now());
     }
 
-    fn may_be_asleep(&self, i: usize, after: Duration) -> bool {
-        lock(&self.instances[i].last_answer).is_none_or(|t| t.elapsed() > after)
+    fn may_be_asleep(inst: &Instance, after: Duration) -> bool {
+        lock(&inst.last_answer).is_none_or(|t| t.elapsed() > after)
     }
 
-    /// The instances' base URLs (for readiness).
-    pub fn bases(&self) -> impl Iterator<Item = &str> {
-        self.instances.iter().map(|i| i.base.as_str())
+    /// The instances' base URLs now (for readiness).
+    pub fn bases(&self) -> Vec<String> {
+        self.current().iter().map(|i| i.base.clone()).collect()
     }
+}
+
+/// Refreshes every upstream that has names to resolve, now and then every `every`, for as long
+/// as `upstreams` lives (the server's lifetime).
+pub fn spawn_refresh(
+    upstreams: std::sync::Weak<crate::Gateway>,
+    resolver: Arc<dyn Resolve>,
+    every: Duration,
+) {
+    if tokio::runtime::Handle::try_current().is_err() || every.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(g) = upstreams.upgrade() else { return };
+            for up in [&g.diabetes, &g.heart, &g.chain] {
+                if up.has_names() {
+                    up.refresh(resolver.as_ref()).await;
+                }
+            }
+        }
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -248,14 +440,13 @@ pub async fn forward(
     let request_id = RequestId::of(req);
     let started = Instant::now();
     let mut last_err = None;
-    for i in up.order() {
-        let inst = &up.instances[i];
+    for inst in up.order() {
         let url = if query.is_empty() {
             format!("{}{path}", inst.base)
         } else {
             format!("{}{path}?{query}", inst.base)
         };
-        let timeout = if up.may_be_asleep(i, proxy.sleep_after) {
+        let timeout = if Upstream::may_be_asleep(&inst, proxy.sleep_after) {
             policy.timeout + proxy.wake_grace
         } else {
             policy.timeout
@@ -295,7 +486,7 @@ pub async fn forward(
         }
         match rb.send().await {
             Ok(res) => {
-                up.answered(i);
+                up.answered(&inst);
                 record(up, "answered", started);
                 return Ok(respond(up, res));
             }
@@ -305,7 +496,7 @@ pub async fn forward(
                 let e = e.without_url();
                 let connect = e.is_connect();
                 if connect || e.is_timeout() {
-                    up.eject(i);
+                    up.eject(&inst);
                 }
                 tracing::warn!(upstream = up.name, instance = %inst.base, error = %e, connect, "upstream call failed");
                 // Only a request that never reached the instance may go to another one:
@@ -393,7 +584,7 @@ fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut actix_web::HttpRespo
 pub async fn ready(proxy: &Proxy, up: &Upstream, timeout: Duration) -> (bool, String) {
     let mut details = Vec::new();
     let mut any = false;
-    for base in up.bases() {
+    for base in &up.bases() {
         let res = proxy
             .client
             .get(format!("{base}/readyz"))
@@ -411,4 +602,93 @@ pub async fn ready(proxy: &Proxy, up: &Upstream, timeout: Duration) -> (bool, St
         }
     }
     (any, details.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(url: &str) -> Option<(String, u16, String)> {
+        Configured::parse(url)
+            .name
+            .map(|n| (n.host, n.port, n.path))
+    }
+
+    #[test]
+    fn only_plain_http_names_are_resolved_to_addresses() {
+        assert_eq!(
+            named("http://heart-svc:8082"),
+            Some(("heart-svc".into(), 8082, String::new()))
+        );
+        assert_eq!(
+            named("http://heart-svc.medchain.svc.cluster.local/api/"),
+            Some((
+                "heart-svc.medchain.svc.cluster.local".into(),
+                80,
+                "/api".into()
+            ))
+        );
+        // Addresses are instances already; TLS needs its name.
+        assert_eq!(named("http://127.0.0.1:8082"), None);
+        assert_eq!(named("http://[::1]:8082"), None);
+        assert_eq!(named("https://medchain-heart.onrender.com"), None);
+    }
+
+    #[derive(Debug)]
+    struct Fixed(std::io::Result<Vec<SocketAddr>>);
+
+    impl Resolve for Fixed {
+        fn lookup<'a>(
+            &'a self,
+            _: &'a str,
+            _: u16,
+        ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+            let r = match &self.0 {
+                Ok(a) => Ok(a.clone()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            Box::pin(async move { r })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_keeps_the_state_of_addresses_still_listed() {
+        let up = Upstream::new(
+            "heart-svc",
+            &[
+                "http://heart-svc:8082/".into(),
+                "http://10.0.0.9:8082".into(),
+            ],
+            Duration::from_secs(15),
+        );
+        assert_eq!(
+            up.bases(),
+            ["http://heart-svc:8082", "http://10.0.0.9:8082"]
+        );
+        let a: SocketAddr = "10.0.0.1:8082".parse().unwrap();
+        let b: SocketAddr = "[fd00::2]:8082".parse().unwrap();
+        up.refresh(&Fixed(Ok(vec![b, a, a]))).await;
+        assert_eq!(
+            up.bases(),
+            [
+                "http://10.0.0.1:8082",
+                "http://[fd00::2]:8082",
+                "http://10.0.0.9:8082"
+            ]
+        );
+        let first = up.current()[0].clone();
+        up.eject(&first);
+        up.refresh(&Fixed(Ok(vec![a]))).await;
+        assert_eq!(up.bases(), ["http://10.0.0.1:8082", "http://10.0.0.9:8082"]);
+        // The same instance, still ejected: it goes last.
+        assert!(Arc::ptr_eq(&first, &up.current()[0]));
+        assert_eq!(
+            up.order().last().map(|i| i.base.clone()),
+            Some(first.base.clone())
+        );
+        // A failing look-up keeps what the name had.
+        up.refresh(&Fixed(Err(std::io::Error::other("SERVFAIL"))))
+            .await;
+        assert_eq!(up.bases(), ["http://10.0.0.1:8082", "http://10.0.0.9:8082"]);
+    }
 }

@@ -14,6 +14,9 @@ use medchain_gateway::{Settings, build, route_table};
 use medchain_shared::auth::Peer;
 use serde_json::{Value, json};
 
+#[path = "proxy/spread.rs"]
+mod spread;
+
 /// What the gateway presents to each upstream, and what the monitor presents to the gateway.
 const TO_DIABETES: &str = "gateway-to-diabetes-credential";
 const TO_HEART: &str = "gateway-to-heart-credential";

@@ -59,7 +59,9 @@ def test_compose_caps_every_service_at_512m_and_starts_on_health():
     gw = c["services"]["gateway"]
     assert gw["ports"] == ["${MEDCHAIN_PUBLISH:-8080}:8080"]
     assert gw["environment"]["GATEWAY__UPSTREAMS__HEART"] == "http://heart-svc:8082"
-    assert gw["environment"]["GATEWAY__PROXY__REUSE_CONNECTIONS"] == "false"
+    # Spread over the scaled instances by resolving the name, with keep-alive (the default).
+    assert "GATEWAY__PROXY__REUSE_CONNECTIONS" not in gw["environment"]
+    assert "GATEWAY__PROXY__RESOLVE_SECS" not in gw["environment"]
     # Only the gateway is published.
     assert [n for n, s in c["services"].items() if "ports" in s] == ["gateway"]
 

@@ -88,6 +88,39 @@ pub fn service_peer(name: &str) -> Peer {
     }
 }
 
+/// A fresh random credential for every pair of services that talk, and the monitor's for
+/// each service (as `gateway new-credentials` makes them).
+pub fn new_credentials() -> anyhow::Result<Vec<((Peer, Peer), String)>> {
+    let mut raw = [0u8; 24];
+    let mut credentials = Vec::new();
+    for (from, to) in CALLS
+        .into_iter()
+        .chain(SERVICES.into_iter().map(|s| (Peer::Monitor, s)))
+    {
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        credentials.push(((from, to), hex::encode(raw)));
+    }
+    Ok(credentials)
+}
+
+/// A fresh random API key (`mk_…`).
+pub fn new_api_key() -> anyhow::Result<String> {
+    let mut raw = [0u8; 24];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("mk_{}", hex::encode(raw)))
+}
+
+/// The settings (environment variables) that give each service its side of `credentials`.
+pub fn credentials_as_env(credentials: &[((Peer, Peer), String)]) -> Vec<(String, String)> {
+    credentials_env(|from, to| {
+        credentials
+            .iter()
+            .find(|(pair, _)| *pair == (from, to))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    })
+}
+
 /// The whole system.
 #[derive(Debug)]
 pub struct System {
@@ -139,17 +172,8 @@ impl System {
     ) -> anyhow::Result<Self> {
         medchain_shared::http::init_tls();
         let data = tempfile::tempdir()?;
-        let mut raw = [0u8; 24];
-        let mut credentials = Vec::new();
-        for (from, to) in CALLS
-            .into_iter()
-            .chain(SERVICES.into_iter().map(|s| (Peer::Monitor, s)))
-        {
-            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            credentials.push(((from, to), hex::encode(raw)));
-        }
-        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let api_key = format!("mk_{}", hex::encode(raw));
+        let credentials = new_credentials()?;
+        let api_key = new_api_key()?;
         let key_entry = crate::key_entry("system-test", "clinician", &api_key);
         let ports = free_ports(4)?;
         let port = |name: &str| ports[NAMES.iter().position(|n| *n == name).unwrap_or(0)];
@@ -182,13 +206,7 @@ impl System {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        let secret_env = credentials_env(|from, to| {
-            credentials
-                .iter()
-                .find(|(pair, _)| *pair == (from, to))
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        });
+        let secret_env = credentials_as_env(&credentials);
         let shown = env
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
