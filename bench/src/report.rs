@@ -480,15 +480,7 @@ fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
     md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms | diabetes-svc peak MB | heart-svc peak MB | gateway peak MB | chain-svc peak MB | slowest /healthz ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for p in c["phases"].as_array().into_iter().flatten() {
         let l = &p["load"];
-        let statuses = l["statuses"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}×{v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
+        let statuses = statuses(&l["statuses"]);
         let peak = |svc: &str| f(&p["cgroups"][svc]["peak_usage_mb"], 1);
         let slowest = p["healthz_slowest_ms"]
             .as_object()
@@ -862,14 +854,15 @@ fn containers_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             s(&run["cgroup_version"]),
             run["page_cache_dropped"]
         )?;
-        md.push_str("| phase | ok / requests | p50 ms | p99 ms |");
+        md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms |");
         for l in &labels {
             write!(md, " {l} peak MB |")?;
         }
-        md.push_str("\n|---|---|---|---|");
+        md.push_str("\n|---|---|---|---|---|");
         md.push_str(&"---|".repeat(labels.len()));
         md.push('\n');
         let mut failed = 0;
+        let mut refusals = Vec::new();
         for p in run["phases"].as_array().into_iter().flatten() {
             let load = &p["load"];
             let requests = if load.is_null() {
@@ -878,10 +871,14 @@ fn containers_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
                 failed += load["failed"].as_u64().unwrap_or(0);
                 format!("{} / {}", load["ok"], load["requests"])
             };
+            if load["failed"].as_u64().unwrap_or(0) > 0 {
+                refusals.push(format!("{}: {}", s(&p["phase"]), s(&load["first_failure"])));
+            }
             write!(
                 md,
-                "| {} | {requests} | {} | {} |",
+                "| {} | {requests} | {} | {} | {} |",
                 s(&p["phase"]),
+                statuses(&load["statuses"]),
                 f(&load["p50_ms"], 1),
                 f(&load["p99_ms"], 1)
             )?;
@@ -913,7 +910,13 @@ fn containers_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
                 s(&end["running"])
             )?;
         }
-        writeln!(md, "\nFailed requests over the run: {failed}.")?;
+        writeln!(
+            md,
+            "\nRequests not answered with a 200 over the run: {failed}."
+        )?;
+        for x in &refusals {
+            writeln!(md, "- {x}")?;
+        }
         if let Some(spread) = run["spread"].as_array() {
             md.push_str(
                 "\nLoad spreading over the three heart-svc instances: heart/tabular at concurrency 16 through the gateway, which resolves `heart-svc` to every instance's address (Docker's DNS), with kept-alive connections per address and with a new connection per request (`GATEWAY__PROXY__REUSE_CONNECTIONS=false`). Requests per instance from each instance's access log.\n\n| keep-alive | ok / requests | throughput req/s | p50 ms | p99 ms | served per instance |\n|---|---|---|---|---|---|\n",
@@ -944,4 +947,16 @@ fn containers_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     }
     md.push('\n');
     Ok(())
+}
+
+/// `{"200": 640}` as `200×640`.
+fn statuses(v: &Value) -> String {
+    match v.as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, n)| format!("{k}×{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "–".into(),
+    }
 }

@@ -412,8 +412,8 @@ async fn predict_image(
                     return Err(ApiError::TooLarge {
                         detail: format!(
                             "decoding this image would take about {} MB of memory; this \
-                             service decodes within {} MB — send a smaller image or an 8-bit \
-                             JPEG",
+                             service decodes within {} MB — send an image with fewer pixels, or \
+                             a baseline (not progressive) 8-bit JPEG",
                             cost.div_ceil(1 << 20),
                             budget.total_bytes() >> 20
                         ),
