@@ -70,6 +70,13 @@ if [ "$with_tests" = 1 ]; then
     echo "$want" > "$stamp"
   fi
 fi
+# Debian packages, through sudo when not root.
+apt_install() {
+  local sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "$@"
+}
 if [ "$with_tests" = 1 ]; then
   pw="$MEDCHAIN_NODE_MODULES/playwright-core/package.json"
   if [ -f "$pw" ] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$pw"; then
@@ -83,10 +90,7 @@ if [ "$with_tests" = 1 ]; then
     say "Chromium: present ($MEDCHAIN_CHROMIUM)"
   else
     say "Chromium: installing Debian's chromium package (apt-get)"
-    sudo_cmd=""
-    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends chromium
+    apt_install chromium
     [ -x "$MEDCHAIN_CHROMIUM" ] || { echo "chromium did not install at $MEDCHAIN_CHROMIUM" >&2; exit 1; }
   fi
 fi
@@ -99,10 +103,7 @@ if [ "$with_tests" = 1 ]; then
     say "kubectl: present ($(command -v kubectl))"
   else
     say "kubectl: installing apt's kubectl package"
-    sudo_cmd=""
-    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq kubectl ||
+    apt_install kubectl ||
       echo "kubectl is not installable here: the Kubernetes package tests will fail and say so" >&2
   fi
 fi

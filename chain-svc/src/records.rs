@@ -227,34 +227,9 @@ fn no_record(id: &str) -> ApiError {
 const DISEASES: [&str; 2] = ["diabetes", "heart"];
 const MODALITIES: [&str; 2] = ["tabular", "image"];
 
-/// The model that made the prediction.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelRef {
-    pub id: String,
-    pub version: String,
-    pub sha256: String,
-}
-
-/// A prediction to record (sent by a disease service).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewRecord {
-    pub prediction_id: String,
-    pub disease: String,
-    pub modality: String,
-    pub model: ModelRef,
-    pub label: u8,
-    pub probability: f64,
-    #[serde(default)]
-    pub patient_id: Option<String>,
-    /// SHA-256 of the canonical input (canonical JSON features, or the uploaded image bytes).
-    pub input_digest: B256,
-    /// The signed-in caller who asked for the prediction (the gateway's caller id): who may
-    /// read the record later. Kept in the outbox, never on chain.
-    #[serde(default)]
-    pub created_by: Option<String>,
-}
+/// The model that made the prediction, and a prediction to record: the types the disease
+/// services send (one definition for both sides).
+pub use medchain_shared::contract::{ModelRef, RecordRequest as NewRecord};
 
 /// The receipt of an accepted record.
 #[derive(Debug, Serialize)]
@@ -384,13 +359,13 @@ pub async fn accept(
         prediction_id,
         patient_ref: state.patient_key.patient_ref(patient_id.as_deref()),
         model_id_hash: model_id_hash(&r.model),
-        input_commitment: privacy::commitment(&salt, &r.input_digest),
+        input_commitment: privacy::commitment(&salt, &B256::from(r.input_digest.0)),
         disease,
         modality,
         label: r.label,
         probability_bps: (r.probability * 10_000.0).round() as u16,
     };
-    let digest = r.input_digest;
+    let digest = B256::from(r.input_digest.0);
     // Idempotent: a retry of the same request (same fields, same input) gets the stored
     // record back; its salt is the first request's, so compare through the commitment. Only a
     // new record counts against the limits.

@@ -489,6 +489,10 @@ async fn cors_allows_only_listed_origins() {
         .await
         .expect("send");
     assert_eq!(denied.status(), 403);
+    // The body says the same as the status: a forbidden problem, not an unauthorised one.
+    let body: Value = denied.json().await.expect("problem body");
+    assert_eq!(body["status"], 403, "{body}");
+    assert_eq!(body["type"], "urn:medchain:problem:forbidden", "{body}");
     // The gateway's own page (same origin) needs no CORS and is not refused.
     let host = gw.trim_start_matches("http://");
     let same = client

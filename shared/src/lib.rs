@@ -1,8 +1,11 @@
 //! The library every medchain service uses: settings, telemetry, errors, health and metrics,
-//! the internal-token check and process memory figures. It knows no service.
+//! the service credentials, process memory figures and the typed contracts between the services
+//! (`contract`); with the `ml` feature, the model-serving stack of the disease services
+//! (`ml`).
 
 pub mod audit;
 pub mod auth;
+pub mod contract;
 pub mod error;
 pub mod health;
 pub mod http;

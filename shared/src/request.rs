@@ -58,7 +58,17 @@ pub async fn request_context(
     // The route pattern, never the raw path: path parameters are identifiers (patient ids
     // travel in bodies only, but a path may still carry whatever a client put there), which
     // must not reach the logs.
-    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    // A prediction adds its model, prediction id and inference time (`model`, `prediction_id`,
+    // `inference_ms`) once it has them.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        %method,
+        route = %route,
+        model = tracing::field::Empty,
+        prediction_id = tracing::field::Empty,
+        inference_ms = tracing::field::Empty,
+    );
     let start = Instant::now();
     // Inner middleware answers errors as responses (see `auth`), so an `Err` here is rare; it
     // cannot carry the request id because the request is gone, but it is still logged.

@@ -3,7 +3,8 @@
 //! image), a per-patient listing, a record read and a verification, a request with a wrong
 //! service credential and one with a wrong client API key, no log line holds a secret (the nine
 //! service credentials, client API key, chain signer key, patient-reference key) or the
-//! patient id.
+//! patient id; and a prediction's access line names its model, prediction id and inference
+//! time.
 
 use std::time::Duration;
 
@@ -179,6 +180,15 @@ async fn no_secret_and_no_patient_id_reaches_any_log() {
         all.matches("served").count() >= 8,
         "every request should have its access line"
     );
+    // A prediction's access line says which model answered, how fast, and which prediction it
+    // was (the request span's fields), so a slow or wrong answer can be traced to its record.
+    let model = tabular["model"]["id"].as_str().expect("model id");
+    let served = all
+        .lines()
+        .find(|l| l.contains("served") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no access line names prediction {id}"));
+    assert!(served.contains(model), "{served}");
+    assert!(served.contains("inference_ms"), "{served}");
     let signer = signer.trim().trim_start_matches("0x");
     let mut secrets = vec![
         ("client API key", api_key.as_str()),

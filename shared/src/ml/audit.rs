@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::routes::Prediction;
+use crate::contract::{Digest, RecordRequest};
 
 /// Where chain-svc is and how long a record may take.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,7 +62,8 @@ impl AuditClient {
         created_by: Option<String>,
     ) -> Option<Value> {
         let (patient_id, input_digest) = patient?;
-        let digest = format!("0x{}", hex::encode(input_digest));
+        let input_digest = Digest(input_digest);
+        let digest = input_digest.to_string();
         let Some(url) = &self.records_url else {
             return Some(unrecorded(
                 "not_configured",
@@ -69,17 +71,24 @@ impl AuditClient {
                 &digest,
             ));
         };
-        let body = json!({
-            "prediction_id": p.prediction_id,
-            "disease": p.disease,
-            "modality": p.modality,
-            "model": {"id": p.model.id, "version": p.model.version, "sha256": p.model.sha256},
-            "label": p.result.class_index,
-            "probability": p.result.probability,
-            "patient_id": patient_id,
-            "input_digest": digest,
-            "created_by": created_by,
-        });
+        let Ok(label) = u8::try_from(p.result.class_index) else {
+            return Some(unrecorded(
+                "bad_request",
+                "the predicted class does not fit a record's label (0-255)",
+                &digest,
+            ));
+        };
+        let body = RecordRequest {
+            prediction_id: p.prediction_id.clone(),
+            disease: p.disease.clone(),
+            modality: p.modality.to_string(),
+            model: p.model.clone(),
+            label,
+            probability: p.result.probability,
+            patient_id: Some(patient_id),
+            input_digest,
+            created_by,
+        };
         let send = || {
             let mut req = self.http.post(url).json(&body);
             if let Some(t) = &self.token {

@@ -144,13 +144,8 @@ pub struct ClassBand {
     pub risk_band: String,
 }
 
-/// The model that answered.
-#[derive(Debug, Serialize)]
-pub struct ModelRef {
-    pub id: String,
-    pub version: String,
-    pub sha256: String,
-}
+/// The model that answered (the same type chain-svc reads in a record).
+pub use crate::contract::ModelRef;
 
 /// A prediction response.
 #[derive(Debug, Serialize)]
@@ -170,6 +165,18 @@ pub struct Prediction {
     /// `confirmed` on chain), or `unrecorded` with the reason; null when no `patient_id` was
     /// given (nothing to record).
     pub audit: Option<Value>,
+}
+
+impl Prediction {
+    /// Puts the model, the prediction id and the inference time on the request's span, so the
+    /// access log line ("served") says which model answered, how fast, and which prediction it
+    /// was. Nothing of the input or the patient.
+    fn trace(&self) {
+        let span = tracing::Span::current();
+        span.record("model", self.model.id.as_str());
+        span.record("prediction_id", self.prediction_id.as_str());
+        span.record("inference_ms", self.inference_ms);
+    }
 }
 
 /// What the service saw of an uploaded image.
@@ -367,6 +374,7 @@ async fn predict_tabular(
             crate::auth::forwarded_caller(&req).map(|(id, _)| id),
         )
         .await;
+    p.trace();
     Ok(HttpResponse::Ok().json(p))
 }
 
@@ -461,6 +469,7 @@ async fn predict_image(
             crate::auth::forwarded_caller(&req).map(|(id, _)| id),
         )
         .await;
+    p.trace();
     Ok(HttpResponse::Ok().json(p))
 }
 

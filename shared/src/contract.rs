@@ -1,0 +1,121 @@
+//! The typed contracts between services: what a disease service sends chain-svc to record a
+//! prediction ([`RecordRequest`], `POST /v1/records`), and the model reference a prediction and
+//! its record both carry ([`ModelRef`]). The sender serialises these types and the receiver
+//! deserialises the same ones, so the two sides cannot drift apart.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The model that made a prediction: its card's id and version and its file's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    pub id: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// A SHA-256 digest on the wire: `0x` and 64 hex digits (the `0x` optional when read, either
+/// case).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0x{}", hex::encode(self.0))
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix("0x").unwrap_or(s);
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(digits, &mut out)
+            .map_err(|_| "expected 32 bytes as 64 hex digits (0x…)".to_string())?;
+        Ok(Digest(out))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `POST /v1/records` on chain-svc: a prediction to record. chain-svc checks the values (a
+/// UUID id, a known disease and modality, a probability in [0, 1], a printable patient id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRequest {
+    pub prediction_id: String,
+    pub disease: String,
+    pub modality: String,
+    pub model: ModelRef,
+    /// The predicted class's index.
+    pub label: u8,
+    /// The predicted class's probability.
+    pub probability: f64,
+    #[serde(default)]
+    pub patient_id: Option<String>,
+    /// SHA-256 of the canonical input (canonical JSON features, or the uploaded image bytes:
+    /// [`crate::audit`]).
+    pub input_digest: Digest,
+    /// The signed-in caller who asked for the prediction (the gateway's caller id): who may
+    /// read the record later. Kept in chain-svc's outbox, never on chain.
+    #[serde(default)]
+    pub created_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_is_0x_and_64_hex_digits_both_ways() {
+        let d: Digest = format!("0x{}", "aB".repeat(32)).parse().expect("digest");
+        assert_eq!(d.0, [0xab; 32]);
+        assert_eq!(d.to_string(), format!("0x{}", "ab".repeat(32)));
+        assert_eq!("ab".repeat(32).parse::<Digest>(), Ok(d));
+        for bad in ["0x12", "", "0x", &format!("0x{}", "zz".repeat(32))] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad}");
+        }
+        let json = serde_json::to_value(d).expect("serialise");
+        assert_eq!(
+            serde_json::from_value::<Digest>(json).expect("read back"),
+            d
+        );
+    }
+
+    #[test]
+    fn a_record_request_refuses_unknown_fields() {
+        let mut v = serde_json::json!({
+            "prediction_id": "6a1f6f2e-1c3d-4e5f-8a9b-0c1d2e3f4a5b", "disease": "diabetes",
+            "modality": "tabular", "model": {"id": "m", "version": "1", "sha256": "00"},
+            "label": 1, "probability": 0.7, "input_digest": format!("0x{}", "00".repeat(32)),
+        });
+        let r: RecordRequest = serde_json::from_value(v.clone()).expect("minimal request");
+        assert_eq!(r.patient_id, None);
+        assert_eq!(
+            serde_json::to_value(&r).expect("serialise")["input_digest"],
+            v["input_digest"]
+        );
+        v["extra"] = 1.into();
+        assert!(serde_json::from_value::<RecordRequest>(v).is_err());
+    }
+}
