@@ -170,7 +170,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     }
 
     // Long enough for every bounded cache to fill: chain-svc's outbox page cache (4 MB) needs
-    // about 10,000 records (scripts/chain_outbox_growth.py), the image paths' allocators a few
+    // about 10,000 records (bench/probes/chain_outbox_growth.py), the image paths' allocators a few
     // hundred uploads of each kind. A first soak with a short warm-up (100 records, 40 uploads
     // per kind) counted that filling as drift.
     say("warm-up: every endpoint, until each model is loaded and every cache has filled");

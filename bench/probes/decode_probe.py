@@ -2,10 +2,10 @@
 """Peak RSS of a disease service (release build) under concurrent uploads of large images: what
 the image decode budget (`images.decode_budget_mb`) bounds.
 
-    scripts/decode_probe.py                 # 4 × 16-bit RGBA and 4 × 8-bit RGB 40-MP PNGs
-    scripts/decode_probe.py --n 8
-    DIABETES__IMAGES__DECODE_BUDGET_MB=1000000 scripts/decode_probe.py   # budget out of the way
-    .tools/pyenv/bin/python scripts/decode_probe.py --progressive --service heart
+    bench/probes/decode_probe.py                 # 4 × 16-bit RGBA and 4 × 8-bit RGB 40-MP PNGs
+    bench/probes/decode_probe.py --n 8
+    DIABETES__IMAGES__DECODE_BUDGET_MB=1000000 bench/probes/decode_probe.py   # budget out of the way
+    .tools/pyenv/bin/python bench/probes/decode_probe.py --progressive --service heart
         # progressive JPEGs (needs Pillow, in the test environment): one 40-MP (4:2:0, then
         # 4:4:4) and two 22-MP at once, to heart-svc
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench_service import free_port, status
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "decode-probe-" + uuid.uuid4().hex
 W, H = 7000, 5700
 PREFIX, ROUTE = "DIABETES", "retina"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Memory and latency of one disease service, release build, on this machine.
 
-    scripts/bench_service.py diabetes [--arena on|off] [--memory-pattern on|off] [--json out.json]
-    scripts/bench_service.py heart --tabular-only
+    bench/probes/bench_service.py diabetes [--arena on|off] [--memory-pattern on|off] [--json out.json]
+    bench/probes/bench_service.py heart --tabular-only
 
 Starts target/release/<disease>-svc on a free loopback port and reports, from /proc:
 RSS at idle (before any prediction), after each model's first load, and peak RSS (VmHWM) under
@@ -28,7 +28,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE_ROUTE = {"diabetes": "retina", "heart": "ecg"}
 TABULAR = {
     "diabetes": {"pregnancies": 6, "glucose": 148, "blood_pressure": 72, "skin_thickness": 35,

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """RSS and heap of one disease service (release build) under one kind of load at a time.
 
-    scripts/heap_probe.py heart img:1000 tab:10000 img:600
-    scripts/heap_probe.py diabetes img:500 aud:6000 img:500 --with-chain
+    bench/probes/heap_probe.py heart img:1000 tab:10000 img:600
+    bench/probes/heap_probe.py diabetes img:500 aud:6000 img:500 --with-chain
 
 Starts target/release/<disease>-svc (and, with --with-chain, chain-svc with its local anvil, so
 that `aud` requests are recorded) on free loopback ports, runs the plan and prints, after every
@@ -36,7 +36,7 @@ from PIL import Image
 
 from bench_service import TABULAR, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUTE = {"diabetes": "retina", "heart": "ecg"}
 TOKEN = "heap-probe-" + uuid.uuid4().hex
 STEP = {"img": (4, 250), "tab": (16, 5000), "aud": (4, 1000)}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """chain-svc's RSS as its outbox grows: records only, no predictions.
 
-    scripts/chain_outbox_growth.py <path to chain-svc binary> [records, default 16000]
+    bench/probes/chain_outbox_growth.py <path to chain-svc binary> [records, default 16000]
 
 Starts chain-svc (embedded anvil, temporary data dir) on port 18931, posts records with 8
 client threads in batches of 2,000 and prints RSS and the outbox file's size after each batch.

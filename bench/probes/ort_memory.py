@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What an ONNX Runtime session costs in RSS, and how much of it glibc merely keeps.
 
-    scripts/ort_memory.py models/heart/ecg.onnx [--level all|extended|basic] [--no-prepacking]
+    bench/probes/ort_memory.py models/heart/ecg.onnx [--level all|extended|basic] [--no-prepacking]
 
 Loads the model with ONNX Runtime (the same library version the services load, from the test
 environment's onnxruntime wheel) in this fresh process and prints RSS added by session creation,
