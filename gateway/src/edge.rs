@@ -4,7 +4,6 @@
 //! one problem shape.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,8 +39,7 @@ pub struct ClientGate {
 
 impl ClientGate {
     pub fn new(s: &ClientSettings) -> Self {
-        let per_second = NonZeroU32::new(s.rate_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(s.rate_burst).unwrap_or(NonZeroU32::MIN);
+        let (per_second, burst) = (s.rate_per_second, s.rate_burst);
         Self {
             origins: s.cors_origins.clone(),
             // Validated with the settings.

@@ -91,8 +91,8 @@ pub struct ClientSettings {
     /// page needs none.
     pub cors_origins: Vec<String>,
     /// Requests per second per client, and the burst above it.
-    pub rate_per_second: u32,
-    pub rate_burst: u32,
+    pub rate_per_second: std::num::NonZeroU32,
+    pub rate_burst: std::num::NonZeroU32,
     /// Proxies in front of the gateway that append to `X-Forwarded-For` (Render: 1). The
     /// client is the entry that many from the right; 0: the peer address, the header ignored.
     pub trusted_proxy_hops: usize,
@@ -188,9 +188,6 @@ impl Settings {
                     format!("`{o}` is not an origin like https://app.example.org"),
                 ));
             }
-        }
-        if self.clients.rate_per_second == 0 || self.clients.rate_burst == 0 {
-            return Err(invalid("clients.rate_per_second", "must be positive"));
         }
         crate::callers::Callers::from_entries(&self.clients.keys)
             .map_err(|e| invalid("clients.keys", e))?;

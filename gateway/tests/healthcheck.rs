@@ -42,3 +42,27 @@ fn the_health_check_command_reports_the_server_state() {
     let _ = server.wait();
     assert_eq!(code, 0);
 }
+
+/// A rate limit of zero would refuse every caller: the gateway does not start, and says which
+/// setting (the limits are `NonZeroU32`, so no zero gets past reading the settings).
+#[test]
+fn a_zero_rate_limit_is_refused_naming_its_setting() {
+    for (env, key) in [
+        (
+            "GATEWAY__CLIENTS__RATE_PER_SECOND",
+            "clients.rate_per_second",
+        ),
+        ("GATEWAY__CLIENTS__RATE_BURST", "clients.rate_burst"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .env(env, "0")
+            .env("GATEWAY__SERVER__PORT", "0")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{env}=0 started the gateway");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{env}=0: {stderr}");
+    }
+}

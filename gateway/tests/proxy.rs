@@ -578,8 +578,8 @@ async fn clients_are_rate_limited_and_api_keys_are_checked() {
         vec![closed()],
         vec![closed()],
     );
-    s.clients.rate_per_second = 1;
-    s.clients.rate_burst = 3;
+    s.clients.rate_per_second = std::num::NonZeroU32::new(1).expect("positive");
+    s.clients.rate_burst = std::num::NonZeroU32::new(3).expect("positive");
     let gw = start(s).await;
     let client = client();
     let url = format!("{gw}/api/v1/diabetes/models");
@@ -756,8 +756,8 @@ async fn a_spoofed_forwarded_for_does_not_escape_the_rate_limit() {
         vec![closed()],
         vec![closed()],
     );
-    s.clients.rate_per_second = 1;
-    s.clients.rate_burst = 3;
+    s.clients.rate_per_second = std::num::NonZeroU32::new(1).expect("positive");
+    s.clients.rate_burst = std::num::NonZeroU32::new(3).expect("positive");
     s.clients.trusted_proxy_hops = 1;
     let gw = start(s).await;
     // Not signed in: limited by address, which is what X-Forwarded-For decides (a signed-in
@@ -922,8 +922,8 @@ async fn readiness_aggregates_the_upstreams_when_asked() {
     assert!(detailed.to_string().contains("127.0.0.1"), "{detailed}");
     // Each public call wakes the upstreams: rate-limited like the API (not with the token).
     let mut s = settings(vec![closed()], vec![closed()], vec![closed()]);
-    s.clients.rate_per_second = 1;
-    s.clients.rate_burst = 2;
+    s.clients.rate_per_second = std::num::NonZeroU32::new(1).expect("positive");
+    s.clients.rate_burst = std::num::NonZeroU32::new(2).expect("positive");
     let limited = start(s).await;
     let codes: Vec<u16> =
         futures_util::future::join_all((0..6).map(|_| reqwest::get(format!("{limited}/readyz"))))

@@ -26,8 +26,8 @@ async fn system() -> String {
     g.upstreams.diabetes = vec![svc.address.clone()];
     g.upstreams.heart = vec![format!("http://127.0.0.1:{}", closed_port())];
     g.upstreams.chain = vec![format!("http://127.0.0.1:{}", closed_port())];
-    g.clients.rate_burst = 10_000;
-    g.clients.rate_per_second = 10_000;
+    g.clients.rate_burst = std::num::NonZeroU32::new(10_000).expect("positive");
+    g.clients.rate_per_second = std::num::NonZeroU32::new(10_000).expect("positive");
     g.clients.keys = vec![
         medchain_tests::test_key_entry(),
         medchain_tests::key_entry("test-admin", "admin", ADMIN_KEY),

@@ -131,8 +131,8 @@ async fn start_named(port: u16, resolver: Arc<TestResolver>, reuse: bool) -> Str
     );
     s.proxy.resolve_secs = 1;
     // One test client is one caller: the per-caller limit would count the test itself.
-    s.clients.rate_per_second = 100_000;
-    s.clients.rate_burst = 100_000;
+    s.clients.rate_per_second = std::num::NonZeroU32::new(100_000).expect("positive");
+    s.clients.rate_burst = std::num::NonZeroU32::new(100_000).expect("positive");
     s.proxy.reuse_connections = reuse;
     s.validate().expect("valid");
     let app = build_with(s, resolver).expect("gateway");
