@@ -12,8 +12,8 @@
 #                             heart-svc×3 and the single-instance image under --memory 512m
 #                             → bench/results/containers.json and bench/BENCHMARKS.md
 #   bench/run.sh --help       every option
-# A full system run takes about 10 minutes on 2 cores; the soak run about 15; the container
-# run about 15 after its images are built.
+# A full system run takes about 10 minutes on 2 cores; the soak run about 15. The container
+# run builds the images first (a cold build took 766 s here).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"

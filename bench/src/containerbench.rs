@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::load::{Target, drive};
 use crate::{Args, inputs, repo_root, report};
-use medchain_tests::system::{credentials_as_env, new_api_key, new_credentials};
+use medchain_tests::system::{credentials_as_env, free_ports, new_api_key, new_credentials};
 
 const MB: f64 = 1024.0 * 1024.0;
 /// The caller the load generator signs in as.
@@ -174,9 +174,7 @@ impl Deployment {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(free_ports(1)?[0])
 }
 
 /// Waits until the gateway answers `/readyz` with a 200.
@@ -198,17 +196,26 @@ async fn wait_ready(url: &str, timeout: Duration) -> anyhow::Result<f64> {
     bail!("{url}/readyz did not answer 200 within {timeout:?}")
 }
 
-/// The settings every deployment gets: the load generator's API key, and no per-caller rate
-/// limit (one load generator is one caller: the limit would measure itself).
+/// No per-caller rate limit: one load generator is one caller, and the limit would measure
+/// itself.
+const NO_RATE_LIMIT: [(&str, &str); 2] = [
+    ("GATEWAY__CLIENTS__RATE_PER_SECOND", "1000000"),
+    ("GATEWAY__CLIENTS__RATE_BURST", "1000000"),
+];
+
+/// The gateway's `clients.keys` setting for the load generator's API key.
+fn caller_key(key: &str) -> (String, String) {
+    (
+        "GATEWAY__CLIENTS__KEYS".into(),
+        medchain_tests::key_entry(CALLER, "clinician", key),
+    )
+}
+
+/// The settings every deployment gets: the load generator's API key and no rate limit.
 fn caller_env(key: &str) -> Vec<(String, String)> {
-    vec![
-        (
-            "GATEWAY__CLIENTS__KEYS".into(),
-            medchain_tests::key_entry(CALLER, "clinician", key),
-        ),
-        ("GATEWAY__CLIENTS__RATE_PER_SECOND".into(), "1000000".into()),
-        ("GATEWAY__CLIENTS__RATE_BURST".into(), "1000000".into()),
-    ]
+    std::iter::once(caller_key(key))
+        .chain(NO_RATE_LIMIT.map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
 }
 
 /// The compose project, started: `docker-compose up -d --no-build --scale heart-svc=3`, with
@@ -258,17 +265,18 @@ async fn compose_up(project: &str, key: &str) -> anyhow::Result<(Compose, Deploy
     let port = free_port()?;
     let mut env = credentials_as_env(&new_credentials()?);
     env.push(("MEDCHAIN_PUBLISH".into(), format!("127.0.0.1:{port}")));
-    env.push((
-        "GATEWAY__CLIENTS__KEYS".into(),
-        medchain_tests::key_entry(CALLER, "clinician", key),
-    ));
+    env.push(caller_key(key));
+    // Compose passes on only the variables the file names: the rest through an override.
+    let mut gateway_env: String = NO_RATE_LIMIT
+        .iter()
+        .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
+        .collect();
+    gateway_env
+        .push_str("      GATEWAY__PROXY__REUSE_CONNECTIONS: \"${MEDCHAIN_BENCH_REUSE:-true}\"\n");
     let files = tempfile::tempdir()?;
     std::fs::write(
         files.path().join("bench.yml"),
-        "services:\n  gateway:\n    environment:\n      \
-         GATEWAY__CLIENTS__RATE_PER_SECOND: \"1000000\"\n      \
-         GATEWAY__CLIENTS__RATE_BURST: \"1000000\"\n      \
-         GATEWAY__PROXY__REUSE_CONNECTIONS: \"${MEDCHAIN_BENCH_REUSE:-true}\"\n",
+        format!("services:\n  gateway:\n    environment:\n{gateway_env}"),
     )?;
     let compose = Compose {
         project: project.to_string(),

@@ -487,7 +487,8 @@ pub fn debug_bin_dir() -> PathBuf {
     }
 }
 
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+/// `n` free loopback ports (all bound at once, so they differ, then released).
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()?;
