@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use medchain_shared::auth::Peer;
+use medchain_core::auth::Peer;
 use serde_json::{Value, json};
 
 use crate::Args;
@@ -162,8 +162,8 @@ impl Rig {
             .http
             .get(format!("{}/v1/records/{id}", self.base))
             .header("x-internal-token", credential(Peer::Gateway))
-            .header(medchain_shared::auth::CALLER_HEADER, "chain-bench")
-            .header(medchain_shared::auth::CALLER_ROLE_HEADER, "auditor")
+            .header(medchain_core::auth::CALLER_HEADER, "chain-bench")
+            .header(medchain_core::auth::CALLER_ROLE_HEADER, "auditor")
             .send()
             .await?
             .json()
@@ -363,7 +363,7 @@ async fn backlog(args: &Args, block_time: u64, rate: u64, secs: u64) -> anyhow::
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<Value> {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     let mut v = crate::report::header(args, "chain")?;
     let n = if args.quick { 200 } else { 2000 };
     let modes: &[(&str, Option<u64>)] = if args.quick {

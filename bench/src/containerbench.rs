@@ -555,7 +555,7 @@ async fn spread(compose: &mut Compose, dep: &Deployment, quick: bool) -> anyhow:
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<Value> {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     let project = args.project.as_str();
     let key = new_api_key()?;
     let mut runs = Vec::new();

@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use medchain_shared::ml::card::ModelCard;
-use medchain_shared::ml::service::DiseaseSettings;
-use medchain_shared::ml::{image, runtime, tabular};
+use medchain_serving::card::ModelCard;
+use medchain_serving::inputs::{image, tabular};
+use medchain_serving::runtime;
+use medchain_serving::settings::DiseaseSettings;
 use serde_json::{Value, json};
 
 use crate::load::percentile;

@@ -126,7 +126,7 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 
 /// A client whose pool keeps one connection per worker.
 pub fn client(concurrency: usize) -> reqwest::Client {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(300))
@@ -174,7 +174,7 @@ async fn one(client: &reqwest::Client, t: &Target, out: &mut Outcome) {
         .header(reqwest::header::CONTENT_TYPE, &t.content_type)
         .body(t.body.clone());
     if let Some(token) = &t.token {
-        req = req.header(medchain_shared::auth::INTERNAL_TOKEN_HEADER, token);
+        req = req.header(medchain_core::auth::INTERNAL_TOKEN_HEADER, token);
     }
     if let Some(key) = &t.api_key {
         req = req.bearer_auth(key);

@@ -48,7 +48,7 @@ pub fn header(args: &Args, kind: &str) -> anyhow::Result<Value> {
         "versions": {
             "rustc": cmd("rustc", &["-V"]),
             "medchain": env!("CARGO_PKG_VERSION"),
-            "onnxruntime": medchain_shared::ml::runtime::ORT_VERSION,
+            "onnxruntime": medchain_serving::runtime::ORT_VERSION,
         },
         "note": "the load generator runs on the same machine as the services and shares its CPUs",
     }))

@@ -22,7 +22,7 @@ const ROUNDS: usize = 20;
 /// of their allocator trim periods, so every service has handed back what the round's last
 /// requests freed.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(6);
-const _: () = assert!(SETTLE.as_millis() > 2 * medchain_shared::memory::TRIM_EVERY.as_millis());
+const _: () = assert!(SETTLE.as_millis() > 2 * medchain_core::memory::TRIM_EVERY.as_millis());
 
 fn say(msg: &str) {
     eprintln!("==> {msg}");

@@ -515,7 +515,7 @@ async fn unrecorded(sys: &System) -> Option<f64> {
     let text = reqwest::Client::new()
         .get(format!("{}/metrics", sys.get("diabetes-svc").url()))
         .header(
-            medchain_shared::auth::INTERNAL_TOKEN_HEADER,
+            medchain_core::auth::INTERNAL_TOKEN_HEADER,
             sys.credential(Peer::Monitor, Peer::Diabetes),
         )
         .send()
@@ -670,8 +670,8 @@ async fn cgroup_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value
 async fn int8_run(
     args: &Args,
     logs: &std::path::Path,
-    d: &medchain_shared::ml::service::DiseaseSettings,
-    h: &medchain_shared::ml::service::DiseaseSettings,
+    d: &medchain_serving::settings::DiseaseSettings,
+    h: &medchain_serving::settings::DiseaseSettings,
     n_img: usize,
 ) -> anyhow::Result<Value> {
     let variants = [

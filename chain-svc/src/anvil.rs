@@ -196,7 +196,7 @@ pub async fn supervise(
             continue;
         };
         tracing::error!(%status, port, "the embedded anvil exited; starting it again");
-        metrics::counter!(medchain_shared::metrics::name("anvil_restarts_total")).increment(1);
+        metrics::counter!(medchain_core::metrics::name("anvil_restarts_total")).increment(1);
         let (bin, dir) = (binary.clone(), state_dir.clone());
         match tokio::task::spawn_blocking(move || Anvil::start_on(&bin, &dir, chain_id, port)).await
         {

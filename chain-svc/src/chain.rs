@@ -233,7 +233,7 @@ impl AuditChain {
         salt: B256,
         configured: Option<Address>,
     ) -> Result<Self, ChainError> {
-        medchain_shared::http::init_tls();
+        medchain_core::http::init_tls();
         let me = signer.address();
         let wallet = EthereumWallet::from(signer);
         // Record batches are signed here with nonces the sender manages; the provider's own

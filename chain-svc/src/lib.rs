@@ -19,11 +19,11 @@ use actix_web::{App, HttpResponse, web};
 use alloy::primitives::{Address, B256, U256, keccak256};
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
-use medchain_shared::auth::{Peer, only};
-use medchain_shared::health::{Check, ScrapeHook, readiness};
-use medchain_shared::request::request_context;
-use medchain_shared::server::{Application, Common};
-use medchain_shared::settings::{
+use medchain_core::auth::{Peer, only};
+use medchain_core::health::{Check, ScrapeHook, readiness};
+use medchain_core::request::request_context;
+use medchain_core::server::{Application, Common};
+use medchain_core::settings::{
     self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -305,7 +305,7 @@ impl Running {
 /// Starts everything: anvil if embedded, keys, contract (deployed or found), outbox, sender,
 /// and the HTTP server.
 pub async fn build(settings: Settings) -> anyhow::Result<Running> {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     let data = settings.data_dir();
     private_dir(&data)?;
     let embedded = settings.chain.rpc_url.is_none();
@@ -504,7 +504,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Running> {
 
 /// Pending count and the oldest pending record's age, current at every scrape.
 fn outbox_gauges(outbox: &Outbox) {
-    use medchain_shared::metrics::name;
+    use medchain_core::metrics::name;
     match outbox.pending_stats() {
         Ok((n, oldest)) => {
             metrics::gauge!(name("outbox_pending")).set(n as f64);

@@ -2,13 +2,13 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    medchain_shared::memory::tune_allocator();
+    medchain_core::memory::tune_allocator();
     ignore_file_size_signal();
     let settings = medchain_chain_svc::Settings::load()?;
-    if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
+    if let Some(code) = medchain_core::server::healthcheck_command(&settings.server) {
         std::process::exit(code);
     }
-    medchain_shared::telemetry::init(&settings.telemetry);
+    medchain_core::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
     let running = medchain_chain_svc::build(settings).await?;
     tracing::info!(port = running.port(), contract = %running.contract, "listening");

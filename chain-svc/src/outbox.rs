@@ -371,7 +371,7 @@ impl Outbox {
         };
         match &result {
             Err(OutboxError::Io(reason)) => {
-                metrics::counter!(medchain_shared::metrics::name("outbox_io_errors_total"))
+                metrics::counter!(medchain_core::metrics::name("outbox_io_errors_total"))
                     .increment(1);
                 tracing::error!(error = %reason, "outbox I/O failure; reopening it");
                 *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());

@@ -4,9 +4,9 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use alloy::primitives::Address;
-use medchain_shared::auth;
-use medchain_shared::error::{ApiError, ApiResult};
-use medchain_shared::request::ValidJson;
+use medchain_core::auth;
+use medchain_core::error::{ApiError, ApiResult};
+use medchain_core::request::ValidJson;
 use serde::Deserialize;
 use serde_json::json;
 

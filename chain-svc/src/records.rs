@@ -9,14 +9,14 @@ use std::time::Duration;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use alloy::primitives::{Address, B256};
 use futures_util::StreamExt;
-use medchain_shared::error::{ApiError, ApiResult};
-use medchain_shared::request::ValidJson;
+use medchain_core::error::{ApiError, ApiResult};
+use medchain_core::request::ValidJson;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use medchain_shared::auth::{self, Calling, Peer};
+use medchain_core::auth::{self, Calling, Peer};
 
 use crate::chain::{AuditChain, ChainError, CommittedLog, RecordInput};
 use crate::outbox::{Entry, Outbox, OutboxError, Status, now_ms};
@@ -139,7 +139,7 @@ impl From<AcceptError> for ApiError {
         match e {
             AcceptError::Outbox(e) => outbox_error(e),
             AcceptError::Limited { what, retry_after } => {
-                metrics::counter!(medchain_shared::metrics::name("records_refused_total"), "why" => "rate")
+                metrics::counter!(medchain_core::metrics::name("records_refused_total"), "why" => "rate")
                     .increment(1);
                 ApiError::RateLimited {
                     detail: format!(
@@ -149,7 +149,7 @@ impl From<AcceptError> for ApiError {
                 }
             }
             AcceptError::Backlog(n) => {
-                metrics::counter!(medchain_shared::metrics::name("records_refused_total"), "why" => "backlog")
+                metrics::counter!(medchain_core::metrics::name("records_refused_total"), "why" => "backlog")
                     .increment(1);
                 ApiError::Unavailable {
                     detail: format!(
@@ -229,7 +229,7 @@ const MODALITIES: [&str; 2] = ["tabular", "image"];
 
 /// The model that made the prediction, and a prediction to record: the types the disease
 /// services send (one definition for both sides).
-pub use medchain_shared::contract::{ModelRef, RecordRequest as NewRecord};
+pub use medchain_core::contract::{ModelRef, RecordRequest as NewRecord};
 
 /// The receipt of an accepted record.
 #[derive(Debug, Serialize)]
@@ -352,7 +352,7 @@ pub async fn accept(
     let patient_id = r
         .patient_id
         .as_deref()
-        .map(medchain_shared::request::check_patient_id)
+        .map(medchain_core::request::check_patient_id)
         .transpose()?;
     let salt = privacy::new_salt().map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
     let record = RecordInput {
@@ -396,7 +396,7 @@ pub async fn accept(
     })
     .await?;
     state.wake.notify_one();
-    metrics::counter!(medchain_shared::metrics::name("records_accepted_total")).increment(1);
+    metrics::counter!(medchain_core::metrics::name("records_accepted_total")).increment(1);
     Ok(HttpResponse::Accepted().json(Receipt {
         prediction_id: b256_to_id(&stored.id()),
         status: stored.status,
@@ -587,7 +587,7 @@ pub async fn by_patient(
     body: ValidJson<PatientQuery>,
 ) -> ApiResult<HttpResponse> {
     let reader = Reader::of(&req)?;
-    let pid = medchain_shared::request::check_patient_id(&body.0.patient_id)?;
+    let pid = medchain_core::request::check_patient_id(&body.0.patient_id)?;
     let patient_ref = state.patient_key.patient_ref(Some(&pid));
     // A clinician lists the patients they recorded a prediction for; any other patient looks
     // exactly like one nobody has records of. Not even the patient's reference is given: with
@@ -757,7 +757,7 @@ pub async fn verify(
                 ));
             }
             (Some(f), None) => {
-                let bytes = medchain_shared::audit::canonical_features(f).map_err(|k| {
+                let bytes = medchain_core::audit::canonical_features(f).map_err(|k| {
                     ApiError::invalid(
                         format!("features.{k}"),
                         format!("feature `{k}` must be a finite number or null"),
@@ -806,7 +806,7 @@ pub async fn verify(
     };
     let patient_ref = patient_id
         .as_deref()
-        .map(medchain_shared::request::check_patient_id)
+        .map(medchain_core::request::check_patient_id)
         .transpose()?
         .map(|p| state.patient_key.patient_ref(Some(&p)));
     let entry = outbox_get(&state, key).await?;
@@ -829,8 +829,7 @@ pub async fn verify(
         (Some(s), _) => Some(s),
         (None, Reader::Auditor(who)) => {
             state.limits.stored_salt(who)?;
-            metrics::counter!(medchain_shared::metrics::name("stored_salt_uses_total"))
-                .increment(1);
+            metrics::counter!(medchain_core::metrics::name("stored_salt_uses_total")).increment(1);
             tracing::info!(target: "medchain::access", caller = %who, prediction = %b256_to_id(&key), "verify with the stored salt");
             None
         }

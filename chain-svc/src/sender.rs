@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::providers::Provider;
-use medchain_shared::metrics::name;
+use medchain_core::metrics::name;
 use tokio::sync::Notify;
 
 use crate::chain::{AuditChain, BatchOutcome, Broadcast, ChainError, Commitment, Fees};

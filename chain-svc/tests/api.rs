@@ -3,7 +3,7 @@
 
 mod common;
 
-use medchain_shared::auth::Peer;
+use medchain_core::auth::Peer;
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ async fn spawn(data: &std::path::Path) -> (String, String) {
 }
 
 async fn spawn_with(data: &std::path::Path, tweak: impl FnOnce(&mut Settings)) -> (String, String) {
-    medchain_shared::telemetry::init_for_tests();
+    medchain_core::telemetry::init_for_tests();
     let mut s = Settings::load().expect("defaults");
     tweak(&mut s);
     s.server.port = 0;
@@ -205,8 +205,8 @@ async fn records_are_written_by_their_own_service_and_read_by_whom_they_concern(
     let (status, p) = send(
         get(x)
             .header("x-internal-token", common::credential(Peer::Gateway))
-            .header(medchain_shared::auth::CALLER_HEADER, "ops")
-            .header(medchain_shared::auth::CALLER_ROLE_HEADER, "admin"),
+            .header(medchain_core::auth::CALLER_HEADER, "ops")
+            .header(medchain_core::auth::CALLER_ROLE_HEADER, "admin"),
     )
     .await;
     assert_eq!(status, 403, "admins read no records: {p}");
@@ -271,8 +271,8 @@ async fn an_admin_grants_and_revokes_recorders() {
     let url = format!("{base}/v1/recorders/{account}");
     let as_admin = |rb: reqwest::RequestBuilder| {
         rb.header("x-internal-token", common::credential(Peer::Gateway))
-            .header(medchain_shared::auth::CALLER_HEADER, "ops")
-            .header(medchain_shared::auth::CALLER_ROLE_HEADER, "admin")
+            .header(medchain_core::auth::CALLER_HEADER, "ops")
+            .header(medchain_core::auth::CALLER_ROLE_HEADER, "admin")
     };
     let status = || async {
         let res = as_admin(client.get(&url)).send().await.expect("get");
@@ -325,7 +325,7 @@ async fn an_admin_grants_and_revokes_recorders() {
 fn digest_of(bytes: &[u8]) -> String {
     format!(
         "0x{}",
-        alloy::primitives::hex::encode(medchain_shared::audit::sha256(bytes))
+        alloy::primitives::hex::encode(medchain_core::audit::sha256(bytes))
     )
 }
 
@@ -362,9 +362,8 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     let (base, rpc) = spawn_with(data.path(), |s| s.limits.stored_salt_per_minute = 2).await;
     let client = reqwest::Client::new();
     let features = json!({"pregnancies": 6, "glucose": 148, "bmi": 33.6, "insulin": null});
-    let canonical =
-        medchain_shared::audit::canonical_features(features.as_object().expect("object"))
-            .expect("canonical");
+    let canonical = medchain_core::audit::canonical_features(features.as_object().expect("object"))
+        .expect("canonical");
     let image = b"\xff\xd8\xff\xe0 pretend these are the uploaded JPEG bytes".to_vec();
     let (tab, img, other) = (
         "11111111-2222-4333-8444-555555555555",

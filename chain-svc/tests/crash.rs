@@ -4,7 +4,7 @@
 
 mod common;
 
-use medchain_shared::auth::Peer;
+use medchain_core::auth::Peer;
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -69,7 +69,7 @@ async fn kill_9_of_chain_svc_and_anvil_together_loses_nothing() {
 }
 
 async fn kill_9_under_writes(with_anvil: bool) {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     let data = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -10,7 +10,7 @@
 
 mod common;
 
-use medchain_shared::auth::Peer;
+use medchain_core::auth::Peer;
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -74,7 +74,7 @@ fn outbox_check(body: &Value) -> Value {
 
 #[tokio::test]
 async fn a_full_disk_refuses_clearly_and_the_service_recovers_without_a_restart() {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     let data = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -6,7 +6,7 @@
 
 mod common;
 
-use medchain_shared::auth::Peer;
+use medchain_core::auth::Peer;
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ async fn start(data: &std::path::Path) -> (String, String) {
 }
 
 async fn start_reconciling_every(data: &std::path::Path, ms: u64) -> (String, String) {
-    medchain_shared::telemetry::init_for_tests();
+    medchain_core::telemetry::init_for_tests();
     let mut s = Settings::load().expect("defaults");
     s.server.port = 0;
     s.server.workers = 1;

@@ -13,11 +13,11 @@
 use std::sync::LazyLock;
 
 use actix_web::ResponseError;
-use medchain_shared::ApiError;
-use medchain_shared::ml::card::{ModelCard, Preprocessing};
-use medchain_shared::ml::image::{ImageLimits, decode_cost, prepare};
-use medchain_shared::ml::tabular;
-use medchain_shared::request::parse_json;
+use medchain_core::ApiError;
+use medchain_core::request::parse_json;
+use medchain_serving::card::{ModelCard, Preprocessing};
+use medchain_serving::inputs::image::{ImageLimits, decode_cost, prepare};
+use medchain_serving::inputs::tabular;
 
 fn card(rel: &str) -> ModelCard {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/").to_string() + rel;
@@ -67,9 +67,9 @@ pub fn json_request(data: &[u8]) {
                         f.name
                     );
                 }
-                let canonical = medchain_shared::audit::canonical_features(&input.canonical)
+                let canonical = medchain_core::audit::canonical_features(&input.canonical)
                     .expect("accepted features have a canonical encoding");
-                let _ = medchain_shared::audit::sha256(&canonical);
+                let _ = medchain_core::audit::sha256(&canonical);
             }
             Err(e) => client_error(&e),
         }

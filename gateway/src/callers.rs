@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
-use medchain_shared::error::ApiError;
+use medchain_core::error::ApiError;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

@@ -17,7 +17,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError, web};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use medchain_shared::error::ApiError;
+use medchain_core::error::ApiError;
 
 /// Who a client is, for rate limiting.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -89,7 +89,7 @@ impl ClientGate {
     fn check(&self, client: &ClientKey) -> Result<(), ApiError> {
         self.limiter.check_key(client).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            metrics::counter!(medchain_shared::metrics::name("rate_limited_total")).increment(1);
+            metrics::counter!(medchain_core::metrics::name("rate_limited_total")).increment(1);
             ApiError::RateLimited {
                 detail: format!(
                     "too many requests from this client; retry in {} ms",
@@ -195,7 +195,7 @@ pub async fn cors_and_limits(
             _ => false,
         };
         if cross_site {
-            metrics::counter!(medchain_shared::metrics::name("cross_site_refused_total"))
+            metrics::counter!(medchain_core::metrics::name("cross_site_refused_total"))
                 .increment(1);
             let e = ApiError::Forbidden(
                 "a cross-site request may not change anything here: call the API from the \
@@ -228,7 +228,7 @@ pub async fn cors_and_limits(
         Ok(c) => c,
         Err(e) => {
             let e = gate.limit(req.request()).err().unwrap_or(e);
-            metrics::counter!(medchain_shared::metrics::name("unauthenticated_total")).increment(1);
+            metrics::counter!(medchain_core::metrics::name("unauthenticated_total")).increment(1);
             return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
         }
     };

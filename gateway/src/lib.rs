@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, web};
-use medchain_shared::auth::{Calling, INTERNAL_TOKEN_HEADER, Peer, ServiceAuth};
-use medchain_shared::health::{Check, readiness};
-use medchain_shared::request::request_context;
-use medchain_shared::server::{Application, Common};
-use medchain_shared::settings::{
+use medchain_core::auth::{Calling, INTERNAL_TOKEN_HEADER, Peer, ServiceAuth};
+use medchain_core::health::{Check, readiness};
+use medchain_core::request::request_context;
+use medchain_core::server::{Application, Common};
+use medchain_core::settings::{
     self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
 };
 use serde::Deserialize;
@@ -235,7 +235,7 @@ pub fn build_with(
     let p = &settings.proxy;
     let eject = Duration::from_secs(p.eject_secs);
     let mut builder =
-        medchain_shared::http::client_builder(Duration::from_millis(p.connect_timeout_ms));
+        medchain_core::http::client_builder(Duration::from_millis(p.connect_timeout_ms));
     if !p.reuse_connections {
         builder = builder.pool_max_idle_per_host(0);
     }
@@ -300,7 +300,7 @@ async fn readyz(
     g: web::Data<Gateway>,
     gate: web::Data<ClientGate>,
     auth: Option<web::Data<ServiceAuth>>,
-) -> Result<HttpResponse, medchain_shared::error::ApiError> {
+) -> Result<HttpResponse, medchain_core::error::ApiError> {
     let detailed = auth.is_some_and(|a| {
         let presented = req
             .headers()

@@ -21,7 +21,7 @@ fn key_command(args: &[String]) -> anyhow::Result<()> {
 
 fn credentials_command() -> anyhow::Result<()> {
     let mut failed = None;
-    let env = medchain_shared::auth::credentials_env(|_, _| {
+    let env = medchain_core::auth::credentials_env(|_, _| {
         let mut raw = [0u8; 32];
         if let Err(e) = getrandom::fill(&mut raw) {
             failed = Some(e);
@@ -48,12 +48,12 @@ async fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("new-credentials") {
         return credentials_command();
     }
-    medchain_shared::memory::tune_allocator();
+    medchain_core::memory::tune_allocator();
     let settings = Settings::load()?;
-    if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
+    if let Some(code) = medchain_core::server::healthcheck_command(&settings.server) {
         std::process::exit(code);
     }
-    medchain_shared::telemetry::init(&settings.telemetry);
+    medchain_core::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
     let app = build(settings)?;
     tracing::info!(port = app.port(), "listening");

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-use medchain_shared::error::ApiError;
+use medchain_core::error::ApiError;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Mutex, RwLock};
@@ -174,14 +174,14 @@ impl Jwk {
 }
 
 fn denied(why: impl std::fmt::Display) -> ApiError {
-    metrics::counter!(medchain_shared::metrics::name("token_refused_total")).increment(1);
+    metrics::counter!(medchain_core::metrics::name("token_refused_total")).increment(1);
     ApiError::Unauthorized(format!("the bearer token is not accepted: {why}"))
 }
 
 impl Oidc {
     pub fn new(settings: &OidcSettings) -> Result<Self, String> {
         settings.check()?;
-        let http = medchain_shared::http::client_builder(Duration::from_secs(5))
+        let http = medchain_core::http::client_builder(Duration::from_secs(5))
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?;
@@ -343,7 +343,7 @@ impl Oidc {
                 Err(why) => tracing::debug!(kid, why, "JWKS key skipped"),
             }
         }
-        metrics::counter!(medchain_shared::metrics::name("jwks_fetches_total")).increment(1);
+        metrics::counter!(medchain_core::metrics::name("jwks_fetches_total")).increment(1);
         Ok(KeySet {
             keys,
             fetched: Some(Instant::now()),

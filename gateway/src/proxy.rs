@@ -21,9 +21,9 @@ use actix_web::http::header::{self, HeaderName};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use medchain_shared::error::ApiError;
-use medchain_shared::metrics::name;
-use medchain_shared::request::RequestId;
+use medchain_core::error::ApiError;
+use medchain_core::metrics::name;
+use medchain_core::request::RequestId;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
@@ -467,7 +467,7 @@ pub async fn forward(
         }
         if let Some(t) = &up.token {
             rb = rb.header(
-                medchain_shared::auth::INTERNAL_TOKEN_HEADER,
+                medchain_core::auth::INTERNAL_TOKEN_HEADER,
                 t.expose_secret(),
             );
         }
@@ -475,11 +475,11 @@ pub async fn forward(
         // headers never pass (see FORWARD_REQUEST), so these are the gateway's word.
         if let Some(c) = &caller {
             rb = rb
-                .header(medchain_shared::auth::CALLER_HEADER, c.id.as_str())
-                .header(medchain_shared::auth::CALLER_ROLE_HEADER, c.role.as_str());
+                .header(medchain_core::auth::CALLER_HEADER, c.id.as_str())
+                .header(medchain_core::auth::CALLER_ROLE_HEADER, c.role.as_str());
         }
         if let Some(id) = &request_id {
-            rb = rb.header(medchain_shared::request::REQUEST_ID_HEADER, id);
+            rb = rb.header(medchain_core::request::REQUEST_ID_HEADER, id);
         }
         if has_body {
             rb = rb.body(feed.body());

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use medchain_shared::error::ApiError;
+use medchain_core::error::ApiError;
 
 use crate::Gateway;
 use crate::callers::{Caller, Role};
@@ -246,7 +246,7 @@ async fn handle(
         return Err(ApiError::Unauthorized("sign in first".into()));
     };
     if !route.roles.contains(&caller.role) {
-        metrics::counter!(medchain_shared::metrics::name("forbidden_total"), "role" => caller.role.as_str())
+        metrics::counter!(medchain_core::metrics::name("forbidden_total"), "role" => caller.role.as_str())
             .increment(1);
         let who: Vec<&str> = route.roles.iter().map(|r| r.as_str()).collect();
         return Err(ApiError::Forbidden(format!(

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
+use medchain_core::auth::Peer;
 use medchain_gateway::callers::{Role, entry_for};
 use medchain_gateway::routes::UpstreamKey;
 use medchain_gateway::{Settings, build, route_table};
-use medchain_shared::auth::Peer;
 use serde_json::{Value, json};
 
 #[path = "proxy/spread.rs"]
@@ -127,8 +127,8 @@ fn closed() -> String {
 }
 
 fn settings(d: Vec<String>, h: Vec<String>, c: Vec<String>) -> Settings {
-    medchain_shared::telemetry::init_for_tests();
-    medchain_shared::http::init_tls();
+    medchain_core::telemetry::init_for_tests();
+    medchain_core::http::init_tls();
     let mut s = Settings::load().expect("defaults");
     s.server.port = 0;
     s.server.workers = 1;
@@ -802,7 +802,7 @@ async fn guessing_the_internal_token_is_cut_off() {
             .send()
     };
     assert_eq!(metrics(TOKEN).await.expect("send").status(), 200);
-    let max = medchain_shared::auth::MAX_FAILURES;
+    let max = medchain_core::auth::MAX_FAILURES;
     for _ in 0..max {
         let res = metrics("gateway-test-token-guess-000").await.expect("send");
         assert_eq!(res.status(), 401);

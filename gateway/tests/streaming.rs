@@ -53,7 +53,7 @@ impl Drop for Reap {
 
 #[tokio::test]
 async fn ten_megabyte_uploads_stream_through_without_being_buffered() {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let up = format!(
         "http://127.0.0.1:{}",

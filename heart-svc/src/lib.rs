@@ -1,9 +1,9 @@
 //! heart-svc: heart risk predictions from its two models (tabular + ecg), each loaded lazily
-//! on first use. Everything but the names and defaults lives in `medchain_shared::ml`.
+//! on first use. Everything but the names and defaults lives in `medchain_serving`.
 
-use medchain_shared::ml::service::{self, DiseaseSettings, DiseaseSpec};
-use medchain_shared::server::Application;
-use medchain_shared::settings::SettingsError;
+use medchain_core::server::Application;
+use medchain_core::settings::SettingsError;
+use medchain_serving::{DiseaseSettings, DiseaseSpec};
 
 /// The settings tree (see `config/default.toml`).
 pub type Settings = DiseaseSettings;
@@ -25,5 +25,5 @@ pub fn load_settings() -> Result<Settings, SettingsError> {
 
 /// Builds the server (bound, models not loaded).
 pub fn build(settings: Settings) -> std::io::Result<Application> {
-    service::build(SPEC, settings)
+    medchain_serving::build(SPEC, settings)
 }

@@ -2,12 +2,12 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    medchain_shared::memory::tune_allocator();
+    medchain_core::memory::tune_allocator();
     let settings = medchain_heart_svc::load_settings()?;
-    if let Some(code) = medchain_shared::server::healthcheck_command(&settings.server) {
+    if let Some(code) = medchain_core::server::healthcheck_command(&settings.server) {
         std::process::exit(code);
     }
-    medchain_shared::telemetry::init(&settings.telemetry);
+    medchain_core::telemetry::init(&settings.telemetry);
     tracing::info!(?settings, "starting");
     let app = medchain_heart_svc::build(settings)?;
     tracing::info!(port = app.port(), "listening");

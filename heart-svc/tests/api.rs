@@ -1,5 +1,7 @@
-//! heart-svc against real ONNX Runtime and the real models in `models/`, on port 0. (The
-//! shared machinery — lazy loading, guards, image checks — is exercised in diabetes-svc's tests.)
+//! What is heart-svc's own, against real ONNX Runtime and the real models in `models/`, on port
+//! 0: its fixtures (fp32 and int8), its routes, its card's categorical codes and its ECG
+//! examples. The serving stack's behaviour (loading, guards, image checks) is tested once, in
+//! `shared/serving/tests`.
 
 use medchain_heart_svc::SPEC;
 use medchain_tests::{

@@ -72,7 +72,7 @@ def make_spec(*, size=None, shorter_side=None, crop=None, filter="bilinear_antia
 
 
 def check(spec: dict):
-    """What the services check when they read the card (shared/src/ml/card.rs)."""
+    """What the services check when they read the card (shared/serving/src/card.rs)."""
     w, h = input_size(spec)
     sides = [w, h] + [v for k, v in spec["resize"].items() if k in ("width", "height",
                                                                      "shorter_side")]

@@ -5,7 +5,7 @@ them, for every filter, both resize kinds, crops, BGR, another scale and EXIF on
 
 Writes models/examples/preprocess/ (inputs, `<case>.f32` raw little-endian float32 NCHW tensors
 and `cases.json`). The services' own preprocessing must give the same tensors
-(shared/src/ml/image.rs tests; PNG decoding is lossless, so they match to the last bit of each
+(shared/serving/src/inputs/image.rs tests; PNG decoding is lossless, so they match to the last bit of each
 8-bit value). `models/tests/test_preprocess.py` checks the committed files are what this code
 makes now.
 """

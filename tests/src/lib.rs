@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use medchain_shared::auth::CALLS;
-pub use medchain_shared::auth::Peer;
-use medchain_shared::ml::service::{self, DiseaseSettings, DiseaseSpec};
-use medchain_shared::settings::AuthSettings;
+use medchain_core::auth::CALLS;
+pub use medchain_core::auth::Peer;
+use medchain_core::settings::AuthSettings;
+use medchain_serving::{DiseaseSettings, DiseaseSpec};
 use serde_json::Value;
 
 pub mod system;
@@ -139,8 +139,8 @@ pub fn signed_in_client(key: &str) -> reqwest::Client {
 
 /// Starts a disease service on port 0 with its embedded defaults, changed by `tweak`.
 pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSettings)) -> TestApp {
-    medchain_shared::telemetry::init_for_tests();
-    medchain_shared::http::init_tls();
+    medchain_core::telemetry::init_for_tests();
+    medchain_core::http::init_tls();
     let mut settings = DiseaseSettings::load(&spec).expect("embedded defaults load");
     settings.server.port = 0;
     settings.server.workers = 2;
@@ -162,7 +162,7 @@ pub async fn spawn_disease(spec: DiseaseSpec, tweak: impl FnOnce(&mut DiseaseSet
             .map(|v| secrecy::ExposeSecret::expose_secret(v).to_string())
     };
     let (token, monitor) = (accepted(Peer::Gateway), accepted(Peer::Monitor));
-    let app = service::build(spec, settings).expect("build app");
+    let app = medchain_serving::build(spec, settings).expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     TestApp {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use medchain_shared::auth::{CALLS, Peer, SERVICES, credentials_env};
-use medchain_shared::memory;
+use medchain_core::auth::{CALLS, Peer, SERVICES, credentials_env};
+use medchain_core::memory;
 use serde_json::{Value, json};
 
 /// Start order: the chain first (the disease services record to it), the gateway last.
@@ -170,7 +170,7 @@ impl System {
         cgroups: Cgroups,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        medchain_shared::http::init_tls();
+        medchain_core::http::init_tls();
         let data = tempfile::tempdir()?;
         let credentials = new_credentials()?;
         let api_key = new_api_key()?;
@@ -380,7 +380,7 @@ impl System {
             let text = match client
                 .get(format!("{}/metrics", s.url()))
                 .header(
-                    medchain_shared::auth::INTERNAL_TOKEN_HEADER,
+                    medchain_core::auth::INTERNAL_TOKEN_HEADER,
                     self.credential(Peer::Monitor, service_peer(s.name)),
                 )
                 .send()

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use medchain_chain_svc::{Running, Settings as ChainSettings};
+use medchain_core::auth::{CALLER_HEADER, CALLER_ROLE_HEADER};
 use medchain_diabetes_svc::SPEC;
-use medchain_shared::auth::{CALLER_HEADER, CALLER_ROLE_HEADER};
 use medchain_tests::{Peer, TestApp, credential, models_dir, secure, spawn_disease};
 use serde_json::{Value, json};
 
@@ -80,10 +80,9 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
     let id = p["prediction_id"].as_str().expect("id").to_string();
     assert_eq!(p["audit"]["status"], "pending", "{p}");
     assert_eq!(p["audit"]["prediction_id"], id.as_str());
-    let canonical =
-        medchain_shared::audit::canonical_features(features().as_object().expect("obj"))
-            .expect("canonical");
-    let digest = format!("0x{}", to_hex(&medchain_shared::audit::sha256(&canonical)));
+    let canonical = medchain_core::audit::canonical_features(features().as_object().expect("obj"))
+        .expect("canonical");
+    let digest = format!("0x{}", to_hex(&medchain_core::audit::sha256(&canonical)));
     assert_eq!(p["audit"]["input_digest"], digest.as_str());
     let rec = confirmed(&app, &base, &id).await;
     // The chain holds the hash of the record's fields; the fields match the prediction.

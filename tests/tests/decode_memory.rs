@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
-use medchain_shared::ml::card::{ModelCard, Preprocessing};
-use medchain_shared::ml::image::{ImageLimits, decode_cost, prepare};
+use medchain_serving::card::{ModelCard, Preprocessing};
+use medchain_serving::inputs::image::{ImageLimits, decode_cost, prepare};
 
 struct Counting;
 

@@ -22,7 +22,7 @@ struct Instance {
 
 impl Instance {
     async fn start() -> Self {
-        medchain_shared::http::init_tls();
+        medchain_core::http::init_tls();
         let bin = debug_bin_dir();
         for name in ["gateway", "diabetes-svc", "heart-svc", "chain-svc"] {
             assert!(

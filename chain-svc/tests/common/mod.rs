@@ -7,12 +7,12 @@ use std::process::{Child, Command, Stdio};
 use alloy::primitives::U256;
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
-use medchain_shared::auth::{CALLER_HEADER, CALLER_ROLE_HEADER, Peer};
-use medchain_shared::settings::AuthSettings;
+use medchain_core::auth::{CALLER_HEADER, CALLER_ROLE_HEADER, Peer};
+use medchain_core::settings::AuthSettings;
 
 /// A fresh key funded through anvil's cheat RPC: no well-known key in the repository.
 pub async fn funded_key(rpc_url: &str) -> PrivateKeySigner {
-    medchain_shared::http::init_tls();
+    medchain_core::http::init_tls();
     let signer = PrivateKeySigner::random();
     let provider =
         alloy::providers::ProviderBuilder::new().connect_http(rpc_url.parse().expect("url"));

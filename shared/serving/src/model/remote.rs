@@ -73,7 +73,7 @@ impl DownloadSettings {
         if let Some(d) = std::env::var_os("MEDCHAIN_DATA_DIR").filter(|d| !d.is_empty()) {
             return PathBuf::from(d).join("models");
         }
-        let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
         if repo.join("Cargo.toml").is_file() {
             repo.join(".data/models")
         } else {
@@ -117,7 +117,7 @@ pub async fn fetch(
         .map_err(|e| format!("cannot create the model cache {}: {e}", dir.display()))?;
     // Not `http::client_builder`: that one is for service-to-service calls and ignores proxy
     // settings, while a model host is outside and may only be reachable through HTTPS_PROXY.
-    crate::http::init_tls();
+    medchain_core::http::init_tls();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(settings.stall_secs.max(1)))
         .read_timeout(Duration::from_secs(settings.stall_secs.max(1)))

@@ -5,7 +5,7 @@
 //! the timeout is never called unrecorded: the same request is sent once more (chain-svc takes
 //! a record once and answers a repeat with the stored receipt), and if that times out too the
 //! audit says `unknown`. Images never travel: only the SHA-256
-//! of the uploaded bytes (or of the canonical features, see `crate::audit`).
+//! of the uploaded bytes (or of the canonical features, see `medchain_core::audit`).
 
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::routes::Prediction;
-use crate::contract::{Digest, RecordRequest};
+use crate::prediction::Prediction;
+use medchain_core::contract::{Digest, RecordRequest};
 
 /// Where chain-svc is and how long a record may take.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,7 +37,7 @@ impl AuditClient {
     /// A client for `settings`, presenting `token` (`auth.send.chain`) to chain-svc.
     pub fn new(settings: &ChainClientSettings, token: Option<SecretString>) -> Self {
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
-        let http = crate::http::client_builder(timeout)
+        let http = medchain_core::http::client_builder(timeout)
             .timeout(timeout)
             .build()
             .unwrap_or_default();
@@ -92,10 +92,13 @@ impl AuditClient {
         let send = || {
             let mut req = self.http.post(url).json(&body);
             if let Some(t) = &self.token {
-                req = req.header(crate::auth::INTERNAL_TOKEN_HEADER, t.expose_secret());
+                req = req.header(
+                    medchain_core::auth::INTERNAL_TOKEN_HEADER,
+                    t.expose_secret(),
+                );
             }
             if let Some(id) = &request_id {
-                req = req.header(crate::request::REQUEST_ID_HEADER, id);
+                req = req.header(medchain_core::request::REQUEST_ID_HEADER, id);
             }
             req.send()
         };
@@ -104,7 +107,7 @@ impl AuditClient {
             // prediction said `unrecorded`, chain-svc had the record). The same request again
             // finds out: chain-svc answers a repeat with the stored receipt.
             Err(e) if e.is_timeout() => {
-                metrics::counter!(crate::metrics::name("audit_retries_total")).increment(1);
+                metrics::counter!(medchain_core::metrics::name("audit_retries_total")).increment(1);
                 send().await
             }
             other => other,
@@ -131,7 +134,7 @@ impl AuditClient {
             }
             Err(e) if e.is_timeout() => {
                 tracing::warn!(prediction = %p.prediction_id, "chain-svc did not answer twice; the record may or may not be taken");
-                metrics::counter!(crate::metrics::name("audit_unknown_total")).increment(1);
+                metrics::counter!(medchain_core::metrics::name("audit_unknown_total")).increment(1);
                 return Some(json!({
                     "status": "unknown",
                     "reason": format!(
@@ -152,7 +155,7 @@ impl AuditClient {
 }
 
 fn unrecorded(kind: &'static str, reason: &str, digest: &str) -> Value {
-    metrics::counter!(crate::metrics::name("audit_unrecorded_total"), "reason" => kind)
+    metrics::counter!(medchain_core::metrics::name("audit_unrecorded_total"), "reason" => kind)
         .increment(1);
     json!({"status": "unrecorded", "reason": reason, "input_digest": digest})
 }

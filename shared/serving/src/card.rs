@@ -387,7 +387,7 @@ mod tests {
 
     fn retina() -> ModelCard {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../models/diabetes/retina.card.json");
+            .join("../../models/diabetes/retina.card.json");
         ModelCard::from_file(&path).expect("the committed card")
     }
 

@@ -11,12 +11,11 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::Deserialize;
 
-use super::card::{ChannelOrder, Preprocessing};
-use super::{jpeg, resample};
-use crate::error::ApiError;
+use crate::card::{ChannelOrder, Preprocessing};
+use crate::inputs::{jpeg, resample};
+use medchain_core::error::ApiError;
 
-/// Multipart field the image travels in.
-pub const IMAGE_FIELD: &str = "image";
+pub use super::IMAGE_FIELD;
 
 /// Upload limits.
 #[derive(Debug, Clone, Deserialize)]
@@ -363,7 +362,7 @@ fn normalise(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::card::{Filter, Resize};
+    use crate::card::{Filter, Resize};
 
     fn pre() -> Preprocessing {
         Preprocessing {
@@ -413,8 +412,8 @@ mod tests {
     /// made here by the service's own code.
     #[test]
     fn preprocessing_matches_the_python_side_for_every_option() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/examples/preprocess");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/examples/preprocess");
         let cases: Vec<serde_json::Value> = serde_json::from_str(
             &std::fs::read_to_string(dir.join("cases.json")).expect("cases.json"),
         )

@@ -17,8 +17,8 @@ use std::io::Cursor;
 use image::RgbImage;
 use image::metadata::Orientation;
 
-use super::image::IMAGE_FIELD;
-use crate::error::ApiError;
+use super::IMAGE_FIELD;
+use medchain_core::error::ApiError;
 
 /// A JPEG's frame header.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,7 +46,7 @@ impl RuntimeSettings {
         if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
             return PathBuf::from(p);
         }
-        let dev = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools"))
+        let dev = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools"))
             .join(format!("onnxruntime-{ORT_VERSION}"))
             .join(format!("libonnxruntime.so.{ORT_VERSION}"));
         if dev.exists() {

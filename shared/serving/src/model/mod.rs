@@ -12,14 +12,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ort::session::Session;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::card::ModelCard;
-use super::remote::{self, DownloadSettings, Location};
-use super::runtime::{self, RuntimeSettings};
-use crate::error::ApiError;
-use crate::memory;
+use crate::card::ModelCard;
+use crate::runtime::RuntimeSettings;
+use medchain_core::error::ApiError;
+use medchain_core::memory;
+use remote::{DownloadSettings, Location};
+
+mod guard;
+mod load;
+pub mod remote;
+mod verify;
+
+pub use guard::MemorySettings;
+use verify::{FileCheck, file_stamp};
 
 /// Settings of one model.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,36 +44,6 @@ pub struct ModelSettings {
     pub max_waiting: usize,
     /// Unload the session after this many idle seconds; 0 = never.
     pub idle_unload_secs: u64,
-}
-
-/// The memory guard's budget.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemorySettings {
-    /// Budget when no cgroup limit is visible, MB (Render free tier: 512).
-    pub limit_mb: u64,
-    /// Kept free under the limit for requests in flight, MB.
-    pub reserve_mb: u64,
-    /// What loading the ONNX Runtime library and environment adds the first time, MB.
-    pub runtime_cost_mb: u64,
-}
-
-impl MemorySettings {
-    /// The limit in force and what counts against it, bytes. The cgroup's limit when there is
-    /// one (and it is lower than the configured one): then what is in use is the larger of this
-    /// process' RSS and the cgroup's working set — other processes in the same container (the
-    /// single-instance image runs four) spend the same budget. Else the configured limit
-    /// against this process' RSS.
-    pub fn in_use_and_limit(&self) -> (u64, u64) {
-        let configured = self.limit_mb << 20;
-        let rss = memory::rss_bytes();
-        match memory::cgroup_memory() {
-            Some(c) if c.limit_bytes <= configured => {
-                (rss.max(c.working_set_bytes.unwrap_or(0)), c.limit_bytes)
-            }
-            _ => (rss, configured),
-        }
-    }
 }
 
 /// How long a model whose load failed waits before it is loaded again.
@@ -170,8 +147,6 @@ pub struct LazyModel {
     verifying: Arc<AtomicBool>,
 }
 
-type FileCheck = ((u64, Option<SystemTime>), Result<(), String>);
-
 impl std::fmt::Debug for LazyModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LazyModel")
@@ -256,7 +231,7 @@ impl LazyModel {
     /// A place in this model's bounded queue, or 503 with `Retry-After` at once.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.queue.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!(crate::metrics::name("model_rejected_total"), "model" => self.key.clone())
+            metrics::counter!(medchain_core::metrics::name("model_rejected_total"), "model" => self.key.clone())
                 .increment(1);
             ApiError::unavailable(
                 format!(
@@ -288,7 +263,7 @@ impl LazyModel {
         .map_err(|e| {
             ApiError::Internal(anyhow::anyhow!("inference task of `{key}` failed: {e}"))
         })?;
-        metrics::histogram!(crate::metrics::name("inference_seconds"), "model" => self.key.clone())
+        metrics::histogram!(medchain_core::metrics::name("inference_seconds"), "model" => self.key.clone())
             .record(start.elapsed().as_secs_f64());
         self.served.fetch_add(1, Ordering::Relaxed);
         self.last_used_ms.store(now_ms(), Ordering::Relaxed);
@@ -329,12 +304,13 @@ impl LazyModel {
             _ => {}
         }
         *self.lock_state() = State::Loading;
-        metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone()).set(1.0);
+        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
+            .set(1.0);
         match self.load().await {
             Ok(loaded) => {
                 self.failures.store(0, Ordering::Relaxed);
                 *self.lock_state() = State::Ready(loaded.clone());
-                metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone())
+                metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
                     .set(2.0);
                 Ok(loaded)
             }
@@ -342,7 +318,7 @@ impl LazyModel {
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let wait = self.backoff.after(failures);
                 tracing::error!(model = %self.key, %reason, failures, retry_in_secs = wait.as_secs_f64(), "model load failed");
-                metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone())
+                metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
                     .set(-1.0);
                 let at = Instant::now();
                 let retry_at = at + wait;
@@ -368,117 +344,6 @@ impl LazyModel {
         )
     }
 
-    async fn load(&self) -> Result<Arc<Loaded>, String> {
-        let card = self.card.as_ref().map_err(Clone::clone)?.clone();
-        self.memory_guard(&card)?;
-        let remote = self.source.is_some();
-        let mut downloaded = None;
-        if let Some(url) = &self.source
-            && !self.onnx_path.is_file()
-        {
-            // Inside the single-flight load: concurrent first requests share this download.
-            downloaded = Some(
-                remote::fetch(
-                    url,
-                    &self.onnx_path,
-                    &card.sha256,
-                    card.size_bytes,
-                    &self.download,
-                )
-                .await?,
-            );
-        }
-        let path = self.onnx_path.clone();
-        let runtime = self.runtime.clone();
-        let key = self.key.clone();
-        let start = Instant::now();
-        let verified = self.verified.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
-            // Hashed at every load, whatever readiness saw (the result also serves readiness),
-            // except right after a download, which hashed these very bytes as they arrived. A
-            // bad cached copy is not kept: the next load fetches it again. What is hashed is
-            // what is loaded: one open file, whatever happens to the path meanwhile.
-            let file = match downloaded {
-                Some(file) => {
-                    let file = VerifiedFile::from_download(file, &path)?;
-                    *verified.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((file.stamp(), Ok(())));
-                    file
-                }
-                None => match VerifiedFile::open(&path, &card.sha256, &verified) {
-                    Ok(file) => file,
-                    Err(e) => {
-                        if remote {
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        return Err(e);
-                    }
-                },
-            };
-            runtime::ensure(&runtime)?;
-            let before = memory::rss_bytes() as i64;
-            let mut session = runtime::session(&runtime, &file.load_path()).map_err(|e| {
-                e.replace(
-                    &file.load_path().display().to_string(),
-                    &path.display().to_string(),
-                )
-            })?;
-            file.unchanged()?;
-            check_tensors(&session, &card)?;
-            warm_run(&mut session, &card)?;
-            // Loading frees large transient buffers (the file's bytes, the parsed protobuf);
-            // glibc keeps them unless asked to give them back.
-            memory::release_free_memory();
-            let rss_added_bytes = memory::rss_bytes() as i64 - before;
-            Ok(Loaded {
-                session: Mutex::new(session),
-                load_ms: start.elapsed().as_secs_f64() * 1e3,
-                rss_added_bytes,
-            })
-        })
-        .await
-        .map_err(|e| format!("load task panicked: {e}"))??;
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((loaded.load_ms, loaded.rss_added_bytes));
-        metrics::counter!(crate::metrics::name("model_loads_total"), "model" => key.clone())
-            .increment(1);
-        metrics::gauge!(crate::metrics::name("model_load_seconds"), "model" => key.clone())
-            .set(loaded.load_ms / 1e3);
-        metrics::gauge!(crate::metrics::name("model_rss_added_bytes"), "model" => key.clone())
-            .set(loaded.rss_added_bytes as f64);
-        tracing::info!(
-            model = %key,
-            load_ms = loaded.load_ms,
-            rss_added_mb = loaded.rss_added_bytes as f64 / 1048576.0,
-            "model loaded"
-        );
-        Ok(Arc::new(loaded))
-    }
-
-    /// Refuses a load that would push the process past its memory limit.
-    fn memory_guard(&self, card: &ModelCard) -> Result<(), String> {
-        let (in_use, limit) = self.memory.in_use_and_limit();
-        let runtime = if runtime::is_loaded() {
-            0
-        } else {
-            self.memory.runtime_cost_mb << 20
-        };
-        let need = card.load_cost.rss_added_bytes + runtime;
-        let budget = limit.saturating_sub(self.memory.reserve_mb << 20);
-        if in_use + need > budget {
-            return Err(format!(
-                "memory guard: loading needs about {} MB on top of the {} MB in use, but the \
-                 limit is {} MB with {} MB kept in reserve",
-                need >> 20,
-                in_use >> 20,
-                limit >> 20,
-                self.memory.reserve_mb
-            ));
-        }
-        Ok(())
-    }
-
     /// Drops the session now (an operator's unload): the next request loads it again.
     /// Requests still running finish on the session they hold, which is freed after the last.
     /// Returns how many were running, or `None` if it was not loaded.
@@ -491,7 +356,8 @@ impl LazyModel {
         *state = State::Unloaded;
         drop(state);
         memory::release_free_memory();
-        metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone()).set(0.0);
+        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
+            .set(0.0);
         tracing::info!(model = %self.key, running, "unloaded on request");
         Some(running)
     }
@@ -517,7 +383,8 @@ impl LazyModel {
         *state = State::Unloaded;
         drop(state);
         memory::release_free_memory();
-        metrics::gauge!(crate::metrics::name("model_state"), "model" => self.key.clone()).set(0.0);
+        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
+            .set(0.0);
         tracing::info!(model = %self.key, "unloaded after being idle");
         true
     }
@@ -537,22 +404,6 @@ impl LazyModel {
                 model.unload_if_idle();
             }
         });
-    }
-
-    /// Whether the files are in place (readiness; loads nothing).
-    pub fn check_files(&self) -> Result<(), String> {
-        let card = self.card.as_ref().map_err(Clone::clone)?;
-        let meta = std::fs::metadata(&self.onnx_path)
-            .map_err(|e| format!("{}: {e}", self.onnx_path.display()))?;
-        if meta.len() != card.size_bytes {
-            return Err(format!(
-                "{} is {} bytes, its card says {}",
-                self.onnx_path.display(),
-                meta.len(),
-                card.size_bytes
-            ));
-        }
-        Ok(())
     }
 
     /// Readiness of the file, without waiting: present with the card's size, and its sha256
@@ -584,33 +435,6 @@ impl LazyModel {
             "file present with its card's size; sha256 being verified (and again before loading)"
                 .to_string(),
         )
-    }
-
-    /// Hashes the file in the background unless a hash is running or known for this version.
-    pub fn start_verification(self: &Arc<Self>) {
-        let Ok(card) = &self.card else { return };
-        if self.verifying.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (path, expected) = (self.onnx_path.clone(), card.sha256.clone());
-        let (verified, verifying) = (self.verified.clone(), self.verifying.clone());
-        let job = move || {
-            let known = file_stamp(&path).is_ok_and(|stamp| {
-                verified
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .is_some_and(|(s, _)| *s == stamp)
-            });
-            if !known {
-                let _ = checked_hash(&path, &expected, &verified);
-            }
-            verifying.store(false, Ordering::Release);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(job)),
-            Err(_) => job(),
-        }
     }
 
     /// What `/models` shows.
@@ -659,228 +483,9 @@ impl LazyModel {
     }
 }
 
-/// A model file opened once, hashed through that descriptor and loaded by ONNX Runtime through
-/// it (`/proc/self/fd/N`: the same inode, even if the path is replaced meanwhile, as a
-/// download or a copy into place does). Any write to it before the session is built changes
-/// its size or its change time (which nothing can set back; at the kernel clock's resolution
-/// of a few milliseconds, far finer than a hash of the file takes): [`VerifiedFile::unchanged`]
-/// then fails the load.
-#[derive(Debug)]
-struct VerifiedFile {
-    file: std::fs::File,
-    path: PathBuf,
-    identity: FileIdentity,
-}
-
-/// What changes when a file's content does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl FileIdentity {
-    fn of(file: &std::fs::File, path: &Path) -> Result<Self, String> {
-        use std::os::unix::fs::MetadataExt;
-        let m = file
-            .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Ok(Self {
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-        })
-    }
-}
-
-impl VerifiedFile {
-    /// Opens `path` and checks its sha256 (remembering the result for readiness).
-    fn open(path: &Path, expected: &str, cache: &Mutex<Option<FileCheck>>) -> Result<Self, String> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let identity = FileIdentity::of(&file, path)?;
-        let me = Self {
-            file,
-            path: path.to_path_buf(),
-            identity,
-        };
-        let result = verify_hash(&me.file, path, expected);
-        *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((me.stamp(), result.clone()));
-        result.map(|()| me)
-    }
-
-    /// A download's file, hashed as it arrived.
-    fn from_download(file: std::fs::File, path: &Path) -> Result<Self, String> {
-        let identity = FileIdentity::of(&file, path)?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            identity,
-        })
-    }
-
-    /// The readiness cache's key of this file version.
-    fn stamp(&self) -> (u64, Option<SystemTime>) {
-        (
-            self.identity.len,
-            self.file.metadata().ok().and_then(|m| m.modified().ok()),
-        )
-    }
-
-    /// A path that opens this very file (the path itself where `/proc` is not mounted).
-    fn load_path(&self) -> PathBuf {
-        use std::os::fd::AsRawFd;
-        let fd = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
-        if fd.exists() { fd } else { self.path.clone() }
-    }
-
-    /// Fails if the file was written to since it was opened.
-    fn unchanged(&self) -> Result<(), String> {
-        if FileIdentity::of(&self.file, &self.path)? == self.identity {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} changed while it was being loaded; it is loaded again after the back-off",
-                self.path.display()
-            ))
-        }
-    }
-}
-
-fn file_stamp(path: &Path) -> Result<(u64, Option<SystemTime>), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((meta.len(), meta.modified().ok()))
-}
-
-/// Hashes the file at `path` and remembers the result for this file version (readiness).
-fn checked_hash(
-    path: &Path,
-    expected: &str,
-    cache: &Mutex<Option<FileCheck>>,
-) -> Result<(), String> {
-    VerifiedFile::open(path, expected, cache).map(drop)
-}
-
-fn verify_hash(file: &std::fs::File, path: &Path, expected: &str) -> Result<(), String> {
-    let mut hasher = Sha256::new();
-    // Through a second handle on the same open file, so that the caller's is not moved on.
-    let mut reader = file
-        .try_clone()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    std::io::Seek::rewind(&mut reader)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    std::io::copy(&mut reader, &mut hasher)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let actual = hex::encode(hasher.finalize());
-    if !actual.eq_ignore_ascii_case(expected) {
-        return Err(format!(
-            "{} has sha256 {actual}, but its card says {expected} (file corrupted or replaced)",
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
-/// The session's tensors must be the card's.
-fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), String> {
-    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-    if inputs != [card.input.name.as_str()] {
-        return Err(format!(
-            "ONNX inputs {inputs:?} do not match the card's [{:?}]",
-            card.input.name
-        ));
-    }
-    let element = session.inputs()[0].dtype().tensor_type();
-    let dtype = match element {
-        Some(ort::value::TensorElementType::Float32) => "float32",
-        Some(ort::value::TensorElementType::Float64) => "float64",
-        _ => "another type",
-    };
-    if dtype != card.input.dtype {
-        return Err(format!(
-            "ONNX input is {dtype}, the card says {} (only float32 and float64 inputs are served)",
-            card.input.dtype
-        ));
-    }
-    if let Some(shape) = session.inputs()[0].dtype().tensor_shape() {
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims != card.input.shape {
-            return Err(format!(
-                "ONNX input shape {dims:?} does not match the card's {:?}",
-                card.input.shape
-            ));
-        }
-    }
-    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-    let expected: Vec<&str> = card.outputs.iter().map(|o| o.name.as_str()).collect();
-    if outputs != expected {
-        return Err(format!(
-            "ONNX outputs {outputs:?} do not match the card's {expected:?}"
-        ));
-    }
-    Ok(())
-}
-
-/// One run on a neutral input, so that the first real request does not pay ONNX Runtime's
-/// first-run allocations (and so that the load cost measured includes them).
-fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
-    let dims: Vec<i64> = card.input.shape.iter().map(|&d| d.max(1)).collect();
-    let len = dims.iter().product::<i64>() as usize;
-    let tensor = if card.input.dtype == "float64" {
-        ort::value::Tensor::from_array((dims, vec![0f64; len])).map(|t| t.into_dyn())
-    } else {
-        ort::value::Tensor::from_array((dims, vec![0f32; len])).map(|t| t.into_dyn())
-    }
-    .map_err(|e| format!("cannot build the warm-up input: {e}"))?;
-    session
-        .run(ort::inputs![card.input.name.as_str() => tensor])
-        .map(|_| ())
-        .map_err(|e| format!("warm-up inference failed: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_file_loaded_is_the_file_hashed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("m.onnx");
-        let good = b"the model that was verified".to_vec();
-        std::fs::write(&path, &good).expect("write");
-        let sha = hex::encode(Sha256::digest(&good));
-        let cache = Mutex::new(None);
-        let file = VerifiedFile::open(&path, &sha, &cache).expect("verified");
-        file.unchanged().expect("nothing happened to it");
-        // Replaced by another file (a copy moved into place): what is loaded is still the bytes
-        // that were hashed, and the load is told the file moved on (unlinked, its change time
-        // moved), so it is loaded again, new file and new hash, after the back-off.
-        let other = dir.path().join("other");
-        std::fs::write(&other, b"something else entirely").expect("write");
-        std::fs::rename(&other, &path).expect("replace");
-        assert_eq!(std::fs::read(file.load_path()).expect("read"), good);
-        assert!(file.unchanged().is_err());
-        // Written to in place: refused.
-        let path2 = dir.path().join("n.onnx");
-        std::fs::write(&path2, &good).expect("write");
-        let file = VerifiedFile::open(&path2, &sha, &cache).expect("verified");
-        std::fs::write(&path2, b"the model, changed in place: longer").expect("overwrite");
-        let err = file.unchanged().expect_err("changed while loading");
-        assert!(err.contains("changed while it was being loaded"), "{err}");
-        // A wrong hash is not opened for loading, and readiness learns it.
-        assert!(VerifiedFile::open(&path2, &sha, &cache).is_err());
-        assert!(
-            cache
-                .lock()
-                .expect("cache")
-                .as_ref()
-                .is_some_and(|(_, r)| r.is_err())
-        );
-    }
 
     #[test]
     fn the_back_off_doubles_up_to_its_cap() {

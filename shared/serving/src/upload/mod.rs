@@ -18,10 +18,10 @@ use actix_web::http::header;
 use actix_web::web::{Bytes, Payload};
 use futures_util::{Stream, StreamExt};
 
-use super::budget::{UploadBuffer, UploadHold};
-use super::image::{IMAGE_FIELD, ImageLimits};
-use super::tabular::{self, PATIENT_ID};
-use crate::error::{ApiError, ApiResult};
+use crate::budget::{UploadBuffer, UploadHold};
+use crate::inputs::image::{IMAGE_FIELD, ImageLimits};
+use crate::inputs::tabular::{self, PATIENT_ID};
+use medchain_core::error::{ApiError, ApiResult};
 
 /// Room for the multipart framing and a patient id around the file.
 const FRAMING: usize = 16 * 1024;

@@ -255,6 +255,23 @@ pub fn heap() -> Option<HeapFigures> {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}
 
+/// Sets the process memory gauges; called at every scrape so they are current.
+pub fn record_gauges() {
+    let m = read();
+    metrics::gauge!(crate::metrics::name("process_resident_memory_bytes")).set(m.rss_bytes as f64);
+    metrics::gauge!(crate::metrics::name("process_peak_resident_memory_bytes"))
+        .set(m.peak_rss_bytes as f64);
+    if let Some(limit) = m.cgroup_limit_bytes {
+        metrics::gauge!(crate::metrics::name("process_memory_limit_bytes")).set(limit as f64);
+    }
+    if let Some(heap) = heap() {
+        metrics::gauge!(crate::metrics::name("process_heap_in_use_bytes"))
+            .set(heap.in_use_bytes as f64);
+        metrics::gauge!(crate::metrics::name("process_heap_free_bytes"))
+            .set(heap.free_bytes as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

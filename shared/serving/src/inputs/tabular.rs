@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value};
 
-use super::card::{Feature, ModelCard};
-use crate::error::ApiError;
+use crate::card::{Feature, ModelCard};
+use medchain_core::error::ApiError;
 
 /// Field every prediction request may carry besides the features.
 pub const PATIENT_ID: &str = "patient_id";
@@ -176,4 +176,4 @@ pub fn patient_id(v: Option<&Value>) -> Result<Option<String>, ApiError> {
     }
 }
 
-pub use crate::request::check_patient_id;
+pub use medchain_core::request::check_patient_id;

@@ -49,17 +49,3 @@ pub fn name(name: &str) -> String {
         None => name.to_string(),
     }
 }
-
-/// Sets the process memory gauges; called at every scrape so they are current.
-pub fn record_memory() {
-    let m = crate::memory::read();
-    metrics::gauge!(name("process_resident_memory_bytes")).set(m.rss_bytes as f64);
-    metrics::gauge!(name("process_peak_resident_memory_bytes")).set(m.peak_rss_bytes as f64);
-    if let Some(limit) = m.cgroup_limit_bytes {
-        metrics::gauge!(name("process_memory_limit_bytes")).set(limit as f64);
-    }
-    if let Some(heap) = crate::memory::heap() {
-        metrics::gauge!(name("process_heap_in_use_bytes")).set(heap.in_use_bytes as f64);
-        metrics::gauge!(name("process_heap_free_bytes")).set(heap.free_bytes as f64);
-    }
-}

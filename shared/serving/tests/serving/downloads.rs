@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use medchain_diabetes_svc::SPEC;
-use medchain_shared::ml::remote::Location;
+use medchain_serving::model::remote::Location;
 use medchain_tests::{TestApp, models_dir, spawn_disease};
 use serde_json::Value;
 

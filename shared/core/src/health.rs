@@ -59,7 +59,7 @@ pub async fn metrics(
     handle: web::Data<PrometheusHandle>,
     hook: Option<web::Data<ScrapeHook>>,
 ) -> HttpResponse {
-    crate::metrics::record_memory();
+    crate::memory::record_gauges();
     if let Some(hook) = hook {
         (hook.0)();
     }

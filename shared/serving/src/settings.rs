@@ -1,25 +1,20 @@
-//! A disease service, assembled: its settings tree and its HTTP application. diabetes-svc and
-//! heart-svc differ only in their names, route and embedded defaults.
+//! The settings tree of a disease service, loaded from its embedded defaults, a file and the
+//! environment, and the checks types cannot express. diabetes-svc and heart-svc differ only in
+//! their [`DiseaseSpec`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use actix_web::middleware::from_fn;
-use actix_web::{App, web};
 use serde::Deserialize;
 
-use super::audit::{AuditClient, ChainClientSettings};
-use super::budget::{Budget, UploadBuffer};
-use super::image::ImageLimits;
-use super::model::{Backoff, LazyModel, MemorySettings, ModelSettings};
-use super::remote::DownloadSettings;
-use super::routes::{DiseaseModels, readyz};
-use super::runtime::RuntimeSettings;
-use crate::auth::{Peer, only};
-use crate::request::request_context;
-use crate::server::{Application, Common};
-use crate::settings::{self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings};
+use crate::chain::ChainClientSettings;
+use crate::inputs::image::ImageLimits;
+use crate::model::remote::DownloadSettings;
+use crate::model::{MemorySettings, ModelSettings};
+use crate::runtime::RuntimeSettings;
+use medchain_core::auth::Peer;
+use medchain_core::settings::{
+    self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
+};
 
 /// Every setting of a disease service.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,7 +51,7 @@ impl ModelsSettings {
     /// The models folder in force.
     pub fn dir(&self) -> PathBuf {
         if self.dir.is_empty() {
-            let dev = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"));
+            let dev = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"));
             dev.canonicalize().unwrap_or(dev)
         } else {
             PathBuf::from(&self.dir)
@@ -143,70 +138,4 @@ impl DiseaseSettings {
         }
         Ok(())
     }
-}
-
-/// Builds the service's models (nothing is loaded) and its server.
-pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Application> {
-    let dir = settings.models.dir();
-    let model = |key: &str, s: &ModelSettings| {
-        Arc::new(LazyModel::new(
-            key,
-            &dir,
-            s,
-            settings.runtime.clone(),
-            settings.memory.clone(),
-            &settings.models.download,
-            Backoff {
-                initial: Duration::from_secs(settings.models.load_retry_secs.max(1)),
-                max: Duration::from_secs(settings.models.load_retry_max_secs.max(1)),
-            },
-        ))
-    };
-    let models = Arc::new(DiseaseModels {
-        service: spec.service,
-        disease: spec.disease,
-        tabular: model("tabular", &settings.models.tabular),
-        image: model(spec.image_route, &settings.models.image),
-        image_route: spec.image_route,
-        image_limits: settings.images.clone(),
-        runtime: settings.runtime.clone(),
-        decode_slots: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        )),
-        decode_budget: Budget::new(settings.images.decode_budget_mb),
-        upload_buffer: UploadBuffer::new(settings.images.buffer_mb),
-        audit: AuditClient::new(
-            &settings.chain,
-            settings.auth.send.get(Peer::Chain).cloned(),
-        ),
-    });
-    if tokio::runtime::Handle::try_current().is_ok() {
-        models.spawn_watchers();
-    }
-    let common = Common::new(
-        spec.service,
-        spec.version,
-        &spec.env_prefix.to_ascii_lowercase(),
-        &settings.auth,
-        &settings.server,
-    );
-    let hook = web::Data::new(models.scrape_hook());
-    Application::build(&settings.server, move || {
-        let common = common.clone();
-        let models = models.clone();
-        let hook = hook.clone();
-        let guarded = models.clone();
-        App::new()
-            .wrap(from_fn(request_context))
-            .configure(move |cfg| common.register(cfg))
-            .app_data(web::Data::from(models))
-            .app_data(hook)
-            .route("/readyz", web::get().to(readyz))
-            .service(
-                web::scope("")
-                    // Only the gateway: another disease service has no business here.
-                    .wrap(from_fn(only(&[Peer::Gateway])))
-                    .configure(move |cfg| guarded.routes(cfg)),
-            )
-    })
 }

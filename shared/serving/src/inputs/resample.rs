@@ -7,7 +7,7 @@
 //! resizer that is merely close (±1 on some pixels) moved a sensitive model's probabilities by
 //! up to 0.02 — twenty times the fixture tolerance.
 
-use super::card::Filter;
+use crate::card::Filter;
 
 /// Fixed-point precision of Pillow's 8-bit resampling (`PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;

@@ -1,0 +1,84 @@
+//! A disease service, assembled from its settings: its state (nothing loaded) and its HTTP
+//! application.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, web};
+
+use crate::budget::{Budget, UploadBuffer};
+use crate::chain::AuditClient;
+use crate::model::{Backoff, LazyModel, ModelSettings};
+use crate::routes;
+use crate::settings::{DiseaseSettings, DiseaseSpec};
+use crate::state::DiseaseModels;
+use medchain_core::auth::{Peer, only};
+use medchain_core::request::request_context;
+use medchain_core::server::{Application, Common};
+
+/// Builds the service's models (nothing is loaded) and its server.
+pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Application> {
+    let dir = settings.models.dir();
+    let model = |key: &str, s: &ModelSettings| {
+        Arc::new(LazyModel::new(
+            key,
+            &dir,
+            s,
+            settings.runtime.clone(),
+            settings.memory.clone(),
+            &settings.models.download,
+            Backoff {
+                initial: Duration::from_secs(settings.models.load_retry_secs.max(1)),
+                max: Duration::from_secs(settings.models.load_retry_max_secs.max(1)),
+            },
+        ))
+    };
+    let models = Arc::new(DiseaseModels {
+        service: spec.service,
+        disease: spec.disease,
+        tabular: model("tabular", &settings.models.tabular),
+        image: model(spec.image_route, &settings.models.image),
+        image_route: spec.image_route,
+        image_limits: settings.images.clone(),
+        runtime: settings.runtime.clone(),
+        decode_slots: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )),
+        decode_budget: Budget::new(settings.images.decode_budget_mb),
+        upload_buffer: UploadBuffer::new(settings.images.buffer_mb),
+        audit: AuditClient::new(
+            &settings.chain,
+            settings.auth.send.get(Peer::Chain).cloned(),
+        ),
+    });
+    if tokio::runtime::Handle::try_current().is_ok() {
+        models.spawn_watchers();
+    }
+    let common = Common::new(
+        spec.service,
+        spec.version,
+        &spec.env_prefix.to_ascii_lowercase(),
+        &settings.auth,
+        &settings.server,
+    );
+    let hook = web::Data::new(models.scrape_hook());
+    Application::build(&settings.server, move || {
+        let common = common.clone();
+        let models = models.clone();
+        let hook = hook.clone();
+        let guarded = models.clone();
+        App::new()
+            .wrap(from_fn(request_context))
+            .configure(move |cfg| common.register(cfg))
+            .app_data(web::Data::from(models))
+            .app_data(hook)
+            .route("/readyz", web::get().to(routes::readyz))
+            .service(
+                web::scope("")
+                    // Only the gateway: another disease service has no business here.
+                    .wrap(from_fn(only(&[Peer::Gateway])))
+                    .configure(move |cfg| routes::mount(&guarded, cfg)),
+            )
+    })
+}

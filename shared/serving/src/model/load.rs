@@ -1,0 +1,161 @@
+//! Loading a model: the download if it is configured by URL, the file's hash, the ONNX Runtime
+//! session, the card's tensors and one warm-up run, inside the single-flight load.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ort::session::Session;
+
+use super::verify::VerifiedFile;
+use super::{LazyModel, Loaded, remote};
+use crate::card::ModelCard;
+use crate::runtime;
+use medchain_core::memory;
+
+impl LazyModel {
+    pub(super) async fn load(&self) -> Result<Arc<Loaded>, String> {
+        let card = self.card.as_ref().map_err(Clone::clone)?.clone();
+        self.memory_guard(&card)?;
+        let remote = self.source.is_some();
+        let mut downloaded = None;
+        if let Some(url) = &self.source
+            && !self.onnx_path.is_file()
+        {
+            // Inside the single-flight load: concurrent first requests share this download.
+            downloaded = Some(
+                remote::fetch(
+                    url,
+                    &self.onnx_path,
+                    &card.sha256,
+                    card.size_bytes,
+                    &self.download,
+                )
+                .await?,
+            );
+        }
+        let path = self.onnx_path.clone();
+        let runtime = self.runtime.clone();
+        let key = self.key.clone();
+        let start = Instant::now();
+        let verified = self.verified.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
+            // Hashed at every load, whatever readiness saw (the result also serves readiness),
+            // except right after a download, which hashed these very bytes as they arrived. A
+            // bad cached copy is not kept: the next load fetches it again. What is hashed is
+            // what is loaded: one open file, whatever happens to the path meanwhile.
+            let file = match downloaded {
+                Some(file) => {
+                    let file = VerifiedFile::from_download(file, &path)?;
+                    *verified.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((file.stamp(), Ok(())));
+                    file
+                }
+                None => match VerifiedFile::open(&path, &card.sha256, &verified) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        if remote {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        return Err(e);
+                    }
+                },
+            };
+            runtime::ensure(&runtime)?;
+            let before = memory::rss_bytes() as i64;
+            let mut session = runtime::session(&runtime, &file.load_path()).map_err(|e| {
+                e.replace(
+                    &file.load_path().display().to_string(),
+                    &path.display().to_string(),
+                )
+            })?;
+            file.unchanged()?;
+            check_tensors(&session, &card)?;
+            warm_run(&mut session, &card)?;
+            // Loading frees large transient buffers (the file's bytes, the parsed protobuf);
+            // glibc keeps them unless asked to give them back.
+            memory::release_free_memory();
+            let rss_added_bytes = memory::rss_bytes() as i64 - before;
+            Ok(Loaded {
+                session: Mutex::new(session),
+                load_ms: start.elapsed().as_secs_f64() * 1e3,
+                rss_added_bytes,
+            })
+        })
+        .await
+        .map_err(|e| format!("load task panicked: {e}"))??;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((loaded.load_ms, loaded.rss_added_bytes));
+        metrics::counter!(medchain_core::metrics::name("model_loads_total"), "model" => key.clone())
+            .increment(1);
+        metrics::gauge!(medchain_core::metrics::name("model_load_seconds"), "model" => key.clone())
+            .set(loaded.load_ms / 1e3);
+        metrics::gauge!(medchain_core::metrics::name("model_rss_added_bytes"), "model" => key.clone())
+            .set(loaded.rss_added_bytes as f64);
+        tracing::info!(
+            model = %key,
+            load_ms = loaded.load_ms,
+            rss_added_mb = loaded.rss_added_bytes as f64 / 1048576.0,
+            "model loaded"
+        );
+        Ok(Arc::new(loaded))
+    }
+}
+
+/// The session's tensors must be the card's.
+fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), String> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    if inputs != [card.input.name.as_str()] {
+        return Err(format!(
+            "ONNX inputs {inputs:?} do not match the card's [{:?}]",
+            card.input.name
+        ));
+    }
+    let element = session.inputs()[0].dtype().tensor_type();
+    let dtype = match element {
+        Some(ort::value::TensorElementType::Float32) => "float32",
+        Some(ort::value::TensorElementType::Float64) => "float64",
+        _ => "another type",
+    };
+    if dtype != card.input.dtype {
+        return Err(format!(
+            "ONNX input is {dtype}, the card says {} (only float32 and float64 inputs are served)",
+            card.input.dtype
+        ));
+    }
+    if let Some(shape) = session.inputs()[0].dtype().tensor_shape() {
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        if dims != card.input.shape {
+            return Err(format!(
+                "ONNX input shape {dims:?} does not match the card's {:?}",
+                card.input.shape
+            ));
+        }
+    }
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let expected: Vec<&str> = card.outputs.iter().map(|o| o.name.as_str()).collect();
+    if outputs != expected {
+        return Err(format!(
+            "ONNX outputs {outputs:?} do not match the card's {expected:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// One run on a neutral input, so that the first real request does not pay ONNX Runtime's
+/// first-run allocations (and so that the load cost measured includes them).
+fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
+    let dims: Vec<i64> = card.input.shape.iter().map(|&d| d.max(1)).collect();
+    let len = dims.iter().product::<i64>() as usize;
+    let tensor = if card.input.dtype == "float64" {
+        ort::value::Tensor::from_array((dims, vec![0f64; len])).map(|t| t.into_dyn())
+    } else {
+        ort::value::Tensor::from_array((dims, vec![0f32; len])).map(|t| t.into_dyn())
+    }
+    .map_err(|e| format!("cannot build the warm-up input: {e}"))?;
+    session
+        .run(ort::inputs![card.input.name.as_str() => tensor])
+        .map(|_| ())
+        .map_err(|e| format!("warm-up inference failed: {e}"))
+}
