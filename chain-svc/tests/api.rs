@@ -699,3 +699,19 @@ async fn new_records_are_capped_per_source_and_in_all() {
         "{problem}"
     );
 }
+
+/// No batch could ever be sent with zero in flight: chain-svc does not start, and says which
+/// setting (`chain.max_in_flight` is a `NonZeroUsize`, so no zero gets past reading it).
+#[test]
+fn a_zero_max_in_flight_is_refused_naming_its_setting() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chain-svc"))
+        .env("CHAIN__CHAIN__MAX_IN_FLIGHT", "0")
+        .env("CHAIN__SERVER__PORT", "0")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "max_in_flight = 0 started chain-svc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chain.max_in_flight"), "{stderr}");
+}

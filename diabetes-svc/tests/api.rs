@@ -122,3 +122,25 @@ async fn tabular_validation_names_the_field() {
     assert_problem(res, 413, None).await;
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
+
+/// A limit of zero would refuse every image: the service does not start, and says which
+/// setting (the image limits are `NonZeroUsize`, so no zero gets past reading the settings).
+#[test]
+fn a_zero_image_limit_is_refused_naming_its_setting() {
+    for key in ["max_bytes", "decode_budget_mb", "buffer_mb"] {
+        let env = format!("DIABETES__IMAGES__{}", key.to_ascii_uppercase());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diabetes-svc"))
+            .env(&env, "0")
+            .env("DIABETES__SERVER__PORT", "0")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{env}=0 started the service");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("images.{key}")),
+            "{env}=0: {stderr}"
+        );
+    }
+}

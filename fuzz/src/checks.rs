@@ -16,7 +16,7 @@ use actix_web::ResponseError;
 use medchain_core::ApiError;
 use medchain_core::request::parse_json;
 use medchain_serving::card::{ModelCard, Preprocessing};
-use medchain_serving::inputs::image::{ImageLimits, decode_cost, prepare};
+use medchain_serving::inputs::image::{ImageLimits, decode_cost, nonzero, prepare};
 use medchain_serving::inputs::tabular;
 
 fn card(rel: &str) -> ModelCard {
@@ -39,10 +39,10 @@ static RETINA: LazyLock<Preprocessing> = LazyLock::new(|| {
 
 /// The services' defaults (`config/default.toml` of diabetes-svc and heart-svc).
 const LIMITS: ImageLimits = ImageLimits {
-    max_bytes: 10 * 1024 * 1024,
+    max_bytes: nonzero(10 * 1024 * 1024),
     max_megapixels: 40.0,
-    decode_budget_mb: 128,
-    buffer_mb: 64,
+    decode_budget_mb: nonzero(128),
+    buffer_mb: nonzero(64),
     body_stall_secs: 30,
 };
 

@@ -402,7 +402,8 @@ fn upstream_error(up: &Upstream, status: u16, detail: String) -> ApiError {
     }
 }
 
-/// Forwards `req` (with its streamed body) to `path` on `up`.
+/// Forwards `req` (with its streamed body) to `path` on `up`: to each instance in turn while
+/// the request has not reached one (a refused connection, a body nobody read yet).
 pub async fn forward(
     proxy: &Proxy,
     up: &Upstream,
@@ -419,8 +420,7 @@ pub async fn forward(
     if declared.is_some_and(|n| n > policy.max_body) {
         return Err(too_large(policy.max_body));
     }
-    let method = req.method().clone();
-    let has_body = method == Method::POST || method == Method::PUT;
+    let has_body = req.method() == Method::POST || req.method() == Method::PUT;
     let (tx, rx) = mpsc::channel(4);
     let feed = BodyFeed {
         rx: Arc::new(tokio::sync::Mutex::new(rx)),
@@ -433,54 +433,15 @@ pub async fn forward(
         drop(tx);
         None
     };
-    let query = req.query_string();
-    let caller = actix_web::HttpMessage::extensions(req)
-        .get::<crate::callers::Caller>()
-        .cloned();
-    let request_id = RequestId::of(req);
     let started = Instant::now();
     let mut last_err = None;
     for inst in up.order() {
-        let url = if query.is_empty() {
-            format!("{}{path}", inst.base)
-        } else {
-            format!("{}{path}?{query}", inst.base)
-        };
         let timeout = if Upstream::may_be_asleep(&inst, proxy.sleep_after) {
             policy.timeout + proxy.wake_grace
         } else {
             policy.timeout
         };
-        let mut rb = proxy
-            .client
-            .request(
-                reqwest::Method::from_bytes(method.as_str().as_bytes())
-                    .unwrap_or(reqwest::Method::GET),
-                &url,
-            )
-            .timeout(timeout);
-        let with_body: &[HeaderName] = if has_body { &FORWARD_WITH_BODY } else { &[] };
-        for h in FORWARD_REQUEST.iter().chain(with_body) {
-            if let Some(v) = req.headers().get(h) {
-                rb = rb.header(h.as_str(), v.as_bytes());
-            }
-        }
-        if let Some(t) = &up.token {
-            rb = rb.header(
-                medchain_core::auth::INTERNAL_TOKEN_HEADER,
-                t.expose_secret(),
-            );
-        }
-        // Who is asking, for the upstream's own decisions (who may read which record). Client
-        // headers never pass (see FORWARD_REQUEST), so these are the gateway's word.
-        if let Some(c) = &caller {
-            rb = rb
-                .header(medchain_core::auth::CALLER_HEADER, c.id.as_str())
-                .header(medchain_core::auth::CALLER_ROLE_HEADER, c.role.as_str());
-        }
-        if let Some(id) = &request_id {
-            rb = rb.header(medchain_core::request::REQUEST_ID_HEADER, id);
-        }
+        let mut rb = upstream_request(proxy, up, &inst, req, path, has_body).timeout(timeout);
         if has_body {
             rb = rb.body(feed.body());
         }
@@ -517,26 +478,76 @@ pub async fn forward(
         record(up, "too_large", started);
         return Err(too_large(policy.max_body));
     }
+    Err(failure(up, last_err, started))
+}
+
+/// The call to `path` on one instance: the client's method, query and forwarded headers, the
+/// gateway's credential for this upstream, the signed-in caller and the request id.
+fn upstream_request(
+    proxy: &Proxy,
+    up: &Upstream,
+    inst: &Instance,
+    req: &HttpRequest,
+    path: &str,
+    has_body: bool,
+) -> reqwest::RequestBuilder {
+    let query = req.query_string();
+    let url = if query.is_empty() {
+        format!("{}{path}", inst.base)
+    } else {
+        format!("{}{path}?{query}", inst.base)
+    };
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        .unwrap_or(reqwest::Method::GET);
+    let mut rb = proxy.client.request(method, &url);
+    let with_body: &[HeaderName] = if has_body { &FORWARD_WITH_BODY } else { &[] };
+    for h in FORWARD_REQUEST.iter().chain(with_body) {
+        if let Some(v) = req.headers().get(h) {
+            rb = rb.header(h.as_str(), v.as_bytes());
+        }
+    }
+    if let Some(t) = &up.token {
+        rb = rb.header(
+            medchain_core::auth::INTERNAL_TOKEN_HEADER,
+            t.expose_secret(),
+        );
+    }
+    // Who is asking, for the upstream's own decisions (who may read which record). Client
+    // headers never pass (see FORWARD_REQUEST), so these are the gateway's word.
+    if let Some(c) = actix_web::HttpMessage::extensions(req).get::<crate::callers::Caller>() {
+        rb = rb
+            .header(medchain_core::auth::CALLER_HEADER, c.id.as_str())
+            .header(medchain_core::auth::CALLER_ROLE_HEADER, c.role.as_str());
+    }
+    if let Some(id) = &RequestId::of(req) {
+        rb = rb.header(medchain_core::request::REQUEST_ID_HEADER, id);
+    }
+    rb
+}
+
+/// The answer when no instance answered: 504 after a timeout, 502 otherwise (or 503 with no
+/// instance at all); counted by outcome.
+fn failure(
+    up: &Upstream,
+    last_err: Option<(reqwest::Error, Duration)>,
+    started: Instant,
+) -> ApiError {
     let Some((e, timeout)) = last_err else {
-        return Err(upstream_error(up, 503, "no instance is configured".into()));
+        return upstream_error(up, 503, "no instance is configured".into());
     };
     if e.is_timeout() {
         record(up, "timeout", started);
-        Err(upstream_error(
+        upstream_error(
             up,
             504,
             format!("did not answer within {} ms", timeout.as_millis()),
-        ))
+        )
     } else if e.is_connect() {
         record(up, "unreachable", started);
-        Err(upstream_error(
-            up,
-            502,
-            "no instance could be reached".into(),
-        ))
+        upstream_error(up, 502, "no instance could be reached".into())
     } else {
         record(up, "failed", started);
-        Err(upstream_error(up, 502, format!("the call failed: {e}")))
+        upstream_error(up, 502, format!("the call failed: {e}"))
     }
 }
 

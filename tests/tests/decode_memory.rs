@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 use medchain_serving::card::{ModelCard, Preprocessing};
-use medchain_serving::inputs::image::{ImageLimits, decode_cost, prepare};
+use medchain_serving::inputs::image::{ImageLimits, decode_cost, nonzero, prepare};
 
 struct Counting;
 
@@ -343,10 +343,10 @@ fn every_decode_stays_within_its_reservation() {
 fn check_reservations(pre: &Preprocessing, cases: &[(String, Vec<u8>)]) {
     let (tw, th) = pre.input_size();
     let limits = ImageLimits {
-        max_bytes: 64 << 20,
+        max_bytes: nonzero(64 << 20),
         max_megapixels: 40.0,
-        decode_budget_mb: 1024,
-        buffer_mb: 64,
+        decode_budget_mb: nonzero(1024),
+        buffer_mb: nonzero(64),
         body_stall_secs: 30,
     };
     let mut over = Vec::new();

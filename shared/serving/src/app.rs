@@ -45,8 +45,8 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
         decode_slots: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         )),
-        decode_budget: Budget::new(settings.images.decode_budget_mb),
-        upload_buffer: UploadBuffer::new(settings.images.buffer_mb),
+        decode_budget: Budget::new(settings.images.decode_budget_mb.get()),
+        upload_buffer: UploadBuffer::new(settings.images.buffer_mb.get()),
         audit: AuditClient::new(
             &settings.chain,
             settings.auth.send.get(Peer::Chain).cloned(),

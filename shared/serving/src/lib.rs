@@ -12,6 +12,7 @@
 //! | [`upload`] | reading a multipart upload within the memory it may hold |
 //! | [`budget`] | the memory budgets the uploads and decodes of one service share |
 //! | [`inputs`] | tabular validation, image decoding and preprocessing |
+//! | [`error`] | why a model could not be loaded, by kind |
 //! | [`model`] | the lazy model holder: state, load, file verification, the memory guard, downloads |
 //! | [`card`] | model cards: the source of truth for a model |
 //! | [`runtime`] | the ONNX Runtime library and its session settings |
@@ -21,6 +22,7 @@ pub mod app;
 pub mod budget;
 pub mod card;
 pub mod chain;
+pub mod error;
 pub mod inputs;
 pub mod model;
 pub mod prediction;

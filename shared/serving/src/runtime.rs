@@ -10,6 +10,8 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use serde::Deserialize;
 
+use crate::error::LoadError;
+
 /// How ONNX Runtime is found and how sessions are built.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,14 +68,14 @@ impl RuntimeSettings {
     }
 
     /// A readiness check that does not load anything: is the library file there?
-    pub fn library_present(&self) -> Result<(), String> {
+    pub fn library_present(&self) -> Result<(), LoadError> {
         let lib = self.library();
         if lib.is_absolute() && !lib.exists() {
-            return Err(format!(
+            return Err(LoadError::Runtime(format!(
                 "ONNX Runtime library not found at {} (run scripts/setup.sh or set \
                  runtime.library_path / ORT_DYLIB_PATH)",
                 lib.display()
-            ));
+            )));
         }
         Ok(())
     }
@@ -86,7 +88,7 @@ pub fn is_loaded() -> bool {
 
 /// Loads the library and creates the environment, once. Failures are not cached: the next
 /// model load tries again (the file may have been installed meanwhile).
-pub fn ensure(settings: &RuntimeSettings) -> Result<(), String> {
+pub fn ensure(settings: &RuntimeSettings) -> Result<(), LoadError> {
     if is_loaded() {
         return Ok(());
     }
@@ -97,23 +99,32 @@ pub fn ensure(settings: &RuntimeSettings) -> Result<(), String> {
     settings.library_present()?;
     let lib = settings.library();
     let env = ort::init_from(&lib)
-        .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?
+        .map_err(|e| {
+            LoadError::Runtime(format!(
+                "cannot load ONNX Runtime from {}: {e}",
+                lib.display()
+            ))
+        })?
         .with_name("medchain")
         .build()
-        .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
+        .map_err(|e| {
+            LoadError::Runtime(format!("cannot create the ONNX Runtime environment: {e}"))
+        })?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
     let _ = ENVIRONMENT.set(env);
     Ok(())
 }
 
 /// Builds a session for `path` with the configured options.
-pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Session, String> {
-    let err = |e: ort::Error<_>| format!("cannot configure the session: {e}");
-    let env = ENVIRONMENT
-        .get()
-        .ok_or("ONNX Runtime is not loaded (runtime::ensure was not called)")?;
+/// Errors name `path` as given (the loader passes its `/proc/self/fd` path and puts the
+/// model's path back).
+pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Session, LoadError> {
+    let err = |e: ort::Error<_>| LoadError::Runtime(format!("cannot configure the session: {e}"));
+    let env = ENVIRONMENT.get().ok_or_else(|| {
+        LoadError::Runtime("ONNX Runtime is not loaded (runtime::ensure was not called)".into())
+    })?;
     Session::builder(env)
-        .map_err(|e| format!("cannot create a session builder: {e}"))?
+        .map_err(|e| LoadError::Runtime(format!("cannot create a session builder: {e}")))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(err)?
         .with_intra_threads(settings.threads())
@@ -132,5 +143,7 @@ pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Ses
             .build()])
         .map_err(err)?
         .commit_from_file(path)
-        .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", path.display()))
+        .map_err(|e| {
+            LoadError::Runtime(format!("ONNX Runtime cannot load {}: {e}", path.display()))
+        })
 }

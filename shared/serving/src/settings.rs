@@ -114,17 +114,8 @@ impl DiseaseSettings {
             ),
             reason: reason.into(),
         };
-        if self.images.max_bytes == 0 {
-            return Err(invalid("images.max_bytes", "must be positive"));
-        }
         if !self.images.max_megapixels.is_finite() || self.images.max_megapixels <= 0.0 {
             return Err(invalid("images.max_megapixels", "must be positive"));
-        }
-        if self.images.decode_budget_mb == 0 {
-            return Err(invalid("images.decode_budget_mb", "must be positive"));
-        }
-        if self.images.buffer_mb == 0 {
-            return Err(invalid("images.buffer_mb", "must be positive"));
         }
         if self.memory.limit_mb <= self.memory.reserve_mb {
             return Err(invalid("memory.limit_mb", "must exceed memory.reserve_mb"));

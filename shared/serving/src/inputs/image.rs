@@ -6,6 +6,7 @@
 //! channels in the model's order and normalise to NCHW float32.
 
 use std::io::Cursor;
+use std::num::NonZeroUsize;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
@@ -17,12 +18,21 @@ use medchain_core::error::ApiError;
 
 pub use super::IMAGE_FIELD;
 
+/// `n`, which must not be zero: for limits written in code (in a `const`, a zero fails the
+/// build).
+pub const fn nonzero(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => panic!("a limit of zero"),
+    }
+}
+
 /// Upload limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageLimits {
     /// Largest upload, bytes (413 beyond).
-    pub max_bytes: usize,
+    pub max_bytes: NonZeroUsize,
     /// Largest decoded image, megapixels, read from the header before decoding (413 beyond).
     pub max_megapixels: f64,
     /// Memory the service's decodes may hold at once, MiB. Each decode reserves what it will
@@ -30,13 +40,13 @@ pub struct ImageLimits {
     /// plus the RGB copy) before it starts, and waits while others hold the budget; an image
     /// that alone needs more is refused (413). A 10 MB upload can be a 40-megapixel 16-bit
     /// RGBA PNG that decodes to 320 MB.
-    pub decode_budget_mb: usize,
+    pub decode_budget_mb: NonZeroUsize,
     /// Upload bytes the service holds at once (received and not yet decoded), MiB. Each
     /// body's bytes are reserved as they arrive, so a slow sender holds only what it has sent;
     /// a body that would go past the buffer waits — its sender is paused — until earlier ones
     /// are decoded. (When only bodies still arriving hold it, the oldest may go past it: at
     /// most one upload more, see `budget::UploadBuffer`.)
-    pub buffer_mb: usize,
+    pub buffer_mb: NonZeroUsize,
     /// A sender that sends nothing of its body for this long, seconds, is answered 408. Time
     /// the service itself keeps the sender paused does not count.
     pub body_stall_secs: u64,
@@ -385,10 +395,10 @@ mod tests {
 
     fn limits() -> ImageLimits {
         ImageLimits {
-            max_bytes: 10 << 20,
+            max_bytes: nonzero(10 << 20),
             max_megapixels: 40.0,
-            decode_budget_mb: 128,
-            buffer_mb: 64,
+            decode_budget_mb: nonzero(128),
+            buffer_mb: nonzero(64),
             body_stall_secs: 30,
         }
     }

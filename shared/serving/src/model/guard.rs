@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::LazyModel;
+use super::{LazyModel, LoadError};
 use crate::card::ModelCard;
 use crate::runtime;
 use medchain_core::memory;
@@ -41,7 +41,7 @@ impl MemorySettings {
 
 impl LazyModel {
     /// Refuses a load that would push the process past its memory limit.
-    pub(super) fn memory_guard(&self, card: &ModelCard) -> Result<(), String> {
+    pub(super) fn memory_guard(&self, card: &ModelCard) -> Result<(), LoadError> {
         let (in_use, limit) = self.memory.in_use_and_limit();
         let runtime = if runtime::is_loaded() {
             0
@@ -51,14 +51,12 @@ impl LazyModel {
         let need = card.load_cost.rss_added_bytes + runtime;
         let budget = limit.saturating_sub(self.memory.reserve_mb << 20);
         if in_use + need > budget {
-            return Err(format!(
-                "memory guard: loading needs about {} MB on top of the {} MB in use, but the \
-                 limit is {} MB with {} MB kept in reserve",
-                need >> 20,
-                in_use >> 20,
-                limit >> 20,
-                self.memory.reserve_mb
-            ));
+            return Err(LoadError::Memory {
+                need_mb: need >> 20,
+                in_use_mb: in_use >> 20,
+                limit_mb: limit >> 20,
+                reserve_mb: self.memory.reserve_mb,
+            });
         }
         Ok(())
     }

@@ -8,13 +8,13 @@ use std::time::Instant;
 use ort::session::Session;
 
 use super::verify::VerifiedFile;
-use super::{LazyModel, Loaded, remote};
+use super::{LazyModel, LoadError, Loaded, remote};
 use crate::card::ModelCard;
 use crate::runtime;
 use medchain_core::memory;
 
 impl LazyModel {
-    pub(super) async fn load(&self) -> Result<Arc<Loaded>, String> {
+    pub(super) async fn load(&self) -> Result<Arc<Loaded>, LoadError> {
         let card = self.card.as_ref().map_err(Clone::clone)?.clone();
         self.memory_guard(&card)?;
         let remote = self.source.is_some();
@@ -39,7 +39,7 @@ impl LazyModel {
         let key = self.key.clone();
         let start = Instant::now();
         let verified = self.verified.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, LoadError> {
             // Hashed at every load, whatever readiness saw (the result also serves readiness),
             // except right after a download, which hashed these very bytes as they arrived. A
             // bad cached copy is not kept: the next load fetches it again. What is hashed is
@@ -64,10 +64,10 @@ impl LazyModel {
             runtime::ensure(&runtime)?;
             let before = memory::rss_bytes() as i64;
             let mut session = runtime::session(&runtime, &file.load_path()).map_err(|e| {
-                e.replace(
+                LoadError::Runtime(e.to_string().replace(
                     &file.load_path().display().to_string(),
                     &path.display().to_string(),
-                )
+                ))
             })?;
             file.unchanged()?;
             check_tensors(&session, &card)?;
@@ -83,7 +83,7 @@ impl LazyModel {
             })
         })
         .await
-        .map_err(|e| format!("load task panicked: {e}"))??;
+        .map_err(|e| LoadError::Panicked(e.to_string()))??;
         self.loads.fetch_add(1, Ordering::Relaxed);
         *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((loaded.load_ms, loaded.rss_added_bytes));
@@ -104,13 +104,13 @@ impl LazyModel {
 }
 
 /// The session's tensors must be the card's.
-fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), String> {
+fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), LoadError> {
     let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
     if inputs != [card.input.name.as_str()] {
-        return Err(format!(
+        return Err(LoadError::Tensors(format!(
             "ONNX inputs {inputs:?} do not match the card's [{:?}]",
             card.input.name
-        ));
+        )));
     }
     let element = session.inputs()[0].dtype().tensor_type();
     let dtype = match element {
@@ -119,33 +119,33 @@ fn check_tensors(session: &Session, card: &ModelCard) -> Result<(), String> {
         _ => "another type",
     };
     if dtype != card.input.dtype {
-        return Err(format!(
+        return Err(LoadError::Tensors(format!(
             "ONNX input is {dtype}, the card says {} (only float32 and float64 inputs are served)",
             card.input.dtype
-        ));
+        )));
     }
     if let Some(shape) = session.inputs()[0].dtype().tensor_shape() {
         let dims: Vec<i64> = shape.iter().copied().collect();
         if dims != card.input.shape {
-            return Err(format!(
+            return Err(LoadError::Tensors(format!(
                 "ONNX input shape {dims:?} does not match the card's {:?}",
                 card.input.shape
-            ));
+            )));
         }
     }
     let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
     let expected: Vec<&str> = card.outputs.iter().map(|o| o.name.as_str()).collect();
     if outputs != expected {
-        return Err(format!(
+        return Err(LoadError::Tensors(format!(
             "ONNX outputs {outputs:?} do not match the card's {expected:?}"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// One run on a neutral input, so that the first real request does not pay ONNX Runtime's
 /// first-run allocations (and so that the load cost measured includes them).
-fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
+fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), LoadError> {
     let dims: Vec<i64> = card.input.shape.iter().map(|&d| d.max(1)).collect();
     let len = dims.iter().product::<i64>() as usize;
     let tensor = if card.input.dtype == "float64" {
@@ -153,9 +153,9 @@ fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), String> {
     } else {
         ort::value::Tensor::from_array((dims, vec![0f32; len])).map(|t| t.into_dyn())
     }
-    .map_err(|e| format!("cannot build the warm-up input: {e}"))?;
+    .map_err(|e| LoadError::WarmUp(format!("cannot build the warm-up input: {e}")))?;
     session
         .run(ort::inputs![card.input.name.as_str() => tensor])
         .map(|_| ())
-        .map_err(|e| format!("warm-up inference failed: {e}"))
+        .map_err(|e| LoadError::WarmUp(format!("warm-up inference failed: {e}")))
 }

@@ -25,6 +25,7 @@ mod load;
 pub mod remote;
 mod verify;
 
+pub use crate::error::LoadError;
 pub use guard::MemorySettings;
 use verify::{FileCheck, file_stamp};
 
@@ -84,7 +85,7 @@ enum State {
     Loading,
     Ready(Arc<Loaded>),
     Failed {
-        reason: String,
+        reason: LoadError,
         at: Instant,
         /// No load is tried before this.
         retry_at: Instant,
@@ -127,7 +128,7 @@ pub struct LazyModel {
     /// Where the file is downloaded from, for a model configured by URL.
     source: Option<Location>,
     download: DownloadSettings,
-    card: Result<ModelCard, String>,
+    card: Result<ModelCard, LoadError>,
     runtime: RuntimeSettings,
     memory: MemorySettings,
     idle_unload: Option<Duration>,
@@ -175,7 +176,7 @@ impl LazyModel {
         backoff: Backoff,
     ) -> Self {
         let card_path = models_dir.join(&settings.card);
-        let card = ModelCard::from_file(&card_path).map_err(|e| e.to_string());
+        let card = ModelCard::from_file(&card_path).map_err(|e| LoadError::Card(e.to_string()));
         let file = &settings.file;
         let onnx_path = match &card {
             // Downloads are kept under the card's hash: a new model version is a new file.
@@ -315,9 +316,15 @@ impl LazyModel {
                 Ok(loaded)
             }
             Err(reason) => {
+                metrics::counter!(
+                    medchain_core::metrics::name("model_load_failures_total"),
+                    "model" => self.key.clone(),
+                    "kind" => reason.kind(),
+                )
+                .increment(1);
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let wait = self.backoff.after(failures);
-                tracing::error!(model = %self.key, %reason, failures, retry_in_secs = wait.as_secs_f64(), "model load failed");
+                tracing::error!(model = %self.key, %reason, kind = reason.kind(), failures, retry_in_secs = wait.as_secs_f64(), "model load failed");
                 metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
                     .set(-1.0);
                 let at = Instant::now();
@@ -332,7 +339,7 @@ impl LazyModel {
         }
     }
 
-    fn failed(&self, reason: &str, retry_at: Instant) -> ApiError {
+    fn failed(&self, reason: &LoadError, retry_at: Instant) -> ApiError {
         let wait = retry_at.saturating_duration_since(Instant::now());
         ApiError::unavailable(
             format!(
@@ -411,7 +418,7 @@ impl LazyModel {
     /// on the blocking pool, started here or by [`LazyModel::start_verification`]; until it
     /// is known the file counts as ready (it is hashed again before any load, and a mismatch
     /// then fails that load). Returns what readiness shows.
-    pub fn readiness(self: &Arc<Self>) -> Result<String, String> {
+    pub fn readiness(self: &Arc<Self>) -> Result<String, LoadError> {
         if let Some(url) = &self.source
             && !self.onnx_path.exists()
         {
@@ -449,11 +456,11 @@ impl LazyModel {
             } => {
                 let wait = retry_at.saturating_duration_since(Instant::now());
                 next_retry_unix_ms = Some(now_ms() + wait.as_millis() as u64);
-                (ModelState::Failed, Some(reason.clone()))
+                (ModelState::Failed, Some(reason.to_string()))
             }
         };
         let (state, reason) = match (&self.card, state) {
-            (Err(e), _) => (ModelState::Failed, Some(e.clone())),
+            (Err(e), _) => (ModelState::Failed, Some(e.to_string())),
             (_, s) => (s, reason),
         };
         let card = self.card.as_ref().ok();

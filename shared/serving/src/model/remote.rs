@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::LoadError;
+
 /// Where a model file is: empty (next to its card), a local path, or an `http(s)://` URL.
 /// Shown without its query string and credentials (a presigned URL's signature is a secret).
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -111,10 +113,10 @@ pub async fn fetch(
     sha256: &str,
     size: u64,
     settings: &DownloadSettings,
-) -> Result<std::fs::File, String> {
+) -> Result<std::fs::File, LoadError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create the model cache {}: {e}", dir.display()))?;
+        .map_err(|e| LoadError::io("cannot create the model cache", dir, e))?;
     // Not `http::client_builder`: that one is for service-to-service calls and ignores proxy
     // settings, while a model host is outside and may only be reachable through HTTPS_PROXY.
     medchain_core::http::init_tls();
@@ -123,7 +125,7 @@ pub async fn fetch(
         .read_timeout(Duration::from_secs(settings.stall_secs.max(1)))
         .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
         .build()
-        .map_err(|e| format!("cannot build the download client: {e}"))?;
+        .map_err(|e| LoadError::Download(format!("cannot build the download client: {e}")))?;
     let part = dest.with_extension("part");
     let mut attempt = 0;
     loop {
@@ -132,9 +134,10 @@ pub async fn fetch(
         match result {
             Ok(()) => {
                 let file = std::fs::File::open(&part)
-                    .map_err(|e| format!("cannot open the download: {e}"))?;
-                std::fs::rename(&part, dest)
-                    .map_err(|e| format!("cannot move the download into place: {e}"))?;
+                    .map_err(|e| LoadError::Download(format!("cannot open the download: {e}")))?;
+                std::fs::rename(&part, dest).map_err(|e| {
+                    LoadError::Download(format!("cannot move the download into place: {e}"))
+                })?;
                 tracing::info!(
                     url = %url.redacted(),
                     bytes = size,
@@ -148,12 +151,12 @@ pub async fn fetch(
                 tracing::warn!(url = %url.redacted(), attempt, reason = %f.reason, "model download failed");
                 if !f.retry || attempt >= settings.retries {
                     let tries = attempt + 1;
-                    return Err(format!(
+                    return Err(LoadError::Download(format!(
                         "download from {} failed ({tries} attempt{}): {}",
                         url.redacted(),
                         if tries == 1 { "" } else { "s" },
                         f.reason
-                    ));
+                    )));
                 }
                 tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
                 attempt += 1;

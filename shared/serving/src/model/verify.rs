@@ -9,24 +9,26 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use super::LazyModel;
+use super::{LazyModel, LoadError};
 
 /// A file version (size, modification time) and whether its hash matched.
-pub(super) type FileCheck = ((u64, Option<SystemTime>), Result<(), String>);
+pub(super) type FileCheck = ((u64, Option<SystemTime>), Result<(), LoadError>);
 
 impl LazyModel {
     /// Whether the files are in place (readiness; loads nothing).
-    pub fn check_files(&self) -> Result<(), String> {
+    pub fn check_files(&self) -> Result<(), LoadError> {
         let card = self.card.as_ref().map_err(Clone::clone)?;
-        let meta = std::fs::metadata(&self.onnx_path)
-            .map_err(|e| format!("{}: {e}", self.onnx_path.display()))?;
+        let meta = std::fs::metadata(&self.onnx_path).map_err(|e| LoadError::Io {
+            action: None,
+            path: self.onnx_path.clone(),
+            reason: e.to_string(),
+        })?;
         if meta.len() != card.size_bytes {
-            return Err(format!(
-                "{} is {} bytes, its card says {}",
-                self.onnx_path.display(),
-                meta.len(),
-                card.size_bytes
-            ));
+            return Err(LoadError::Size {
+                path: self.onnx_path.clone(),
+                actual: meta.len(),
+                expected: card.size_bytes,
+            });
         }
         Ok(())
     }
@@ -82,11 +84,11 @@ struct FileIdentity {
 }
 
 impl FileIdentity {
-    fn of(file: &std::fs::File, path: &Path) -> Result<Self, String> {
+    fn of(file: &std::fs::File, path: &Path) -> Result<Self, LoadError> {
         use std::os::unix::fs::MetadataExt;
         let m = file
             .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+            .map_err(|e| LoadError::io("cannot stat", path, e))?;
         let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         Ok(Self {
             ino: m.ino(),
@@ -103,9 +105,8 @@ impl VerifiedFile {
         path: &Path,
         expected: &str,
         cache: &Mutex<Option<FileCheck>>,
-    ) -> Result<Self, String> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    ) -> Result<Self, LoadError> {
+        let file = std::fs::File::open(path).map_err(|e| LoadError::io("cannot open", path, e))?;
         let identity = FileIdentity::of(&file, path)?;
         let me = Self {
             file,
@@ -118,7 +119,7 @@ impl VerifiedFile {
     }
 
     /// A download's file, hashed as it arrived.
-    pub(super) fn from_download(file: std::fs::File, path: &Path) -> Result<Self, String> {
+    pub(super) fn from_download(file: std::fs::File, path: &Path) -> Result<Self, LoadError> {
         let identity = FileIdentity::of(&file, path)?;
         Ok(Self {
             file,
@@ -143,20 +144,23 @@ impl VerifiedFile {
     }
 
     /// Fails if the file was written to since it was opened.
-    pub(super) fn unchanged(&self) -> Result<(), String> {
+    pub(super) fn unchanged(&self) -> Result<(), LoadError> {
         if FileIdentity::of(&self.file, &self.path)? == self.identity {
             Ok(())
         } else {
-            Err(format!(
-                "{} changed while it was being loaded; it is loaded again after the back-off",
-                self.path.display()
-            ))
+            Err(LoadError::Changed {
+                path: self.path.clone(),
+            })
         }
     }
 }
 
-pub(super) fn file_stamp(path: &Path) -> Result<(u64, Option<SystemTime>), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub(super) fn file_stamp(path: &Path) -> Result<(u64, Option<SystemTime>), LoadError> {
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::Io {
+        action: None,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     Ok((meta.len(), meta.modified().ok()))
 }
 
@@ -165,26 +169,24 @@ fn checked_hash(
     path: &Path,
     expected: &str,
     cache: &Mutex<Option<FileCheck>>,
-) -> Result<(), String> {
+) -> Result<(), LoadError> {
     VerifiedFile::open(path, expected, cache).map(drop)
 }
 
-fn verify_hash(file: &std::fs::File, path: &Path, expected: &str) -> Result<(), String> {
+fn verify_hash(file: &std::fs::File, path: &Path, expected: &str) -> Result<(), LoadError> {
     let mut hasher = Sha256::new();
+    let unreadable = |e: std::io::Error| LoadError::io("cannot read", path, e);
     // Through a second handle on the same open file, so that the caller's is not moved on.
-    let mut reader = file
-        .try_clone()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    std::io::Seek::rewind(&mut reader)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    std::io::copy(&mut reader, &mut hasher)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut reader = file.try_clone().map_err(unreadable)?;
+    std::io::Seek::rewind(&mut reader).map_err(unreadable)?;
+    std::io::copy(&mut reader, &mut hasher).map_err(unreadable)?;
     let actual = hex::encode(hasher.finalize());
     if !actual.eq_ignore_ascii_case(expected) {
-        return Err(format!(
-            "{} has sha256 {actual}, but its card says {expected} (file corrupted or replaced)",
-            path.display()
-        ));
+        return Err(LoadError::Hash {
+            path: path.to_path_buf(),
+            actual,
+            expected: expected.to_string(),
+        });
     }
     Ok(())
 }
@@ -217,7 +219,12 @@ mod tests {
         let file = VerifiedFile::open(&path2, &sha, &cache).expect("verified");
         std::fs::write(&path2, b"the model, changed in place: longer").expect("overwrite");
         let err = file.unchanged().expect_err("changed while loading");
-        assert!(err.contains("changed while it was being loaded"), "{err}");
+        assert!(matches!(err, LoadError::Changed { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("changed while it was being loaded"),
+            "{err}"
+        );
         // A wrong hash is not opened for loading, and readiness learns it.
         assert!(VerifiedFile::open(&path2, &sha, &cache).is_err());
         assert!(

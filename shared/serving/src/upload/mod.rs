@@ -47,7 +47,7 @@ pub async fn read(
         payload,
         Duration::from_secs(limits.body_stall_secs),
     )));
-    let result = match check_headers(req, limits.max_bytes) {
+    let result = match check_headers(req, limits.max_bytes.get()) {
         Ok(declared) => read_fields(req, &body, limits, buffer, declared).await,
         Err(e) => Err(e),
     };
@@ -58,7 +58,7 @@ pub async fn read(
             limits.body_stall_secs
         ))),
         Err(e) => {
-            let cap = 2 * (limits.max_bytes + FRAMING) as u64;
+            let cap = 2 * (limits.max_bytes.get() + FRAMING) as u64;
             let declared = declared_length(req).unwrap_or(0);
             if declared <= cap {
                 drain(&body, cap).await;
@@ -117,7 +117,7 @@ async fn read_fields(
     buffer: &Arc<UploadBuffer>,
     declared: usize,
 ) -> ApiResult<Upload> {
-    let max_bytes = limits.max_bytes;
+    let max_bytes = limits.max_bytes.get();
     let mut form = Multipart::new(req.headers(), BodyStream(body.clone()));
     let mut hold = buffer.hold();
     let mut image: Option<Vec<u8>> = None;

@@ -4,6 +4,7 @@
 //! the credentials, warm-up and idle unload, image checks and budgets, uploads, keep-alive.
 
 use medchain_diabetes_svc::SPEC;
+use medchain_serving::inputs::image::nonzero;
 use medchain_tests::{
     Peer, assert_problem, credential, models_copy, png, png_header_only, secure, spawn_disease,
 };
@@ -136,6 +137,8 @@ async fn a_corrupt_model_fails_its_endpoint_only_and_is_retried() {
             .as_str()
             .is_some_and(|r| r.contains("sha256"))
     );
+    // Counted by kind, so that an operator can tell a bad file from a full instance.
+    assert_failure_counted(&app, "hash").await;
 
     // The other model and health still work.
     let png = std::fs::read(medchain_tests::models_dir().join("examples/retina/1-mild_npdr-0.png"))
@@ -174,6 +177,20 @@ async fn the_memory_guard_refuses_a_load_under_a_small_limit() {
         "{problem}"
     );
     assert_eq!(app.model("tabular").await["loads"], 0);
+    assert_failure_counted(&app, "memory").await;
+}
+
+/// `/metrics` counts a failed load of the tabular model of this `kind` (the recorder is one
+/// per process, so other tests' failures may be counted too: the kind must be there).
+async fn assert_failure_counted(app: &medchain_tests::TestApp, kind: &str) {
+    let text = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    let needle = format!("diabetes_model_load_failures_total{{model=\"tabular\",kind=\"{kind}\"}}");
+    assert!(text.contains(&needle), "missing {needle} in\n{text}");
 }
 
 /// Least privilege: diabetes-svc takes its routes from the gateway's credential for it alone,
@@ -238,7 +255,7 @@ async fn an_idle_model_is_unloaded_and_loads_again_on_use() {
 
 #[tokio::test]
 async fn image_inputs_are_checked_before_decoding() {
-    let app = spawn_disease(SPEC, |s| s.images.max_bytes = 2_000_000).await;
+    let app = spawn_disease(SPEC, |s| s.images.max_bytes = nonzero(2_000_000)).await;
     let example =
         std::fs::read(medchain_tests::models_dir().join("examples/retina/2-moderate_npdr-1.jpg"))
             .expect("example");
@@ -390,8 +407,8 @@ async fn a_cmyk_jpeg_is_converted_and_predicts_like_its_rgb_original() {
 #[tokio::test]
 async fn image_decodes_and_uploads_are_held_to_their_memory_budgets() {
     let app = spawn_disease(SPEC, |s| {
-        s.images.decode_budget_mb = 40;
-        s.images.buffer_mb = 1;
+        s.images.decode_budget_mb = nonzero(40);
+        s.images.buffer_mb = nonzero(1);
     })
     .await;
     let path = "/v1/predict/retina";
@@ -538,7 +555,7 @@ async fn trickling_uploads_do_not_fill_the_queue() {
 /// 10 MB in a 16 MB buffer held an honest upload until one of them finished.
 #[tokio::test]
 async fn slow_uploads_hold_only_what_they_have_sent() {
-    let app = spawn_disease(SPEC, |s| s.images.buffer_mb = 16).await;
+    let app = spawn_disease(SPEC, |s| s.images.buffer_mb = nonzero(16)).await;
     let path = "/v1/predict/retina";
     let _slow = slow_uploads(&app, path, 2, 10 << 20).await;
     // (held open, trickling, until the end of the test)

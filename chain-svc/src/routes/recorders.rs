@@ -10,8 +10,8 @@ use medchain_core::request::ValidJson;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::records::{RecordsState, within_read_timeout};
 use crate::chain::ChainError;
-use crate::records::{RecordsState, within_read_timeout};
 
 /// The caller must be an admin (as the gateway names them), or the operator in open mode.
 fn admin_only(req: &HttpRequest) -> ApiResult<String> {

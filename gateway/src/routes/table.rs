@@ -1,14 +1,14 @@
-//! The public API: one table of routes, each mapped to an upstream path, with the body limit
-//! and timeout of its kind. `openapi.json` documents exactly these (a test checks it).
+//! The public API as one table of routes, each mapped to an upstream path, with the body limit
+//! and timeout of its kind and the roles that may call it. `openapi.json` documents exactly
+//! these (a test checks it).
 
 use std::time::Duration;
 
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use medchain_core::error::ApiError;
+use actix_web::HttpRequest;
 
 use crate::Gateway;
-use crate::callers::{Caller, Role};
-use crate::proxy::{self, RoutePolicy};
+use crate::callers::Role;
+use crate::proxy::RoutePolicy;
 
 /// Which upstream serves a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +192,7 @@ pub const ROUTES: &[Route] = &[
 ];
 
 impl Route {
-    fn policy(&self, g: &Gateway) -> RoutePolicy {
+    pub(super) fn policy(&self, g: &Gateway) -> RoutePolicy {
         let t = &g.timeouts;
         let (timeout, max_body) = match self.kind {
             Tabular => (t.tabular_timeout_ms, g.limits.tabular_max_bytes),
@@ -210,7 +210,7 @@ impl Route {
     /// for byte, still percent-encoded as sent, so the upstream decodes it exactly once.
     /// (Decoded here and encoded again, `%2F` and `%25` came out as `%252F` and `%2525`: the
     /// listing for `A/B` reached the reference of a patient called `A%2FB`.)
-    fn target_for(&self, req: &HttpRequest) -> String {
+    pub(super) fn target_for(&self, req: &HttpRequest) -> String {
         target_from_raw(self.path, self.target, req.uri().path())
     }
 }
@@ -234,165 +234,9 @@ fn target_from_raw(path: &str, target: &str, raw: &str) -> String {
     out
 }
 
-async fn handle(
-    route: &'static Route,
-    req: HttpRequest,
-    payload: web::Payload,
-    g: web::Data<Gateway>,
-) -> Result<HttpResponse, ApiError> {
-    // Authenticated by the edge (`cors_and_limits`); here: may this caller do this?
-    let caller = req.extensions().get::<Caller>().cloned();
-    let Some(caller) = caller else {
-        return Err(ApiError::Unauthorized("sign in first".into()));
-    };
-    if !route.roles.contains(&caller.role) {
-        metrics::counter!(medchain_core::metrics::name("forbidden_total"), "role" => caller.role.as_str())
-            .increment(1);
-        let who: Vec<&str> = route.roles.iter().map(|r| r.as_str()).collect();
-        return Err(ApiError::Forbidden(format!(
-            "{} {} is for the {} role{}; `{}` is signed in as {}",
-            route.method,
-            route.path,
-            who.join(" or "),
-            if who.len() > 1 { "s" } else { "" },
-            caller.id,
-            caller.role
-        )));
-    }
-    let target = route.target_for(&req);
-    let res = proxy::forward(
-        &g.proxy,
-        g.upstream(route.upstream),
-        route.policy(&g),
-        &req,
-        payload,
-        &target,
-    )
-    .await?;
-    // Model state tells an admin everything (files, download hosts, failure reasons, memory);
-    // everyone else learns what is loaded, not where it lives or why it failed.
-    if route.target == "/models" && caller.role != Role::Admin && res.status().is_success() {
-        let status = res.status();
-        // Model state is a few KB; an upstream answering more is not read further.
-        let body = actix_web::body::to_bytes_limited(res.into_body(), 1 << 20)
-            .await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("/models is over 1 MiB")))?
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading /models: {e}")))?;
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("/models is not JSON: {e}")))?;
-        return Ok(HttpResponse::build(status).json(public_models(&v)));
-    }
-    Ok(res)
-}
-
-/// What a disease service's `/models` says to a caller who is not an admin.
-fn public_models(v: &serde_json::Value) -> serde_json::Value {
-    use serde_json::{Value, json};
-    const KEPT: [&str; 8] = [
-        "key",
-        "state",
-        "model_id",
-        "version",
-        "sha256",
-        "demo",
-        "waiting",
-        "max_waiting",
-    ];
-    let models: Vec<Value> = v["models"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let mut out = serde_json::Map::new();
-            for k in KEPT {
-                if let Some(x) = m.get(k) {
-                    out.insert(k.into(), x.clone());
-                }
-            }
-            if m.get("reason").is_some() {
-                out.insert(
-                    "reason".into(),
-                    json!("the model could not be loaded; an admin sees why"),
-                );
-            }
-            Value::Object(out)
-        })
-        .collect();
-    json!({"service": v["service"], "disease": v["disease"], "models": models})
-}
-
-/// Mounts every route of the table (inside `/api/v1`), and the OpenAPI document.
-pub fn register(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(crate::page::openapi));
-    cfg.route("/whoami", web::get().to(whoami));
-    for route in ROUTES {
-        let method = match route.method {
-            "GET" => web::get(),
-            _ => web::post(),
-        };
-        cfg.route(
-            route.path,
-            method.to(
-                move |req: HttpRequest, payload: web::Payload, g: web::Data<Gateway>| {
-                    handle(route, req, payload, g)
-                },
-            ),
-        );
-    }
-    cfg.default_service(web::to(|req: HttpRequest| async move {
-        Err::<HttpResponse, _>(ApiError::NotFound(format!(
-            "no public route {} {}; see /api/v1/openapi.json",
-            req.method(),
-            req.path()
-        )))
-    }));
-}
-
-/// `GET /whoami`: the signed-in caller (id and role) and what the role may call.
-async fn whoami(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let caller = req.extensions().get::<Caller>().cloned();
-    let caller = caller.ok_or_else(|| ApiError::Unauthorized("sign in first".into()))?;
-    let may: Vec<String> = ROUTES
-        .iter()
-        .filter(|r| r.roles.contains(&caller.role))
-        .map(|r| format!("{} /api/v1{}", r.method, r.path))
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": caller.id,
-        "role": caller.role,
-        "may": may,
-    })))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_state_in_public_says_what_not_where_or_why() {
-        let full = serde_json::json!({
-            "service": "diabetes-svc", "disease": "diabetes", "onnxruntime_loaded": true,
-            "memory": {"rss_bytes": 1}, "image_memory": {},
-            "models": [{"key": "retina", "state": "failed", "reason": "download from https://models.internal/x failed",
-                        "file": "/srv/models/retina.onnx", "source": "https://models.internal/x",
-                        "model_id": "m", "version": "1", "sha256": "ab", "demo": true,
-                        "load_ms": 5.0, "rss_added_bytes": 9, "waiting": 0, "max_waiting": 8}],
-        });
-        let public = public_models(&full);
-        let text = public.to_string();
-        for hidden in [
-            "/srv/models",
-            "models.internal",
-            "rss_bytes",
-            "onnxruntime_loaded",
-            "load_ms",
-        ] {
-            assert!(!text.contains(hidden), "{hidden} in {text}");
-        }
-        assert_eq!(public["models"][0]["state"], "failed");
-        assert_eq!(public["models"][0]["model_id"], "m");
-        assert!(public["models"][0]["reason"].is_string());
-    }
 
     #[test]
     fn parameters_are_forwarded_as_sent() {
