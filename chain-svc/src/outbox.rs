@@ -46,15 +46,8 @@ const CARE: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("care"
 /// Counters: the next batch number.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// Where a record is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pending,
-    Confirmed,
-    /// The contract refused it (not a retryable condition); `last_error` says why.
-    Rejected,
-}
+/// Where a record is (the shared contract type: a receipt carries it).
+pub use medchain_core::contract::RecordStatus as Status;
 
 /// One outbox entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -198,9 +198,10 @@ fn to_hex(b: &[u8]) -> String {
 
 /// A chain-svc stand-in on loopback that takes a record at once but answers only after
 /// `delay` (a slow disk, a busy instance), and answers a repeat of a record it holds after
-/// `repeat_delay` with the stored receipt, as chain-svc does.
+/// `repeat_delay` with the stored receipt, as chain-svc does (a receipt of the shared type).
 async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
     use actix_web::{App, HttpResponse, HttpServer, web};
+    use medchain_core::contract::{Digest, Receipt, RecordStatus};
     use std::sync::{Arc, Mutex};
     let held: Arc<Mutex<Vec<String>>> = Arc::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -221,9 +222,24 @@ async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
                         seen
                     };
                     tokio::time::sleep(if seen { repeat_delay } else { delay }).await;
-                    HttpResponse::Accepted().json(json!({
-                        "prediction_id": id, "status": "pending", "salt": format!("0x{}", "5a".repeat(32)),
-                    }))
+                    // chain-svc's receipt, as the contract type has it (the disease service
+                    // reads nothing else).
+                    let d = |b: u8| Digest([b; 32]);
+                    HttpResponse::Accepted().json(Receipt {
+                        prediction_id: id,
+                        status: RecordStatus::Pending,
+                        patient_ref: d(1),
+                        model_id_hash: d(2),
+                        input_commitment: d(3),
+                        disease: "diabetes".into(),
+                        modality: "tabular".into(),
+                        label: 0,
+                        probability_bps: 7038,
+                        record_hash: d(4),
+                        salt: d(0x5a),
+                        contract: format!("0x{}", "00".repeat(20)),
+                        chain_id: 31337,
+                    })
                 }
             }),
         )

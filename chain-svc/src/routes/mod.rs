@@ -8,6 +8,7 @@ use medchain_core::auth::{Peer, only};
 mod ready;
 pub mod recorders;
 pub mod records;
+pub mod views;
 
 pub use ready::{Readiness, readyz};
 pub use records::{RecordLimits, RecordsState};

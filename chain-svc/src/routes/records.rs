@@ -11,16 +11,22 @@ use alloy::primitives::{Address, B256};
 use futures_util::StreamExt;
 use medchain_core::error::{ApiError, ApiResult};
 use medchain_core::request::ValidJson;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use medchain_core::auth::{self, Calling, Peer};
+use medchain_core::contract::Digest as WireDigest;
 
 use crate::chain::{AuditChain, ChainError, CommittedLog, RecordInput};
 use crate::outbox::{Entry, Outbox, OutboxError, Status, now_ms};
 use crate::privacy::{self, PatientKey};
+
+use super::views::{
+    ChainRecord, Checks, DISEASES, Deployment, HeldRecord, Listed, Listing, MODALITIES, OnChain,
+    Source, Verification, b256_to_id,
+};
 
 /// How many new records chain-svc takes: each one costs gas on a public chain and waits in the
 /// outbox, so that no caller can drain the signer's funds or fill the disk.
@@ -179,6 +185,16 @@ pub struct RecordsState {
     pub read_timeout: Duration,
 }
 
+impl RecordsState {
+    /// The contract every answer names.
+    fn deployment(&self) -> Deployment {
+        Deployment {
+            contract: self.contract,
+            chain_id: self.chain_id,
+        }
+    }
+}
+
 /// Who reads a record, as the gateway named them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reader {
@@ -224,34 +240,9 @@ fn no_record(id: &str) -> ApiError {
     ApiError::NotFound(format!("no record for prediction {id}"))
 }
 
-const DISEASES: [&str; 2] = ["diabetes", "heart"];
-const MODALITIES: [&str; 2] = ["tabular", "image"];
-
 /// The model that made the prediction, and a prediction to record: the types the disease
-/// services send (one definition for both sides).
-pub use medchain_core::contract::{ModelRef, RecordRequest as NewRecord};
-
-/// The receipt of an accepted record.
-#[derive(Debug, Serialize)]
-pub struct Receipt {
-    pub prediction_id: String,
-    pub status: Status,
-    pub patient_ref: B256,
-    pub model_id_hash: B256,
-    pub input_commitment: B256,
-    pub disease: Value,
-    pub modality: Value,
-    pub label: u8,
-    pub probability_bps: u16,
-    /// What the chain will hold for it (with the id and the patient reference): the hash of
-    /// the fields above, see `RecordInput::record_hash`.
-    pub record_hash: B256,
-    /// Keep it to verify later; without it (and without the service's copy) the commitment
-    /// cannot be linked to the input.
-    pub salt: B256,
-    pub contract: Address,
-    pub chain_id: u64,
-}
+/// services send (one definition for both sides); the receipt they get back.
+pub use medchain_core::contract::{ModelRef, Receipt, RecordRequest as NewRecord};
 
 /// A UUID prediction id as the contract's bytes32 (the 16 bytes, left-aligned).
 pub fn id_to_b256(id: &str) -> Result<B256, ApiError> {
@@ -260,12 +251,6 @@ pub fn id_to_b256(id: &str) -> Result<B256, ApiError> {
     let mut b = [0u8; 32];
     b[..16].copy_from_slice(uuid.as_bytes());
     Ok(B256::from(b))
-}
-
-fn b256_to_id(b: &B256) -> String {
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&b.0[..16]);
-    uuid::Uuid::from_bytes(u).to_string()
 }
 
 /// SHA-256 over the model's identity (id, version and file hash).
@@ -302,6 +287,33 @@ fn code(field: &str, value: &str, allowed: &[&str]) -> Result<u8, ApiError> {
                 format!("`{field}` must be one of {}", allowed.join(", ")),
             )
         })
+}
+
+/// The receipt of `stored`, an accepted record.
+fn receipt(state: &RecordsState, stored: &Entry) -> Receipt {
+    let digest = |b: B256| WireDigest(b.0);
+    let name = |codes: &[&str], code: u8| {
+        (code as usize)
+            .checked_sub(1)
+            .and_then(|i| codes.get(i))
+            .map_or_else(|| code.to_string(), |n| n.to_string())
+    };
+    let r = &stored.record;
+    Receipt {
+        prediction_id: b256_to_id(&stored.id()),
+        status: stored.status,
+        patient_ref: digest(r.patient_ref),
+        model_id_hash: digest(r.model_id_hash),
+        input_commitment: digest(r.input_commitment),
+        disease: name(&DISEASES, r.disease),
+        modality: name(&MODALITIES, r.modality),
+        label: r.label,
+        probability_bps: r.probability_bps,
+        record_hash: digest(r.record_hash()),
+        salt: digest(stored.salt),
+        contract: format!("0x{}", alloy::hex::encode(state.contract)),
+        chain_id: state.chain_id,
+    }
 }
 
 /// `POST /v1/records`
@@ -397,38 +409,7 @@ pub async fn accept(
     .await?;
     state.wake.notify_one();
     metrics::counter!(medchain_core::metrics::name("records_accepted_total")).increment(1);
-    Ok(HttpResponse::Accepted().json(Receipt {
-        prediction_id: b256_to_id(&stored.id()),
-        status: stored.status,
-        patient_ref: stored.record.patient_ref,
-        model_id_hash: stored.record.model_id_hash,
-        input_commitment: stored.record.input_commitment,
-        disease: name_of(&DISEASES, stored.record.disease),
-        modality: name_of(&MODALITIES, stored.record.modality),
-        label: stored.record.label,
-        probability_bps: stored.record.probability_bps,
-        record_hash: stored.record.record_hash(),
-        salt: stored.salt,
-        contract: state.contract,
-        chain_id: state.chain_id,
-    }))
-}
-
-fn name_of(codes: &[&str], code: u8) -> Value {
-    (code as usize)
-        .checked_sub(1)
-        .and_then(|i| codes.get(i))
-        .map_or(json!(code), |n| json!(n))
-}
-
-/// The chain's commitment to a record.
-fn on_chain_json(l: &CommittedLog) -> Value {
-    json!({
-        "patient_ref": l.patient_ref,
-        "record_hash": l.record_hash,
-        "tx_hash": l.tx_hash,
-        "block_number": l.block_number,
-    })
+    Ok(HttpResponse::Accepted().json(receipt(&state, &stored)))
 }
 
 /// The first commitment the chain holds for an id (a later one — another recorder, or another
@@ -509,15 +490,14 @@ pub async fn get(
         let logs = chain?;
         return match first_commitment(&logs) {
             Some(l) if !reader.may_read(&state, key, l.patient_ref).await? => Err(no_record(&id)),
-            Some(l) => Ok(HttpResponse::Ok().json(json!({
-                "prediction_id": b256_to_id(&key),
-                "status": Status::Confirmed,
-                "source": "chain",
-                "on_chain": on_chain_json(l),
-                "commitments_on_chain": logs.len(),
-                "contract": state.contract,
-                "chain_id": state.chain_id,
-            }))),
+            Some(l) => Ok(HttpResponse::Ok().json(ChainRecord {
+                prediction_id: b256_to_id(&key),
+                status: Status::Confirmed,
+                source: Source::Chain,
+                on_chain: OnChain::of(l),
+                commitments_on_chain: logs.len(),
+                deployment: state.deployment(),
+            })),
             None => Err(no_record(&id)),
         };
     };
@@ -525,50 +505,16 @@ pub async fn get(
         Some(seq) => with_outbox(&state, move |o| o.batch(seq)).await?,
         None => None,
     };
-    let (on_chain, matches, count, chain_error) = match &chain {
-        Ok(logs) => match first_commitment(logs) {
-            Some(l) => (
-                on_chain_json(l),
-                json!(l.record_hash == entry.record.record_hash()),
-                json!(logs.len()),
-                Value::Null,
-            ),
-            None => (Value::Null, Value::Null, json!(0), Value::Null),
-        },
-        Err(e) => (Value::Null, Value::Null, Value::Null, json!(e.to_string())),
+    let chain = match &chain {
+        Ok(logs) => Ok(logs.as_slice()),
+        Err(e) => Err(e.to_string()),
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "prediction_id": b256_to_id(&entry.id()),
-        "status": entry.status,
-        "source": "outbox",
-        // Transactions sent for its batch (replacements and resends included).
-        "attempts": batch.as_ref().map_or(entry.attempts as usize, |b| b.sends.len()),
-        "last_error": entry.last_error.clone().or_else(|| batch.as_ref().and_then(|b| b.last_error.clone())),
-        "accepted_at_unix_ms": entry.accepted_at_ms,
-        "confirmed_at_unix_ms": entry.confirmed_at_ms,
-        "batch": entry.batch.map(|seq| json!({
-            "seq": seq,
-            "records": batch.as_ref().map(|b| b.members.len()),
-            "nonce": batch.as_ref().and_then(|b| b.nonce),
-            "batch_id": batch.as_ref().map(|b| b.id),
-        })),
-        "tx_hash": entry.tx_hash,
-        "block_number": entry.block_number,
-        "patient_ref": entry.record.patient_ref,
-        "model_id_hash": entry.record.model_id_hash,
-        "input_commitment": entry.record.input_commitment,
-        "disease": name_of(&DISEASES, entry.record.disease),
-        "modality": name_of(&MODALITIES, entry.record.modality),
-        "label": entry.record.label,
-        "probability_bps": entry.record.probability_bps,
-        "record_hash": entry.record.record_hash(),
-        "on_chain": on_chain,
-        "matches_chain": matches,
-        "commitments_on_chain": count,
-        "chain_error": chain_error,
-        "contract": state.contract,
-        "chain_id": state.chain_id,
-    })))
+    Ok(HttpResponse::Ok().json(HeldRecord::new(
+        &entry,
+        batch.as_ref(),
+        chain,
+        state.deployment(),
+    )))
 }
 
 /// The body of a per-patient listing.
@@ -618,54 +564,23 @@ pub async fn by_patient(
         if !seen.insert(l.prediction_id) {
             continue; // a later commitment to the same id does not replace the first
         }
-        let mut r = json!({
-            "prediction_id": b256_to_id(&l.prediction_id),
-            "status": Status::Confirmed,
-            "tx_hash": l.tx_hash,
-            "block_number": l.block_number,
-            "record_hash": l.record_hash,
-            "commitments_on_chain": counts.get(&l.prediction_id),
-        });
-        if let (Some(e), Some(obj)) = (entry, r.as_object_mut()) {
-            obj.insert(
-                "matches_chain".into(),
-                json!(e.record.record_hash() == l.record_hash),
-            );
-            obj.insert("model_id_hash".into(), json!(e.record.model_id_hash));
-            obj.insert("input_commitment".into(), json!(e.record.input_commitment));
-            obj.insert("disease".into(), name_of(&DISEASES, e.record.disease));
-            obj.insert("modality".into(), name_of(&MODALITIES, e.record.modality));
-            obj.insert("label".into(), json!(e.record.label));
-            obj.insert("probability_bps".into(), json!(e.record.probability_bps));
-        }
-        records.push(r);
+        let commitments = counts.get(&l.prediction_id).copied().unwrap_or(1);
+        records.push(Listed::on_chain(l, commitments, entry.as_ref()));
     }
     let waiting = with_outbox(&state, move |o| o.pending_of(&patient_ref)).await?;
     for e in waiting.iter().filter(|e| !seen.contains(&e.id())) {
-        records.push(json!({
-            "prediction_id": b256_to_id(&e.id()),
-            "status": e.status,
-            "accepted_at_unix_ms": e.accepted_at_ms,
-            "model_id_hash": e.record.model_id_hash,
-            "input_commitment": e.record.input_commitment,
-            "disease": name_of(&DISEASES, e.record.disease),
-            "modality": name_of(&MODALITIES, e.record.modality),
-            "label": e.record.label,
-            "probability_bps": e.record.probability_bps,
-            "record_hash": e.record.record_hash(),
-        }));
+        records.push(Listed::waiting(e));
     }
     Ok(HttpResponse::Ok().json(listing(&state, Some(patient_ref), records)))
 }
 
-fn listing(state: &RecordsState, patient_ref: Option<B256>, records: Vec<Value>) -> Value {
-    json!({
-        "patient_ref": patient_ref,
-        "count": records.len(),
-        "records": records,
-        "contract": state.contract,
-        "chain_id": state.chain_id,
-    })
+fn listing(state: &RecordsState, patient_ref: Option<B256>, records: Vec<Listed>) -> Listing {
+    Listing {
+        patient_ref,
+        count: records.len(),
+        records,
+        deployment: state.deployment(),
+    }
 }
 
 /// The JSON form of a verify request.
@@ -871,22 +786,21 @@ pub async fn verify(
     let record_matches = entry.record.record_hash() == on_chain.record_hash;
     let patient_matches = patient_ref.map(|r| r == on_chain.patient_ref);
     let verified = input_matches && patient_matches.unwrap_or(true);
-    Ok(HttpResponse::Ok().json(json!({
-        "prediction_id": b256_to_id(&key),
-        "verified": verified,
-        "checks": {
-            "input_commitment": input_matches,
-            "record": record_matches,
-            "patient": patient_matches,
+    Ok(HttpResponse::Ok().json(Verification {
+        prediction_id: b256_to_id(&key),
+        verified,
+        checks: Checks {
+            input_commitment: input_matches,
+            record: record_matches,
+            patient: patient_matches,
         },
-        "input": input_kind,
-        "input_digest": digest,
-        "salt": salt_source,
-        "on_chain": on_chain_json(on_chain),
-        "commitments_on_chain": logs.len(),
-        "contract": state.contract,
-        "chain_id": state.chain_id,
-    })))
+        input: input_kind,
+        input_digest: digest,
+        salt: salt_source,
+        on_chain: OnChain::of(on_chain),
+        commitments_on_chain: logs.len(),
+        deployment: state.deployment(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The typed contracts between services: what a disease service sends chain-svc to record a
-//! prediction ([`RecordRequest`], `POST /v1/records`), and the model reference a prediction and
-//! its record both carry ([`ModelRef`]). The sender serialises these types and the receiver
-//! deserialises the same ones, so the two sides cannot drift apart.
+//! prediction ([`RecordRequest`], `POST /v1/records`), what chain-svc answers ([`Receipt`], with
+//! the record's [`RecordStatus`]), and the model reference a prediction and its record both
+//! carry ([`ModelRef`]). The sender serialises these types and the receiver deserialises the same
+//! ones, so the two sides cannot drift apart.
 
 use std::fmt;
 
@@ -82,6 +83,45 @@ pub struct RecordRequest {
     pub created_by: Option<String>,
 }
 
+/// Where a record is: waiting in chain-svc's outbox, on chain, or refused by the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    Pending,
+    Confirmed,
+    /// The contract refused it (not a retryable condition); the record's `last_error` says why.
+    Rejected,
+}
+
+/// chain-svc's answer to an accepted record (`202` on `POST /v1/records`; the same receipt
+/// again for a repeat of the same request). With the salt and the fields, anyone can check the
+/// chain's copy without chain-svc (the standalone verifier).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub prediction_id: String,
+    pub status: RecordStatus,
+    /// The keyed reference of the patient (never the patient id).
+    pub patient_ref: Digest,
+    /// SHA-256 over the model's id, version and file hash.
+    pub model_id_hash: Digest,
+    /// The salted commitment to the input's digest.
+    pub input_commitment: Digest,
+    pub disease: String,
+    pub modality: String,
+    pub label: u8,
+    /// The probability in basis points (0 to 10000).
+    pub probability_bps: u16,
+    /// What the chain holds for the record (with its id and the patient reference): the hash
+    /// of the fields above.
+    pub record_hash: Digest,
+    /// Keep it to verify later: without it (and without the service's copy) the commitment
+    /// cannot be linked to the input.
+    pub salt: Digest,
+    /// The audit contract's address (`0x` and 40 hex digits).
+    pub contract: String,
+    pub chain_id: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +157,29 @@ mod tests {
         );
         v["extra"] = 1.into();
         assert!(serde_json::from_value::<RecordRequest>(v).is_err());
+    }
+
+    #[test]
+    fn a_receipt_reads_back_what_it_wrote() {
+        let d = |b: u8| Digest([b; 32]);
+        let r = Receipt {
+            prediction_id: "6a1f6f2e-1c3d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            status: RecordStatus::Pending,
+            patient_ref: d(1),
+            model_id_hash: d(2),
+            input_commitment: d(3),
+            disease: "heart".into(),
+            modality: "image".into(),
+            label: 2,
+            probability_bps: 7312,
+            record_hash: d(4),
+            salt: d(5),
+            contract: format!("0x{}", "ab".repeat(20)),
+            chain_id: 31337,
+        };
+        let v = serde_json::to_value(&r).expect("serialise");
+        assert_eq!(v["status"], "pending");
+        assert_eq!(v["salt"], format!("0x{}", "05".repeat(32)));
+        assert_eq!(serde_json::from_value::<Receipt>(v).expect("read back"), r);
     }
 }

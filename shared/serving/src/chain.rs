@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::prediction::Prediction;
-use medchain_core::contract::{Digest, RecordRequest};
+use crate::prediction::{Audit, NotRecorded, Prediction};
+use medchain_core::contract::{Digest, Receipt, RecordRequest};
 
 /// Where chain-svc is and how long a record may take.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,22 +60,21 @@ impl AuditClient {
         patient: Option<(String, [u8; 32])>,
         request_id: Option<String>,
         created_by: Option<String>,
-    ) -> Option<Value> {
+    ) -> Option<Audit> {
         let (patient_id, input_digest) = patient?;
         let input_digest = Digest(input_digest);
-        let digest = input_digest.to_string();
         let Some(url) = &self.records_url else {
             return Some(unrecorded(
                 "not_configured",
                 "no chain service is configured (chain.url)",
-                &digest,
+                input_digest,
             ));
         };
         let Ok(label) = u8::try_from(p.result.class_index) else {
             return Some(unrecorded(
                 "bad_request",
                 "the predicted class does not fit a record's label (0-255)",
-                &digest,
+                input_digest,
             ));
         };
         let body = RecordRequest {
@@ -114,11 +113,11 @@ impl AuditClient {
         };
         let outcome = match sent {
             Ok(res) if res.status() == reqwest::StatusCode::ACCEPTED => {
-                match res.json::<Value>().await {
-                    Ok(mut receipt) => {
-                        receipt["input_digest"] = json!(digest);
-                        Ok(receipt)
-                    }
+                match res.json::<Receipt>().await {
+                    Ok(receipt) => Ok(Audit::Recorded {
+                        receipt: Box::new(receipt),
+                        input_digest,
+                    }),
                     Err(e) => Err(("bad_answer", format!("chain-svc answered unreadably: {e}"))),
                 }
             }
@@ -135,27 +134,32 @@ impl AuditClient {
             Err(e) if e.is_timeout() => {
                 tracing::warn!(prediction = %p.prediction_id, "chain-svc did not answer twice; the record may or may not be taken");
                 metrics::counter!(medchain_core::metrics::name("audit_unknown_total")).increment(1);
-                return Some(json!({
-                    "status": "unknown",
-                    "reason": format!(
+                return Some(Audit::NotRecorded {
+                    status: NotRecorded::Unknown,
+                    reason: format!(
                         "chain-svc did not answer in time, twice ({e}); it may have taken the \
                          record: look it up by prediction id"
                     ),
-                    "prediction_id": p.prediction_id,
-                    "input_digest": digest,
-                }));
+                    prediction_id: Some(p.prediction_id.clone()),
+                    input_digest,
+                });
             }
             Err(e) => Err(("unreachable", format!("chain-svc is unreachable: {e}"))),
         };
         Some(outcome.unwrap_or_else(|(kind, reason)| {
             tracing::warn!(prediction = %p.prediction_id, kind, %reason, "prediction not recorded");
-            unrecorded(kind, &reason, &digest)
+            unrecorded(kind, &reason, input_digest)
         }))
     }
 }
 
-fn unrecorded(kind: &'static str, reason: &str, digest: &str) -> Value {
+fn unrecorded(kind: &'static str, reason: &str, input_digest: Digest) -> Audit {
     metrics::counter!(medchain_core::metrics::name("audit_unrecorded_total"), "reason" => kind)
         .increment(1);
-    json!({"status": "unrecorded", "reason": reason, "input_digest": digest})
+    Audit::NotRecorded {
+        status: NotRecorded::Unrecorded,
+        reason: reason.to_string(),
+        prediction_id: None,
+        input_digest,
+    }
 }

@@ -4,9 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::card::{Band, Modality, ModelCard};
+use medchain_core::contract::{Digest, Receipt};
 use medchain_core::error::{ApiError, ApiResult};
 
 /// One class and its probability.
@@ -71,7 +71,39 @@ pub struct Prediction {
     /// The audit record of this prediction: chain-svc's receipt (status `pending`, then
     /// `confirmed` on chain), or `unrecorded` with the reason; null when no `patient_id` was
     /// given (nothing to record).
-    pub audit: Option<Value>,
+    pub audit: Option<Audit>,
+}
+
+/// The audit of a prediction that named a patient.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Audit {
+    /// Taken by chain-svc: its receipt (status `pending`, then `confirmed` on chain), and the
+    /// digest of the input that the receipt's commitment salts.
+    Recorded {
+        #[serde(flatten)]
+        receipt: Box<Receipt>,
+        input_digest: Digest,
+    },
+    /// Not recorded, or not known to be: why, and the input's digest.
+    NotRecorded {
+        status: NotRecorded,
+        reason: String,
+        /// To look the record up by (when chain-svc may have taken it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prediction_id: Option<String>,
+        input_digest: Digest,
+    },
+}
+
+/// Why a prediction with a patient id carries no receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotRecorded {
+    /// chain-svc is not configured, unreachable, or refused the record.
+    Unrecorded,
+    /// chain-svc did not answer in time, twice: it may have taken the record.
+    Unknown,
 }
 
 impl Prediction {
