@@ -14,6 +14,7 @@
 
 use alloy::primitives::B256;
 use hmac::{Hmac, Mac};
+use medchain_core::domain::PatientId;
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::{Digest, Sha256};
 
@@ -44,13 +45,13 @@ impl PatientKey {
     }
 
     /// The on-chain reference of `patient_id` (zero when there is none).
-    pub fn patient_ref(&self, patient_id: Option<&str>) -> B256 {
+    pub fn patient_ref(&self, patient_id: Option<&PatientId>) -> B256 {
         let Some(id) = patient_id else {
             return B256::ZERO;
         };
         let mut mac = self.0.clone();
         mac.update(PATIENT_DOMAIN);
-        mac.update(id.as_bytes());
+        mac.update(id.as_str().as_bytes());
         B256::from_slice(&mac.finalize().into_bytes())
     }
 }
@@ -80,6 +81,10 @@ pub fn new_salt() -> Result<B256, String> {
 mod tests {
     use super::*;
 
+    fn pid(s: &str) -> PatientId {
+        PatientId::parse(s).expect("a valid id")
+    }
+
     fn key(b: u8) -> PatientKey {
         PatientKey::new(vec![b; 32]).expect("key")
     }
@@ -87,12 +92,12 @@ mod tests {
     #[test]
     fn patient_refs_are_stable_keyed_and_opaque() {
         let k = key(7);
-        let a = k.patient_ref(Some("MRN-0042"));
-        assert_eq!(a, k.patient_ref(Some("MRN-0042")));
-        assert_ne!(a, k.patient_ref(Some("MRN-0043")));
+        let a = k.patient_ref(Some(&pid("MRN-0042")));
+        assert_eq!(a, k.patient_ref(Some(&pid("MRN-0042"))));
+        assert_ne!(a, k.patient_ref(Some(&pid("MRN-0043"))));
         assert_ne!(
             a,
-            key(8).patient_ref(Some("MRN-0042")),
+            key(8).patient_ref(Some(&pid("MRN-0042"))),
             "the secret matters"
         );
         assert_ne!(a, input_digest(b"MRN-0042"), "not a plain hash");

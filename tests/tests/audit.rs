@@ -202,6 +202,7 @@ fn to_hex(b: &[u8]) -> String {
 async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
     use actix_web::{App, HttpResponse, HttpServer, web};
     use medchain_core::contract::{Digest, Receipt, RecordStatus};
+    use medchain_core::domain::{Disease, Modality};
     use std::sync::{Arc, Mutex};
     let held: Arc<Mutex<Vec<String>>> = Arc::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -213,7 +214,10 @@ async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
             web::post().to(move |body: web::Json<Value>| {
                 let held = held.clone();
                 async move {
-                    let id = body["prediction_id"].as_str().unwrap_or_default().to_string();
+                    let id = body["prediction_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     // Taken at once (committed), answered late.
                     let seen = {
                         let mut h = held.lock().expect("lock");
@@ -231,8 +235,8 @@ async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
                         patient_ref: d(1),
                         model_id_hash: d(2),
                         input_commitment: d(3),
-                        disease: "diabetes".into(),
-                        modality: "tabular".into(),
+                        disease: Disease::Diabetes,
+                        modality: Modality::Tabular,
                         label: 0,
                         probability_bps: 7038,
                         record_hash: d(4),

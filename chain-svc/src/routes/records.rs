@@ -18,14 +18,15 @@ use tokio::sync::Notify;
 
 use medchain_core::auth::{self, Calling, Peer};
 use medchain_core::contract::Digest as WireDigest;
+use medchain_core::domain::{Disease, Modality, PatientId};
 
 use crate::chain::{AuditChain, ChainError, CommittedLog, RecordInput};
 use crate::outbox::{Entry, Outbox, OutboxError, Status, now_ms};
 use crate::privacy::{self, PatientKey};
 
 use super::views::{
-    ChainRecord, Checks, DISEASES, Deployment, HeldRecord, Listed, Listing, MODALITIES, OnChain,
-    Source, Verification, b256_to_id,
+    ChainRecord, Checks, Deployment, HeldRecord, Listed, Listing, OnChain, Source, Verification,
+    b256_to_id,
 };
 
 /// How many new records chain-svc takes: each one costs gas on a public chain and waits in the
@@ -111,7 +112,7 @@ impl RecordLimits {
                 what: format!(
                     "{} records a minute from {}",
                     self.per_source_per_minute,
-                    DISEASES[usize::from(source.saturating_sub(1)).min(1)]
+                    Disease::from_code(source).map_or("an unknown source", Disease::as_str)
                 ),
                 retry_after: wait(nu),
             });
@@ -276,44 +277,29 @@ fn outbox_error(e: OutboxError) -> ApiError {
     }
 }
 
-fn code(field: &str, value: &str, allowed: &[&str]) -> Result<u8, ApiError> {
-    allowed
-        .iter()
-        .position(|a| *a == value)
-        .map(|i| i as u8 + 1)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                field,
-                format!("`{field}` must be one of {}", allowed.join(", ")),
-            )
-        })
-}
-
 /// The receipt of `stored`, an accepted record.
-fn receipt(state: &RecordsState, stored: &Entry) -> Receipt {
-    let digest = |b: B256| WireDigest(b.0);
-    let name = |codes: &[&str], code: u8| {
-        (code as usize)
-            .checked_sub(1)
-            .and_then(|i| codes.get(i))
-            .map_or_else(|| code.to_string(), |n| n.to_string())
+fn receipt(state: &RecordsState, stored: &Entry) -> ApiResult<Receipt> {
+    // Written from a request's typed values; anything else in the outbox is a bug.
+    let unknown = |what: &str, code: u8| {
+        ApiError::Internal(anyhow::anyhow!("the stored record has {what} code {code}"))
     };
+    let digest = |b: B256| WireDigest(b.0);
     let r = &stored.record;
-    Receipt {
+    Ok(Receipt {
         prediction_id: b256_to_id(&stored.id()),
         status: stored.status,
         patient_ref: digest(r.patient_ref),
         model_id_hash: digest(r.model_id_hash),
         input_commitment: digest(r.input_commitment),
-        disease: name(&DISEASES, r.disease),
-        modality: name(&MODALITIES, r.modality),
+        disease: Disease::from_code(r.disease).ok_or_else(|| unknown("disease", r.disease))?,
+        modality: Modality::from_code(r.modality).ok_or_else(|| unknown("modality", r.modality))?,
         label: r.label,
         probability_bps: r.probability_bps,
         record_hash: digest(r.record_hash()),
         salt: digest(stored.salt),
         contract: format!("0x{}", alloy::hex::encode(state.contract)),
         chain_id: state.chain_id,
-    }
+    })
 }
 
 /// `POST /v1/records`
@@ -324,16 +310,15 @@ pub async fn accept(
 ) -> ApiResult<HttpResponse> {
     let r = body.0;
     let prediction_id = id_to_b256(&r.prediction_id)?;
-    let disease = code("disease", &r.disease, &DISEASES)?;
     // Each disease service writes its own disease's records only: a compromised heart-svc
     // cannot put words in diabetes-svc's mouth.
     if let Some(Calling::Peer(writer)) = auth::calling(&req) {
         let own = match writer {
-            Peer::Diabetes => 1,
-            Peer::Heart => 2,
-            _ => 0,
+            Peer::Diabetes => Some(Disease::Diabetes),
+            Peer::Heart => Some(Disease::Heart),
+            _ => None,
         };
-        if own != disease {
+        if own != Some(r.disease) {
             return Err(ApiError::Forbidden(format!(
                 "the {writer} credential may not record {} predictions",
                 r.disease
@@ -354,26 +339,20 @@ pub async fn accept(
             }
         })
         .transpose()?;
-    let modality = code("modality", &r.modality, &MODALITIES)?;
     if !r.probability.is_finite() || !(0.0..=1.0).contains(&r.probability) {
         return Err(ApiError::invalid(
             "probability",
             "`probability` must be between 0 and 1",
         ));
     }
-    let patient_id = r
-        .patient_id
-        .as_deref()
-        .map(medchain_core::request::check_patient_id)
-        .transpose()?;
     let salt = privacy::new_salt().map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
     let record = RecordInput {
         prediction_id,
-        patient_ref: state.patient_key.patient_ref(patient_id.as_deref()),
+        patient_ref: state.patient_key.patient_ref(r.patient_id.as_ref()),
         model_id_hash: model_id_hash(&r.model),
         input_commitment: privacy::commitment(&salt, &B256::from(r.input_digest.0)),
-        disease,
-        modality,
+        disease: r.disease.code(),
+        modality: r.modality.code(),
         label: r.label,
         probability_bps: (r.probability * 10_000.0).round() as u16,
     };
@@ -409,7 +388,7 @@ pub async fn accept(
     .await?;
     state.wake.notify_one();
     metrics::counter!(medchain_core::metrics::name("records_accepted_total")).increment(1);
-    Ok(HttpResponse::Accepted().json(receipt(&state, &stored)))
+    Ok(HttpResponse::Accepted().json(receipt(&state, &stored)?))
 }
 
 /// The first commitment the chain holds for an id (a later one — another recorder, or another
@@ -521,7 +500,7 @@ pub async fn get(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatientQuery {
-    pub patient_id: String,
+    pub patient_id: PatientId,
 }
 
 /// `POST /v1/patients/records` `{"patient_id": …}`: every record of the patient on chain (found
@@ -533,8 +512,7 @@ pub async fn by_patient(
     body: ValidJson<PatientQuery>,
 ) -> ApiResult<HttpResponse> {
     let reader = Reader::of(&req)?;
-    let pid = medchain_core::request::check_patient_id(&body.0.patient_id)?;
-    let patient_ref = state.patient_key.patient_ref(Some(&pid));
+    let patient_ref = state.patient_key.patient_ref(Some(&body.0.patient_id));
     // A clinician lists the patients they recorded a prediction for; any other patient looks
     // exactly like one nobody has records of. Not even the patient's reference is given: with
     // it, the public chain would tell when that patient's records were written.
@@ -599,7 +577,7 @@ pub struct VerifyJson {
     pub salt: Option<B256>,
     /// Also check that the record belongs to this patient.
     #[serde(default)]
-    pub patient_id: Option<String>,
+    pub patient_id: Option<PatientId>,
 }
 
 /// Query of a verify request whose body is the image itself. No patient id here: URLs are
@@ -719,11 +697,7 @@ pub async fn verify(
         let (digest, _) = hash_stream(payload, state.verify_max_bytes).await?;
         (digest, salt, None, "image")
     };
-    let patient_ref = patient_id
-        .as_deref()
-        .map(medchain_core::request::check_patient_id)
-        .transpose()?
-        .map(|p| state.patient_key.patient_ref(Some(&p)));
+    let patient_ref = patient_id.map(|p| state.patient_key.patient_ref(Some(&p)));
     let entry = outbox_get(&state, key).await?;
     let logs = read_chain(&state, state.chain.commitments(key)).await?;
     let owner = entry

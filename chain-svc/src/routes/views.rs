@@ -3,23 +3,16 @@
 //! answers, is the shared contract type in `medchain_core::contract`.)
 
 use alloy::primitives::{Address, B256, TxHash};
+use medchain_core::domain::{Disease, Modality};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::chain::{CommittedLog, RecordInput};
 use crate::outbox::{Batch, Entry, Status};
 
-/// The disease codes on chain, from 1.
-pub const DISEASES: [&str; 2] = ["diabetes", "heart"];
-/// The modality codes on chain, from 1.
-pub const MODALITIES: [&str; 2] = ["tabular", "image"];
-
-/// The name of a code (the code itself if it has none).
-pub fn name_of(codes: &[&str], code: u8) -> Value {
-    (code as usize)
-        .checked_sub(1)
-        .and_then(|i| codes.get(i))
-        .map_or(json!(code), |n| json!(n))
+/// The name of a code on chain (the code itself if it has none).
+fn name_of<T: Serialize>(from_code: fn(u8) -> Option<T>, code: u8) -> Value {
+    from_code(code).map_or(json!(code), |v| json!(v))
 }
 
 /// A UUID as it is written in answers, from the contract's bytes32 (the 16 bytes, left-aligned).
@@ -45,8 +38,8 @@ impl Fields {
         Self {
             model_id_hash: r.model_id_hash,
             input_commitment: r.input_commitment,
-            disease: name_of(&DISEASES, r.disease),
-            modality: name_of(&MODALITIES, r.modality),
+            disease: name_of(Disease::from_code, r.disease),
+            modality: name_of(Modality::from_code, r.modality),
             label: r.label,
             probability_bps: r.probability_bps,
         }

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::domain::{Disease, Modality, PatientId};
+
 /// The model that made a prediction: its card's id and version and its file's SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,21 +61,22 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// `POST /v1/records` on chain-svc: a prediction to record. chain-svc checks the values (a
-/// UUID id, a known disease and modality, a probability in [0, 1], a printable patient id).
+/// `POST /v1/records` on chain-svc: a prediction to record. The disease, the modality and the
+/// patient id are checked as they are read (their types); chain-svc checks the rest (a UUID
+/// id, a probability in [0, 1]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordRequest {
     pub prediction_id: String,
-    pub disease: String,
-    pub modality: String,
+    pub disease: Disease,
+    pub modality: Modality,
     pub model: ModelRef,
     /// The predicted class's index.
     pub label: u8,
     /// The predicted class's probability.
     pub probability: f64,
     #[serde(default)]
-    pub patient_id: Option<String>,
+    pub patient_id: Option<PatientId>,
     /// SHA-256 of the canonical input (canonical JSON features, or the uploaded image bytes:
     /// [`crate::audit`]).
     pub input_digest: Digest,
@@ -106,8 +109,8 @@ pub struct Receipt {
     pub model_id_hash: Digest,
     /// The salted commitment to the input's digest.
     pub input_commitment: Digest,
-    pub disease: String,
-    pub modality: String,
+    pub disease: Disease,
+    pub modality: Modality,
     pub label: u8,
     /// The probability in basis points (0 to 10000).
     pub probability_bps: u16,
@@ -168,8 +171,8 @@ mod tests {
             patient_ref: d(1),
             model_id_hash: d(2),
             input_commitment: d(3),
-            disease: "heart".into(),
-            modality: "image".into(),
+            disease: Disease::Heart,
+            modality: Modality::Image,
             label: 2,
             probability_bps: 7312,
             record_hash: d(4),

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod contract;
+pub mod domain;
 pub mod error;
 pub mod health;
 pub mod http;

@@ -201,47 +201,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Field every prediction request may carry, and the check on it. It is hashed into the
-/// patient's reference before it goes anywhere, so one patient must always give the same
-/// string: leading and trailing white space trimmed, Unicode NFC (`é` typed as one character or
-/// as `e` + combining accent is one patient), and refused when it holds a character that does
-/// not show — control, format (zero-width, bidirectional overrides, soft hyphen), line or
-/// paragraph separators — or one that is unassigned or private use (its normalisation could
-/// change). 1 to 128 characters.
-pub fn check_patient_id(s: &str) -> Result<String, ApiError> {
-    use unicode_normalization::UnicodeNormalization;
-    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
-    let s = s.trim();
-    for c in s.chars() {
-        let what = match c.general_category() {
-            G::Control => "a control character",
-            G::Format => "a format character (zero-width, bidirectional control, soft hyphen)",
-            G::LineSeparator | G::ParagraphSeparator => "a line or paragraph separator",
-            G::Unassigned | G::PrivateUse | G::Surrogate => {
-                "an unassigned or private-use code point"
-            }
-            _ => continue,
-        };
-        return Err(ApiError::invalid(
-            "patient_id",
-            format!(
-                "`patient_id` contains U+{:04X}, {what}: patient ids must be visible text \
-                 (no control, format or separator characters), so that one patient always \
-                 gives one reference",
-                u32::from(c)
-            ),
-        ));
-    }
-    let nfc: String = s.nfc().collect();
-    if nfc.is_empty() || nfc.chars().count() > 128 {
-        return Err(ApiError::invalid(
-            "patient_id",
-            "`patient_id` must be 1 to 128 characters",
-        ));
-    }
-    Ok(nfc)
-}
-
 fn backticked_after<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = msg.strip_prefix(prefix)?;
     rest.split('`').next()
@@ -259,34 +218,6 @@ fn missing_field(msg: &str) -> Option<String> {
 mod tests {
     use super::*;
     use serde::Deserialize;
-
-    #[test]
-    fn patient_ids_are_canonical_or_refused_naming_the_rule() {
-        let ok = |s: &str| check_patient_id(s).expect("accepted");
-        assert_eq!(ok("  MRN-0042 "), "MRN-0042");
-        // NFD and NFC spellings are one patient.
-        assert_eq!(ok("Jose\u{301}"), "Jos\u{e9}");
-        assert_eq!(ok("Jos\u{e9}"), "Jos\u{e9}");
-        assert_eq!(ok("患者-7"), "患者-7");
-        for (bad, code) in [
-            ("MRN\u{200B}-0042", "U+200B"), // zero-width space
-            ("MRN-\u{202E}2400", "U+202E"), // right-to-left override
-            ("MRN-\u{2066}42", "U+2066"),   // left-to-right isolate
-            ("MRN\u{AD}0042", "U+00AD"),    // soft hyphen
-            ("MRN\u{FEFF}42", "U+FEFF"),    // byte order mark
-            ("MRN\n42", "U+000A"),
-            ("MRN\u{2028}42", "U+2028"),
-            ("MRN\u{E000}42", "U+E000"), // private use
-        ] {
-            let e = check_patient_id(bad).expect_err(bad);
-            let p = e.problem();
-            assert_eq!(p.field.as_deref(), Some("patient_id"));
-            assert!(p.detail.contains(code), "{}", p.detail);
-        }
-        assert!(check_patient_id("   ").is_err());
-        assert!(check_patient_id(&"x".repeat(129)).is_err());
-        assert_eq!(ok(&"x".repeat(128)).len(), 128);
-    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

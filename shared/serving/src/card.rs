@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use medchain_core::domain::Disease;
 use serde::{Deserialize, Serialize};
 
 /// The card format this code understands.
@@ -15,7 +16,7 @@ pub struct ModelCard {
     pub schema_version: u32,
     pub model_id: String,
     pub version: String,
-    pub disease: String,
+    pub disease: Disease,
     pub modality: Modality,
     pub file: String,
     pub sha256: String,
@@ -34,13 +35,8 @@ pub struct ModelCard {
     pub load_cost: LoadCost,
 }
 
-/// Tabular or image model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Modality {
-    Tabular,
-    Image,
-}
+/// Tabular or image model (the shared domain type).
+pub use medchain_core::domain::Modality;
 
 /// An ONNX input or output.
 #[derive(Debug, Clone, Deserialize, Serialize)]

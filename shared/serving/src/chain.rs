@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::prediction::{Audit, NotRecorded, Prediction};
 use medchain_core::contract::{Digest, Receipt, RecordRequest};
+use medchain_core::domain::PatientId;
 
 /// Where chain-svc is and how long a record may take.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,7 +58,7 @@ impl AuditClient {
     pub async fn record(
         &self,
         p: &Prediction,
-        patient: Option<(String, [u8; 32])>,
+        patient: Option<(PatientId, [u8; 32])>,
         request_id: Option<String>,
         created_by: Option<String>,
     ) -> Option<Audit> {
@@ -79,8 +80,8 @@ impl AuditClient {
         };
         let body = RecordRequest {
             prediction_id: p.prediction_id.clone(),
-            disease: p.disease.clone(),
-            modality: p.modality.to_string(),
+            disease: p.disease,
+            modality: p.modality,
             model: p.model.clone(),
             label,
             probability: p.result.probability,

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::card::{Band, Modality, ModelCard};
 use medchain_core::contract::{Digest, Receipt};
+use medchain_core::domain::Disease;
 use medchain_core::error::{ApiError, ApiResult};
 
 /// One class and its probability.
@@ -58,8 +59,8 @@ pub use medchain_core::contract::ModelRef;
 #[derive(Debug, Serialize)]
 pub struct Prediction {
     pub prediction_id: String,
-    pub disease: String,
-    pub modality: &'static str,
+    pub disease: Disease,
+    pub modality: Modality,
     pub result: PredictionResult,
     pub model: ModelRef,
     pub demo: bool,
@@ -117,11 +118,8 @@ impl Prediction {
     ) -> ApiResult<Prediction> {
         Ok(Prediction {
             prediction_id: uuid::Uuid::new_v4().to_string(),
-            disease: card.disease.clone(),
-            modality: match card.modality {
-                Modality::Tabular => "tabular",
-                Modality::Image => "image",
-            },
+            disease: card.disease,
+            modality: card.modality,
             result: build_result(card, probs)?,
             model: ModelRef {
                 id: card.model_id.clone(),

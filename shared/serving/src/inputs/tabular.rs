@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::card::{Feature, ModelCard};
+use medchain_core::domain::PatientId;
 use medchain_core::error::ApiError;
 
 /// Field every prediction request may carry besides the features.
@@ -17,7 +18,7 @@ pub struct TabularInput {
     pub features: Vec<f64>,
     /// The features as accepted (for the audit commitment), in card order.
     pub canonical: Map<String, Value>,
-    pub patient_id: Option<String>,
+    pub patient_id: Option<PatientId>,
 }
 
 /// Validates a JSON body against the card's features.
@@ -164,16 +165,14 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// Validates an optional patient id: 1 to 128 printable characters.
-pub fn patient_id(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+/// Validates an optional patient id (see [`PatientId`]).
+pub fn patient_id(v: Option<&Value>) -> Result<Option<PatientId>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => check_patient_id(s).map(Some),
+        Some(Value::String(s)) => PatientId::parse(s).map(Some),
         Some(other) => Err(ApiError::invalid(
             PATIENT_ID,
             format!("`{PATIENT_ID}` must be a string, got {}", json_type(other)),
         )),
     }
 }
-
-pub use medchain_core::request::check_patient_id;

@@ -10,6 +10,7 @@ use crate::inputs::tabular::TensorData;
 use crate::prediction::{ImageInfo, Prediction, softmax};
 use crate::state::DiseaseModels;
 use crate::upload::{self, Upload};
+use medchain_core::domain::PatientId;
 use medchain_core::error::{ApiError, ApiResult};
 
 /// `POST /v1/predict/{retina|ecg}`: multipart with an `image` file and optional `patient_id`.
@@ -60,7 +61,7 @@ async fn decode(
     models: Arc<DiseaseModels>,
     upload: Upload,
     pre: Preprocessing,
-) -> ApiResult<(Prepared, Option<(String, [u8; 32])>)> {
+) -> ApiResult<(Prepared, Option<(PatientId, [u8; 32])>)> {
     let span = tracing::Span::current();
     let _decode_slot = models
         .decode_slots

@@ -10,6 +10,7 @@ use crate::inputs::tabular::TensorData;
 use crate::model::LazyModel;
 use crate::prediction::Prediction;
 use crate::state::DiseaseModels;
+use medchain_core::domain::PatientId;
 use medchain_core::error::{ApiError, ApiResult};
 use medchain_core::request::RequestId;
 
@@ -79,7 +80,7 @@ async fn record(
     req: &HttpRequest,
     models: &DiseaseModels,
     mut p: Prediction,
-    audit_input: Option<(String, [u8; 32])>,
+    audit_input: Option<(PatientId, [u8; 32])>,
 ) -> Prediction {
     p.audit = models
         .audit

@@ -20,7 +20,8 @@ use futures_util::{Stream, StreamExt};
 
 use crate::budget::{UploadBuffer, UploadHold};
 use crate::inputs::image::{IMAGE_FIELD, ImageLimits};
-use crate::inputs::tabular::{self, PATIENT_ID};
+use crate::inputs::tabular::PATIENT_ID;
+use medchain_core::domain::PatientId;
 use medchain_core::error::{ApiError, ApiResult};
 
 /// Room for the multipart framing and a patient id around the file.
@@ -30,7 +31,7 @@ const FRAMING: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Upload {
     pub image: Vec<u8>,
-    pub patient_id: Option<String>,
+    pub patient_id: Option<PatientId>,
     /// The image's share of the upload buffer; given back when dropped (once decoded).
     pub hold: UploadHold,
 }
@@ -164,7 +165,7 @@ async fn read_fields(
                 }
                 let text = String::from_utf8(buf)
                     .map_err(|_| ApiError::invalid(PATIENT_ID, "`patient_id` must be UTF-8"))?;
-                patient_id = Some(tabular::check_patient_id(&text)?);
+                patient_id = Some(PatientId::parse(&text)?);
             }
             other => {
                 return Err(ApiError::invalid(
