@@ -14,7 +14,6 @@ use medchain_gateway::routes::UpstreamKey;
 use medchain_gateway::{Settings, build, route_table};
 use serde_json::{Value, json};
 
-#[path = "proxy/spread.rs"]
 mod spread;
 
 /// What the gateway presents to each upstream, and what the monitor presents to the gateway.
