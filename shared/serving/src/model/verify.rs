@@ -18,15 +18,11 @@ impl LazyModel {
     /// Whether the files are in place (readiness; loads nothing).
     pub fn check_files(&self) -> Result<(), LoadError> {
         let card = self.card.as_ref().map_err(Clone::clone)?;
-        let meta = std::fs::metadata(&self.onnx_path).map_err(|e| LoadError::Io {
-            action: None,
-            path: self.onnx_path.clone(),
-            reason: e.to_string(),
-        })?;
-        if meta.len() != card.size_bytes {
+        let (len, _) = file_stamp(&self.onnx_path)?;
+        if len != card.size_bytes {
             return Err(LoadError::Size {
                 path: self.onnx_path.clone(),
-                actual: meta.len(),
+                actual: len,
                 expected: card.size_bytes,
             });
         }
