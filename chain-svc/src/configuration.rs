@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use alloy::primitives::Address;
 use medchain_core::auth::Peer;
 use medchain_core::settings::{
-    self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
+    self, AuthSettings, ServerSettings, ServiceSettings, SettingsError, TelemetrySettings,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -101,6 +101,12 @@ pub struct SecretSettings {
     pub patient_key_file: String,
 }
 
+medchain_core::service_settings!(
+    Settings,
+    accepts [Peer::Gateway, Peer::Diabetes, Peer::Heart, Peer::Monitor],
+    sends []
+);
+
 fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::invalid(ENV_PREFIX, key, reason)
 }
@@ -122,12 +128,7 @@ impl Settings {
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.auth.validate(
-            ENV_PREFIX,
-            &self.server,
-            &[Peer::Gateway, Peer::Diabetes, Peer::Heart, Peer::Monitor],
-            &[],
-        )?;
+        self.check_base(ENV_PREFIX)?;
         if !self.chain.contract_address.is_empty()
             && self.chain.contract_address.parse::<Address>().is_err()
         {

@@ -2,18 +2,12 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    medchain_core::memory::tune_allocator();
     ignore_file_size_signal();
-    let settings = medchain_chain_svc::Settings::load()?;
-    if let Some(code) = medchain_core::server::healthcheck_command(&settings.server) {
-        std::process::exit(code);
-    }
-    medchain_core::telemetry::init(&settings.telemetry);
-    tracing::info!(?settings, "starting");
-    let running = medchain_chain_svc::build(settings).await?;
-    tracing::info!(port = running.port(), contract = %running.contract, "listening");
-    running.run_until_stopped().await?;
-    Ok(())
+    medchain_core::server::main(
+        medchain_chain_svc::Settings::load,
+        medchain_chain_svc::build,
+    )
+    .await
 }
 
 /// A write past the file-size limit (RLIMIT_FSIZE) would kill the process with SIGXFSZ; ignored,

@@ -14,7 +14,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest::Url;
 use medchain_core::health::ScrapeHook;
 use medchain_core::request::request_context;
-use medchain_core::server::{Application, Common};
+use medchain_core::server::{Application, Common, Serve};
 use secrecy::ExposeSecret;
 
 use crate::anvil::{self, Anvil};
@@ -57,6 +57,20 @@ impl Running {
             }
         }
         result
+    }
+}
+
+impl Serve for Running {
+    fn port(&self) -> u16 {
+        Running::port(self)
+    }
+
+    fn announce(&self) {
+        tracing::info!(port = self.port(), contract = %self.contract, "listening");
+    }
+
+    fn run_until_stopped(self) -> impl Future<Output = std::io::Result<()>> {
+        Running::run_until_stopped(self)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use medchain_core::auth::Peer;
 use medchain_core::settings::{
-    self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
+    self, AuthSettings, ServerSettings, ServiceSettings, SettingsError, TelemetrySettings,
 };
 use serde::Deserialize;
 
@@ -83,6 +83,12 @@ pub struct ClientSettings {
     pub oidc: crate::oidc::OidcSettings,
 }
 
+medchain_core::service_settings!(
+    Settings,
+    accepts [Peer::Monitor],
+    sends [Peer::Diabetes, Peer::Heart, Peer::Chain]
+);
+
 fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::invalid(ENV_PREFIX, key, reason)
 }
@@ -122,12 +128,7 @@ impl Settings {
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.auth.validate(
-            ENV_PREFIX,
-            &self.server,
-            &[Peer::Monitor],
-            &[Peer::Diabetes, Peer::Heart, Peer::Chain],
-        )?;
+        self.check_base(ENV_PREFIX)?;
         for (key, urls, peer) in [
             (
                 "upstreams.diabetes",

@@ -48,15 +48,5 @@ async fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("new-credentials") {
         return credentials_command();
     }
-    medchain_core::memory::tune_allocator();
-    let settings = Settings::load()?;
-    if let Some(code) = medchain_core::server::healthcheck_command(&settings.server) {
-        std::process::exit(code);
-    }
-    medchain_core::telemetry::init(&settings.telemetry);
-    tracing::info!(?settings, "starting");
-    let app = build(settings)?;
-    tracing::info!(port = app.port(), "listening");
-    app.run_until_stopped().await?;
-    Ok(())
+    medchain_core::server::main(Settings::load, async |settings| Ok(build(settings)?)).await
 }

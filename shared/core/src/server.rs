@@ -11,7 +11,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, Response, Server, ServerHandle, ServiceFactory};
 use actix_web::{Error, HttpServer};
 
-use crate::settings::ServerSettings;
+use crate::settings::{ServerSettings, ServiceSettings, SettingsError};
 
 /// A built, not yet running, HTTP server.
 pub struct Application {
@@ -131,10 +131,57 @@ impl Common {
     }
 }
 
+/// A built service, ready to serve: what [`main`] runs.
+pub trait Serve: Sized {
+    /// The bound HTTP port.
+    fn port(&self) -> u16;
+
+    /// Logs that the service is listening (the default names the port).
+    fn announce(&self) {
+        tracing::info!(port = self.port(), "listening");
+    }
+
+    /// Serves until stopped (SIGINT, SIGTERM), then shuts down gracefully.
+    fn run_until_stopped(self) -> impl Future<Output = std::io::Result<()>>;
+}
+
+impl Serve for Application {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn run_until_stopped(self) -> impl Future<Output = std::io::Result<()>> {
+        Application::run_until_stopped(self)
+    }
+}
+
+/// Every service's `main`, the same steps in the same order: tune the allocator, `load` the
+/// settings, answer a `healthcheck` command line, start telemetry, `build`, serve until stopped.
+pub async fn main<S, A>(
+    load: impl FnOnce() -> Result<S, SettingsError>,
+    build: impl AsyncFnOnce(S) -> anyhow::Result<A>,
+) -> anyhow::Result<()>
+where
+    S: ServiceSettings,
+    A: Serve,
+{
+    crate::memory::tune_allocator();
+    let settings = load()?;
+    if let Some(code) = healthcheck_command(settings.base().server) {
+        std::process::exit(code);
+    }
+    crate::telemetry::init(settings.base().telemetry);
+    tracing::info!(?settings, "starting");
+    let app = build(settings).await?;
+    app.announce();
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
 /// `<binary> healthcheck`: asks this process's own `/healthz` on loopback and exits 0 or 1 — the
 /// container health check, so runtime images need no curl. Returns `None` for any other
 /// command line (the caller then serves).
-pub fn healthcheck_command(settings: &crate::settings::ServerSettings) -> Option<i32> {
+pub fn healthcheck_command(settings: &ServerSettings) -> Option<i32> {
     if std::env::args().nth(1).as_deref() != Some("healthcheck") {
         return None;
     }

@@ -39,6 +39,55 @@ impl SettingsError {
     }
 }
 
+/// The block every service's settings tree starts with — `[server]`, `[telemetry]`, `[auth]` —
+/// borrowed from the tree by [`ServiceSettings::base`].
+#[derive(Debug, Clone, Copy)]
+pub struct Base<'a> {
+    pub server: &'a ServerSettings,
+    pub telemetry: &'a TelemetrySettings,
+    pub auth: &'a AuthSettings,
+}
+
+/// A service's whole settings tree: its base block and the services it deals with. The base
+/// block is checked the same way in every service ([`ServiceSettings::check_base`]), and
+/// [`crate::server::main`] serves from it; each service checks the rest of its tree itself.
+pub trait ServiceSettings: std::fmt::Debug {
+    /// The services that may call this one (with [`Peer::Monitor`] where it may).
+    const ACCEPTS: &'static [Peer];
+    /// The services this one calls.
+    const SENDS: &'static [Peer];
+
+    /// The `[server]`, `[telemetry]` and `[auth]` sections.
+    fn base(&self) -> Base<'_>;
+
+    /// Checks the base block of the service whose env vars start with `prefix`: the
+    /// credentials against [`Self::ACCEPTS`] and [`Self::SENDS`] (see [`AuthSettings::validate`]).
+    fn check_base(&self, prefix: &str) -> Result<(), SettingsError> {
+        let base = self.base();
+        base.auth
+            .validate(prefix, base.server, Self::ACCEPTS, Self::SENDS)
+    }
+}
+
+/// Implements [`ServiceSettings`] for a settings struct with `server`, `telemetry` and `auth`
+/// fields: `service_settings!(Settings, accepts [Peer::Gateway], sends [Peer::Chain]);`
+#[macro_export]
+macro_rules! service_settings {
+    ($ty:ty, accepts [$($a:expr),* $(,)?], sends [$($s:expr),* $(,)?]) => {
+        impl $crate::settings::ServiceSettings for $ty {
+            const ACCEPTS: &'static [$crate::auth::Peer] = &[$($a),*];
+            const SENDS: &'static [$crate::auth::Peer] = &[$($s),*];
+            fn base(&self) -> $crate::settings::Base<'_> {
+                $crate::settings::Base {
+                    server: &self.server,
+                    telemetry: &self.telemetry,
+                    auth: &self.auth,
+                }
+            }
+        }
+    };
+}
+
 /// Where and how a service listens.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,7 +13,7 @@ use crate::model::{MemorySettings, ModelSettings};
 use crate::runtime::RuntimeSettings;
 use medchain_core::auth::Peer;
 use medchain_core::settings::{
-    self, AuthSettings, ServerSettings, SettingsError, TelemetrySettings,
+    self, AuthSettings, ServerSettings, ServiceSettings, SettingsError, TelemetrySettings,
 };
 
 /// Every setting of a disease service.
@@ -75,6 +75,12 @@ pub struct DiseaseSpec {
     pub version: &'static str,
 }
 
+medchain_core::service_settings!(
+    DiseaseSettings,
+    accepts [Peer::Gateway, Peer::Monitor],
+    sends [Peer::Chain]
+);
+
 impl DiseaseSettings {
     /// Embedded defaults → `<PREFIX>_CONFIG` file → `<PREFIX>__*` env; validated.
     pub fn load(spec: &DiseaseSpec) -> Result<Self, SettingsError> {
@@ -85,12 +91,7 @@ impl DiseaseSettings {
 
     /// Checks that types cannot express.
     pub fn validate(&self, spec: &DiseaseSpec) -> Result<(), SettingsError> {
-        self.auth.validate(
-            spec.env_prefix,
-            &self.server,
-            &[Peer::Gateway, Peer::Monitor],
-            &[Peer::Chain],
-        )?;
+        self.check_base(spec.env_prefix)?;
         let url = self.chain.url.trim();
         if !url.is_empty()
             && !settings::url_is_loopback(url)
