@@ -15,7 +15,7 @@ use medchain_core::metrics::name;
 use tokio::sync::Notify;
 
 use crate::chain::{AuditChain, BatchOutcome, Broadcast, ChainError, Commitment, Fees};
-use crate::outbox::{Batch, Outbox, OutboxError, SentTx, now_ms};
+use crate::outbox::{Batch, Entry, Outbox, OutboxError, SentTx, now_ms};
 
 /// Backoff bounds for an unreachable node.
 #[derive(Debug, Clone, Copy)]
@@ -602,20 +602,7 @@ impl Sender {
             .map_err(|e| ChainError::Node(e.to_string()))?;
         let head_hash = self.chain.block_hash(head).await?;
         let started_ms = crate::outbox::now_ms();
-        let checkpoint = *self
-            .checkpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let stop = match checkpoint {
-            // The first pass of this process: every record was confirmed before it.
-            None => Stop::AtOldRecordKept(u64::MAX),
-            // The chain is as it was up to the checkpoint: only blocks above it can have changed.
-            Some((n, hash, _)) if self.chain.block_hash(n).await? == Some(hash) => {
-                Stop::AtOrBelow(n)
-            }
-            // Replaced from lower down.
-            Some((_, _, at_ms)) => Stop::AtOldRecordKept(at_ms),
-        };
+        let stop = self.stop_point().await?;
         let mut below = u64::MAX;
         let mut lost = 0;
         'walk: loop {
@@ -630,47 +617,8 @@ impl Sender {
                 if matches!(stop, Stop::AtOrBelow(n) if block <= n) {
                     break 'walk;
                 }
-                let current = if block > head {
-                    None
-                } else {
-                    self.chain.block_hash(block).await?
-                };
-                let mut old_kept = false;
-                let mut reopened = std::collections::HashSet::new();
-                for e in &entries {
-                    let gone = match (e.block_hash, current) {
-                        (Some(h), Some(c)) => h != c,
-                        (Some(_), None) => true,
-                        // Confirmed before block hashes were kept: ask for the record itself.
-                        (None, _) => self.chain.commitments(e.id()).await?.is_empty(),
-                    };
-                    if gone {
-                        let why = format!(
-                            "block {block} no longer holds it (the chain was reset or \
-                             reorganised); sending it again"
-                        );
-                        tracing::warn!(prediction = %e.id(), block, "confirmed record not on chain; sending it again");
-                        match e.batch {
-                            // The whole batch again, as it was (same id).
-                            Some(seq) => {
-                                if reopened.insert(seq) {
-                                    let b =
-                                        self.outbox.reopen_batch(seq, &why).map_err(outbox_err)?;
-                                    metrics::counter!(name("records_reconciled_total"))
-                                        .increment(b.members.len() as u64);
-                                    lost += b.members.len();
-                                }
-                            }
-                            None => {
-                                self.outbox.mark_lost(&e.id(), &why).map_err(outbox_err)?;
-                                metrics::counter!(name("records_reconciled_total")).increment(1);
-                                lost += 1;
-                            }
-                        }
-                    } else if let Stop::AtOldRecordKept(by) = stop {
-                        old_kept |= e.confirmed_at_ms.is_none_or(|at| at <= by);
-                    }
-                }
+                let (sent_again, old_kept) = self.check_block(block, &entries, head, stop).await?;
+                lost += sent_again;
                 if old_kept || block == 0 {
                     break 'walk;
                 }
@@ -688,5 +636,80 @@ impl Sender {
             self.wake.notify_one();
         }
         Ok(lost)
+    }
+
+    /// Where this pass's walk down the confirmed blocks may stop, from the last checkpoint.
+    async fn stop_point(&self) -> Result<Stop, ChainError> {
+        let checkpoint = *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(match checkpoint {
+            // The first pass of this process: every record was confirmed before it.
+            None => Stop::AtOldRecordKept(u64::MAX),
+            // The chain is as it was up to the checkpoint: only blocks above it can have changed.
+            Some((n, hash, _)) if self.chain.block_hash(n).await? == Some(hash) => {
+                Stop::AtOrBelow(n)
+            }
+            // Replaced from lower down.
+            Some((_, _, at_ms)) => Stop::AtOldRecordKept(at_ms),
+        })
+    }
+
+    /// Checks the records confirmed in `block` against the chain and sends again those it no
+    /// longer holds (a whole batch again, as it was). Returns how many were sent again and
+    /// whether a record older than `stop` is still there (the walk can stop).
+    async fn check_block(
+        &self,
+        block: u64,
+        entries: &[Entry],
+        head: u64,
+        stop: Stop,
+    ) -> Result<(usize, bool), ChainError> {
+        let outbox_err = |e: OutboxError| ChainError::Node(format!("outbox: {e}"));
+        let current = if block > head {
+            None
+        } else {
+            self.chain.block_hash(block).await?
+        };
+        let mut old_kept = false;
+        let mut lost = 0;
+        let mut reopened = std::collections::HashSet::new();
+        for e in entries {
+            let gone = match (e.block_hash, current) {
+                (Some(h), Some(c)) => h != c,
+                (Some(_), None) => true,
+                // Confirmed before block hashes were kept: ask for the record itself.
+                (None, _) => self.chain.commitments(e.id()).await?.is_empty(),
+            };
+            if !gone {
+                if let Stop::AtOldRecordKept(by) = stop {
+                    old_kept |= e.confirmed_at_ms.is_none_or(|at| at <= by);
+                }
+                continue;
+            }
+            let why = format!(
+                "block {block} no longer holds it (the chain was reset or reorganised); sending \
+                 it again"
+            );
+            tracing::warn!(prediction = %e.id(), block, "confirmed record not on chain; sending it again");
+            match e.batch {
+                // The whole batch again, as it was (same id).
+                Some(seq) => {
+                    if reopened.insert(seq) {
+                        let b = self.outbox.reopen_batch(seq, &why).map_err(outbox_err)?;
+                        metrics::counter!(name("records_reconciled_total"))
+                            .increment(b.members.len() as u64);
+                        lost += b.members.len();
+                    }
+                }
+                None => {
+                    self.outbox.mark_lost(&e.id(), &why).map_err(outbox_err)?;
+                    metrics::counter!(name("records_reconciled_total")).increment(1);
+                    lost += 1;
+                }
+            }
+        }
+        Ok((lost, old_kept))
     }
 }

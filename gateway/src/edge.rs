@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::callers::Callers;
+use crate::callers::{Caller, Callers};
 use crate::configuration::ClientSettings;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -160,84 +160,101 @@ pub async fn cors_and_limits(
     if req.method() == Method::OPTIONS
         && req.headers().contains_key("access-control-request-method")
     {
-        let Some(o) = cross.filter(|_| cors_ok) else {
-            let e = ApiError::Forbidden(
-                "this origin is not allowed to call the API (clients.cors_origins)".into(),
-            );
-            return Ok(problem(req, &e));
-        };
-        let res = HttpResponse::NoContent()
-            .insert_header(("access-control-allow-origin", o))
-            .insert_header(("access-control-allow-methods", "GET, POST"))
-            .insert_header((
-                "access-control-allow-headers",
-                "authorization, content-type, x-api-key, x-request-id",
-            ))
-            .insert_header(("access-control-max-age", "600"))
-            .insert_header((header::VARY, "origin"))
-            .finish();
-        return Ok(req.into_response(res));
+        return Ok(preflight(req, cross.filter(|_| cors_ok)));
     }
-
-    // A cross-site request that changes state is refused before it reaches anything: a form or
-    // a `fetch` on another site can send a "simple" POST (multipart, text/plain) without a
-    // preflight, with the visitor's network position and cookies. Browsers say where a request
-    // comes from (`Origin`, `Sec-Fetch-Site`); clients that are not browsers send neither.
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let fetch_site = req
-            .headers()
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase);
-        let cross_site = match (&cross, fetch_site.as_deref()) {
-            (Some(_), _) => !cors_ok,
-            (None, Some("cross-site" | "same-site")) => origin.is_none(),
-            _ => false,
-        };
-        if cross_site {
-            metrics::counter!(medchain_core::metrics::name("cross_site_refused_total"))
-                .increment(1);
-            let e = ApiError::Forbidden(
-                "a cross-site request may not change anything here: call the API from the \
-                 gateway's own page, an allowed origin (clients.cors_origins) or a client that \
-                 is not a browser"
-                    .into(),
-            );
-            return Ok(problem(req, &e));
-        }
+    if is_cross_site_change(&req, origin.as_deref(), cross.as_deref(), cors_ok) {
+        metrics::counter!(medchain_core::metrics::name("cross_site_refused_total")).increment(1);
+        let e = ApiError::Forbidden(
+            "a cross-site request may not change anything here: call the API from the \
+             gateway's own page, an allowed origin (clients.cors_origins) or a client that \
+             is not a browser"
+                .into(),
+        );
+        return Ok(problem(req, &e));
     }
+    let allow = cors_ok.then_some(origin);
 
     // The API's own description is public (rate-limited by address).
     if req.path().ends_with("/openapi.json") {
         if let Err(e) = gate.limit(req.request()) {
-            return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
+            return Ok(with_cors(problem(req, &e), allow));
         }
         let res = next.call(req).await?.map_into_boxed_body();
-        return Ok(with_cors(res, cors_ok.then_some(origin)));
+        return Ok(with_cors(res, allow));
     }
-    // Who is calling. A request that names no caller, or an unknown one, still counts against
-    // its address's budget, so keys cannot be guessed at full speed.
-    let bearer = crate::callers::bearer(req.headers()).map(str::to_string);
-    let authenticated = match (&gate.oidc, bearer.as_deref()) {
+    let caller = match authenticate(&gate, &req).await {
+        Ok(c) => c,
+        Err(e) => return Ok(with_cors(problem(req, &e), allow)),
+    };
+    if let Err(e) = gate.check(&ClientKey::Key(caller.id.clone())) {
+        return Ok(with_cors(problem(req, &e), allow));
+    }
+    actix_web::HttpMessage::extensions_mut(&req).insert(caller);
+    let res = next.call(req).await?.map_into_boxed_body();
+    Ok(with_cors(res, allow))
+}
+
+/// The answer to a CORS preflight: what an allowed cross-origin caller may send, or 403.
+fn preflight(req: ServiceRequest, allowed: Option<String>) -> ServiceResponse<BoxBody> {
+    let Some(o) = allowed else {
+        let e = ApiError::Forbidden(
+            "this origin is not allowed to call the API (clients.cors_origins)".into(),
+        );
+        return problem(req, &e);
+    };
+    let res = HttpResponse::NoContent()
+        .insert_header(("access-control-allow-origin", o))
+        .insert_header(("access-control-allow-methods", "GET, POST"))
+        .insert_header((
+            "access-control-allow-headers",
+            "authorization, content-type, x-api-key, x-request-id",
+        ))
+        .insert_header(("access-control-max-age", "600"))
+        .insert_header((header::VARY, "origin"))
+        .finish();
+    req.into_response(res)
+}
+
+/// A cross-site request that changes state is refused before it reaches anything: a form or
+/// a `fetch` on another site can send a "simple" POST (multipart, text/plain) without a
+/// preflight, with the visitor's network position and cookies. Browsers say where a request
+/// comes from (`Origin`, `Sec-Fetch-Site`); clients that are not browsers send neither.
+fn is_cross_site_change(
+    req: &ServiceRequest,
+    origin: Option<&str>,
+    cross: Option<&str>,
+    cors_ok: bool,
+) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return false;
+    }
+    let fetch_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    match (cross, fetch_site.as_deref()) {
+        (Some(_), _) => !cors_ok,
+        (None, Some("cross-site" | "same-site")) => origin.is_none(),
+        _ => false,
+    }
+}
+
+/// Who is calling: an OIDC bearer token or an API key. A request that names no caller, or an
+/// unknown one, still counts against its address's budget, so keys cannot be guessed at full
+/// speed (a spent budget is the error then).
+async fn authenticate(gate: &ClientGate, req: &ServiceRequest) -> Result<Caller, ApiError> {
+    let bearer = crate::callers::bearer(req.headers());
+    let authenticated = match (&gate.oidc, bearer) {
         (Some(oidc), Some(token)) if crate::oidc::Oidc::looks_like_jwt(token) => {
             oidc.authenticate(token).await
         }
         _ => gate.callers.authenticate(req.headers()),
     };
-    let caller = match authenticated {
-        Ok(c) => c,
-        Err(e) => {
-            let e = gate.limit(req.request()).err().unwrap_or(e);
-            metrics::counter!(medchain_core::metrics::name("unauthenticated_total")).increment(1);
-            return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
-        }
-    };
-    if let Err(e) = gate.check(&ClientKey::Key(caller.id.clone())) {
-        return Ok(with_cors(problem(req, &e), cors_ok.then_some(origin)));
-    }
-    actix_web::HttpMessage::extensions_mut(&req).insert(caller);
-    let res = next.call(req).await?.map_into_boxed_body();
-    Ok(with_cors(res, cors_ok.then_some(origin)))
+    authenticated.map_err(|e| {
+        metrics::counter!(medchain_core::metrics::name("unauthenticated_total")).increment(1);
+        gate.limit(req.request()).err().unwrap_or(e)
+    })
 }
 
 fn with_cors(

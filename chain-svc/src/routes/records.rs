@@ -638,11 +638,86 @@ pub async fn verify(
 ) -> ApiResult<HttpResponse> {
     let reader = Reader::of(&req)?;
     let key = id_to_b256(&id)?;
-    let (digest, salt, patient_id, input_kind) = if is_json(&req) {
+    let claim = if is_json(&req) {
         let body = ValidJson::<VerifyJson>::from_request(&req, &mut payload.into_inner())
             .await?
             .0;
-        let digest = match (&body.features, body.input_digest) {
+        Claim::of_json(body)?
+    } else {
+        Claim::of_image(&req, payload, state.verify_max_bytes).await?
+    };
+    let patient_ref = claim
+        .patient_id
+        .map(|p| state.patient_key.patient_ref(Some(&p)));
+    let entry = outbox_get(&state, key).await?;
+    let logs = read_chain(&state, state.chain.commitments(key)).await?;
+    let owner = entry
+        .as_ref()
+        .map(|e| e.record.patient_ref)
+        .or_else(|| first_commitment(&logs).map(|l| l.patient_ref));
+    if let Some(owner) = owner
+        && !reader.may_read(&state, key, owner).await?
+    {
+        return Err(no_record(&id));
+    }
+    let salt_source = if claim.salt.is_some() {
+        "receipt"
+    } else {
+        "stored"
+    };
+    let salt = salt_to_use(&state, &reader, key, claim.salt)?;
+    let Some(on_chain) = first_commitment(&logs) else {
+        return Err(not_on_chain(&id, entry));
+    };
+    // The chain holds the hash of the record's fields; they are in the outbox (and in the
+    // receipt, for the standalone verifier).
+    let Some(entry) = entry else {
+        return Err(ApiError::invalid(
+            "prediction_id",
+            "the record is on chain but this service does not hold its fields (another \
+             instance recorded it): check it with the standalone verifier and its receipt",
+        ));
+    };
+    let salt = salt.unwrap_or(entry.salt);
+    let mut claimed = entry.record.clone();
+    claimed.input_commitment = privacy::commitment(&salt, &claim.digest);
+    let input_matches = claimed.record_hash() == on_chain.record_hash;
+    let record_matches = entry.record.record_hash() == on_chain.record_hash;
+    let patient_matches = patient_ref.map(|r| r == on_chain.patient_ref);
+    let verified = input_matches && patient_matches.unwrap_or(true);
+    Ok(HttpResponse::Ok().json(Verification {
+        prediction_id: b256_to_id(&key),
+        verified,
+        checks: Checks {
+            input_commitment: input_matches,
+            record: record_matches,
+            patient: patient_matches,
+        },
+        input: claim.input,
+        input_digest: claim.digest,
+        salt: salt_source,
+        on_chain: OnChain::of(on_chain),
+        commitments_on_chain: logs.len(),
+        deployment: state.deployment(),
+    }))
+}
+
+/// What a verify request claims the record was made from.
+struct Claim {
+    /// The SHA-256 of the input: computed here from the features or the image, or given.
+    digest: B256,
+    /// The receipt's salt; `None` asks for the stored one.
+    salt: Option<B256>,
+    patient_id: Option<PatientId>,
+    /// How the input came: `features`, `input_digest` or `image`.
+    input: &'static str,
+}
+
+impl Claim {
+    /// A JSON body: the original `features` or their `input_digest`, with the salt and the
+    /// patient id.
+    fn of_json(body: VerifyJson) -> ApiResult<Self> {
+        let (digest, input) = match (&body.features, body.input_digest) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
                     "input_digest",
@@ -656,9 +731,9 @@ pub async fn verify(
                         format!("feature `{k}` must be a finite number or null"),
                     )
                 })?;
-                privacy::input_digest(&bytes)
+                (privacy::input_digest(&bytes), "features")
             }
-            (None, Some(d)) => d,
+            (None, Some(d)) => (d, "input_digest"),
             (None, None) => {
                 return Err(ApiError::invalid(
                     "features",
@@ -666,13 +741,21 @@ pub async fn verify(
                 ));
             }
         };
-        let kind = if body.features.is_some() {
-            "features"
-        } else {
-            "input_digest"
-        };
-        (digest, body.salt, body.patient_id, kind)
-    } else {
+        Ok(Self {
+            digest,
+            salt: body.salt,
+            patient_id: body.patient_id,
+            input,
+        })
+    }
+
+    /// The image as the body, hashed as it streams in, the salt in the query (a patient id may
+    /// not travel in a URL).
+    async fn of_image(
+        req: &HttpRequest,
+        payload: web::Payload,
+        max_bytes: usize,
+    ) -> ApiResult<Self> {
         if req
             .query_string()
             .split('&')
@@ -694,87 +777,58 @@ pub async fn verify(
                     .map_err(|_| ApiError::invalid("salt", "`salt` must be 32 bytes of hex"))
             })
             .transpose()?;
-        let (digest, _) = hash_stream(payload, state.verify_max_bytes).await?;
-        (digest, salt, None, "image")
-    };
-    let patient_ref = patient_id.map(|p| state.patient_key.patient_ref(Some(&p)));
-    let entry = outbox_get(&state, key).await?;
-    let logs = read_chain(&state, state.chain.commitments(key)).await?;
-    let owner = entry
-        .as_ref()
-        .map(|e| e.record.patient_ref)
-        .or_else(|| first_commitment(&logs).map(|l| l.patient_ref));
-    if let Some(owner) = owner
-        && !reader.may_read(&state, key, owner).await?
-    {
-        return Err(no_record(&id));
+        let (digest, _) = hash_stream(payload, max_bytes).await?;
+        Ok(Self {
+            digest,
+            salt,
+            patient_id: None,
+            input: "image",
+        })
     }
-    // Without the receipt's salt, verify would be an oracle: anyone could test guesses about a
-    // patient's input against the service's own copy of the salt (the review: glucose 140 /
-    // 148 / 150 answered false / true / false, no key and no salt). An auditor may use that
-    // copy: each use is logged with who and which record, and limited per auditor.
-    let salt_source = if salt.is_some() { "receipt" } else { "stored" };
-    let salt = match (salt, &reader) {
-        (Some(s), _) => Some(s),
+}
+
+/// The salt a verification uses: the receipt's, or (`None`) the stored one — which only an
+/// auditor (each use logged and limited) or the operator may use.
+///
+/// Without the receipt's salt, verify would be an oracle: anyone could test guesses about a
+/// patient's input against the service's own copy of the salt (the review: glucose 140 /
+/// 148 / 150 answered false / true / false, no key and no salt).
+fn salt_to_use(
+    state: &RecordsState,
+    reader: &Reader,
+    key: B256,
+    salt: Option<B256>,
+) -> ApiResult<Option<B256>> {
+    match (salt, reader) {
+        (Some(s), _) => Ok(Some(s)),
         (None, Reader::Auditor(who)) => {
             state.limits.stored_salt(who)?;
             metrics::counter!(medchain_core::metrics::name("stored_salt_uses_total")).increment(1);
             tracing::info!(target: "medchain::access", caller = %who, prediction = %b256_to_id(&key), "verify with the stored salt");
-            None
+            Ok(None)
         }
-        (None, Reader::Operator) => None,
-        (None, Reader::Clinician(_)) => {
-            return Err(ApiError::invalid(
-                "salt",
-                "send the `salt` from the record's receipt: the service does not check guesses \
-                 with its own copy (only an auditor may, and each use is logged)",
-            ));
-        }
-    };
-    let Some(on_chain) = first_commitment(&logs) else {
-        return Err(match entry {
-            Some(e) if e.status == Status::Pending => ApiError::Conflict(format!(
-                "prediction {id} is accepted but not on chain yet (pending); verify once it is \
-                 confirmed"
-            )),
-            Some(e) => ApiError::Conflict(format!(
-                "prediction {id} is not on chain: {}",
-                e.last_error.unwrap_or_else(|| "rejected".into())
-            )),
-            None => no_record(&id),
-        });
-    };
-    // The chain holds the hash of the record's fields; they are in the outbox (and in the
-    // receipt, for the standalone verifier).
-    let Some(entry) = entry else {
-        return Err(ApiError::invalid(
-            "prediction_id",
-            "the record is on chain but this service does not hold its fields (another \
-             instance recorded it): check it with the standalone verifier and its receipt",
-        ));
-    };
-    let salt = salt.unwrap_or(entry.salt);
-    let mut claimed = entry.record.clone();
-    claimed.input_commitment = privacy::commitment(&salt, &digest);
-    let input_matches = claimed.record_hash() == on_chain.record_hash;
-    let record_matches = entry.record.record_hash() == on_chain.record_hash;
-    let patient_matches = patient_ref.map(|r| r == on_chain.patient_ref);
-    let verified = input_matches && patient_matches.unwrap_or(true);
-    Ok(HttpResponse::Ok().json(Verification {
-        prediction_id: b256_to_id(&key),
-        verified,
-        checks: Checks {
-            input_commitment: input_matches,
-            record: record_matches,
-            patient: patient_matches,
-        },
-        input: input_kind,
-        input_digest: digest,
-        salt: salt_source,
-        on_chain: OnChain::of(on_chain),
-        commitments_on_chain: logs.len(),
-        deployment: state.deployment(),
-    }))
+        (None, Reader::Operator) => Ok(None),
+        (None, Reader::Clinician(_)) => Err(ApiError::invalid(
+            "salt",
+            "send the `salt` from the record's receipt: the service does not check guesses \
+             with its own copy (only an auditor may, and each use is logged)",
+        )),
+    }
+}
+
+/// Why a record with no commitment on chain cannot be verified: pending, failed, or unknown.
+fn not_on_chain(id: &str, entry: Option<Entry>) -> ApiError {
+    match entry {
+        Some(e) if e.status == Status::Pending => ApiError::Conflict(format!(
+            "prediction {id} is accepted but not on chain yet (pending); verify once it is \
+             confirmed"
+        )),
+        Some(e) => ApiError::Conflict(format!(
+            "prediction {id} is not on chain: {}",
+            e.last_error.unwrap_or_else(|| "rejected".into())
+        )),
+        None => no_record(id),
+    }
 }
 
 #[cfg(test)]

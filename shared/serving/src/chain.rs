@@ -89,49 +89,18 @@ impl AuditClient {
             input_digest,
             created_by,
         };
-        let send = || {
-            let mut req = self.http.post(url).json(&body);
-            if let Some(t) = &self.token {
-                req = req.header(
-                    medchain_core::auth::INTERNAL_TOKEN_HEADER,
-                    t.expose_secret(),
-                );
-            }
-            if let Some(id) = &request_id {
-                req = req.header(medchain_core::request::REQUEST_ID_HEADER, id);
-            }
-            req.send()
-        };
-        let sent = match send().await {
+        let sent = match self.send(url, &body, request_id.as_deref()).await {
             // It may have arrived and been taken after we stopped waiting (the review: the
             // prediction said `unrecorded`, chain-svc had the record). The same request again
             // finds out: chain-svc answers a repeat with the stored receipt.
             Err(e) if e.is_timeout() => {
                 metrics::counter!(medchain_core::metrics::name("audit_retries_total")).increment(1);
-                send().await
+                self.send(url, &body, request_id.as_deref()).await
             }
             other => other,
         };
         let outcome = match sent {
-            Ok(res) if res.status() == reqwest::StatusCode::ACCEPTED => {
-                match res.json::<Receipt>().await {
-                    Ok(receipt) => Ok(Audit::Recorded {
-                        receipt: Box::new(receipt),
-                        input_digest,
-                    }),
-                    Err(e) => Err(("bad_answer", format!("chain-svc answered unreadably: {e}"))),
-                }
-            }
-            Ok(res) => {
-                let status = res.status();
-                let detail = res
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["detail"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                Err(("refused", format!("chain-svc answered {status}: {detail}")))
-            }
+            Ok(res) => read_answer(res, input_digest).await,
             Err(e) if e.is_timeout() => {
                 tracing::warn!(prediction = %p.prediction_id, "chain-svc did not answer twice; the record may or may not be taken");
                 metrics::counter!(medchain_core::metrics::name("audit_unknown_total")).increment(1);
@@ -152,6 +121,50 @@ impl AuditClient {
             unrecorded(kind, &reason, input_digest)
         }))
     }
+
+    /// One record request to chain-svc, with this service's credential and the request id.
+    async fn send(
+        &self,
+        url: &str,
+        body: &RecordRequest,
+        request_id: Option<&str>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut req = self.http.post(url).json(body);
+        if let Some(t) = &self.token {
+            req = req.header(
+                medchain_core::auth::INTERNAL_TOKEN_HEADER,
+                t.expose_secret(),
+            );
+        }
+        if let Some(id) = request_id {
+            req = req.header(medchain_core::request::REQUEST_ID_HEADER, id);
+        }
+        req.send().await
+    }
+}
+
+/// What chain-svc's answer means: 202 with the receipt, or why the record was not taken.
+async fn read_answer(
+    res: reqwest::Response,
+    input_digest: Digest,
+) -> Result<Audit, (&'static str, String)> {
+    let status = res.status();
+    if status == reqwest::StatusCode::ACCEPTED {
+        return match res.json::<Receipt>().await {
+            Ok(receipt) => Ok(Audit::Recorded {
+                receipt: Box::new(receipt),
+                input_digest,
+            }),
+            Err(e) => Err(("bad_answer", format!("chain-svc answered unreadably: {e}"))),
+        };
+    }
+    let detail = res
+        .json::<Value>()
+        .await
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    Err(("refused", format!("chain-svc answered {status}: {detail}")))
 }
 
 fn unrecorded(kind: &'static str, reason: &str, input_digest: Digest) -> Audit {
