@@ -1,5 +1,5 @@
 //! The properties the fuzz targets check, shared with the test suite, which replays the
-//! committed corpus through them on every run (`tests/tests/fuzz_corpus.rs`):
+//! committed corpus through them on every run (`tests/tests/e2e/fuzz_corpus.rs`):
 //!
 //! - `json_request`: a prediction request body, as the disease services take it — strict JSON
 //!   parsing, validation against each tabular model's card, and (when accepted) the canonical

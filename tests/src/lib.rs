@@ -1,6 +1,11 @@
-//! Test support: spawn a service on port 0 with real models and ONNX Runtime, and talk to it.
-//! Used by the services' integration tests and by the end-to-end tests in `tests/tests`;
-//! [`system`] starts the real binaries as processes (whole-system tests and the benchmark).
+//! The test kit, one for every crate's tests and the end-to-end tests in `tests/tests`:
+//! - [`spawn_disease`], [`spawn_gateway`] and [`spawn_chain`] start a service in the test's
+//!   process on port 0 (real models and ONNX Runtime, a real anvil);
+//! - [`stub`] builds stub upstreams, [`net`] finds ports and reaps child processes;
+//! - [`chain`] speaks to chain-svc as its callers do;
+//! - [`assert_problem`] checks an error answer, [`check_tabular_fixtures`] and its kin a
+//!   model's answers against the fixtures;
+//! - [`system`] starts the real binaries as processes (whole-system tests and the benchmark).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +15,14 @@ use medchain_core::settings::AuthSettings;
 use medchain_serving::{DiseaseSettings, DiseaseSpec};
 use serde_json::Value;
 
+pub mod chain;
+pub mod net;
+mod services;
+pub mod stub;
 pub mod system;
+
+pub use net::{closed_port, closed_url, free_port};
+pub use services::{gateway_settings, serve, spawn_chain, spawn_gateway};
 
 /// The repository's `models/` folder.
 pub fn models_dir() -> PathBuf {
@@ -58,14 +70,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), dest).expect("copy");
         }
     }
-}
-
-/// A loopback port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A running service on loopback.

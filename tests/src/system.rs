@@ -6,13 +6,14 @@
 //! benchmark command and by whole-system tests.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub use crate::net::{consecutive_free_ports, free_ports};
 use medchain_core::auth::{CALLS, Peer, SERVICES, credentials_env};
 use medchain_core::memory;
 use serde_json::{Value, json};
@@ -485,33 +486,6 @@ pub fn debug_bin_dir() -> PathBuf {
     } else {
         dir.to_path_buf()
     }
-}
-
-/// `n` free loopback ports (all bound at once, so they differ, then released).
-pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
-        .collect())
-}
-
-/// The first of `n` consecutive free loopback ports (for programs that take a base port).
-pub fn consecutive_free_ports(n: u16) -> anyhow::Result<u16> {
-    let mut raw = [0u8; 2];
-    for _ in 0..200 {
-        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let base = 20000 + u16::from_le_bytes(raw) % 40000;
-        let held: Vec<_> = (base..base + n)
-            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if held.len() == usize::from(n) {
-            return Ok(base);
-        }
-    }
-    bail!("no {n} consecutive free ports found")
 }
 
 /// VmRSS / VmHWM of a process.

@@ -17,11 +17,7 @@ fn check(port: u16) -> i32 {
 
 #[test]
 fn the_health_check_command_reports_the_server_state() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = medchain_tests::free_port();
     assert_eq!(check(port), 1, "nothing listens yet");
     let mut server = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .env("GATEWAY__SERVER__PORT", port.to_string())

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use medchain_core::auth::Peer;
 use medchain_gateway::callers::{Role, entry_for};
 use medchain_gateway::routes::UpstreamKey;
-use medchain_gateway::{Settings, build, route_table};
+use medchain_gateway::{Settings, route_table};
+use medchain_tests::stub::StubServer;
 use serde_json::{Value, json};
 
 mod spread;
@@ -99,30 +100,17 @@ async fn stub_handler(
 }
 
 async fn spawn_stub(stub: Stub) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let data = web::Data::new(stub);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(usize::MAX))
-            .default_service(web::to(stub_handler))
-    })
-    .workers(1)
-    .listen(listener)
-    .expect("listen")
-    .run();
-    tokio::spawn(server);
-    format!("http://127.0.0.1:{port}")
+    StubServer::new()
+        .serve(move |cfg| {
+            cfg.app_data(data.clone())
+                .default_service(web::to(stub_handler));
+        })
+        .expect("stub")
 }
 
 fn closed() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    format!("http://127.0.0.1:{port}")
+    medchain_tests::closed_url()
 }
 
 fn settings(d: Vec<String>, h: Vec<String>, c: Vec<String>) -> Settings {
@@ -148,11 +136,7 @@ fn settings(d: Vec<String>, h: Vec<String>, c: Vec<String>) -> Settings {
 }
 
 async fn start(s: Settings) -> String {
-    s.validate().expect("valid");
-    let app = build(s).expect("gateway");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
-    base
+    medchain_tests::spawn_gateway(s)
 }
 
 /// GET `url`; status and JSON body.
@@ -1070,9 +1054,10 @@ mod idp {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use actix_web::{App, HttpResponse, HttpServer, web};
+    use actix_web::{HttpResponse, web};
     use base64::Engine;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use medchain_tests::stub::StubServer;
     use serde_json::{Value, json};
 
     pub const ISSUER: &str = "https://idp.example.org";
@@ -1171,28 +1156,23 @@ mod idp {
             down: Arc::default(),
         };
         jwks.set(keys);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
         let state = web::Data::new(jwks.clone());
-        let server = HttpServer::new(move || {
-            App::new().app_data(state.clone()).route(
-                "/jwks.json",
-                web::get().to(|j: web::Data<Jwks>| async move {
-                    j.fetches.fetch_add(1, Ordering::SeqCst);
-                    if j.down.load(Ordering::SeqCst) {
-                        return HttpResponse::ServiceUnavailable().finish();
-                    }
-                    let doc = j.doc.lock().expect("lock").clone();
-                    HttpResponse::Ok().json(doc)
-                }),
-            )
-        })
-        .workers(1)
-        .listen(listener)
-        .expect("listen")
-        .run();
-        tokio::spawn(server);
-        (format!("http://127.0.0.1:{port}/jwks.json"), jwks)
+        let base = StubServer::new()
+            .serve(move |cfg| {
+                cfg.app_data(state.clone()).route(
+                    "/jwks.json",
+                    web::get().to(|j: web::Data<Jwks>| async move {
+                        j.fetches.fetch_add(1, Ordering::SeqCst);
+                        if j.down.load(Ordering::SeqCst) {
+                            return HttpResponse::ServiceUnavailable().finish();
+                        }
+                        let doc = j.doc.lock().expect("lock").clone();
+                        HttpResponse::Ok().json(doc)
+                    }),
+                );
+            })
+            .expect("JWKS stub");
+        (format!("{base}/jwks.json"), jwks)
     }
 }
 

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 const KEY: &str = "mk_streaming_test_0123456789abcdef";
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
+use medchain_tests::free_port;
+use medchain_tests::net::Reap;
+use medchain_tests::stub::StubServer;
 
 const UPLOAD: usize = 10 * 1024 * 1024;
 const CONCURRENT: usize = 8;
@@ -33,42 +36,15 @@ fn hwm_kb(pid: u32) -> u64 {
         .expect("VmHWM")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Kills the child process even when an assertion fails first.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn ten_megabyte_uploads_stream_through_without_being_buffered() {
     medchain_core::http::init_tls();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let up = format!(
-        "http://127.0.0.1:{}",
-        listener.local_addr().expect("addr").port()
-    );
-    let server = HttpServer::new(|| {
-        App::new()
-            .app_data(web::PayloadConfig::new(usize::MAX))
-            .default_service(web::to(drain))
-    })
-    .workers(2)
-    .listen(listener)
-    .expect("listen")
-    .run();
-    tokio::spawn(server);
+    let up = StubServer::new()
+        .workers(2)
+        .serve(|cfg| {
+            cfg.default_service(web::to(drain));
+        })
+        .expect("stub");
 
     let port = free_port();
     let gw = Command::new(env!("CARGO_BIN_EXE_gateway"))

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use medchain_gateway::build_with;
 use medchain_gateway::proxy::Resolve;
+use medchain_tests::stub::StubServer;
 
 use super::{Settings, Stub, client, settings, spawn_stub};
 
@@ -70,36 +71,29 @@ impl Counted {
 /// A stub on `ip:port` that answers every request with 200 and keeps connections alive longer
 /// than any test takes.
 fn spawn_at(ip: &str, port: u16) -> std::io::Result<Counted> {
-    let listener = std::net::TcpListener::bind((ip, port))?;
     let c = Counted::default();
     let (requests, connections) = (c.requests.clone(), c.connections.clone());
-    let server = HttpServer::new(move || {
-        let requests = requests.clone();
-        // The body is read, as a service does (an unread body closes the connection).
-        App::new().default_service(web::to(move |_body: web::Bytes| {
-            requests.fetch_add(1, Ordering::SeqCst);
-            async { HttpResponse::Ok().json(serde_json::json!({"ok": true})) }
-        }))
-    })
-    .on_connect(move |_, _| {
-        connections.fetch_add(1, Ordering::SeqCst);
-    })
-    .keep_alive(Duration::from_secs(300))
-    .workers(1)
-    .listen(listener)?
-    .run();
-    tokio::spawn(server);
+    StubServer::new()
+        .at(ip.parse().map_err(std::io::Error::other)?, port)
+        .keep_alive(Duration::from_secs(300))
+        .on_connect(move || {
+            connections.fetch_add(1, Ordering::SeqCst);
+        })
+        .serve(move |cfg| {
+            let requests = requests.clone();
+            // The body is read, as a service does (an unread body closes the connection).
+            cfg.default_service(web::to(move |_body: web::Bytes| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                async { HttpResponse::Ok().json(serde_json::json!({"ok": true})) }
+            }));
+        })?;
     Ok(c)
 }
 
 /// Instances on 127.0.0.1 … 127.0.0.n, one port (found free on all of them).
 fn spawn_instances(n: u8) -> (u16, Vec<Counted>, Vec<SocketAddr>) {
     for _ in 0..50 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = medchain_tests::free_port();
         let ips: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}")).collect();
         // Every address must be free before any stub starts.
         if ips
@@ -135,10 +129,7 @@ async fn start_named(port: u16, resolver: Arc<TestResolver>, reuse: bool) -> Str
     s.clients.rate_burst = std::num::NonZeroU32::new(100_000).expect("positive");
     s.proxy.reuse_connections = reuse;
     s.validate().expect("valid");
-    let app = build_with(s, resolver).expect("gateway");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
-    base
+    medchain_tests::serve(build_with(s, resolver).expect("gateway"))
 }
 
 /// Sends `n` heart predictions one after the other; all must succeed.

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use medchain_diabetes_svc::SPEC;
 use medchain_serving::model::remote::Location;
+use medchain_tests::stub::StubServer;
 use medchain_tests::{TestApp, models_dir, spawn_disease};
 use serde_json::Value;
 
@@ -63,19 +64,15 @@ fn model_host() -> (Arc<Host>, String) {
         requests: AtomicUsize::new(0),
     });
     let data = web::Data::from(host.clone());
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .route("/models/retina.onnx", web::get().to(serve))
-    })
-    .workers(1)
-    .bind(("127.0.0.1", 0))
-    .expect("bind");
-    let port = server.addrs()[0].port();
-    tokio::spawn(server.run());
+    let base = StubServer::new()
+        .serve(move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/models/retina.onnx", web::get().to(serve));
+        })
+        .expect("model host");
     (
         host,
-        format!("http://127.0.0.1:{port}/models/retina.onnx?X-Signature=s3cr3t-signature"),
+        format!("{base}/models/retina.onnx?X-Signature=s3cr3t-signature"),
     )
 }
 

@@ -4,9 +4,7 @@
 //! field where there is one), nothing panics, and the service still predicts afterwards.
 
 use medchain_diabetes_svc::SPEC;
-use medchain_tests::{
-    Peer, assert_problem_for, closed_port, models_dir, png, png_header_only, spawn_disease,
-};
+use medchain_tests::{Peer, assert_problem_for, models_dir, png, png_header_only, spawn_disease};
 use serde_json::{Value, json};
 
 const TABULAR: &str = "/api/v1/diabetes/predict/tabular";
@@ -19,23 +17,14 @@ async fn system() -> String {
         medchain_tests::secure(&mut s.auth, Peer::Diabetes)
     })
     .await;
-    let mut g = medchain_gateway::Settings::load().expect("gateway defaults");
-    g.server.port = 0;
-    g.server.workers = 2;
-    medchain_tests::secure(&mut g.auth, Peer::Gateway);
-    g.upstreams.diabetes = vec![svc.address.clone()];
-    g.upstreams.heart = vec![format!("http://127.0.0.1:{}", closed_port())];
-    g.upstreams.chain = vec![format!("http://127.0.0.1:{}", closed_port())];
+    let mut g = medchain_tests::gateway_settings(&svc.address, &medchain_tests::closed_url());
     g.clients.rate_burst = std::num::NonZeroU32::new(10_000).expect("positive");
     g.clients.rate_per_second = std::num::NonZeroU32::new(10_000).expect("positive");
     g.clients.keys = vec![
         medchain_tests::test_key_entry(),
         medchain_tests::key_entry("test-admin", "admin", ADMIN_KEY),
     ];
-    let app = medchain_gateway::build(g).expect("gateway");
-    let url = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
-    url
+    medchain_tests::spawn_gateway(g)
 }
 
 fn valid() -> Value {

@@ -1,5 +1,6 @@
-//! Helpers shared by chain-svc's tests. Each test binary uses some of them.
-#![allow(dead_code)]
+//! chain-svc as its callers reach it in tests: the test credentials, records as a disease
+//! service sends them, requests as the gateway sends them for each role, and chain-svc as a
+//! process of its own. [`crate::spawn_chain`] starts it in the test's process.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -41,17 +42,14 @@ pub fn record(id: &str, patient: &str, n: usize) -> serde_json::Value {
     })
 }
 
-/// What `from` presents to chain-svc in these tests.
+/// What `from` presents to chain-svc in tests ([`crate::credential`]).
 pub fn credential(from: Peer) -> String {
-    format!("chain-test-{from}-to-chain-credential")
+    crate::credential(from, Peer::Chain)
 }
 
-/// The chain-svc credentials of these tests: the gateway's, the disease services' and the
-/// monitor's.
+/// The chain-svc credentials of tests: the gateway's, the disease services' and the monitor's.
 pub fn secure(auth: &mut AuthSettings) {
-    for p in [Peer::Gateway, Peer::Diabetes, Peer::Heart, Peer::Monitor] {
-        auth.accept.set(p, credential(p));
-    }
+    crate::secure(auth, Peer::Chain);
 }
 
 /// `rb` as the gateway sends it on behalf of an auditor (who reads every record).
@@ -111,20 +109,39 @@ pub async fn list_patient(base: &str, patient: &str) -> serde_json::Value {
         .expect("json")
 }
 
+/// Polls the record of prediction `id` at chain-svc `base` (as an auditor) until it is
+/// confirmed and matches the chain, for at most `secs` seconds; asserts that it is, and that
+/// the chain holds it exactly once; the record.
+pub async fn confirmed_once(base: &str, id: &str, secs: u64) -> serde_json::Value {
+    let url = format!("{base}/v1/records/{id}");
+    let mut rec = serde_json::Value::Null;
+    for _ in 0..secs * 20 {
+        rec = get_json(&url).await;
+        if rec["status"] == "confirmed" && rec["matches_chain"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(rec["status"], "confirmed", "record {id}: {rec}");
+    assert_eq!(rec["matches_chain"], true, "record {id}: {rec}");
+    assert_eq!(rec["commitments_on_chain"], 1, "record {id}: {rec}");
+    rec
+}
+
 /// GET `url` as an auditor; the JSON body.
 pub async fn get_json(url: &str) -> serde_json::Value {
     get_as_auditor(url).await.json().await.expect("json")
 }
 
-/// chain-svc as a real process (embedded anvil) on `port`, its state in `data/state`, its log
-/// appended to `data/chain-svc.log`.
-pub fn start_chain_svc(data: &Path, port: u16) -> Child {
+/// chain-svc as a real process (the binary `bin`, embedded anvil) on `port`, its state in
+/// `data/state`, its log appended to `data/chain-svc.log`.
+pub fn start_chain_svc(bin: &Path, data: &Path, port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(data.join("chain-svc.log"))
         .expect("log");
-    Command::new(env!("CARGO_BIN_EXE_chain-svc"))
+    Command::new(bin)
         .env("CHAIN__STORAGE__DATA_DIR", data.join("state"))
         .env("CHAIN__SERVER__PORT", port.to_string())
         .env("CHAIN__SERVER__WORKERS", "2")

@@ -8,7 +8,7 @@
 //! on the same disk, every request died unanswered: the log library's report of the failed log
 //! write panicked.)
 
-mod common;
+use medchain_tests::chain as kit;
 
 use medchain_core::auth::Peer;
 
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 /// Its log is a file on the same (full) disk, as in a deployment that redirects stderr.
 fn start(data: &Path, port: u16) -> Child {
-    common::start_chain_svc(data, port)
+    kit::start_chain_svc(super::chain_svc_bin(), data, port)
 }
 
 fn id(n: usize) -> String {
@@ -28,7 +28,7 @@ fn id(n: usize) -> String {
 }
 
 fn record(n: usize) -> Value {
-    common::record(&id(n), "MRN-DISKFULL", n)
+    kit::record(&id(n), "MRN-DISKFULL", n)
 }
 
 fn set_file_size_limit(pid: u32, soft: &str) {
@@ -47,7 +47,7 @@ fn set_file_size_limit(pid: u32, soft: &str) {
 async fn post(client: &reqwest::Client, base: &str, n: usize) -> (u16, Value) {
     let r = client
         .post(format!("{base}/v1/records"))
-        .header("x-internal-token", common::credential(Peer::Heart))
+        .header("x-internal-token", kit::credential(Peer::Heart))
         .json(&record(n))
         .send()
         .await
@@ -76,11 +76,7 @@ fn outbox_check(body: &Value) -> Value {
 async fn a_full_disk_refuses_clearly_and_the_service_recovers_without_a_restart() {
     medchain_core::http::init_tls();
     let data = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = medchain_tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -150,19 +146,9 @@ async fn a_full_disk_refuses_clearly_and_the_service_recovers_without_a_restart(
 
     // Every accepted record confirmed on chain exactly once; the refused attempt left nothing.
     for &n in &accepted {
-        let mut rec = Value::Null;
-        for _ in 0..600 {
-            rec = common::get_json(&format!("{base}/v1/records/{}", id(n))).await;
-            if rec["status"] == "confirmed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(rec["status"], "confirmed", "record {n}: {rec}");
-        assert_eq!(rec["matches_chain"], true, "record {n}: {rec}");
-        assert_eq!(rec["commitments_on_chain"], 1, "record {n}: {rec}");
+        kit::confirmed_once(&base, &id(n), 30).await;
     }
-    let listed = common::list_patient(&base, "MRN-DISKFULL").await;
+    let listed = kit::list_patient(&base, "MRN-DISKFULL").await;
     assert_eq!(listed["count"], accepted.len(), "{listed}");
     eprintln!(
         "refused record {refused} while full; all {} accepted records confirmed once",

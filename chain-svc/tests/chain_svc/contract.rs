@@ -1,7 +1,7 @@
 //! The audit contract on a real anvil: deterministic deployment found again after a restart,
 //! batches of records, duplicate batches and roles, decoded reverts, gas per record.
 
-mod common;
+use medchain_tests::chain as kit;
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
@@ -38,7 +38,7 @@ async fn deploys_once_records_and_survives_a_node_restart() {
     let state = tempfile::tempdir().expect("tempdir");
     let bin = Anvil::binary("");
     let anvil = Anvil::start(&bin, state.path(), 31337).expect("anvil starts");
-    let key = common::funded_key(&anvil.url()).await;
+    let key = kit::funded_key(&anvil.url()).await;
     let url = anvil.url().parse().expect("url");
 
     let chain = AuditChain::connect(url, key.clone(), SALT, None)
@@ -127,7 +127,7 @@ async fn deploys_once_records_and_survives_a_node_restart() {
     }
 
     // Another key may read but not write.
-    let stranger = common::funded_key(&anvil.url()).await;
+    let stranger = kit::funded_key(&anvil.url()).await;
     let theirs = AuditChain::connect(
         anvil.url().parse().expect("url"),
         stranger.clone(),
@@ -172,7 +172,7 @@ async fn deploys_once_records_and_survives_a_node_restart() {
 async fn a_batch_of_a_hundred_costs_under_5000_gas_per_record() {
     let state = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil");
-    let key = common::funded_key(&anvil.url()).await;
+    let key = kit::funded_key(&anvil.url()).await;
     let chain = AuditChain::connect(anvil.url().parse().expect("url"), key, SALT, None)
         .await
         .expect("deploy");
@@ -202,7 +202,7 @@ async fn a_batch_of_a_hundred_costs_under_5000_gas_per_record() {
 async fn foreign_or_missing_code_is_refused() {
     let state = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil");
-    let key = common::funded_key(&anvil.url()).await;
+    let key = kit::funded_key(&anvil.url()).await;
     let nobody = Address::repeat_byte(0x11);
     match AuditChain::connect(
         anvil.url().parse().expect("url"),
@@ -230,7 +230,7 @@ async fn foreign_or_missing_code_is_refused() {
 async fn log_queries_start_at_the_deployment_block() {
     let state = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil starts");
-    let key = common::funded_key(&anvil.url()).await;
+    let key = kit::funded_key(&anvil.url()).await;
     let provider =
         alloy::providers::ProviderBuilder::new().connect_http(anvil.url().parse().expect("url"));
     let _: () = provider

@@ -3,7 +3,7 @@
 //! outage, a resend after a crash, a transaction dropped from the pool, one stuck under a raised
 //! base fee, and transactions from the same key sent by someone else.
 
-mod common;
+use medchain_tests::chain as kit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,7 @@ fn quick() -> Batching {
 async fn rig(batching: Batching) -> Rig {
     let state = tempfile::tempdir().expect("tempdir");
     let anvil = Anvil::start(&Anvil::binary(""), state.path(), 31337).expect("anvil");
-    let key = common::funded_key(&anvil.url()).await;
+    let key = kit::funded_key(&anvil.url()).await;
     let chain = AuditChain::connect(
         anvil.url().parse().expect("url"),
         key.clone(),
@@ -88,6 +88,15 @@ async fn rig(batching: Batching) -> Rig {
 }
 
 impl Rig {
+    /// Records `ns` into the outbox, each accepted at its number (ms).
+    fn enqueue(&self, ns: std::ops::Range<u32>) {
+        for n in ns {
+            self.outbox
+                .enqueue(entry(n, u64::from(n)))
+                .expect("enqueue");
+        }
+    }
+
     async fn call(&self, method: &'static str, params: serde_json::Value) -> serde_json::Value {
         self.rpc
             .raw_request(method.into(), params)
@@ -165,9 +174,7 @@ async fn a_batch_of_records_is_mined_in_one_block() {
     })
     .await;
     r.automine(false).await;
-    for n in 0..300 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(0..300);
     let sent = r.pass().await;
     assert_eq!((sent.sent, sent.in_flight), (1, 1), "{sent:?}");
     assert_eq!(r.pool().await.len(), 1);
@@ -238,16 +245,12 @@ async fn records_streaming_in_under_interval_mining_share_blocks() {
 async fn every_accepted_record_is_confirmed_exactly_once_across_an_outage_and_a_crash() {
     let r = rig(quick()).await;
     let port = r.anvil.port();
-    for n in 0..250 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(0..250);
     r.drain().await;
     r.all_once(0..250).await;
 
     // Node down: records stay pending.
-    for n in 250..255 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(250..255);
     let Rig {
         state,
         anvil,
@@ -278,9 +281,7 @@ async fn every_accepted_record_is_confirmed_exactly_once_across_an_outage_and_a_
 
     // A crash after the batch was formed and sent but before its hash was stored: the resend
     // is refused as a duplicate batch, recognised as ours and confirmed from the event.
-    for n in 255..260 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(255..260);
     let batch = r.outbox.form_batch(100).expect("form").expect("a batch");
     let records: Vec<RecordInput> = batch
         .members
@@ -312,9 +313,7 @@ async fn a_dropped_transaction_is_sent_again() {
     })
     .await;
     r.automine(false).await;
-    for n in 0..10 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(0..10);
     assert_eq!(r.pass().await.sent, 1);
     let pool = r.pool().await;
     assert_eq!(pool.len(), 1);
@@ -345,9 +344,7 @@ async fn a_stuck_transaction_is_replaced_with_raised_fees() {
     })
     .await;
     r.automine(false).await;
-    for n in 0..10 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(0..10);
     assert_eq!(r.pass().await.sent, 1);
     let first = r.outbox.batch(1).expect("batch").expect("present").sends[0].clone();
     // Not mined; still in the pool: left alone until the replacement timeout.
@@ -417,9 +414,7 @@ async fn outside_transactions_from_the_signer_key_are_worked_around() {
         .wallet(EthereumWallet::from(r.key.clone()))
         .connect_http(r.anvil.url().parse().expect("url"));
     let someone = alloy::primitives::Address::repeat_byte(0x77);
-    for n in 0..5 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(0..5);
     r.drain().await;
     // Between two batches.
     outside
@@ -433,18 +428,14 @@ async fn outside_transactions_from_the_signer_key_are_worked_around() {
         .get_receipt()
         .await
         .expect("mined");
-    for n in 5..10 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(5..10);
     r.drain().await;
     r.all_once(0..10).await;
 
     // Taking a waiting batch's nonce: a transfer at the same nonce with higher fees replaces
     // the batch's transaction in the pool and is mined.
     r.automine(false).await;
-    for n in 10..15 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(10..15);
     assert_eq!(r.pass().await.sent, 1);
     let open = r.outbox.open_batches().expect("open");
     let sent = open[0].sends[0].clone();
@@ -484,9 +475,7 @@ async fn final_records_are_compacted_and_still_found() {
         ..quick()
     })
     .await;
-    for n in 0..20 {
-        r.outbox.enqueue(entry(n, u64::from(n))).expect("enqueue");
-    }
+    r.enqueue(0..20);
     r.drain().await;
     assert_eq!(r.sender.compact().await, 0, "not final yet");
     for _ in 0..3 {

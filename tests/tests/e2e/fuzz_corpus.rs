@@ -1,7 +1,7 @@
 //! Replays the committed fuzz corpora (`fuzz/corpus/`) through the fuzz targets' own checks on
 //! every test run, so that whatever the fuzzers once found stays fixed without rebuilding them.
 
-#[path = "../../fuzz/src/checks.rs"]
+#[path = "../../../fuzz/src/checks.rs"]
 #[allow(dead_code)]
 mod checks;
 

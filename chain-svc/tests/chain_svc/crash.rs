@@ -2,7 +2,7 @@
 //! on the same data dir every accepted record is confirmed on chain exactly once, and the
 //! orphaned embedded anvil of the killed process is replaced, not duplicated.
 
-mod common;
+use medchain_tests::chain as kit;
 
 use medchain_core::auth::Peer;
 
@@ -17,7 +17,7 @@ use serde_json::Value;
 const RECORDS: usize = 60;
 
 fn start(data: &Path, port: u16) -> Child {
-    common::start_chain_svc(data, port)
+    kit::start_chain_svc(super::chain_svc_bin(), data, port)
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
@@ -40,7 +40,7 @@ fn id(n: usize) -> String {
 }
 
 fn record(n: usize) -> Value {
-    common::record(&id(n), "MRN-CRASH", n)
+    kit::record(&id(n), "MRN-CRASH", n)
 }
 
 /// anvil processes whose command line names this test's data dir.
@@ -71,11 +71,7 @@ async fn kill_9_of_chain_svc_and_anvil_together_loses_nothing() {
 async fn kill_9_under_writes(with_anvil: bool) {
     medchain_core::http::init_tls();
     let data = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = medchain_tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -101,7 +97,7 @@ async fn kill_9_under_writes(with_anvil: bool) {
                 loop {
                     let res = client
                         .post(format!("{base}/v1/records"))
-                        .header("x-internal-token", common::credential(Peer::Heart))
+                        .header("x-internal-token", kit::credential(Peer::Heart))
                         .json(&record(n))
                         .send()
                         .await;
@@ -144,20 +140,10 @@ async fn kill_9_under_writes(with_anvil: bool) {
 
     // Every record confirmed, on chain, as sent.
     for n in 0..RECORDS {
-        let mut rec = Value::Null;
-        for _ in 0..400 {
-            rec = common::get_json(&format!("{base}/v1/records/{}", id(n))).await;
-            if rec["status"] == "confirmed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(rec["status"], "confirmed", "record {n}: {rec}");
-        assert_eq!(rec["matches_chain"], true, "record {n}: {rec}");
-        assert_eq!(rec["commitments_on_chain"], 1, "record {n}: {rec}");
+        kit::confirmed_once(&base, &id(n), 20).await;
     }
     // Exactly once: the chain's events for the patient are the 60 records, no more.
-    let listed = common::list_patient(&base, "MRN-CRASH").await;
+    let listed = kit::list_patient(&base, "MRN-CRASH").await;
     let ids: std::collections::BTreeSet<String> = listed["records"]
         .as_array()
         .expect("records")
@@ -166,7 +152,7 @@ async fn kill_9_under_writes(with_anvil: bool) {
         .collect();
     assert_eq!(listed["count"], RECORDS, "{listed}");
     assert_eq!(ids, (0..RECORDS).map(id).collect());
-    let metrics = common::get_as_auditor(&format!("{base}/metrics"))
+    let metrics = kit::get_as_auditor(&format!("{base}/metrics"))
         .await
         .text()
         .await

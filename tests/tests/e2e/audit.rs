@@ -3,26 +3,14 @@
 
 use std::time::Duration;
 
-use medchain_chain_svc::{Running, Settings as ChainSettings};
+use medchain_chain_svc::Settings as ChainSettings;
 use medchain_core::auth::{CALLER_HEADER, CALLER_ROLE_HEADER};
 use medchain_diabetes_svc::SPEC;
 use medchain_tests::{Peer, TestApp, credential, models_dir, secure, spawn_disease};
 use serde_json::{Value, json};
 
 async fn chain_svc(data: &std::path::Path, tweak: impl FnOnce(&mut ChainSettings)) -> String {
-    let mut s = ChainSettings::load().expect("defaults");
-    s.server.port = 0;
-    s.server.workers = 1;
-    s.storage.data_dir = data.to_str().expect("utf-8").into();
-    s.chain.poll_interval_ms = 100;
-    secure(&mut s.auth, Peer::Chain);
-    tweak(&mut s);
-    let running: Running = medchain_chain_svc::build(s)
-        .await
-        .expect("chain-svc starts");
-    let base = format!("http://127.0.0.1:{}", running.port());
-    tokio::spawn(running.run_until_stopped());
-    base
+    medchain_tests::spawn_chain(data, tweak).await.0
 }
 
 fn features() -> Value {
@@ -200,60 +188,54 @@ fn to_hex(b: &[u8]) -> String {
 /// `delay` (a slow disk, a busy instance), and answers a repeat of a record it holds after
 /// `repeat_delay` with the stored receipt, as chain-svc does (a receipt of the shared type).
 async fn slow_recorder(delay: Duration, repeat_delay: Duration) -> String {
-    use actix_web::{App, HttpResponse, HttpServer, web};
+    use actix_web::{HttpResponse, web};
     use medchain_core::contract::{Digest, Receipt, RecordStatus};
     use medchain_core::domain::{Disease, Modality};
     use std::sync::{Arc, Mutex};
     let held: Arc<Mutex<Vec<String>>> = Arc::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = HttpServer::new(move || {
-        let held = held.clone();
-        App::new().route(
-            "/v1/records",
-            web::post().to(move |body: web::Json<Value>| {
-                let held = held.clone();
-                async move {
-                    let id = body["prediction_id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    // Taken at once (committed), answered late.
-                    let seen = {
-                        let mut h = held.lock().expect("lock");
-                        let seen = h.contains(&id);
-                        h.push(id.clone());
-                        seen
-                    };
-                    tokio::time::sleep(if seen { repeat_delay } else { delay }).await;
-                    // chain-svc's receipt, as the contract type has it (the disease service
-                    // reads nothing else).
-                    let d = |b: u8| Digest([b; 32]);
-                    HttpResponse::Accepted().json(Receipt {
-                        prediction_id: id,
-                        status: RecordStatus::Pending,
-                        patient_ref: d(1),
-                        model_id_hash: d(2),
-                        input_commitment: d(3),
-                        disease: Disease::Diabetes,
-                        modality: Modality::Tabular,
-                        label: 0,
-                        probability_bps: 7038,
-                        record_hash: d(4),
-                        salt: d(0x5a),
-                        contract: format!("0x{}", "00".repeat(20)),
-                        chain_id: 31337,
-                    })
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .listen(listener)
-    .expect("listen")
-    .run();
-    tokio::spawn(server);
-    format!("http://127.0.0.1:{port}")
+    medchain_tests::stub::StubServer::new()
+        .serve(move |cfg| {
+            let held = held.clone();
+            cfg.route(
+                "/v1/records",
+                web::post().to(move |body: web::Json<Value>| {
+                    let held = held.clone();
+                    async move {
+                        let id = body["prediction_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                        // Taken at once (committed), answered late.
+                        let seen = {
+                            let mut h = held.lock().expect("lock");
+                            let seen = h.contains(&id);
+                            h.push(id.clone());
+                            seen
+                        };
+                        tokio::time::sleep(if seen { repeat_delay } else { delay }).await;
+                        // chain-svc's receipt, as the contract type has it (the disease service
+                        // reads nothing else).
+                        let d = |b: u8| Digest([b; 32]);
+                        HttpResponse::Accepted().json(Receipt {
+                            prediction_id: id,
+                            status: RecordStatus::Pending,
+                            patient_ref: d(1),
+                            model_id_hash: d(2),
+                            input_commitment: d(3),
+                            disease: Disease::Diabetes,
+                            modality: Modality::Tabular,
+                            label: 0,
+                            probability_bps: 7038,
+                            record_hash: d(4),
+                            salt: d(0x5a),
+                            contract: format!("0x{}", "00".repeat(20)),
+                            chain_id: 31337,
+                        })
+                    }
+                }),
+            );
+        })
+        .expect("chain-svc stand-in")
 }
 
 /// The review: a prediction said `unrecorded` when chain-svc had accepted the record after the
@@ -299,7 +281,7 @@ async fn a_record_taken_after_the_timeout_is_not_reported_unrecorded() {
 /// someone else.
 #[tokio::test]
 async fn each_caller_reads_what_concerns_them_through_the_gateway() {
-    use medchain_tests::{closed_port, key_entry, signed_in_client};
+    use medchain_tests::{key_entry, signed_in_client};
     let data = tempfile::tempdir().expect("tempdir");
     let base = chain_svc(data.path(), |_| {}).await;
     let chain_url = base.clone();
@@ -309,21 +291,13 @@ async fn each_caller_reads_what_concerns_them_through_the_gateway() {
         s.chain.timeout_ms = 5000;
     })
     .await;
-    let mut g = medchain_gateway::Settings::load().expect("gateway defaults");
-    g.server.port = 0;
-    g.server.workers = 2;
-    secure(&mut g.auth, Peer::Gateway);
-    g.upstreams.diabetes = vec![svc.address.clone()];
-    g.upstreams.heart = vec![format!("http://127.0.0.1:{}", closed_port())];
-    g.upstreams.chain = vec![base.clone()];
+    let mut g = medchain_tests::gateway_settings(&svc.address, &base);
     g.clients.keys = vec![
         key_entry("dr-a", "clinician", "mk_dr_a_key_0123456789abcdef"),
         key_entry("dr-b", "clinician", "mk_dr_b_key_0123456789abcdef"),
         key_entry("audit-1", "auditor", "mk_audit_key_0123456789abcdef"),
     ];
-    let gw = medchain_gateway::build(g).expect("gateway");
-    let api = format!("http://127.0.0.1:{}/api/v1", gw.port());
-    tokio::spawn(gw.run_until_stopped());
+    let api = format!("{}/api/v1", medchain_tests::spawn_gateway(g));
     let (a, b, auditor) = (
         signed_in_client("mk_dr_a_key_0123456789abcdef"),
         signed_in_client("mk_dr_b_key_0123456789abcdef"),

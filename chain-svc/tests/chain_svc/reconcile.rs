@@ -4,15 +4,13 @@
 //! end on chain exactly once. (Before: they stayed `confirmed` with `matches_chain: null`, never
 //! sent again.)
 
-mod common;
+use medchain_tests::chain as kit;
 
 use medchain_core::auth::Peer;
 
-use std::time::Duration;
-
 use alloy::primitives::U256;
 use alloy::providers::{Provider, ProviderBuilder};
-use medchain_chain_svc::{Settings, build};
+use medchain_tests::spawn_chain;
 use serde_json::Value;
 
 fn id(n: usize) -> String {
@@ -20,7 +18,7 @@ fn id(n: usize) -> String {
 }
 
 fn record(n: usize) -> Value {
-    common::record(&id(n), "MRN-RESET", n)
+    kit::record(&id(n), "MRN-RESET", n)
 }
 
 /// chain-svc in this process with its embedded anvil, reconciling every 200 ms: (its URL, the
@@ -30,38 +28,16 @@ async fn start(data: &std::path::Path) -> (String, String) {
 }
 
 async fn start_reconciling_every(data: &std::path::Path, ms: u64) -> (String, String) {
-    medchain_core::telemetry::init_for_tests();
-    let mut s = Settings::load().expect("defaults");
-    s.server.port = 0;
-    s.server.workers = 1;
-    s.storage.data_dir = data.to_str().expect("utf-8").into();
-    s.chain.poll_interval_ms = 100;
-    s.chain.reconcile_interval_ms = ms;
-    common::secure(&mut s.auth);
-    let running = build(s).await.expect("chain-svc starts");
-    let base = format!("http://127.0.0.1:{}", running.port());
-    let rpc = running.rpc_url.clone();
-    tokio::spawn(running.run_until_stopped());
-    (base, rpc)
+    spawn_chain(data, |s| s.chain.reconcile_interval_ms = ms).await
 }
 
 async fn status_of(base: &str, n: usize) -> Value {
-    common::get_json(&format!("{base}/v1/records/{}", id(n))).await
+    kit::get_json(&format!("{base}/v1/records/{}", id(n))).await
 }
 
 async fn all_confirmed(base: &str, n: usize) {
     for i in 0..n {
-        let mut rec = Value::Null;
-        for _ in 0..400 {
-            rec = status_of(base, i).await;
-            if rec["status"] == "confirmed" && rec["matches_chain"] == true {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(rec["status"], "confirmed", "record {i}: {rec}");
-        assert_eq!(rec["matches_chain"], true, "record {i}: {rec}");
-        assert_eq!(rec["commitments_on_chain"], 1, "record {i}: {rec}");
+        kit::confirmed_once(base, &id(i), 20).await;
     }
 }
 
@@ -81,7 +57,7 @@ async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
     for n in 0..N {
         let res = client
             .post(format!("{base}/v1/records"))
-            .header("x-internal-token", common::credential(Peer::Heart))
+            .header("x-internal-token", kit::credential(Peer::Heart))
             .json(&record(n))
             .send()
             .await
@@ -101,7 +77,7 @@ async fn records_the_chain_lost_are_sent_again_and_recorded_once() {
 
     // Found, sent again, confirmed — and on chain once each.
     all_confirmed(&base, N).await;
-    let listed = common::list_patient(&base, "MRN-RESET").await;
+    let listed = kit::list_patient(&base, "MRN-RESET").await;
     assert_eq!(listed["count"], N, "{listed}");
     let rec = status_of(&base, 0).await;
     assert!(rec["attempts"].as_u64().is_some(), "{rec}");
@@ -118,7 +94,7 @@ async fn a_dead_embedded_anvil_is_started_again() {
     let post = |n: usize| {
         client
             .post(format!("{base}/v1/records"))
-            .header("x-internal-token", common::credential(Peer::Heart))
+            .header("x-internal-token", kit::credential(Peer::Heart))
             .json(&record(n))
             .send()
     };
@@ -148,7 +124,7 @@ async fn a_dead_embedded_anvil_is_started_again() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
-    let listed = common::list_patient(&base, "MRN-RESET").await;
+    let listed = kit::list_patient(&base, "MRN-RESET").await;
     assert_eq!(listed["count"], 8, "{listed}");
 }
 
@@ -169,7 +145,7 @@ async fn records_confirmed_after_a_reset_do_not_hide_the_lost_ones() {
     let post = |n: usize| {
         client
             .post(format!("{base}/v1/records"))
-            .header("x-internal-token", common::credential(Peer::Heart))
+            .header("x-internal-token", kit::credential(Peer::Heart))
             .json(&record(n))
             .send()
     };
@@ -188,6 +164,6 @@ async fn records_confirmed_after_a_reset_do_not_hide_the_lost_ones() {
         assert_eq!(post(n).await.expect("post").status(), 202);
     }
     all_confirmed(&base, 3 * N).await;
-    let listed = common::list_patient(&base, "MRN-RESET").await;
+    let listed = kit::list_patient(&base, "MRN-RESET").await;
     assert_eq!(listed["count"], 3 * N, "{listed}");
 }

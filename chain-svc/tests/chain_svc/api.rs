@@ -1,7 +1,7 @@
 //! chain-svc over HTTP with its embedded anvil: accept → pending → confirmed, idempotent
 //! accept, conflicts, validation, the internal token, and nothing identifying in the calldata.
 
-mod common;
+use medchain_tests::chain as kit;
 
 use medchain_core::auth::Peer;
 
@@ -9,27 +9,12 @@ use std::time::Duration;
 
 use alloy::primitives::TxHash;
 use alloy::providers::{Provider, ProviderBuilder};
-use medchain_chain_svc::{Running, Settings, build};
+use medchain_chain_svc::{Settings, build};
+use medchain_tests::spawn_chain;
 use serde_json::{Value, json};
 
 async fn spawn(data: &std::path::Path) -> (String, String) {
-    spawn_with(data, |_| {}).await
-}
-
-async fn spawn_with(data: &std::path::Path, tweak: impl FnOnce(&mut Settings)) -> (String, String) {
-    medchain_core::telemetry::init_for_tests();
-    let mut s = Settings::load().expect("defaults");
-    tweak(&mut s);
-    s.server.port = 0;
-    s.server.workers = 1;
-    s.storage.data_dir = data.to_str().expect("utf-8").into();
-    s.chain.poll_interval_ms = 100;
-    common::secure(&mut s.auth);
-    let running: Running = build(s).await.expect("chain-svc starts");
-    let base = format!("http://127.0.0.1:{}", running.port());
-    let rpc = running.rpc_url.clone();
-    tokio::spawn(running.run_until_stopped());
-    (base, rpc)
+    spawn_chain(data, |_| {}).await
 }
 
 fn body(id: &str) -> Value {
@@ -51,13 +36,13 @@ async fn post(base: &str, v: &Value, signed: bool) -> reqwest::Response {
         .post(format!("{base}/v1/records"))
         .json(v);
     if signed {
-        rb = common::as_writer(rb, v["disease"].as_str().unwrap_or_default());
+        rb = kit::as_writer(rb, v["disease"].as_str().unwrap_or_default());
     }
     rb.send().await.expect("post")
 }
 
 async fn get(base: &str, id: &str) -> Value {
-    common::get_json(&format!("{base}/v1/records/{id}")).await
+    kit::get_json(&format!("{base}/v1/records/{id}")).await
 }
 
 #[tokio::test]
@@ -158,7 +143,7 @@ async fn bad_requests_are_refused() {
         let p: Value = res.json().await.expect("problem");
         assert_eq!(p["field"], field, "{p}");
     }
-    let missing = common::get_as_auditor(&format!("{base}/v1/records/{id}")).await;
+    let missing = kit::get_as_auditor(&format!("{base}/v1/records/{id}")).await;
     assert_eq!(missing.status(), 404);
 }
 
@@ -183,28 +168,27 @@ async fn records_are_written_by_their_own_service_and_read_by_whom_they_concern(
     for from in [Peer::Heart, Peer::Gateway, Peer::Monitor] {
         let rb = client
             .post(&records)
-            .header("x-internal-token", common::credential(from))
+            .header("x-internal-token", kit::credential(from))
             .json(&rec);
         let (status, p) = send(rb).await;
         assert_eq!(status, 403, "{from}: {p}");
     }
     rec["created_by"] = json!("dr a");
-    let (status, p) = send(common::as_writer(client.post(&records), "diabetes").json(&rec)).await;
+    let (status, p) = send(kit::as_writer(client.post(&records), "diabetes").json(&rec)).await;
     assert_eq!((status, &p["field"]), (422, &json!("created_by")), "{p}");
     rec["created_by"] = json!("dr-a");
-    let (status, _) = send(common::as_writer(client.post(&records), "diabetes").json(&rec)).await;
+    let (status, _) = send(kit::as_writer(client.post(&records), "diabetes").json(&rec)).await;
     assert_eq!(status, 202);
 
     // Reading: not with a disease service's credential, not without a named caller.
     let get = |id: &str| client.get(format!("{base}/v1/records/{id}"));
-    let (status, _) = send(common::as_writer(get(x), "diabetes")).await;
+    let (status, _) = send(kit::as_writer(get(x), "diabetes")).await;
     assert_eq!(status, 403);
-    let (status, p) =
-        send(get(x).header("x-internal-token", common::credential(Peer::Gateway))).await;
+    let (status, p) = send(get(x).header("x-internal-token", kit::credential(Peer::Gateway))).await;
     assert_eq!(status, 403, "{p}");
     let (status, p) = send(
         get(x)
-            .header("x-internal-token", common::credential(Peer::Gateway))
+            .header("x-internal-token", kit::credential(Peer::Gateway))
             .header(medchain_core::auth::CALLER_HEADER, "ops")
             .header(medchain_core::auth::CALLER_ROLE_HEADER, "admin"),
     )
@@ -212,11 +196,11 @@ async fn records_are_written_by_their_own_service_and_read_by_whom_they_concern(
     assert_eq!(status, 403, "admins read no records: {p}");
 
     // dr-a made it; dr-b did not and has never seen the patient: to dr-b it does not exist.
-    let (status, mine) = send(common::as_clinician(get(x), "dr-a")).await;
+    let (status, mine) = send(kit::as_clinician(get(x), "dr-a")).await;
     assert_eq!((status, &mine["prediction_id"]), (200, &json!(x)), "{mine}");
-    let (status, hidden) = send(common::as_clinician(get(x), "dr-b")).await;
+    let (status, hidden) = send(kit::as_clinician(get(x), "dr-b")).await;
     let unknown = "b1111111-2222-4333-8444-555555555555";
-    let (status_unknown, absent) = send(common::as_clinician(get(unknown), "dr-b")).await;
+    let (status_unknown, absent) = send(kit::as_clinician(get(unknown), "dr-b")).await;
     assert_eq!((status, status_unknown), (404, 404));
     assert_eq!(
         hidden["detail"].as_str().map(|d| d.replace(x, "ID")),
@@ -227,7 +211,7 @@ async fn records_are_written_by_their_own_service_and_read_by_whom_they_concern(
         let rb = client
             .post(format!("{base}/v1/patients/records"))
             .json(&json!({"patient_id": patient}));
-        send(common::as_clinician(rb, who))
+        send(kit::as_clinician(rb, who))
     };
     let (_, a) = list("dr-a", "MRN-P1").await;
     assert_eq!(a["count"], 1, "{a}");
@@ -240,7 +224,7 @@ async fn records_are_written_by_their_own_service_and_read_by_whom_they_concern(
     );
     assert!(b["patient_ref"].is_null(), "not even the reference: {b}");
     assert!(a["patient_ref"].is_string(), "{a}");
-    let audit = common::list_patient(&base, "MRN-P1").await;
+    let audit = kit::list_patient(&base, "MRN-P1").await;
     assert_eq!(audit["count"], 1, "an auditor sees every record");
 
     // dr-b records a prediction for the patient: now the patient is theirs too, and so is
@@ -248,15 +232,14 @@ async fn records_are_written_by_their_own_service_and_read_by_whom_they_concern(
     let y = "c1111111-2222-4333-8444-555555555555";
     let mut second = record_for(y, "MRN-P1", &digest_of(b"y"), "tabular");
     second["created_by"] = json!("dr-b");
-    let (status, _) =
-        send(common::as_writer(client.post(&records), "diabetes").json(&second)).await;
+    let (status, _) = send(kit::as_writer(client.post(&records), "diabetes").json(&second)).await;
     assert_eq!(status, 202);
     let (_, b) = list("dr-b", "MRN-P1").await;
     assert_eq!(b["count"], 2, "{b}");
-    let (status, _) = send(common::as_clinician(get(x), "dr-b")).await;
+    let (status, _) = send(kit::as_clinician(get(x), "dr-b")).await;
     assert_eq!(status, 200);
     // ... and dr-a sees dr-b's record of their patient.
-    let (status, _) = send(common::as_clinician(get(y), "dr-a")).await;
+    let (status, _) = send(kit::as_clinician(get(y), "dr-a")).await;
     assert_eq!(status, 200);
 }
 
@@ -270,7 +253,7 @@ async fn an_admin_grants_and_revokes_recorders() {
     let account = "0x00000000000000000000000000000000000000a1";
     let url = format!("{base}/v1/recorders/{account}");
     let as_admin = |rb: reqwest::RequestBuilder| {
-        rb.header("x-internal-token", common::credential(Peer::Gateway))
+        rb.header("x-internal-token", kit::credential(Peer::Gateway))
             .header(medchain_core::auth::CALLER_HEADER, "ops")
             .header(medchain_core::auth::CALLER_ROLE_HEADER, "admin")
     };
@@ -302,13 +285,13 @@ async fn an_admin_grants_and_revokes_recorders() {
         assert_eq!(now["recorder"], want, "{now}");
     }
     // Not for other roles, not with a disease service's credential; a bad address is named.
-    let res = common::as_auditor(client.post(&url))
+    let res = kit::as_auditor(client.post(&url))
         .json(&json!({"recorder": true}))
         .send()
         .await
         .expect("post");
     assert_eq!(res.status(), 403);
-    let res = common::as_writer(client.get(&url), "heart")
+    let res = kit::as_writer(client.get(&url), "heart")
         .send()
         .await
         .expect("get");
@@ -351,7 +334,7 @@ async fn wait_confirmed(base: &str, id: &str) -> Value {
 }
 
 async fn verify(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = common::as_auditor(request).send().await.expect("verify");
+    let res = kit::as_auditor(request).send().await.expect("verify");
     let status = res.status().as_u16();
     (status, res.json().await.expect("json"))
 }
@@ -359,7 +342,7 @@ async fn verify(request: reqwest::RequestBuilder) -> (u16, Value) {
 #[tokio::test]
 async fn records_verify_against_the_chain_and_list_by_patient() {
     let data = tempfile::tempdir().expect("tempdir");
-    let (base, rpc) = spawn_with(data.path(), |s| s.limits.stored_salt_per_minute = 2).await;
+    let (base, rpc) = spawn_chain(data.path(), |s| s.limits.stored_salt_per_minute = 2).await;
     let client = reqwest::Client::new();
     let features = json!({"pregnancies": 6, "glucose": 148, "bmi": 33.6, "insulin": null});
     let canonical = medchain_core::audit::canonical_features(features.as_object().expect("object"))
@@ -394,7 +377,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     // for the clinician who made the record; another clinician hears there is no record.
     for glucose in [140, 148, 150] {
         let guess = json!({"features": {"bmi": 33.6, "glucose": glucose, "pregnancies": 6}});
-        let res = common::as_clinician(client.post(url(tab)), "dr-a")
+        let res = kit::as_clinician(client.post(url(tab)), "dr-a")
             .json(&guess)
             .send()
             .await
@@ -403,7 +386,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         let v: Value = res.json().await.expect("json");
         assert_eq!(v["field"], "salt", "{v}");
         assert!(v.get("verified").is_none(), "{v}");
-        let res = common::as_clinician(client.post(url(tab)), "dr-b")
+        let res = kit::as_clinician(client.post(url(tab)), "dr-b")
             .json(&guess)
             .send()
             .await
@@ -496,7 +479,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         "{v}"
     );
     // And the listing takes the patient id in its body only.
-    let old = common::as_auditor(client.get(format!("{base}/v1/patients/MRN-7/records")))
+    let old = kit::as_auditor(client.get(format!("{base}/v1/patients/MRN-7/records")))
         .send()
         .await
         .expect("get");
@@ -528,7 +511,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(s, 404, "{v}");
 
     // Per patient: the keyed reference finds exactly that patient's records.
-    let mine: Value = common::list_patient(&base, "MRN-7").await;
+    let mine: Value = kit::list_patient(&base, "MRN-7").await;
     let ids: Vec<&str> = mine["records"]
         .as_array()
         .expect("records")
@@ -543,9 +526,9 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
         receipts[1]["record_hash"]
     );
     assert_eq!(mine["patient_ref"], receipts[0]["patient_ref"]);
-    let theirs: Value = common::list_patient(&base, "MRN-8").await;
+    let theirs: Value = kit::list_patient(&base, "MRN-8").await;
     assert_eq!(theirs["count"], 1);
-    let nobody: Value = common::list_patient(&base, "MRN-9").await;
+    let nobody: Value = kit::list_patient(&base, "MRN-9").await;
     assert_eq!(nobody["count"], 0);
     // A patient id typed decomposed (NFD) is the same patient as composed (NFC).
     let nfd = "41111111-2222-4333-8444-555555555555";
@@ -557,7 +540,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     .await;
     assert_eq!(res.status(), 202);
     wait_confirmed(&base, nfd).await;
-    let nfc: Value = common::list_patient(&base, "Jos\u{e9}").await;
+    let nfc: Value = kit::list_patient(&base, "Jos\u{e9}").await;
     assert_eq!(nfc["count"], 1, "{nfc}");
     assert_eq!(nfc["records"][0]["prediction_id"], nfd);
 
@@ -595,7 +578,7 @@ async fn records_verify_against_the_chain_and_list_by_patient() {
     assert_eq!(funds["ok"], false, "{body}");
 
     // Metrics: the outbox gauges and counters are exported.
-    let metrics = common::get_metrics(&base).await;
+    let metrics = kit::get_metrics(&base).await;
     for name in [
         "chain_outbox_pending 0",
         "chain_outbox_oldest_pending_age_seconds",
@@ -646,7 +629,7 @@ async fn new_records_are_capped_per_source_and_in_all() {
     let data = tempfile::tempdir().expect("tempdir");
     // 3 at once per source, 4 in all, then one every 20 s / 15 s: far more than this test
     // takes even on a loaded machine, so no allowance comes back meanwhile.
-    let (base, _) = spawn_with(data.path(), |s| {
+    let (base, _) = spawn_chain(data.path(), |s| {
         s.limits.records_per_minute_per_source = 3;
         s.limits.records_per_minute = 4;
     })
@@ -688,7 +671,7 @@ async fn new_records_are_capped_per_source_and_in_all() {
     );
 
     let data = tempfile::tempdir().expect("tempdir");
-    let (base, _) = spawn_with(data.path(), |s| s.limits.max_pending = 0).await;
+    let (base, _) = spawn_chain(data.path(), |s| s.limits.max_pending = 0).await;
     let res = post(&base, &numbered(10, "heart"), true).await;
     assert_eq!(res.status(), 503);
     let problem: Value = res.json().await.expect("problem");
