@@ -19,11 +19,25 @@ if ! "$bin/medchain-bench" chain --quick --bin-dir "$bin" --out "$out" >"$out/ch
   echo "bench: 0 passed, 1 failed"
   exit 1
 fi
+if ! "$bin/medchain-bench" decode --quick --bin-dir "$bin" --out "$out" >"$out/decode.log" 2>&1; then
+  cat "$out/decode.log" >&2
+  echo "bench: 0 passed, 1 failed"
+  exit 1
+fi
 python3 - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 r = json.loads((out / "results/system-quick.json").read_text())
 problems = []
+d = json.loads((out / "results/decode-quick.json").read_text())
+# The budget holds: a 16-bit 40-MP PNG (320 MB decoded) is refused with the shipped budget and
+# served with the budget out of the way, at a higher peak.
+held = {(c["image"], c["budget_mb"] is not None): c for c in d["cases"]}
+shipped, unbounded = held[("40-MP 16-bit RGBA PNG", True)], held[("40-MP 16-bit RGBA PNG", False)]
+if set(shipped["statuses"]) != {"413"}:
+    problems.append(f"decode budget did not refuse: {shipped}")
+if set(unbounded["statuses"]) != {"200"} or unbounded["peak_mb"] <= shipped["peak_mb"] + 300:
+    problems.append(f"decode without the budget: {unbounded} (shipped: {shipped})")
 c = json.loads((out / "results/chain-quick.json").read_text())
 for s in c["streams"]:
     if not s["all_confirmed_once"] or s["blocks_with_records"] < 1:
@@ -57,7 +71,7 @@ if q.get("ran"):
     if not all(f["p50_ms"] for f in q["floor"]):
         problems.append(f"int8 floor: {q['floor']}")
 md = (out / "BENCHMARKS.md").read_text()
-for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor", "## The audit trail on chain"):
+for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor", "## The image decode budget", "## The audit trail on chain"):
     if section not in md:
         problems.append(f"BENCHMARKS.md lacks {section}")
 for p in problems:

@@ -11,10 +11,80 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use medchain_core::auth::Peer;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Args;
 use crate::load::percentile;
+use crate::report::{self, Header};
+
+/// What `medchain-bench chain` writes to `results/chain.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChainRun {
+    #[serde(flatten)]
+    pub header: Header,
+    pub streams: Vec<Stream>,
+    pub backlog: Backlog,
+}
+
+/// One mining mode's stream of records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stream {
+    /// `automine`, `2-second blocks`, `12-second blocks`.
+    pub mode: String,
+    pub block_time_s: Option<u64>,
+    pub records: usize,
+    pub all_confirmed_once: bool,
+    pub accepted_in_s: f64,
+    pub drained_in_s: f64,
+    pub blocks_with_records: usize,
+    pub blocks_mined: u64,
+    pub records_per_block_mean: f64,
+    pub records_per_block_max: Option<usize>,
+    pub transactions: usize,
+    pub records_per_second: f64,
+    pub first_accept_to_last_confirm_s: f64,
+    pub gas_per_record: f64,
+    pub largest_batch: Option<Batch>,
+    pub latency_s: Latency,
+}
+
+/// One transaction's batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch {
+    pub records: usize,
+    pub gas_used: u64,
+    pub gas_per_record: f64,
+}
+
+/// From acceptance (the `202`) to confirmation, seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// Records arriving at a steady rate, the outbox backlog sampled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backlog {
+    pub block_time_s: u64,
+    pub rate_per_s: u64,
+    pub seconds: u64,
+    pub records: usize,
+    pub pending_max: u64,
+    pub pending_max_first_half: u64,
+    pub pending_max_second_half: u64,
+    pub pending_when_sending_stopped: u64,
+    pub drained_after_s: f64,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub pending: u64,
+}
 
 /// The credential of each caller of chain-svc in the bench (as `credential(from)`).
 fn credential(from: Peer) -> String {
@@ -222,7 +292,7 @@ async fn stream(
     mode: &str,
     block_time: Option<u64>,
     n: usize,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Stream> {
     say(&format!("{mode}: {n} records"));
     let rig = start(args, block_time).await?;
     let tag = 0x1000_0000 + block_time.unwrap_or(0) as u32;
@@ -274,39 +344,43 @@ async fn stream(
         let receipt = rig.rpc("eth_getTransactionReceipt", json!([hash])).await?;
         let gas = hex_u64(&receipt["gasUsed"]);
         gas_total += gas;
-        per_tx.push(json!({"records": count, "gas_used": gas, "gas_per_record": gas as f64 / *count as f64}));
+        per_tx.push(Batch {
+            records: *count,
+            gas_used: gas,
+            gas_per_record: gas as f64 / *count as f64,
+        });
     }
     latencies.sort_by(f64::total_cmp);
     let span_s = last_confirm.saturating_sub(first_accept) as f64 / 1000.0;
-    let largest = per_tx
-        .iter()
-        .max_by_key(|t| t["records"].as_u64().unwrap_or(0))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let largest = per_tx.iter().max_by_key(|t| t.records).cloned();
     let last_block = hex_u64(&rig.rpc("eth_blockNumber", json!([])).await?);
-    Ok(json!({
-        "mode": mode,
-        "block_time_s": block_time,
-        "records": n,
-        "all_confirmed_once": true,
-        "accepted_in_s": accepted_s,
-        "drained_in_s": drained_s,
-        "blocks_with_records": blocks.len(),
-        "blocks_mined": last_block.saturating_sub(first_block),
-        "records_per_block_mean": n as f64 / blocks.len().max(1) as f64,
-        "records_per_block_max": blocks.values().max(),
-        "transactions": txs.len(),
-        "records_per_second": n as f64 / span_s.max(1e-3),
-        "first_accept_to_last_confirm_s": span_s,
-        "gas_per_record": gas_total as f64 / n as f64,
-        "largest_batch": largest,
-        "latency_s": {"p50": percentile(&latencies, 50.0), "p99": percentile(&latencies, 99.0), "max": latencies.last()},
-    }))
+    Ok(Stream {
+        mode: mode.into(),
+        block_time_s: block_time,
+        records: n,
+        all_confirmed_once: true,
+        accepted_in_s: accepted_s,
+        drained_in_s: drained_s,
+        blocks_with_records: blocks.len(),
+        blocks_mined: last_block.saturating_sub(first_block),
+        records_per_block_mean: n as f64 / blocks.len().max(1) as f64,
+        records_per_block_max: blocks.values().max().copied(),
+        transactions: txs.len(),
+        records_per_second: n as f64 / span_s.max(1e-3),
+        first_accept_to_last_confirm_s: span_s,
+        gas_per_record: gas_total as f64 / n as f64,
+        largest_batch: largest,
+        latency_s: Latency {
+            p50: percentile(&latencies, 50.0),
+            p99: percentile(&latencies, 99.0),
+            max: latencies.last().copied(),
+        },
+    })
 }
 
 /// Records arriving at `rate` a second for `secs` on `block_time`-second blocks; the outbox
 /// backlog sampled every 500 ms.
-async fn backlog(args: &Args, block_time: u64, rate: u64, secs: u64) -> anyhow::Result<Value> {
+async fn backlog(args: &Args, block_time: u64, rate: u64, secs: u64) -> anyhow::Result<Backlog> {
     say(&format!(
         "backlog: {rate} records/s for {secs} s on {block_time}-second blocks"
     ));
@@ -321,7 +395,10 @@ async fn backlog(args: &Args, block_time: u64, rate: u64, secs: u64) -> anyhow::
         let due = Duration::from_secs_f64(sent as f64 / rate as f64);
         let now = started.elapsed();
         if now >= next_sample {
-            samples.push(json!({"t_s": now.as_secs_f64(), "pending": rig.pending().await?}));
+            samples.push(Sample {
+                t_s: now.as_secs_f64(),
+                pending: rig.pending().await?,
+            });
             next_sample += Duration::from_millis(500);
         }
         if now < due {
@@ -335,36 +412,26 @@ async fn backlog(args: &Args, block_time: u64, rate: u64, secs: u64) -> anyhow::
     let sending_s = started.elapsed().as_secs_f64();
     rig.drained(Duration::from_secs(300)).await?;
     let drained_after_s = started.elapsed().as_secs_f64() - sending_s;
-    let max = samples
-        .iter()
-        .filter_map(|s| s["pending"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let max_of = |s: &[Sample]| s.iter().map(|x| x.pending).max().unwrap_or(0);
     // Bounded: the second half never holds more than the first did plus one block's worth.
     let half = samples.len() / 2;
-    let max_of = |s: &[Value]| {
-        s.iter()
-            .filter_map(|x| x["pending"].as_u64())
-            .max()
-            .unwrap_or(0)
-    };
-    Ok(json!({
-        "block_time_s": block_time,
-        "rate_per_s": rate,
-        "seconds": secs,
-        "records": total,
-        "pending_max": max,
-        "pending_max_first_half": max_of(&samples[..half]),
-        "pending_max_second_half": max_of(&samples[half..]),
-        "pending_when_sending_stopped": at_end,
-        "drained_after_s": drained_after_s,
-        "samples": samples,
-    }))
+    Ok(Backlog {
+        block_time_s: block_time,
+        rate_per_s: rate,
+        seconds: secs,
+        records: total,
+        pending_max: max_of(&samples),
+        pending_max_first_half: max_of(&samples[..half]),
+        pending_max_second_half: max_of(&samples[half..]),
+        pending_when_sending_stopped: at_end,
+        drained_after_s,
+        samples,
+    })
 }
 
-pub async fn run(args: &Args) -> anyhow::Result<Value> {
+pub async fn run(args: &Args) -> anyhow::Result<ChainRun> {
     medchain_core::http::init_tls();
-    let mut v = crate::report::header(args, "chain")?;
+    let header = report::run_header(args, "chain");
     let n = if args.quick { 200 } else { 2000 };
     let modes: &[(&str, Option<u64>)] = if args.quick {
         &[("automine", None), ("2-second blocks", Some(2))]
@@ -379,11 +446,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     for (mode, bt) in modes {
         streams.push(stream(args, mode, *bt, n).await?);
     }
-    v["streams"] = json!(streams);
-    v["backlog"] = if args.quick {
+    let backlog = if args.quick {
         backlog(args, 2, 20, 10).await?
     } else {
         backlog(args, 12, 20, 120).await?
     };
-    Ok(v)
+    Ok(ChainRun {
+        header,
+        streams,
+        backlog,
+    })
 }

@@ -6,6 +6,7 @@
 //! medchain-bench soak [--tabular N] [--images N] [--out DIR] [--bin-dir DIR]
 //! medchain-bench chain [--quick] [--out DIR] [--bin-dir DIR]
 //! medchain-bench containers [--quick] [--project NAME] [--out DIR]
+//! medchain-bench decode [--quick] [--out DIR] [--bin-dir DIR]
 //! medchain-bench render [--out DIR]
 //! ```
 //!
@@ -14,12 +15,14 @@
 //! cgroups; `chain` measures the audit trail (records per block and per second, gas per
 //! record, acceptance-to-confirmation time, the backlog at 20 records a second); `containers`
 //! measures each container's cgroup peak per load phase (compose with heart-svc scaled, and the
-//! single-instance image under `--memory 512m`); `soak` sends a long stream of requests and tracks RSS and file descriptors;
+//! single-instance image under `--memory 512m`); `decode` measures what the image decode budget
+//! holds diabetes-svc to under small files that decode to hundreds of MB; `soak` sends a long stream of requests and tracks RSS and file descriptors;
 //! both write `DIR/results/<name>.json` and re-render `DIR/BENCHMARKS.md` from every results
 //! file there. Nothing in the Markdown is written by hand.
 
 mod chainbench;
 mod containerbench;
+mod decodebench;
 mod floor;
 mod inputs;
 mod load;
@@ -75,7 +78,7 @@ fn parse() -> anyhow::Result<Args> {
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "system" | "soak" | "chain" | "containers" | "render" if first => {
+            "system" | "soak" | "chain" | "containers" | "decode" | "render" if first => {
                 args.command = a.clone()
             }
             "--quick" => args.quick = true,
@@ -120,7 +123,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "chain.json"
             };
-            report::write_json(&results.join(name), &v)?;
+            report::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }
         "containers" => {
             let v = rt.block_on(containerbench::run(&args))?;
@@ -130,6 +133,15 @@ fn main() -> anyhow::Result<()> {
                 "containers.json"
             };
             report::write_json(&results.join(name), &v)?;
+        }
+        "decode" => {
+            let v = rt.block_on(decodebench::run(&args))?;
+            let name = if args.quick {
+                "decode-quick.json"
+            } else {
+                "decode.json"
+            };
+            report::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }
         "soak" => {
             let v = rt.block_on(soak::run(&args))?;

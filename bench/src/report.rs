@@ -5,9 +5,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::Args;
+use crate::chainbench::ChainRun;
+use crate::decodebench::DecodeRun;
 
 fn cmd(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program)
@@ -27,31 +30,78 @@ fn proc_field(file: &str, key: &str) -> Option<String> {
     })
 }
 
-/// Date, commit, machine and versions.
-pub fn header(args: &Args, kind: &str) -> anyhow::Result<Value> {
+/// Where and how a run was made: every results file starts with it (its fields at the top
+/// level of the file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Header {
+    /// `system`, `chain`, `containers`, `soak`, `decode`.
+    pub kind: String,
+    pub quick: bool,
+    pub date_utc: Option<String>,
+    pub commit: Option<String>,
+    pub worktree_dirty: bool,
+    /// The command line as typed.
+    pub command: String,
+    /// `release`, or `debug (not for publication)`.
+    pub build: String,
+    pub machine: Machine,
+    pub versions: Versions,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: Option<String>,
+    pub cpus_available: usize,
+    pub memory: Option<String>,
+    pub kernel: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Versions {
+    pub rustc: Option<String>,
+    pub medchain: String,
+    pub onnxruntime: String,
+}
+
+/// Date, commit, machine and versions of a run of `kind`.
+pub fn run_header(args: &Args, kind: &str) -> Header {
     let dirty = cmd("git", &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
-    Ok(json!({
-        "kind": kind,
-        "quick": args.quick,
-        "date_utc": cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        "commit": cmd("git", &["rev-parse", "--short=12", "HEAD"]),
-        "worktree_dirty": dirty,
-        "command": args.argv,
-        "build": if cfg!(debug_assertions) { "debug (not for publication)" } else { "release" },
-        "machine": {
-            "cpu": proc_field("/proc/cpuinfo", "model name"),
-            "cpus_available": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            "memory": proc_field("/proc/meminfo", "MemTotal"),
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
+    Header {
+        kind: kind.into(),
+        quick: args.quick,
+        date_utc: cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        commit: cmd("git", &["rev-parse", "--short=12", "HEAD"]),
+        worktree_dirty: dirty,
+        command: args.argv.clone(),
+        build: if cfg!(debug_assertions) {
+            "debug (not for publication)"
+        } else {
+            "release"
+        }
+        .into(),
+        machine: Machine {
+            cpu: proc_field("/proc/cpuinfo", "model name"),
+            cpus_available: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory: proc_field("/proc/meminfo", "MemTotal"),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .map(|s| s.trim().to_string()),
         },
-        "versions": {
-            "rustc": cmd("rustc", &["-V"]),
-            "medchain": env!("CARGO_PKG_VERSION"),
-            "onnxruntime": medchain_serving::runtime::ORT_VERSION,
+        versions: Versions {
+            rustc: cmd("rustc", &["-V"]),
+            medchain: env!("CARGO_PKG_VERSION").into(),
+            onnxruntime: medchain_serving::runtime::ORT_VERSION.into(),
         },
-        "note": "the load generator runs on the same machine as the services and shares its CPUs",
-    }))
+        note: "the load generator runs on the same machine as the services and shares its CPUs"
+            .into(),
+    }
+}
+
+/// [`run_header`] as the JSON object a results file starts from.
+pub fn header(args: &Args, kind: &str) -> anyhow::Result<Value> {
+    Ok(serde_json::to_value(run_header(args, kind))?)
 }
 
 pub fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
@@ -62,6 +112,65 @@ pub fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
 
 fn read(dir: &Path, name: &str) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+}
+
+/// A results file as the type its command wrote; `None` when there is none. A file that does
+/// not read as that type is an error naming it, never a section left out.
+fn read_typed<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> anyhow::Result<Option<T>> {
+    let path = dir.join(name);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{} does not read as a results file: {e}", path.display()))
+}
+
+/// The full run's results file `<kind>.json`, else the quick one's.
+fn read_run<T: serde::de::DeserializeOwned>(dir: &Path, kind: &str) -> anyhow::Result<Option<T>> {
+    match read_typed(dir, &format!("{kind}.json"))? {
+        Some(run) => Ok(Some(run)),
+        None => read_typed(dir, &format!("{kind}-quick.json")),
+    }
+}
+
+/// The decode budget section, from a [`DecodeRun`].
+fn decode_md(md: &mut String, run: &DecodeRun) -> anyhow::Result<()> {
+    md.push_str("## The image decode budget\n\n");
+    header_md(md, &run.header)?;
+    writeln!(
+        md,
+        "\nSmall files that decode to a great deal, sent at once to diabetes-svc (a fresh \
+         process each case, its peak reset once the retina model is loaded): with the shipped \
+         `images.decode_budget_mb` = {} and with the budget out of the way \
+         (`DIABETES__IMAGES__DECODE_BUDGET_MB=1000000`).\n",
+        run.default_budget_mb
+    )?;
+    md.push_str(
+        "| image | file | decoded | at once | budget | statuses | RSS, model loaded (MB) | peak RSS (MB) |\n|---|---:|---:|---:|---|---|---:|---:|\n",
+    );
+    for c in &run.cases {
+        let statuses: Vec<String> = c
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{n}× {s}"))
+            .collect();
+        writeln!(
+            md,
+            "| {} | {:.0} KB | {:.0} MB | {} | {} | {} | {:.1} | {:.1} |",
+            c.image,
+            c.file_kb,
+            c.decoded_mb,
+            c.uploads,
+            c.budget_mb
+                .map_or("out of the way".into(), |b| format!("{b} MB")),
+            statuses.join(", "),
+            c.rss_loaded_mb,
+            c.peak_mb
+        )?;
+    }
+    md.push('\n');
+    Ok(())
 }
 
 fn f(v: &Value, digits: usize) -> String {
@@ -113,8 +222,14 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
             "## Containers\n\nNo container run recorded yet: run `bench/run.sh containers`.\n\n",
         );
     }
-    if let Some(v) = read(dir, "chain.json").or_else(|| read(dir, "chain-quick.json")) {
-        chain_md(&mut md, &v)?;
+    match read_run::<DecodeRun>(dir, "decode")? {
+        Some(run) => decode_md(&mut md, &run)?,
+        None => md.push_str(
+            "## The image decode budget\n\nNo decode run recorded yet: run `bench/run.sh decode`.\n\n",
+        ),
+    }
+    if let Some(run) = read_run::<ChainRun>(dir, "chain")? {
+        chain_md(&mut md, &run)?;
     } else {
         md.push_str(
             "## The audit trail on chain
@@ -132,20 +247,26 @@ No chain run recorded yet: run `bench/run.sh chain`.
     Ok(md)
 }
 
+/// The run's lines (date, machine, versions, command) from a results file's header fields.
 fn run_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
-    let m = &v["machine"];
+    header_md(md, &serde_json::from_value(v.clone())?)
+}
+
+fn header_md(md: &mut String, h: &Header) -> anyhow::Result<()> {
+    let or_null = |o: &Option<String>| o.clone().unwrap_or_else(|| "null".into());
+    let m = &h.machine;
     writeln!(
         md,
         "- Date (UTC): {} · commit `{}`{} · {} build{}",
-        s(&v["date_utc"]),
-        s(&v["commit"]),
-        if v["worktree_dirty"] == true {
+        or_null(&h.date_utc),
+        or_null(&h.commit),
+        if h.worktree_dirty {
             " (with uncommitted changes)"
         } else {
             ""
         },
-        s(&v["build"]),
-        if v["quick"] == true {
+        h.build,
+        if h.quick {
             " · **quick smoke run: few requests, figures not representative**"
         } else {
             ""
@@ -154,20 +275,20 @@ fn run_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     writeln!(
         md,
         "- Machine: {} · {} CPUs available · {} RAM · Linux {}",
-        s(&m["cpu"]),
-        m["cpus_available"],
-        s(&m["memory"]),
-        s(&m["kernel"])
+        or_null(&m.cpu),
+        m.cpus_available,
+        or_null(&m.memory),
+        or_null(&m.kernel)
     )?;
     writeln!(
         md,
         "- Versions: {} · medchain {} · ONNX Runtime {}",
-        s(&v["versions"]["rustc"]),
-        s(&v["versions"]["medchain"]),
-        s(&v["versions"]["onnxruntime"])
+        or_null(&h.versions.rustc),
+        h.versions.medchain,
+        h.versions.onnxruntime
     )?;
-    writeln!(md, "- Command: `{}`", s(&v["command"]))?;
-    writeln!(md, "- {}", s(&v["note"]))?;
+    writeln!(md, "- Command: `{}`", h.command)?;
+    writeln!(md, "- {}", h.note)?;
     Ok(())
 }
 
@@ -600,13 +721,13 @@ fn single_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn chain_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+fn chain_md(md: &mut String, run: &ChainRun) -> anyhow::Result<()> {
     md.push_str(
         "## The audit trail on chain
 
 ",
     );
-    run_md(md, v)?;
+    header_md(md, &run.header)?;
     md.push_str(
         "\nA release chain-svc in front of its own anvil per mode, records posted 16 at a time as \
          fast as it accepts them; every record then read back (confirmed, matching the chain) \
@@ -618,38 +739,45 @@ fn chain_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
          | mode | records | blocks with records | records per block, mean / max | transactions | records per second | gas per record (all) | largest batch: records, gas per record | latency p50 / p99 s |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
-    for r in v["streams"].as_array().into_iter().flatten() {
-        let l = &r["largest_batch"];
+    let opt = |x: Option<f64>, digits: usize| x.map_or("–".into(), |x| format!("{x:.digits$}"));
+    for r in &run.streams {
+        let (batch_records, batch_gas) = r
+            .largest_batch
+            .as_ref()
+            .map_or(("null".to_string(), "–".to_string()), |l| {
+                (l.records.to_string(), format!("{:.0}", l.gas_per_record))
+            });
         writeln!(
             md,
-            "| {} | {} | {} | {} / {} | {} | {} | {} | {}, {} | {} / {} |",
-            s(&r["mode"]),
-            r["records"],
-            r["blocks_with_records"],
-            f(&r["records_per_block_mean"], 0),
-            r["records_per_block_max"],
-            r["transactions"],
-            f(&r["records_per_second"], 0),
-            f(&r["gas_per_record"], 0),
-            l["records"],
-            f(&l["gas_per_record"], 0),
-            f(&r["latency_s"]["p50"], 2),
-            f(&r["latency_s"]["p99"], 2),
+            "| {} | {} | {} | {:.0} / {} | {} | {:.0} | {:.0} | {}, {} | {} / {} |",
+            r.mode,
+            r.records,
+            r.blocks_with_records,
+            r.records_per_block_mean,
+            r.records_per_block_max
+                .map_or("null".into(), |m| m.to_string()),
+            r.transactions,
+            r.records_per_second,
+            r.gas_per_record,
+            batch_records,
+            batch_gas,
+            opt(r.latency_s.p50, 2),
+            opt(r.latency_s.p99, 2),
         )?;
     }
-    let b = &v["backlog"];
+    let b = &run.backlog;
     writeln!(
         md,
-        "\n**Backlog.** {} records a second for {} s on {}-second blocks ({} records): at most {} pending (first half of the run {}, second half {}), {} pending when sending stopped, all confirmed {} s later.\n",
-        b["rate_per_s"],
-        b["seconds"],
-        b["block_time_s"],
-        b["records"],
-        b["pending_max"],
-        b["pending_max_first_half"],
-        b["pending_max_second_half"],
-        b["pending_when_sending_stopped"],
-        f(&b["drained_after_s"], 1),
+        "\n**Backlog.** {} records a second for {} s on {}-second blocks ({} records): at most {} pending (first half of the run {}, second half {}), {} pending when sending stopped, all confirmed {:.1} s later.\n",
+        b.rate_per_s,
+        b.seconds,
+        b.block_time_s,
+        b.records,
+        b.pending_max,
+        b.pending_max_first_half,
+        b.pending_max_second_half,
+        b.pending_when_sending_stopped,
+        b.drained_after_s,
     )?;
     Ok(())
 }
@@ -958,5 +1086,27 @@ fn statuses(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         _ => "–".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bench/BENCHMARKS.md is what the command renders from the committed results, to the byte:
+    /// nothing in it is written by hand, and a results file the report cannot read shows here.
+    #[test]
+    fn the_committed_benchmarks_page_is_rendered_from_the_committed_results() {
+        let bench = crate::repo_root().join("bench");
+        let rendered = render(&bench.join("results")).expect("render");
+        let committed = std::fs::read_to_string(bench.join("BENCHMARKS.md")).expect("read");
+        assert!(
+            rendered == committed,
+            "bench/BENCHMARKS.md differs from `medchain-bench render`; first differing line: {:?}",
+            rendered
+                .lines()
+                .zip(committed.lines())
+                .find(|(a, b)| a != b)
+        );
     }
 }
