@@ -173,6 +173,7 @@ async fn case(
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<DecodeRun> {
+    medchain_core::http::init_tls();
     let defaults = medchain_serving::DiseaseSettings::load(&medchain_diabetes_svc::SPEC)?;
     let default_budget_mb = defaults.images.decode_budget_mb.get();
     let pixels = f64::from(WIDTH) * f64::from(HEIGHT);
