@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         }
         "soak" => {
             let v = rt.block_on(soak::run(&args))?;
-            report::write_json(&results.join("soak.json"), &v)?;
+            report::write_json(&results.join("soak.json"), &serde_json::to_value(v)?)?;
         }
         _ => {}
     }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::Args;
 use crate::chainbench::ChainRun;
 use crate::decodebench::DecodeRun;
+use crate::soak::SoakRun;
 
 fn cmd(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program)
@@ -239,8 +240,8 @@ No chain run recorded yet: run `bench/run.sh chain`.
 ",
         );
     }
-    if let Some(v) = read(dir, "soak.json") {
-        soak_md(&mut md, &v)?;
+    if let Some(run) = read_typed::<SoakRun>(dir, "soak.json")? {
+        soak_md(&mut md, &run)?;
     } else {
         md.push_str("## Soak\n\nNo soak run recorded yet: run `bench/run.sh soak`.\n");
     }
@@ -782,69 +783,61 @@ fn chain_md(md: &mut String, run: &ChainRun) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn soak_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+fn soak_md(md: &mut String, run: &SoakRun) -> anyhow::Result<()> {
     md.push_str("## Soak\n\n");
-    run_md(md, v)?;
-    let r = &v["requests"];
+    header_md(md, &run.header)?;
+    let r = &run.requests;
     writeln!(
         md,
-        "- Sent after warm-up: {} tabular (1 in 50 recorded on chain) and {} image requests through the gateway in {} rounds, {} s; {} ok, {} failed{}.\n",
-        r["tabular"],
-        r["images"],
-        r["rounds"],
-        f(&r["duration_s"], 0),
-        r["ok"],
-        r["failed"],
-        r["first_failure"]
-            .as_str()
+        "- Sent after warm-up: {} tabular (1 in 50 recorded on chain) and {} image requests through the gateway in {} rounds, {:.0} s; {} ok, {} failed{}.\n",
+        r.tabular,
+        r.images,
+        r.rounds,
+        r.duration_s,
+        r.ok,
+        r.failed,
+        r.first_failure
+            .as_deref()
             .map_or(String::new(), |x| format!(" (first: {x})"))
     )?;
     md.push_str("Each sample is taken once the services have been quiet for 6 s (longer than their 5 s HTTP keep-alive and two of their 1 s allocator trims), so it counts what stays: memory still resident, descriptors still open; the RSS read right after each round, with the round's last allocations still in place, is in the JSON and its drift in the last column. Drift is the last sample against the first (taken right after the warm-up); the trend is the same through the least-squares line over all samples (growth that goes on, whatever the allocator's ups and downs at the two samples compared); the second-half drift compares the last sample with the middle one, after the allocators have seen the whole mix — growth that continues there is what a leak looks like. Heap in use is what the process' allocator has handed out and not got back (glibc's `mallinfo2`, from the service's `/metrics`): RSS that moves while it stays flat is memory the allocator holds, not a leak.\n\n| process | RSS after warm-up MB | RSS at mid-run MB | RSS at end MB | sampled min–max MB | drift | trend | second-half drift | fds after warm-up | fds at end | heap in use after warm-up → end MB | drift right after the round (MB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    let samples = v["samples"].as_array().cloned().unwrap_or_default();
-    let rss_at = |i: usize, name: &str| {
-        samples
-            .get(i)
-            .and_then(|smp| smp["processes"].as_array())
-            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
-            .and_then(|p| p["rss_mb"].as_f64())
-    };
-    let (mid, last) = (samples.len() / 2, samples.len().saturating_sub(1));
-    for d in v["drift"].as_array().into_iter().flatten() {
-        let name = s(&d["name"]);
-        let (m, e) = (rss_at(mid, &name), rss_at(last, &name));
+    let rss_at = |i: usize, name: &str| Some(run.samples.get(i)?.process(name)?.rss_mb);
+    let (mid, last) = (run.samples.len() / 2, run.samples.len().saturating_sub(1));
+    let or_null = |x: Option<usize>| x.map_or("null".into(), |x| x.to_string());
+    for d in &run.drift {
+        let name = &d.name;
+        let (m, e) = (rss_at(mid, name), rss_at(last, name));
         let second = match (m, e) {
             (Some(m), Some(e)) if m > 0.0 => format!("{:.1}%", (e - m) / m * 100.0),
             _ => "–".into(),
         };
+        let heap = match (d.heap_in_use_after_warmup_mb, d.heap_in_use_end_mb) {
+            (Some(a), Some(b)) => format!("{a:.1} → {b:.1}"),
+            _ => "–".into(),
+        };
+        let (a, b, p) = (
+            d.rss_right_after_round_start_mb,
+            d.rss_right_after_round_end_mb,
+            d.drift_right_after_round_pct,
+        );
+        let busy = if a > 0.0 {
+            format!("{p:.1}% ({a:.1} → {b:.1})")
+        } else {
+            "–".into()
+        };
         writeln!(
             md,
-            "| {name} | {} | {} | {} | {}–{} | {}% | {} | {second} | {} | {} | {} | {} |",
-            f(&d["rss_after_warmup_mb"], 1),
+            "| {name} | {:.1} | {} | {:.1} | {}–{:.1} | {:.1}% | {} | {second} | {} | {} | {heap} | {busy} |",
+            d.rss_after_warmup_mb,
             m.map_or("–".into(), |x| format!("{x:.1}")),
-            f(&d["rss_end_mb"], 1),
-            f(&d["rss_min_sample_mb"], 1),
-            f(&d["rss_max_sample_mb"], 1),
-            f(&d["drift_pct"], 1),
-            d["trend_drift_pct"]
-                .as_f64()
-                .map_or("–".into(), |x| format!("{x:.1}%")),
-            d["fds_after_warmup"],
-            d["fds_end"],
-            match (
-                d["heap_in_use_after_warmup_mb"].as_f64(),
-                d["heap_in_use_end_mb"].as_f64()
-            ) {
-                (Some(a), Some(b)) => format!("{a:.1} → {b:.1}"),
-                _ => "–".into(),
-            },
-            match (
-                d["rss_right_after_round_start_mb"].as_f64(),
-                d["rss_right_after_round_end_mb"].as_f64(),
-                d["drift_right_after_round_pct"].as_f64()
-            ) {
-                (Some(a), Some(b), Some(p)) if a > 0.0 => format!("{p:.1}% ({a:.1} → {b:.1})"),
-                _ => "–".into(),
-            }
+            d.rss_end_mb,
+            d.rss_min_sample_mb
+                .map_or("–".into(), |x| format!("{x:.1}")),
+            d.rss_max_sample_mb,
+            d.drift_pct,
+            d.trend_drift_pct.map_or("–".into(), |x| format!("{x:.1}%")),
+            or_null(d.fds_after_warmup),
+            or_null(d.fds_end),
         )?;
     }
     md.push_str(

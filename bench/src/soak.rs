@@ -8,11 +8,88 @@
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::load::{Outcome, Target, drive};
+use crate::report::Header;
 use crate::{Args, inputs, report};
 use medchain_tests::system::{Cgroups, System};
+
+/// What `medchain-bench soak` writes to `results/soak.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SoakRun {
+    #[serde(flatten)]
+    pub header: Header,
+    pub requests: Requests,
+    /// Per process, the first settled sample against the last.
+    pub drift: Vec<Drift>,
+    pub samples: Vec<Sample>,
+    /// (service, exit status) of any process that exited during the run.
+    pub exited_during_run: Vec<(String, String)>,
+}
+
+/// What was sent after the warm-up, and how it went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Requests {
+    pub tabular: usize,
+    pub images: usize,
+    pub rounds: usize,
+    pub ok: usize,
+    pub failed: usize,
+    /// HTTP status → how many.
+    pub statuses: std::collections::BTreeMap<u16, usize>,
+    pub first_failure: Option<String>,
+    pub warmup_ok: usize,
+    pub warmup_failed: usize,
+    pub duration_s: f64,
+}
+
+/// One process' memory and descriptors over the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drift {
+    pub name: String,
+    pub rss_after_warmup_mb: f64,
+    pub rss_end_mb: f64,
+    pub rss_max_sample_mb: f64,
+    pub rss_min_sample_mb: Option<f64>,
+    pub trend_drift_pct: Option<f64>,
+    pub drift_pct: f64,
+    pub rss_right_after_round_start_mb: f64,
+    pub rss_right_after_round_end_mb: f64,
+    pub drift_right_after_round_pct: f64,
+    pub fds_after_warmup: Option<usize>,
+    pub fds_end: Option<usize>,
+    pub heap_in_use_after_warmup_mb: Option<f64>,
+    pub heap_in_use_end_mb: Option<f64>,
+}
+
+/// Every process after a round (round 0: right after the warm-up).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub round: usize,
+    pub tabular_sent: usize,
+    pub images_sent: usize,
+    pub processes: Vec<ProcessSample>,
+}
+
+/// One process once the services have been quiet for [`SETTLE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessSample {
+    pub name: String,
+    pub rss_mb: f64,
+    /// Read right after the round, before the quiet time.
+    pub rss_right_after_round_mb: Option<f64>,
+    pub fds: Option<usize>,
+    pub heap_in_use_mb: Option<f64>,
+    pub heap_free_mb: Option<f64>,
+}
+
+impl Sample {
+    pub fn process(&self, name: &str) -> Option<&ProcessSample> {
+        self.processes.iter().find(|p| p.name == name)
+    }
+}
 
 const ROUNDS: usize = 20;
 
@@ -30,29 +107,34 @@ fn say(msg: &str) {
 
 /// RSS right after the round, then everything once the services have been quiet for
 /// [`SETTLE`].
-async fn sample(sys: &System, round: usize, sent_tabular: usize, sent_images: usize) -> Value {
+async fn sample(sys: &System, round: usize, sent_tabular: usize, sent_images: usize) -> Sample {
     let busy = sys.memory();
     tokio::time::sleep(SETTLE).await;
     let fds = sys.fds();
     let heap = sys.heap().await;
-    json!({
-        "round": round,
-        "tabular_sent": sent_tabular,
-        "images_sent": sent_images,
-        "processes": sys.memory().into_iter().map(|(name, m)| {
+    let processes = sys
+        .memory()
+        .into_iter()
+        .map(|(name, m)| {
             let fd = fds.iter().find(|(n, _)| *n == name).map(|(_, f)| *f);
             let heap = heap.iter().find(|(n, _)| *n == name).and_then(|(_, h)| *h);
             let busy = busy.iter().find(|(n, _)| *n == name).map(|(_, b)| b.rss_mb);
-            json!({
-                "name": name,
-                "rss_mb": m.rss_mb,
-                "rss_right_after_round_mb": busy,
-                "fds": fd,
-                "heap_in_use_mb": heap.map(|h| h.in_use_mb),
-                "heap_free_mb": heap.map(|h| h.free_mb),
-            })
-        }).collect::<Vec<_>>(),
-    })
+            ProcessSample {
+                name,
+                rss_mb: m.rss_mb,
+                rss_right_after_round_mb: busy,
+                fds: fd,
+                heap_in_use_mb: heap.map(|h| h.in_use_mb),
+                heap_free_mb: heap.map(|h| h.free_mb),
+            }
+        })
+        .collect();
+    Sample {
+        round,
+        tabular_sent: sent_tabular,
+        images_sent: sent_images,
+        processes,
+    }
 }
 
 #[derive(Default)]
@@ -135,9 +217,9 @@ fn trend_pct(series: &[f64]) -> Option<f64> {
     (start > 0.0).then(|| slope * (n - 1.0) / start * 100.0)
 }
 
-pub async fn run(args: &Args) -> anyhow::Result<Value> {
+pub async fn run(args: &Args) -> anyhow::Result<SoakRun> {
     let logs = crate::repo_root().join(".data/bench/logs/soak");
-    let mut results = report::header(args, "soak")?;
+    let header = report::run_header(args, "soak");
     say("starting the system (release binaries, embedded defaults)");
     let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
     let gw = sys.get("gateway").url();
@@ -207,67 +289,63 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let exited = sys.exited();
     sys.stop();
 
-    let first = &samples[0]["processes"];
-    let last = &samples[samples.len() - 1]["processes"];
-    let drift: Vec<Value> = first
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(SoakRun {
+        header,
+        requests: Requests {
+            tabular: sent_tab,
+            images: sent_img,
+            rounds: ROUNDS,
+            ok: tally.ok,
+            failed: tally.failed,
+            statuses: tally.statuses,
+            first_failure: tally.first_failure,
+            warmup_ok: warm.ok,
+            warmup_failed: warm.failed,
+            duration_s: start.elapsed().as_secs_f64(),
+        },
+        drift: drift(&samples),
+        samples,
+        exited_during_run: exited,
+    })
+}
+
+/// Each process' first settled sample against its last, and the trend through all of them.
+fn drift(samples: &[Sample]) -> Vec<Drift> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Vec::new();
+    };
+    let pct = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
+    first
+        .processes
+        .iter()
         .map(|p| {
-            let name = p["name"].as_str().unwrap_or_default();
-            let end = last
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|q| q["name"] == name);
-            let rss0 = p["rss_mb"].as_f64().unwrap_or(0.0);
-            let rss1 = end.and_then(|q| q["rss_mb"].as_f64()).unwrap_or(0.0);
-            let busy0 = p["rss_right_after_round_mb"].as_f64().unwrap_or(0.0);
-            let busy1 = end
-                .and_then(|q| q["rss_right_after_round_mb"].as_f64())
-                .unwrap_or(0.0);
+            let end = last.process(&p.name);
+            let rss1 = end.map_or(0.0, |q| q.rss_mb);
+            let busy0 = p.rss_right_after_round_mb.unwrap_or(0.0);
+            let busy1 = end.and_then(|q| q.rss_right_after_round_mb).unwrap_or(0.0);
             let series: Vec<f64> = samples
                 .iter()
-                .filter_map(|s| {
-                    s["processes"]
-                        .as_array()?
-                        .iter()
-                        .find(|q| q["name"] == name)?["rss_mb"]
-                        .as_f64()
-                })
+                .filter_map(|s| Some(s.process(&p.name)?.rss_mb))
                 .collect();
-            let max = series.iter().copied().fold(0.0, f64::max);
             let min = series.iter().copied().fold(f64::INFINITY, f64::min);
-            json!({
-                "name": name,
-                "rss_after_warmup_mb": rss0,
-                "rss_end_mb": rss1,
-                "rss_max_sample_mb": max,
-                "rss_min_sample_mb": if min.is_finite() { json!(min) } else { Value::Null },
-                "trend_drift_pct": trend_pct(&series),
-                "drift_pct": if rss0 > 0.0 { (rss1 - rss0) / rss0 * 100.0 } else { 0.0 },
-                "rss_right_after_round_start_mb": busy0,
-                "rss_right_after_round_end_mb": busy1,
-                "drift_right_after_round_pct": if busy0 > 0.0 { (busy1 - busy0) / busy0 * 100.0 } else { 0.0 },
-                "fds_after_warmup": p["fds"],
-                "fds_end": end.map(|q| q["fds"].clone()),
-                "heap_in_use_after_warmup_mb": p["heap_in_use_mb"],
-                "heap_in_use_end_mb": end.map(|q| q["heap_in_use_mb"].clone()),
-            })
+            Drift {
+                name: p.name.clone(),
+                rss_after_warmup_mb: p.rss_mb,
+                rss_end_mb: rss1,
+                rss_max_sample_mb: series.iter().copied().fold(0.0, f64::max),
+                rss_min_sample_mb: min.is_finite().then_some(min),
+                trend_drift_pct: trend_pct(&series),
+                drift_pct: pct(p.rss_mb, rss1),
+                rss_right_after_round_start_mb: busy0,
+                rss_right_after_round_end_mb: busy1,
+                drift_right_after_round_pct: pct(busy0, busy1),
+                fds_after_warmup: p.fds,
+                fds_end: end.and_then(|q| q.fds),
+                heap_in_use_after_warmup_mb: p.heap_in_use_mb,
+                heap_in_use_end_mb: end.and_then(|q| q.heap_in_use_mb),
+            }
         })
-        .collect();
-    results["requests"] = json!({
-        "tabular": sent_tab, "images": sent_img, "rounds": ROUNDS,
-        "ok": tally.ok, "failed": tally.failed,
-        "statuses": tally.statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "first_failure": tally.first_failure,
-        "warmup_ok": warm.ok, "warmup_failed": warm.failed,
-        "duration_s": start.elapsed().as_secs_f64(),
-    });
-    results["drift"] = json!(drift);
-    results["samples"] = json!(samples);
-    results["exited_during_run"] = json!(exited);
-    Ok(results)
+        .collect()
 }
 
 #[cfg(test)]

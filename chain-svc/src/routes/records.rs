@@ -302,6 +302,62 @@ fn receipt(state: &RecordsState, stored: &Entry) -> ApiResult<Receipt> {
     })
 }
 
+/// Each disease service writes its own disease's records only: a compromised heart-svc
+/// cannot put words in diabetes-svc's mouth.
+fn check_writer(req: &HttpRequest, disease: Disease) -> ApiResult<()> {
+    if let Some(Calling::Peer(writer)) = auth::calling(req) {
+        let own = match writer {
+            Peer::Diabetes => Some(Disease::Diabetes),
+            Peer::Heart => Some(Disease::Heart),
+            _ => None,
+        };
+        if own != Some(disease) {
+            return Err(ApiError::Forbidden(format!(
+                "the {writer} credential may not record {disease} predictions"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Puts a new record in the outbox, within the limits. Idempotent: a retry of the same request
+/// (same fields, same input) gets the stored record back; its salt is the first request's, so
+/// the two compare through the commitment. Only a new record counts against the limits.
+async fn store(
+    state: &web::Data<RecordsState>,
+    record: RecordInput,
+    salt: B256,
+    digest: B256,
+    created_by: Option<String>,
+) -> ApiResult<Entry> {
+    let limits_state = state.clone();
+    with_outbox(state, move |outbox| -> Result<Entry, AcceptError> {
+        let same = |old: &Entry| {
+            let mut again = record.clone();
+            again.input_commitment = privacy::commitment(&old.salt, &digest);
+            old.record == again
+        };
+        if let Some(old) = outbox.get(&record.prediction_id)? {
+            return if same(&old) {
+                Ok(old)
+            } else {
+                Err(OutboxError::Conflict(old.id()).into())
+            };
+        }
+        let (pending, _) = outbox.pending_stats()?;
+        limits_state.limits.admit(record.disease, pending)?;
+        match outbox.enqueue_by(Entry::new(&record, salt, now_ms()), created_by.as_deref()) {
+            // Lost a race with an identical request: that one's record stands.
+            Err(OutboxError::Conflict(id)) => match outbox.get(&id)? {
+                Some(old) if same(&old) => Ok(old),
+                _ => Err(OutboxError::Conflict(id).into()),
+            },
+            other => Ok(other?),
+        }
+    })
+    .await
+}
+
 /// `POST /v1/records`
 pub async fn accept(
     req: HttpRequest,
@@ -310,21 +366,7 @@ pub async fn accept(
 ) -> ApiResult<HttpResponse> {
     let r = body.0;
     let prediction_id = id_to_b256(&r.prediction_id)?;
-    // Each disease service writes its own disease's records only: a compromised heart-svc
-    // cannot put words in diabetes-svc's mouth.
-    if let Some(Calling::Peer(writer)) = auth::calling(&req) {
-        let own = match writer {
-            Peer::Diabetes => Some(Disease::Diabetes),
-            Peer::Heart => Some(Disease::Heart),
-            _ => None,
-        };
-        if own != Some(r.disease) {
-            return Err(ApiError::Forbidden(format!(
-                "the {writer} credential may not record {} predictions",
-                r.disease
-            )));
-        }
-    }
+    check_writer(&req, r.disease)?;
     let created_by = r
         .created_by
         .filter(|c| !c.is_empty())
@@ -357,35 +399,7 @@ pub async fn accept(
         probability_bps: (r.probability * 10_000.0).round() as u16,
     };
     let digest = B256::from(r.input_digest.0);
-    // Idempotent: a retry of the same request (same fields, same input) gets the stored
-    // record back; its salt is the first request's, so compare through the commitment. Only a
-    // new record counts against the limits.
-    let limits_state = state.clone();
-    let stored = with_outbox(&state, move |outbox| -> Result<Entry, AcceptError> {
-        let same = |old: &Entry| {
-            let mut again = record.clone();
-            again.input_commitment = privacy::commitment(&old.salt, &digest);
-            old.record == again
-        };
-        if let Some(old) = outbox.get(&record.prediction_id)? {
-            return if same(&old) {
-                Ok(old)
-            } else {
-                Err(OutboxError::Conflict(old.id()).into())
-            };
-        }
-        let (pending, _) = outbox.pending_stats()?;
-        limits_state.limits.admit(record.disease, pending)?;
-        match outbox.enqueue_by(Entry::new(&record, salt, now_ms()), created_by.as_deref()) {
-            // Lost a race with an identical request: that one's record stands.
-            Err(OutboxError::Conflict(id)) => match outbox.get(&id)? {
-                Some(old) if same(&old) => Ok(old),
-                _ => Err(OutboxError::Conflict(id).into()),
-            },
-            other => Ok(other?),
-        }
-    })
-    .await?;
+    let stored = store(&state, record, salt, digest, created_by).await?;
     state.wake.notify_one();
     metrics::counter!(medchain_core::metrics::name("records_accepted_total")).increment(1);
     Ok(HttpResponse::Accepted().json(receipt(&state, &stored)?))
