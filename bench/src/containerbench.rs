@@ -19,11 +19,90 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 
-use crate::load::{Target, drive};
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::load::{LoadFigures, Target, drive};
+use crate::report::Header;
 use crate::{Args, inputs, repo_root, report};
+
+/// What `medchain-bench containers` writes to `results/containers.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainersRun {
+    #[serde(flatten)]
+    pub header: Header,
+    pub engine: Engine,
+    pub runs: Vec<DeploymentRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Engine {
+    pub docker: Option<String>,
+    pub compose: Option<String>,
+}
+
+/// One deployment (compose, or the single-instance image) through the load phases. Per
+/// container maps are keyed by the container's label (`gateway`, `heart-svc-2`, `single`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentRun {
+    pub deployment: String,
+    /// The command that started it (secrets elided).
+    pub command: String,
+    /// The single-instance image's ECG model (`int8`, `fp32`); none for compose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecg_model: Option<String>,
+    pub ready_after_s: f64,
+    pub cgroup_version: Option<u8>,
+    pub page_cache_dropped: bool,
+    pub limits_mb: BTreeMap<String, Option<f64>>,
+    pub images: BTreeMap<String, Option<ImageInfo>>,
+    pub phases: Vec<Phase>,
+    /// Every container after the last phase.
+    pub end: BTreeMap<String, ContainerFigures>,
+    /// Compose only: heart/tabular over the three heart-svc instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Vec<Spread>>,
+}
+
+/// The image a container runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub image: String,
+    pub size_mib: Option<f64>,
+}
+
+/// A container's memory cgroup and Docker's view of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerFigures {
+    pub peak_mb: Option<f64>,
+    pub usage_mb: Option<f64>,
+    pub running: Option<bool>,
+    pub oom_killed: Option<bool>,
+    pub restarts: Option<u64>,
+}
+
+/// One load phase (the first, start-up and idle, has no load).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase {
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadFigures>,
+    /// Whether every container's peak could be reset before the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peaks_reset: Option<bool>,
+    pub containers: BTreeMap<String, ContainerFigures>,
+}
+
+/// heart/tabular over three heart-svc instances, connections kept alive or not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spread {
+    pub reuse_connections: bool,
+    pub load: LoadFigures,
+    pub served_per_instance: BTreeMap<String, usize>,
+}
 use medchain_tests::system::{credentials_as_env, free_ports, new_api_key, new_credentials};
 
 const MB: f64 = 1024.0 * 1024.0;
@@ -111,15 +190,15 @@ impl Container {
     }
 
     /// Peak, usage now, and whether Docker saw it OOM-killed or restarted.
-    fn figures(&self) -> Value {
+    fn figures(&self) -> ContainerFigures {
         let state = inspect(&self.id).unwrap_or(Value::Null);
-        json!({
-            "peak_mb": self.peak_mb(),
-            "usage_mb": self.usage_mb(),
-            "running": state["State"]["Running"],
-            "oom_killed": state["State"]["OOMKilled"],
-            "restarts": state["RestartCount"],
-        })
+        ContainerFigures {
+            peak_mb: self.peak_mb(),
+            usage_mb: self.usage_mb(),
+            running: state["State"]["Running"].as_bool(),
+            oom_killed: state["State"]["OOMKilled"].as_bool(),
+            restarts: state["RestartCount"].as_u64(),
+        }
     }
 }
 
@@ -151,12 +230,11 @@ struct Deployment {
 }
 
 impl Deployment {
-    fn figures(&self) -> Value {
+    fn figures(&self) -> BTreeMap<String, ContainerFigures> {
         self.containers
             .iter()
             .map(|c| (c.label.clone(), c.figures()))
-            .collect::<Map<_, _>>()
-            .into()
+            .collect()
     }
 
     fn reset_peaks(&self) -> bool {
@@ -377,20 +455,29 @@ fn remove(dep: &Deployment) {
 }
 
 /// One phase: every container's peak reset, the load driven, every container's figures read.
-async fn phase(dep: &Deployment, name: &str, target: &Target, c: usize, n: usize) -> Value {
+async fn phase(dep: &Deployment, name: &str, target: &Target, c: usize, n: usize) -> Phase {
     say(&format!(
         "{}: {name}: {n} requests, {c} concurrent",
         dep.name
     ));
     let reset = dep.reset_peaks();
     let o = drive(target, c, n).await;
-    json!({"phase": name, "load": o.to_json(), "peaks_reset": reset,
-           "containers": dep.figures()})
+    Phase {
+        phase: name.into(),
+        load: Some(o.figures()),
+        peaks_reset: Some(reset),
+        containers: dep.figures(),
+    }
 }
 
 /// The benchmark's phases through the deployment's gateway.
-async fn phases(dep: &Deployment, quick: bool) -> anyhow::Result<Vec<Value>> {
-    let mut out = vec![json!({"phase": "start-up and idle", "containers": dep.figures()})];
+async fn phases(dep: &Deployment, quick: bool) -> anyhow::Result<Vec<Phase>> {
+    let mut out = vec![Phase {
+        phase: "start-up and idle".into(),
+        load: None,
+        peaks_reset: None,
+        containers: dep.figures(),
+    }];
     let records = [
         ("diabetes", inputs::diabetes_record()),
         ("heart", inputs::heart_record()),
@@ -450,42 +537,51 @@ async fn phases(dep: &Deployment, quick: bool) -> anyhow::Result<Vec<Value>> {
 }
 
 /// What Docker says of the image a container runs: its name and size.
-fn image_of(id: &str) -> Value {
-    let Ok(c) = inspect(id) else {
-        return Value::Null;
-    };
-    let name = report_str(&c["Config"]["Image"]);
+fn image_of(id: &str) -> Option<ImageInfo> {
+    let c = inspect(id).ok()?;
     let size = inspect(&report_str(&c["Image"]))
         .ok()
         .and_then(|i| i["Size"].as_f64());
-    json!({"image": name, "size_mib": size.map(|b| b / MB)})
+    Some(ImageInfo {
+        image: report_str(&c["Config"]["Image"]),
+        size_mib: size.map(|b| b / MB),
+    })
 }
 
-fn summary(dep: &Deployment, ready_s: f64, phases: Vec<Value>) -> Value {
-    let images = dep
-        .containers
-        .iter()
-        .map(|c| (c.label.clone(), image_of(&c.id)))
-        .collect::<Map<_, _>>();
-    let limits = dep
-        .containers
-        .iter()
-        .map(|c| (c.label.clone(), json!(c.limit_mb())))
-        .collect::<Map<_, _>>();
-    let cgroup_version = dep
-        .containers
-        .first()
-        .and_then(|c| c.cgroup.as_ref())
-        .map(|(_, v2)| if *v2 { 2 } else { 1 });
-    json!({
-        "deployment": dep.name,
-        "ready_after_s": ready_s,
-        "cgroup_version": cgroup_version,
-        "limits_mb": limits,
-        "images": images,
-        "phases": phases,
-        "end": dep.figures(),
-    })
+/// A deployment's run, once its phases are done; `command` and `ecg_model` name it.
+fn summary(
+    dep: &Deployment,
+    ready_s: f64,
+    phases: Vec<Phase>,
+    command: String,
+    ecg_model: Option<&str>,
+    page_cache_dropped: bool,
+) -> DeploymentRun {
+    DeploymentRun {
+        deployment: dep.name.clone(),
+        command,
+        ecg_model: ecg_model.map(str::to_string),
+        ready_after_s: ready_s,
+        cgroup_version: dep
+            .containers
+            .first()
+            .and_then(|c| c.cgroup.as_ref())
+            .map(|(_, v2)| if *v2 { 2 } else { 1 }),
+        page_cache_dropped,
+        limits_mb: dep
+            .containers
+            .iter()
+            .map(|c| (c.label.clone(), c.limit_mb()))
+            .collect(),
+        images: dep
+            .containers
+            .iter()
+            .map(|c| (c.label.clone(), image_of(&c.id)))
+            .collect(),
+        phases,
+        end: dep.figures(),
+        spread: None,
+    }
 }
 
 /// Requests each heart-svc instance has served so far (its access log's `served` lines for
@@ -515,7 +611,11 @@ fn heart_served(dep: &Deployment) -> Vec<(String, usize)> {
 /// heart/tabular at c=16 through the gateway to the three heart-svc instances, once with
 /// kept-alive connections per resolved address and once with a new connection per request:
 /// how many requests each instance served, and the throughput.
-async fn spread(compose: &mut Compose, dep: &Deployment, quick: bool) -> anyhow::Result<Value> {
+async fn spread(
+    compose: &mut Compose,
+    dep: &Deployment,
+    quick: bool,
+) -> anyhow::Result<Vec<Spread>> {
     let n = if quick { 160 } else { 4000 };
     let t = dep.target_json("/api/v1/heart/predict/tabular", &inputs::heart_record());
     let mut out = Vec::new();
@@ -539,23 +639,23 @@ async fn spread(compose: &mut Compose, dep: &Deployment, quick: bool) -> anyhow:
         };
         let o = drive(&t, 16, n).await;
         let after = heart_served(dep);
-        let per_instance: Map<String, Value> = after
-            .iter()
-            .zip(&before)
-            .map(|((name, a), (_, b))| (name.clone(), json!(a - b)))
-            .collect();
-        out.push(json!({
-            "reuse_connections": reuse,
-            "load": o.to_json(),
-            "served_per_instance": per_instance,
-        }));
+        out.push(Spread {
+            reuse_connections: reuse,
+            load: o.figures(),
+            served_per_instance: after
+                .iter()
+                .zip(&before)
+                .map(|((name, a), (_, b))| (name.clone(), a - b))
+                .collect(),
+        });
     }
     compose.gateway_reusing(true)?;
-    Ok(json!(out))
+    Ok(out)
 }
 
-pub async fn run(args: &Args) -> anyhow::Result<Value> {
+pub async fn run(args: &Args) -> anyhow::Result<ContainersRun> {
     medchain_core::http::init_tls();
+    let header = report::run_header(args, "containers");
     let project = args.project.as_str();
     let key = new_api_key()?;
     let mut runs = Vec::new();
@@ -563,21 +663,20 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     say("compose: docker-compose up --scale heart-svc=3 (fp32 ECG model)");
     let page_cache_dropped = crate::systembench::drop_page_cache();
     let (mut compose, dep, ready_s) = compose_up(project, &key).await?;
-    let result = phases(&dep, args.quick).await;
-    let summary_v = result.map(|p| summary(&dep, ready_s, p));
-    let spread_v = if summary_v.is_ok() {
-        spread(&mut compose, &dep, args.quick).await
-    } else {
-        Ok(Value::Null)
+    let command = format!(
+        "docker-compose -p {project} -f docker-compose.yml -f <rate limits off> up -d --no-build --scale heart-svc=3"
+    );
+    let result = phases(&dep, args.quick)
+        .await
+        .map(|p| summary(&dep, ready_s, p, command, None, page_cache_dropped));
+    let spread_v = match &result {
+        Ok(_) => spread(&mut compose, &dep, args.quick).await.map(Some),
+        Err(_) => Ok(None),
     };
     compose.down();
-    let mut v = summary_v?;
-    v["spread"] = spread_v?;
-    v["page_cache_dropped"] = json!(page_cache_dropped);
-    v["command"] = json!(format!(
-        "docker-compose -p {project} -f docker-compose.yml -f <rate limits off> up -d --no-build --scale heart-svc=3"
-    ));
-    runs.push(v);
+    let mut compose_run = result?;
+    compose_run.spread = spread_v?;
+    runs.push(compose_run);
 
     for (ecg, image, env) in [
         ("int8", format!("{project}/single"), vec![]),
@@ -592,25 +691,29 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         ));
         let page_cache_dropped = crate::systembench::drop_page_cache();
         let (dep, ready_s) = single_up(&image, &env, &key).await?;
-        let result = phases(&dep, args.quick).await;
-        let summary_v = result.map(|p| summary(&dep, ready_s, p));
-        remove(&dep);
-        let mut v = summary_v?;
-        v["ecg_model"] = json!(ecg);
-        v["page_cache_dropped"] = json!(page_cache_dropped);
-        v["command"] = json!(format!(
+        let command = format!(
             "docker run -d --memory 512m --memory-swap 512m -p 127.0.0.1:<port>:8080 {}{image}",
             env.iter()
                 .map(|(k, v)| format!("-e {k}={v} "))
                 .collect::<String>()
-        ));
-        runs.push(v);
+        );
+        let result = phases(&dep, args.quick)
+            .await
+            .map(|p| summary(&dep, ready_s, p, command, Some(ecg), page_cache_dropped));
+        remove(&dep);
+        runs.push(result?);
     }
-    let mut out = report::header(args, "containers")?;
-    out["engine"] = json!({
-        "docker": docker("docker", &["version", "--format", "{{.Server.Version}}"], &[]).ok(),
-        "compose": docker("docker-compose", &["version", "--short"], &[]).ok(),
-    });
-    out["runs"] = json!(runs);
-    Ok(out)
+    Ok(ContainersRun {
+        header,
+        engine: Engine {
+            docker: docker(
+                "docker",
+                &["version", "--format", "{{.Server.Version}}"],
+                &[],
+            )
+            .ok(),
+            compose: docker("docker-compose", &["version", "--short"], &[]).ok(),
+        },
+        runs,
+    })
 }

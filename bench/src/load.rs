@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// One kind of request.
 #[derive(Debug, Clone)]
@@ -94,25 +94,54 @@ impl Outcome {
         percentile(&self.latencies_ms, q)
     }
 
-    pub fn to_json(&self) -> Value {
+    /// The figures the results files hold.
+    pub fn figures(&self) -> LoadFigures {
         let mut inf = self.inference_ms.clone();
         inf.sort_by(f64::total_cmp);
-        json!({
-            "concurrency": self.concurrency,
-            "requests": self.ok() + self.failed(),
-            "ok": self.ok(),
-            "failed": self.failed(),
-            "statuses": self.statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "first_failure": self.first_failure,
-            "wall_s": self.wall_s,
-            "throughput_rps": if self.wall_s > 0.0 { self.ok() as f64 / self.wall_s } else { 0.0 },
-            "p50_ms": self.p(50.0),
-            "p95_ms": self.p(95.0),
-            "p99_ms": self.p(99.0),
-            "max_ms": self.latencies_ms.last(),
-            "service_inference_p50_ms": percentile(&inf, 50.0),
-        })
+        LoadFigures {
+            concurrency: self.concurrency,
+            requests: self.ok() + self.failed(),
+            ok: self.ok(),
+            failed: self.failed(),
+            statuses: self.statuses.clone(),
+            first_failure: self.first_failure.clone(),
+            wall_s: self.wall_s,
+            throughput_rps: if self.wall_s > 0.0 {
+                self.ok() as f64 / self.wall_s
+            } else {
+                0.0
+            },
+            p50_ms: self.p(50.0),
+            p95_ms: self.p(95.0),
+            p99_ms: self.p(99.0),
+            max_ms: self.latencies_ms.last().copied(),
+            service_inference_p50_ms: percentile(&inf, 50.0),
+        }
     }
+
+    /// [`Self::figures`] as JSON.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.figures()).unwrap_or(Value::Null)
+    }
+}
+
+/// What a run measured, as the results files hold it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoadFigures {
+    pub concurrency: usize,
+    pub requests: usize,
+    pub ok: usize,
+    pub failed: usize,
+    /// HTTP status → how many.
+    pub statuses: BTreeMap<u16, usize>,
+    pub first_failure: Option<String>,
+    pub wall_s: f64,
+    pub throughput_rps: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub service_inference_p50_ms: Option<f64>,
 }
 
 /// Nearest-rank percentile of sorted values.

@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "containers.json"
             };
-            report::write_json(&results.join(name), &v)?;
+            report::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }
         "decode" => {
             let v = rt.block_on(decodebench::run(&args))?;

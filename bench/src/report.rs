@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::Args;
 use crate::chainbench::ChainRun;
+use crate::containerbench::{ContainersRun, DeploymentRun, Phase};
 use crate::decodebench::DecodeRun;
 use crate::soak::SoakRun;
 
@@ -216,8 +217,8 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
     } else {
         md.push_str("No system run recorded yet: run `bench/run.sh`.\n\n");
     }
-    if let Some(v) = read(dir, "containers.json").or_else(|| read(dir, "containers-quick.json")) {
-        containers_md(&mut md, &v)?;
+    if let Some(run) = read_run::<ContainersRun>(dir, "containers")? {
+        containers_md(&mut md, &run)?;
     } else {
         md.push_str(
             "## Containers\n\nNo container run recorded yet: run `bench/run.sh containers`.\n\n",
@@ -935,22 +936,16 @@ fn int8_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The containers of a run, in their order.
-fn container_labels(run: &Value) -> Vec<String> {
-    run["limits_mb"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-fn containers_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+/// The container run: every deployment, its phases and containers.
+fn containers_md(md: &mut String, run: &ContainersRun) -> anyhow::Result<()> {
     md.push_str("## Containers\n\n");
-    run_md(md, v)?;
+    header_md(md, &run.header)?;
+    let or_null = |o: &Option<String>| o.clone().unwrap_or_else(|| "null".into());
     writeln!(
         md,
         "- Engine: Docker {} · docker-compose {}\n",
-        s(&v["engine"]["docker"]),
-        s(&v["engine"]["compose"])
+        or_null(&run.engine.docker),
+        or_null(&run.engine.compose)
     )?;
     md.push_str(
         "The images built from the repository's Dockerfiles, run as a user runs them, and measured as the platform \
@@ -960,114 +955,130 @@ fn containers_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
          Page cache dropped before each deployment started, so that libraries and model files are charged to \
          the containers that read them.\n",
     );
-    for run in v["runs"].as_array().into_iter().flatten() {
-        let labels = container_labels(run);
-        let title = match run["ecg_model"].as_str() {
-            Some(ecg) => format!("The single-instance image alone, {ecg} ECG model"),
-            None => "docker-compose.yml with heart-svc scaled to three (fp32 ECG model)".into(),
-        };
-        writeln!(md, "\n### {title}\n")?;
-        writeln!(
-            md,
-            "`{}` · gateway ready {} s after start · cgroup v{} · page cache dropped: {}\n",
-            s(&run["command"]),
-            f(&run["ready_after_s"], 1),
-            s(&run["cgroup_version"]),
-            run["page_cache_dropped"]
-        )?;
-        md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms |");
-        for l in &labels {
-            write!(md, " {l} peak MB |")?;
-        }
-        md.push_str("\n|---|---|---|---|---|");
-        md.push_str(&"---|".repeat(labels.len()));
-        md.push('\n');
-        let mut failed = 0;
-        let mut refusals = Vec::new();
-        for p in run["phases"].as_array().into_iter().flatten() {
-            let load = &p["load"];
-            let requests = if load.is_null() {
-                "–".to_string()
-            } else {
-                failed += load["failed"].as_u64().unwrap_or(0);
-                format!("{} / {}", load["ok"], load["requests"])
-            };
-            if load["failed"].as_u64().unwrap_or(0) > 0 {
-                refusals.push(format!("{}: {}", s(&p["phase"]), s(&load["first_failure"])));
-            }
-            write!(
-                md,
-                "| {} | {requests} | {} | {} | {} |",
-                s(&p["phase"]),
-                statuses(&load["statuses"]),
-                f(&load["p50_ms"], 1),
-                f(&load["p99_ms"], 1)
-            )?;
-            for l in &labels {
-                write!(md, " {} |", f(&p["containers"][l]["peak_mb"], 1))?;
-            }
-            md.push('\n');
-        }
-        md.push_str(
-            "\n| container | image | image size MiB | limit MB | largest phase peak MB | OOM-killed | restarts | running at the end |\n|---|---|---|---|---|---|---|---|\n",
-        );
-        for l in &labels {
-            let peak = run["phases"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["containers"][l]["peak_mb"].as_f64())
-                .reduce(f64::max);
-            let end = &run["end"][l];
-            writeln!(
-                md,
-                "| {l} | `{}` | {} | {} | {} | {} | {} | {} |",
-                s(&run["images"][l]["image"]),
-                f(&run["images"][l]["size_mib"], 1),
-                f(&run["limits_mb"][l], 0),
-                peak.map_or_else(|| "–".into(), |x| format!("{x:.1}")),
-                s(&end["oom_killed"]),
-                s(&end["restarts"]),
-                s(&end["running"])
-            )?;
-        }
-        writeln!(
-            md,
-            "\nRequests not answered with a 200 over the run: {failed}."
-        )?;
-        for x in &refusals {
-            writeln!(md, "- {x}")?;
-        }
-        if let Some(spread) = run["spread"].as_array() {
-            md.push_str(
-                "\nLoad spreading over the three heart-svc instances: heart/tabular at concurrency 16 through the gateway, which resolves `heart-svc` to every instance's address (Docker's DNS), with kept-alive connections per address and with a new connection per request (`GATEWAY__PROXY__REUSE_CONNECTIONS=false`). Requests per instance from each instance's access log.\n\n| keep-alive | ok / requests | throughput req/s | p50 ms | p99 ms | served per instance |\n|---|---|---|---|---|---|\n",
-            );
-            for x in spread {
-                let per = x["served_per_instance"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}: {v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                let load = &x["load"];
-                writeln!(
-                    md,
-                    "| {} | {} / {} | {} | {} | {} | {per} |",
-                    x["reuse_connections"],
-                    load["ok"],
-                    load["requests"],
-                    f(&load["throughput_rps"], 0),
-                    f(&load["p50_ms"], 2),
-                    f(&load["p99_ms"], 2)
-                )?;
-            }
-        }
+    for dep in &run.runs {
+        deployment_md(md, dep)?;
     }
     md.push('\n');
     Ok(())
+}
+
+/// One deployment's phases, containers and (compose) load spreading.
+fn deployment_md(md: &mut String, run: &DeploymentRun) -> anyhow::Result<()> {
+    let labels: Vec<&String> = run.limits_mb.keys().collect();
+    let title = match &run.ecg_model {
+        Some(ecg) => format!("The single-instance image alone, {ecg} ECG model"),
+        None => "docker-compose.yml with heart-svc scaled to three (fp32 ECG model)".into(),
+    };
+    writeln!(md, "\n### {title}\n")?;
+    writeln!(
+        md,
+        "`{}` · gateway ready {:.1} s after start · cgroup v{} · page cache dropped: {}\n",
+        run.command,
+        run.ready_after_s,
+        run.cgroup_version.map_or("null".into(), |v| v.to_string()),
+        run.page_cache_dropped
+    )?;
+    md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms |");
+    for l in &labels {
+        write!(md, " {l} peak MB |")?;
+    }
+    md.push_str("\n|---|---|---|---|---|");
+    md.push_str(&"---|".repeat(labels.len()));
+    md.push('\n');
+    let opt = |x: Option<f64>, digits: usize| x.map_or("–".into(), |x| format!("{x:.digits$}"));
+    let peak_of = |p: &Phase, l: &str| p.containers.get(l).and_then(|c| c.peak_mb);
+    let mut failed = 0;
+    let mut refusals = Vec::new();
+    for p in &run.phases {
+        let load = p.load.as_ref();
+        let requests = load.map_or("–".to_string(), |l| format!("{} / {}", l.ok, l.requests));
+        if let Some(l) = load.filter(|l| l.failed > 0) {
+            failed += l.failed;
+            refusals.push(format!(
+                "{}: {}",
+                p.phase,
+                l.first_failure.as_deref().unwrap_or("null")
+            ));
+        }
+        write!(
+            md,
+            "| {} | {requests} | {} | {} | {} |",
+            p.phase,
+            load.map_or("–".into(), |l| status_counts(&l.statuses)),
+            opt(load.and_then(|l| l.p50_ms), 1),
+            opt(load.and_then(|l| l.p99_ms), 1)
+        )?;
+        for l in &labels {
+            write!(md, " {} |", opt(peak_of(p, l), 1))?;
+        }
+        md.push('\n');
+    }
+    md.push_str(
+        "\n| container | image | image size MiB | limit MB | largest phase peak MB | OOM-killed | restarts | running at the end |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let shown = |x: Option<String>| x.unwrap_or_else(|| "null".into());
+    for l in &labels {
+        let peak = run
+            .phases
+            .iter()
+            .filter_map(|p| peak_of(p, l))
+            .reduce(f64::max);
+        let image = run.images.get(*l).and_then(Option::as_ref);
+        let end = run.end.get(*l);
+        writeln!(
+            md,
+            "| {l} | `{}` | {} | {} | {} | {} | {} | {} |",
+            image.map_or("null".into(), |i| i.image.clone()),
+            opt(image.and_then(|i| i.size_mib), 1),
+            opt(run.limits_mb.get(*l).copied().flatten(), 0),
+            opt(peak, 1),
+            shown(end.and_then(|e| e.oom_killed).map(|x| x.to_string())),
+            shown(end.and_then(|e| e.restarts).map(|x| x.to_string())),
+            shown(end.and_then(|e| e.running).map(|x| x.to_string())),
+        )?;
+    }
+    writeln!(
+        md,
+        "\nRequests not answered with a 200 over the run: {failed}."
+    )?;
+    for x in &refusals {
+        writeln!(md, "- {x}")?;
+    }
+    if let Some(spread) = &run.spread {
+        md.push_str(
+                "\nLoad spreading over the three heart-svc instances: heart/tabular at concurrency 16 through the gateway, which resolves `heart-svc` to every instance's address (Docker's DNS), with kept-alive connections per address and with a new connection per request (`GATEWAY__PROXY__REUSE_CONNECTIONS=false`). Requests per instance from each instance's access log.\n\n| keep-alive | ok / requests | throughput req/s | p50 ms | p99 ms | served per instance |\n|---|---|---|---|---|---|\n",
+            );
+        for x in spread {
+            let per = x
+                .served_per_instance
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(
+                md,
+                "| {} | {} / {} | {:.0} | {} | {} | {per} |",
+                x.reuse_connections,
+                x.load.ok,
+                x.load.requests,
+                x.load.throughput_rps,
+                opt(x.load.p50_ms, 2),
+                opt(x.load.p99_ms, 2)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `{200: 640}` as `200×640`; `–` for none.
+fn status_counts(m: &std::collections::BTreeMap<u16, usize>) -> String {
+    if m.is_empty() {
+        return "–".into();
+    }
+    m.iter()
+        .map(|(k, n)| format!("{k}×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `{"200": 640}` as `200×640`.

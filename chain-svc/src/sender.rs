@@ -228,18 +228,7 @@ impl Sender {
         let open = self.outbox.open_batches()?;
         let sent: Vec<&Batch> = open.iter().filter(|b| b.nonce.is_some()).collect();
         let mut in_flight = sent.len();
-        let follow = {
-            let mut f = self
-                .followed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let due =
-                f.0.is_none_or(|at| at.elapsed() >= self.batching.follow_every);
-            if due {
-                f.0 = Some(std::time::Instant::now());
-            }
-            due
-        };
+        let follow = self.follow_due();
         if follow && !sent.is_empty() {
             // The nonce the chain has mined up to, read once per follow.
             let mined_nonce = match self.chain.nonce(false).await {
@@ -272,21 +261,10 @@ impl Sender {
             }
             let batch = match waiting.pop_front() {
                 Some(b) => b,
-                None => {
-                    let (count, oldest) = self.outbox.unbatched_stats()?;
-                    let full = count as usize >= self.batching.max_records;
-                    let lingered = oldest.is_some_and(|at| {
-                        now_ms().saturating_sub(at) >= self.batching.linger.as_millis() as u64
-                    });
-                    // Nagle: one partial batch in flight at a time; full ones pipeline.
-                    if count == 0 || !(full || (lingered && !partial_in_flight && in_flight == 0)) {
-                        break;
-                    }
-                    match self.outbox.form_batch(self.batching.max_records)? {
-                        Some(b) => b,
-                        None => break,
-                    }
-                }
+                None => match self.new_batch(partial_in_flight, in_flight)? {
+                    Some(b) => b,
+                    None => break,
+                },
             };
             match self.first_send(batch.clone(), &mut pass).await {
                 Ok(true) => in_flight += 1,
@@ -305,6 +283,40 @@ impl Sender {
         pass.in_flight = in_flight;
         metrics::gauge!(name("batches_in_flight")).set(in_flight as f64);
         Ok(pass)
+    }
+
+    /// Whether this pass follows the batches in flight (every `follow_every`); if so, the
+    /// next is due from now.
+    fn follow_due(&self) -> bool {
+        let mut f = self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due =
+            f.0.is_none_or(|at| at.elapsed() >= self.batching.follow_every);
+        if due {
+            f.0 = Some(std::time::Instant::now());
+        }
+        due
+    }
+
+    /// A new batch of the records not yet in one, when it is time for one: a full batch at
+    /// once; a partial one once its oldest record has lingered, and only while no batch is in
+    /// flight (Nagle: one partial batch in flight at a time; full ones pipeline).
+    fn new_batch(
+        &self,
+        partial_in_flight: bool,
+        in_flight: usize,
+    ) -> Result<Option<Batch>, OutboxError> {
+        let (count, oldest) = self.outbox.unbatched_stats()?;
+        let full = count as usize >= self.batching.max_records;
+        let lingered = oldest.is_some_and(|at| {
+            now_ms().saturating_sub(at) >= self.batching.linger.as_millis() as u64
+        });
+        if count == 0 || !(full || (lingered && !partial_in_flight && in_flight == 0)) {
+            return Ok(None);
+        }
+        self.outbox.form_batch(self.batching.max_records)
     }
 
     /// Reads the signer's balance (at most once a minute) into `chain_signer_balance_wei` and

@@ -198,12 +198,9 @@ impl Geometry {
 /// inflater's window), bytes: at most 25 KB over the corpus of `decode_cost`.
 const FIXED_BYTES: u64 = 64 << 10;
 
-/// Decodes and preprocesses an upload for a model with preprocessing `pre`.
-pub fn prepare(
-    bytes: &[u8],
-    pre: &Preprocessing,
-    limits: &ImageLimits,
-) -> Result<Prepared, ApiError> {
+/// The file's format if it is one the services take: JPEG (whole, with its end-of-image
+/// marker) or PNG.
+fn accepted_format(bytes: &[u8]) -> Result<ImageFormat, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::invalid(IMAGE_FIELD, "the image file is empty"));
     }
@@ -225,6 +222,16 @@ pub fn prepare(
     if format == ImageFormat::Jpeg && !has_jpeg_end(bytes) {
         return Err(corrupt("the JPEG is truncated (no end-of-image marker)"));
     }
+    Ok(format)
+}
+
+/// Decodes and preprocesses an upload for a model with preprocessing `pre`.
+pub fn prepare(
+    bytes: &[u8],
+    pre: &Preprocessing,
+    limits: &ImageLimits,
+) -> Result<Prepared, ApiError> {
+    let format = accepted_format(bytes)?;
     let jpeg_header = match format {
         ImageFormat::Jpeg => Some(
             jpeg::header(bytes)?.ok_or_else(|| corrupt("the JPEG has no readable frame header"))?,

@@ -1,6 +1,7 @@
 //! Loading a model: the download if it is configured by URL, the file's hash, the ONNX Runtime
 //! session, the card's tensors and one warm-up run, inside the single-flight load.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -8,7 +9,7 @@ use std::time::Instant;
 use ort::session::Session;
 
 use super::verify::VerifiedFile;
-use super::{LazyModel, LoadError, Loaded, remote};
+use super::{FileCheck, LazyModel, LoadError, Loaded, remote};
 use crate::card::ModelCard;
 use crate::runtime;
 use medchain_core::memory;
@@ -36,54 +37,21 @@ impl LazyModel {
         }
         let path = self.onnx_path.clone();
         let runtime = self.runtime.clone();
-        let key = self.key.clone();
         let start = Instant::now();
         let verified = self.verified.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, LoadError> {
-            // Hashed at every load, whatever readiness saw (the result also serves readiness),
-            // except right after a download, which hashed these very bytes as they arrived. A
-            // bad cached copy is not kept: the next load fetches it again. What is hashed is
-            // what is loaded: one open file, whatever happens to the path meanwhile.
-            let file = match downloaded {
-                Some(file) => {
-                    let file = VerifiedFile::from_download(file, &path)?;
-                    *verified.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((file.stamp(), Ok(())));
-                    file
-                }
-                None => match VerifiedFile::open(&path, &card.sha256, &verified) {
-                    Ok(file) => file,
-                    Err(e) => {
-                        if remote {
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        return Err(e);
-                    }
-                },
-            };
-            runtime::ensure(&runtime)?;
-            let before = memory::rss_bytes() as i64;
-            let mut session = runtime::session(&runtime, &file.load_path()).map_err(|e| {
-                LoadError::Runtime(e.to_string().replace(
-                    &file.load_path().display().to_string(),
-                    &path.display().to_string(),
-                ))
-            })?;
-            file.unchanged()?;
-            check_tensors(&session, &card)?;
-            warm_run(&mut session, &card)?;
-            // Loading frees large transient buffers (the file's bytes, the parsed protobuf);
-            // glibc keeps them unless asked to give them back.
-            memory::release_free_memory();
-            let rss_added_bytes = memory::rss_bytes() as i64 - before;
-            Ok(Loaded {
-                session: Mutex::new(session),
-                load_ms: start.elapsed().as_secs_f64() * 1e3,
-                rss_added_bytes,
-            })
+            let file = open_verified(downloaded, &path, &card.sha256, &verified, remote)?;
+            session_of(&file, &path, &runtime, &card, start)
         })
         .await
         .map_err(|e| LoadError::Panicked(e.to_string()))??;
+        self.note_loaded(&loaded);
+        Ok(Arc::new(loaded))
+    }
+
+    /// Counts a load, keeps its figures for `/models`, and says so in metrics and the log.
+    fn note_loaded(&self, loaded: &Loaded) {
+        let key = &self.key;
         self.loads.fetch_add(1, Ordering::Relaxed);
         *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((loaded.load_ms, loaded.rss_added_bytes));
@@ -99,8 +67,60 @@ impl LazyModel {
             rss_added_mb = loaded.rss_added_bytes as f64 / 1048576.0,
             "model loaded"
         );
-        Ok(Arc::new(loaded))
     }
+}
+
+/// The model file, hashed at every load, whatever readiness saw (the result also serves
+/// readiness), except right after a download, which hashed these very bytes as they arrived.
+/// A bad cached copy of a `remote` model is not kept: the next load fetches it again. What is
+/// hashed is what is loaded: one open file, whatever happens to the path meanwhile.
+fn open_verified(
+    downloaded: Option<std::fs::File>,
+    path: &Path,
+    sha256: &str,
+    verified: &Mutex<Option<FileCheck>>,
+    remote: bool,
+) -> Result<VerifiedFile, LoadError> {
+    if let Some(file) = downloaded {
+        let file = VerifiedFile::from_download(file, path)?;
+        *verified.lock().unwrap_or_else(|e| e.into_inner()) = Some((file.stamp(), Ok(())));
+        return Ok(file);
+    }
+    VerifiedFile::open(path, sha256, verified).inspect_err(|_| {
+        if remote {
+            let _ = std::fs::remove_file(path);
+        }
+    })
+}
+
+/// The ONNX Runtime session of `file`, its tensors checked against the card and run once.
+fn session_of(
+    file: &VerifiedFile,
+    path: &Path,
+    runtime_settings: &runtime::RuntimeSettings,
+    card: &ModelCard,
+    start: Instant,
+) -> Result<Loaded, LoadError> {
+    runtime::ensure(runtime_settings)?;
+    let before = memory::rss_bytes() as i64;
+    let mut session = runtime::session(runtime_settings, &file.load_path()).map_err(|e| {
+        LoadError::Runtime(e.to_string().replace(
+            &file.load_path().display().to_string(),
+            &path.display().to_string(),
+        ))
+    })?;
+    file.unchanged()?;
+    check_tensors(&session, card)?;
+    warm_run(&mut session, card)?;
+    // Loading frees large transient buffers (the file's bytes, the parsed protobuf); glibc
+    // keeps them unless asked to give them back.
+    memory::release_free_memory();
+    let rss_added_bytes = memory::rss_bytes() as i64 - before;
+    Ok(Loaded {
+        session: Mutex::new(session),
+        load_ms: start.elapsed().as_secs_f64() * 1e3,
+        rss_added_bytes,
+    })
 }
 
 /// The session's tensors must be the card's.
