@@ -11,6 +11,8 @@
 #                             container's cgroup peak per load phase for docker-compose with
 #                             heart-svc×3 and the single-instance image under --memory 512m
 #                             → bench/results/containers.json and bench/BENCHMARKS.md
+#   bench/run.sh decode       the image decode budget: 40-MP PNGs at once to diabetes-svc, with
+#                             the shipped budget and without → bench/results/decode.json
 #   bench/run.sh --help       every option
 # A full system run takes about 10 minutes on 2 cores; the soak run about 15. The container
 # run builds the images first (a cold build took 766 s here).

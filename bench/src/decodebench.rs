@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use flate2::write::ZlibEncoder;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::{Target, drive};
 use crate::{Args, inputs, report};
-use medchain_tests::system::mem;
+use medchain_tests::system::{mem, wait_ok};
 
 /// 7000×5700: 39.9 MP, just under the services' 40-MP limit.
 const WIDTH: u32 = 7000;
@@ -101,22 +101,6 @@ fn start(bin_dir: &Path, port: u16, budget_mb: Option<usize>) -> anyhow::Result<
         .with_context(|| format!("starting {}", bin.display()))
 }
 
-async fn wait_healthy(base: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("diabetes-svc did not come up at {base}")
-}
-
 /// One case on a fresh process given `budget_mb` (`None`: the shipped one): load the model
 /// with a small example, reset the peak, send the uploads at once, read the peak.
 async fn case(
@@ -129,7 +113,9 @@ async fn case(
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start(&args.bin_dir, port, budget_mb)?;
     let measured = async {
-        wait_healthy(&base).await?;
+        let client = reqwest::Client::new();
+        let url = format!("{base}/healthz");
+        wait_ok(&client, &url, &mut child, "diabetes-svc", Instant::now()).await?;
         let url = format!("{base}/v1/predict/retina");
         let warm = drive(
             &Target::image(

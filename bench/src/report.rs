@@ -338,7 +338,27 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
         s(&v["onnxruntime_library"])
     )?;
 
-    // Targets.
+    targets_md(md, v)?;
+    startup_md(md, v)?;
+    peaks_md(md, v)?;
+    warm_md(md, v)?;
+    int8_md(md, v)?;
+    cgroup_md(md, &v["cgroup_run"])?;
+    for instance in v["instances"].as_array().into_iter().flatten() {
+        instance_md(md, instance)?;
+    }
+    single_md(md, &v["single_instance"])?;
+    if let Some(ex) = v["exited_during_run"].as_array()
+        && !ex.is_empty()
+    {
+        writeln!(md, "\n**Processes that exited during the run:** {ex:?}")?;
+    }
+    md.push('\n');
+    Ok(())
+}
+
+/// The targets table: each target, what the run measured, whether it is met.
+fn targets_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     md.push_str(
         "### Targets (issue 7, this 2-core machine)\n\n| target | measured | |\n|---|---|---|\n",
     );
@@ -417,8 +437,11 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             )?;
         }
     }
+    Ok(())
+}
 
-    // Start-up and memory.
+/// Start-up and idle memory per process, and each model's first prediction.
+fn startup_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     md.push_str("\n### Start-up (spawn → first 200) and idle memory\n\n| process | /healthz ms | /readyz ms | idle RSS MB |\n|---|---|---|---|\n");
     for name in medchain_tests::system::NAMES {
         writeln!(
@@ -452,8 +475,11 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             f(&p["service_memory_after"]["peak_mb"], 1)
         )?;
     }
-    peaks_md(md, v)?;
+    Ok(())
+}
 
+/// Warm latency per endpoint, route and concurrency, and the ONNX Runtime floor.
+fn warm_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     md.push_str("\n### Warm latency\n\nClient-side wall time per request (send → end of body), after a warm-up; `inference` is the service's own ONNX Runtime time (median) from its responses.\n\n| endpoint | route | c | ok/requests | p50 ms | p95 ms | p99 ms | req/s | inference p50 ms |\n|---|---|---|---|---|---|---|---|---|\n");
     for w in v["warm"].as_array().into_iter().flatten() {
         writeln!(
@@ -487,18 +513,6 @@ fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
             f(&fl["ratio_gateway"], 2)
         )?;
     }
-    int8_md(md, v)?;
-    cgroup_md(md, &v["cgroup_run"])?;
-    for instance in v["instances"].as_array().into_iter().flatten() {
-        instance_md(md, instance)?;
-    }
-    single_md(md, &v["single_instance"])?;
-    if let Some(ex) = v["exited_during_run"].as_array()
-        && !ex.is_empty()
-    {
-        writeln!(md, "\n**Processes that exited during the run:** {ex:?}")?;
-    }
-    md.push('\n');
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::load::{Outcome, Target, drive};
 use crate::{Args, floor, inputs, report};
+use medchain_serving::DiseaseSettings;
 use medchain_tests::Peer;
 use medchain_tests::system::{Cgroup, Cgroups, System, service_peer};
 
@@ -208,11 +209,66 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let (first, mut peaks) = loads(&sys, &eps, args.quick).await?;
     results["first_predictions"] = json!(first);
 
+    let (warm, c1) = warm_runs(&sys, &eps, (n_tab, n_img, n_audit)).await;
+    peaks.push(json!({"phase": "warm latency runs", "memory": memory_json(&sys)}));
+    results["warm"] = json!(warm);
+    results["peaks"] = json!(peaks);
+    results["exited_during_run"] = json!(sys.exited());
+    say("stopping the system");
+    sys.stop();
+    drop(sys);
+
+    let d = medchain_diabetes_svc::load_settings()?;
+    let h = medchain_heart_svc::load_settings()?;
+    results["floor"] = json!(floors(args, &eps, &c1, &d, &h)?);
+    results["onnxruntime_library"] = json!(floor::library(&d));
+    results["models"] = models_json(&d, &h);
+
+    results["int8"] = int8_run(args, &logs, &d, &h, n_img).await?;
+
+    let cgroups = if !args.cgroup || args.quick {
+        Err("skipped (--no-cgroup or --quick)".to_string())
+    } else {
+        Cgroup::probe()
+    };
+    let not_run = |reason: &String| json!({"ran": false, "reason": reason});
+    results["cgroup_run"] = match &cgroups {
+        Err(reason) => not_run(reason),
+        Ok(()) => cgroup_run(args, &logs).await?,
+    };
+    results["single_instance"] = match &cgroups {
+        Err(reason) => not_run(reason),
+        Ok(()) => single_instance_run(args, &logs).await?,
+    };
+    let quota = cgroups.and_then(|()| Cgroup::probe_cpu());
+    let mut instances = Vec::new();
+    for instance in [
+        medchain_tests::system::RENDER_FREE,
+        medchain_tests::system::RENDER_STARTER,
+    ] {
+        instances.push(match &quota {
+            Err(reason) => not_run(reason),
+            Ok(()) => instance_run(args, &logs, instance).await?,
+        });
+    }
+    results["instances"] = json!(instances);
+    Ok(results)
+}
+
+/// Warm latency: every endpoint × {gateway, direct} × concurrency {1, 4, 16}, each after a
+/// warm-up that is not recorded; with each endpoint's p50 at c=1 by `endpoint|route` (for
+/// the floor's ratios). `counts`: requests per tabular, image and audited run.
+async fn warm_runs(
+    sys: &System,
+    eps: &[Endpoint],
+    counts: (usize, usize, usize),
+) -> (Vec<Value>, Map<String, Value>) {
     say("warm latency: every endpoint × {gateway, direct} × concurrency {1, 4, 16}");
     sys.reset_peaks();
+    let (n_tab, n_img, n_audit) = counts;
     let mut warm = Vec::new();
     let mut c1 = Map::new();
-    for ep in &eps {
+    for ep in eps {
         for (route, target) in [("gateway", &ep.gateway), ("direct", &ep.direct)] {
             for c in [1, 4, 16] {
                 let n = if ep.model.is_none() {
@@ -243,17 +299,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             }
         }
     }
-    peaks.push(json!({"phase": "warm latency runs", "memory": memory_json(&sys)}));
-    results["warm"] = json!(warm);
-    results["peaks"] = json!(peaks);
-    results["exited_during_run"] = json!(sys.exited());
-    say("stopping the system");
-    sys.stop();
-    drop(sys);
+    (warm, c1)
+}
 
+/// The floor: raw ONNX Runtime inference in this process, with the services' own options and
+/// inputs, and each endpoint's end-to-end p50 at c=1 (`c1`) as a ratio of it.
+fn floors(
+    args: &Args,
+    eps: &[Endpoint],
+    c1: &Map<String, Value>,
+    d: &DiseaseSettings,
+    h: &DiseaseSettings,
+) -> anyhow::Result<Vec<Value>> {
     say("the floor: raw ONNX Runtime inference in this process, same options and inputs");
-    let d = medchain_diabetes_svc::load_settings()?;
-    let h = medchain_heart_svc::load_settings()?;
     let mut floors = Vec::new();
     let runs = |image: bool| match (args.quick, image) {
         (true, _) => 5,
@@ -262,10 +320,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     };
     for ep in eps.iter().filter(|e| e.model.is_some()) {
         let (settings, card) = match (ep.service, ep.model) {
-            ("diabetes-svc", Some("tabular")) => (&d, &d.models.tabular.card),
-            ("diabetes-svc", _) => (&d, &d.models.image.card),
-            (_, Some("tabular")) => (&h, &h.models.tabular.card),
-            _ => (&h, &h.models.image.card),
+            ("diabetes-svc", Some("tabular")) => (d, &d.models.tabular.card),
+            ("diabetes-svc", _) => (d, &d.models.image.card),
+            (_, Some("tabular")) => (h, &h.models.tabular.card),
+            _ => (h, &h.models.image.card),
         };
         let record;
         let small;
@@ -299,14 +357,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         );
         floors.push(f);
     }
-    results["floor"] = json!(floors);
-    results["onnxruntime_library"] = json!(floor::library(&d));
-    results["models"] = json!(
+    Ok(floors)
+}
+
+/// The four models' cards: id, version, sha256, size, demo.
+fn models_json(d: &DiseaseSettings, h: &DiseaseSettings) -> Value {
+    json!(
         [
-            (&d, &d.models.tabular.card),
-            (&d, &d.models.image.card),
-            (&h, &h.models.tabular.card),
-            (&h, &h.models.image.card)
+            (d, &d.models.tabular.card),
+            (d, &d.models.image.card),
+            (h, &h.models.tabular.card),
+            (h, &h.models.image.card)
         ]
         .iter()
         .filter_map(|(s, c)| floor::card(s, c))
@@ -315,37 +376,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                         "size_mb": c.size_bytes as f64 / 1048576.0, "demo": c.demo})
         )
         .collect::<Vec<_>>()
-    );
-
-    results["int8"] = int8_run(args, &logs, &d, &h, n_img).await?;
-
-    let cgroups = if !args.cgroup || args.quick {
-        Err("skipped (--no-cgroup or --quick)".to_string())
-    } else {
-        Cgroup::probe()
-    };
-    let not_run = |reason: &String| json!({"ran": false, "reason": reason});
-    results["cgroup_run"] = match &cgroups {
-        Err(reason) => not_run(reason),
-        Ok(()) => cgroup_run(args, &logs).await?,
-    };
-    results["single_instance"] = match &cgroups {
-        Err(reason) => not_run(reason),
-        Ok(()) => single_instance_run(args, &logs).await?,
-    };
-    let quota = cgroups.and_then(|()| Cgroup::probe_cpu());
-    let mut instances = Vec::new();
-    for instance in [
-        medchain_tests::system::RENDER_FREE,
-        medchain_tests::system::RENDER_STARTER,
-    ] {
-        instances.push(match &quota {
-            Err(reason) => not_run(reason),
-            Ok(()) => instance_run(args, &logs, instance).await?,
-        });
-    }
-    results["instances"] = json!(instances);
-    Ok(results)
+    )
 }
 
 /// Drops the kernel's clean page cache (needs root), so that the ONNX Runtime library and the
