@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::Args;
 use crate::load::percentile;
-use crate::report::{self, Header};
+use crate::results::{self, Header};
 
 /// What `medchain-bench chain` writes to `results/chain.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -431,7 +431,7 @@ async fn backlog(args: &Args, block_time: u64, rate: u64, secs: u64) -> anyhow::
 
 pub async fn run(args: &Args) -> anyhow::Result<ChainRun> {
     medchain_core::http::init_tls();
-    let header = report::run_header(args, "chain");
+    let header = results::run_header(args, "chain");
     let n = if args.quick { 200 } else { 2000 };
     let modes: &[(&str, Option<u64>)] = if args.quick {
         &[("automine", None), ("2-second blocks", Some(2))]

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::load::{LoadFigures, Target, drive};
-use crate::report::Header;
-use crate::{Args, inputs, repo_root, report};
+use crate::results::Header;
+use crate::{Args, inputs, repo_root, results};
 
 /// What `medchain-bench containers` writes to `results/containers.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -655,7 +655,7 @@ async fn spread(
 
 pub async fn run(args: &Args) -> anyhow::Result<ContainersRun> {
     medchain_core::http::init_tls();
-    let header = report::run_header(args, "containers");
+    let header = results::run_header(args, "containers");
     let project = args.project.as_str();
     let key = new_api_key()?;
     let mut runs = Vec::new();

@@ -16,7 +16,7 @@ use flate2::write::ZlibEncoder;
 use serde::{Deserialize, Serialize};
 
 use crate::load::{Target, drive};
-use crate::{Args, inputs, report};
+use crate::{Args, inputs, results};
 use medchain_tests::system::{mem, wait_ok};
 
 /// 7000×5700: 39.9 MP, just under the services' 40-MP limit.
@@ -48,7 +48,7 @@ pub struct Case {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeRun {
     #[serde(flatten)]
-    pub header: report::Header,
+    pub header: results::Header,
     /// The shipped `images.decode_budget_mb` of diabetes-svc.
     pub default_budget_mb: usize,
     pub cases: Vec<Case>,
@@ -189,7 +189,7 @@ pub async fn run(args: &Args) -> anyhow::Result<DecodeRun> {
         }
     }
     Ok(DecodeRun {
-        header: report::run_header(args, "decode"),
+        header: results::run_header(args, "decode"),
         default_budget_mb,
         cases,
     })

@@ -27,6 +27,7 @@ mod floor;
 mod inputs;
 mod load;
 mod report;
+mod results;
 mod soak;
 mod systembench;
 
@@ -114,7 +115,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "system.json"
             };
-            report::write_json(&results.join(name), &v)?;
+            results::write_json(&results.join(name), &v)?;
         }
         "chain" => {
             let v = rt.block_on(chainbench::run(&args))?;
@@ -123,7 +124,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "chain.json"
             };
-            report::write_json(&results.join(name), &serde_json::to_value(v)?)?;
+            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }
         "containers" => {
             let v = rt.block_on(containerbench::run(&args))?;
@@ -132,7 +133,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "containers.json"
             };
-            report::write_json(&results.join(name), &serde_json::to_value(v)?)?;
+            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }
         "decode" => {
             let v = rt.block_on(decodebench::run(&args))?;
@@ -141,11 +142,11 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "decode.json"
             };
-            report::write_json(&results.join(name), &serde_json::to_value(v)?)?;
+            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }
         "soak" => {
             let v = rt.block_on(soak::run(&args))?;
-            report::write_json(&results.join("soak.json"), &serde_json::to_value(v)?)?;
+            results::write_json(&results.join("soak.json"), &serde_json::to_value(v)?)?;
         }
         _ => {}
     }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::load::{Outcome, Target, drive};
-use crate::report::Header;
-use crate::{Args, inputs, report};
+use crate::results::Header;
+use crate::{Args, inputs, results};
 use medchain_tests::system::{Cgroups, System};
 
 /// What `medchain-bench soak` writes to `results/soak.json`.
@@ -219,7 +219,7 @@ fn trend_pct(series: &[f64]) -> Option<f64> {
 
 pub async fn run(args: &Args) -> anyhow::Result<SoakRun> {
     let logs = crate::repo_root().join(".data/bench/logs/soak");
-    let header = report::run_header(args, "soak");
+    let header = results::run_header(args, "soak");
     say("starting the system (release binaries, embedded defaults)");
     let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
     let gw = sys.get("gateway").url();

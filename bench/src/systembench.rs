@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::load::{Outcome, Target, drive};
-use crate::{Args, floor, inputs, report};
+use crate::{Args, floor, inputs, results};
 use medchain_serving::DiseaseSettings;
 use medchain_tests::Peer;
 use medchain_tests::system::{Cgroup, Cgroups, System, service_peer};
@@ -185,7 +185,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     } else {
         (2000, 150, 400)
     };
-    let mut results = report::header(args, "system")?;
+    let mut results = results::header(args, "system")?;
 
     say("starting the system (release binaries, embedded defaults)");
     let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
