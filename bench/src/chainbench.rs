@@ -314,46 +314,16 @@ async fn stream(
     let accepted_s = started.elapsed().as_secs_f64();
     rig.drained(Duration::from_secs(600)).await?;
     let drained_s = started.elapsed().as_secs_f64();
-    let mut latencies = Vec::with_capacity(n);
-    let mut blocks = std::collections::BTreeMap::<u64, usize>::new();
-    let mut txs = std::collections::BTreeMap::<String, usize>::new();
-    let (mut first_accept, mut last_confirm) = (u64::MAX, 0u64);
-    for i in 0..n {
-        let r = rig
-            .get(&format!("{tag:08x}-0000-4000-8000-{i:012x}"))
-            .await?;
-        if r["status"] != "confirmed" || r["matches_chain"] != true {
-            bail!("record {i} is not confirmed on chain: {r}");
-        }
-        let (acc, conf) = (
-            r["accepted_at_unix_ms"].as_u64().unwrap_or(0),
-            r["confirmed_at_unix_ms"].as_u64().unwrap_or(0),
-        );
-        first_accept = first_accept.min(acc);
-        last_confirm = last_confirm.max(conf);
-        latencies.push(conf.saturating_sub(acc) as f64 / 1000.0);
-        *blocks
-            .entry(r["block_number"].as_u64().unwrap_or(0))
-            .or_default() += 1;
-        *txs.entry(r["tx_hash"].as_str().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    let mut gas_total = 0u64;
-    let mut per_tx = Vec::new();
-    for (hash, count) in &txs {
-        let receipt = rig.rpc("eth_getTransactionReceipt", json!([hash])).await?;
-        let gas = hex_u64(&receipt["gasUsed"]);
-        gas_total += gas;
-        per_tx.push(Batch {
-            records: *count,
-            gas_used: gas,
-            gas_per_record: gas as f64 / *count as f64,
-        });
-    }
-    latencies.sort_by(f64::total_cmp);
-    let span_s = last_confirm.saturating_sub(first_accept) as f64 / 1000.0;
+    let mut confirmed = confirmed(&rig, tag, n).await?;
+    let (gas_total, per_tx) = gas(&rig, &confirmed.txs).await?;
+    confirmed.latencies.sort_by(f64::total_cmp);
+    let span_s = confirmed
+        .last_confirm
+        .saturating_sub(confirmed.first_accept) as f64
+        / 1000.0;
     let largest = per_tx.iter().max_by_key(|t| t.records).cloned();
     let last_block = hex_u64(&rig.rpc("eth_blockNumber", json!([])).await?);
+    let (blocks, latencies) = (&confirmed.blocks, &confirmed.latencies);
     Ok(Stream {
         mode: mode.into(),
         block_time_s: block_time,
@@ -365,17 +335,83 @@ async fn stream(
         blocks_mined: last_block.saturating_sub(first_block),
         records_per_block_mean: n as f64 / blocks.len().max(1) as f64,
         records_per_block_max: blocks.values().max().copied(),
-        transactions: txs.len(),
+        transactions: confirmed.txs.len(),
         records_per_second: n as f64 / span_s.max(1e-3),
         first_accept_to_last_confirm_s: span_s,
         gas_per_record: gas_total as f64 / n as f64,
         largest_batch: largest,
         latency_s: Latency {
-            p50: percentile(&latencies, 50.0),
-            p99: percentile(&latencies, 99.0),
+            p50: percentile(latencies, 50.0),
+            p99: percentile(latencies, 99.0),
             max: latencies.last().copied(),
         },
     })
+}
+
+/// Where a stream's records ended up, read back from chain-svc.
+struct Confirmed {
+    /// Accepted → confirmed per record, s.
+    latencies: Vec<f64>,
+    /// Block number → records in it.
+    blocks: std::collections::BTreeMap<u64, usize>,
+    /// Transaction hash → records in it.
+    txs: std::collections::BTreeMap<String, usize>,
+    first_accept: u64,
+    last_confirm: u64,
+}
+
+/// Reads the stream's `n` records back; an error unless every one is confirmed and matches
+/// the chain.
+async fn confirmed(rig: &Rig, tag: u32, n: usize) -> anyhow::Result<Confirmed> {
+    let mut c = Confirmed {
+        latencies: Vec::with_capacity(n),
+        blocks: Default::default(),
+        txs: Default::default(),
+        first_accept: u64::MAX,
+        last_confirm: 0,
+    };
+    for i in 0..n {
+        let r = rig
+            .get(&format!("{tag:08x}-0000-4000-8000-{i:012x}"))
+            .await?;
+        if r["status"] != "confirmed" || r["matches_chain"] != true {
+            bail!("record {i} is not confirmed on chain: {r}");
+        }
+        let (acc, conf) = (
+            r["accepted_at_unix_ms"].as_u64().unwrap_or(0),
+            r["confirmed_at_unix_ms"].as_u64().unwrap_or(0),
+        );
+        c.first_accept = c.first_accept.min(acc);
+        c.last_confirm = c.last_confirm.max(conf);
+        c.latencies.push(conf.saturating_sub(acc) as f64 / 1000.0);
+        *c.blocks
+            .entry(r["block_number"].as_u64().unwrap_or(0))
+            .or_default() += 1;
+        *c.txs
+            .entry(r["tx_hash"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    Ok(c)
+}
+
+/// The gas the transactions used, in all and per transaction.
+async fn gas(
+    rig: &Rig,
+    txs: &std::collections::BTreeMap<String, usize>,
+) -> anyhow::Result<(u64, Vec<Batch>)> {
+    let mut gas_total = 0u64;
+    let mut per_tx = Vec::new();
+    for (hash, count) in txs {
+        let receipt = rig.rpc("eth_getTransactionReceipt", json!([hash])).await?;
+        let gas = hex_u64(&receipt["gasUsed"]);
+        gas_total += gas;
+        per_tx.push(Batch {
+            records: *count,
+            gas_used: gas,
+            gas_per_record: gas as f64 / *count as f64,
+        });
+    }
+    Ok((gas_total, per_tx))
 }
 
 /// Records arriving at `rate` a second for `secs` on `block_time`-second blocks; the outbox

@@ -9,7 +9,8 @@ use medchain_serving::card::ModelCard;
 use medchain_serving::inputs::{image, tabular};
 use medchain_serving::runtime;
 use medchain_serving::settings::DiseaseSettings;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::load::percentile;
 
@@ -26,7 +27,7 @@ pub fn measure(
     card_rel: &str,
     input: Input<'_>,
     runs: usize,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Floor> {
     let card_path = settings.models.dir().join(card_rel);
     let card = ModelCard::from_file(&card_path)?;
     let onnx = card_path.with_file_name(&card.file);
@@ -83,17 +84,52 @@ pub fn measure(
     }
     times.sort_by(f64::total_cmp);
     prep_times.sort_by(f64::total_cmp);
-    Ok(json!({
-        "model_id": card.model_id,
-        "model_version": card.version,
-        "file": onnx.file_name().and_then(|f| f.to_str()),
-        "intra_threads": settings.runtime.threads(),
-        "runs": runs,
-        "p50_ms": percentile(&times, 50.0),
-        "p95_ms": percentile(&times, 95.0),
-        "min_ms": times.first(),
-        "preprocess_p50_ms": (!prep_times.is_empty()).then(|| percentile(&prep_times, 50.0)),
-    }))
+    Ok(Floor {
+        model_id: card.model_id.clone(),
+        model_version: card.version.clone(),
+        file: onnx
+            .file_name()
+            .and_then(|f| f.to_str())
+            .map(str::to_string),
+        intra_threads: settings.runtime.threads(),
+        runs,
+        p50_ms: percentile(&times, 50.0),
+        p95_ms: percentile(&times, 95.0),
+        min_ms: times.first().copied(),
+        preprocess_p50_ms: percentile(&prep_times, 50.0),
+        ..Floor::default()
+    })
+}
+
+/// One model's floor as the results hold it, with what the system run sets beside it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Floor {
+    pub model_id: String,
+    pub model_version: String,
+    pub file: Option<String>,
+    pub intra_threads: usize,
+    pub runs: usize,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub min_ms: Option<f64>,
+    /// The service's own decoding and preprocessing of the upload (image models).
+    pub preprocess_p50_ms: Option<f64>,
+    /// The endpoint it is the floor of (system run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The model it is the floor of (int8 run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// End-to-end p50 at c=1 straight to the service, and its ratio to `p50_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_p50_ms_direct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_direct: Option<f64>,
+    /// The same through the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_p50_ms_gateway: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_gateway: Option<f64>,
 }
 
 /// The model files the floor would load, for the results' version list.

@@ -118,11 +118,6 @@ impl Outcome {
             service_inference_p50_ms: percentile(&inf, 50.0),
         }
     }
-
-    /// [`Self::figures`] as JSON.
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self.figures()).unwrap_or(Value::Null)
-    }
 }
 
 /// What a run measured, as the results files hold it.
@@ -133,6 +128,7 @@ pub struct LoadFigures {
     pub ok: usize,
     pub failed: usize,
     /// HTTP status → how many.
+    #[serde(deserialize_with = "status_keys")]
     pub statuses: BTreeMap<u16, usize>,
     pub first_failure: Option<String>,
     pub wall_s: f64,
@@ -142,6 +138,16 @@ pub struct LoadFigures {
     pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
     pub service_inference_p50_ms: Option<f64>,
+}
+
+/// `statuses` read back: JSON keys are strings, and inside a flattened struct serde hands them
+/// over as strings, which the map's `u16` keys would not take.
+fn status_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, usize>, D::Error> {
+    use serde::Deserialize as _;
+    BTreeMap::<String, usize>::deserialize(d)?
+        .into_iter()
+        .map(|(k, n)| Ok((k.parse().map_err(serde::de::Error::custom)?, n)))
+        .collect()
 }
 
 /// Nearest-rank percentile of sorted values.

@@ -115,7 +115,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "system.json"
             };
-            results::write_json(&results.join(name), &v)?;
+            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }
         "chain" => {
             let v = rt.block_on(chainbench::run(&args))?;

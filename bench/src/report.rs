@@ -3,17 +3,16 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde_json::Value;
-
 use crate::chainbench::ChainRun;
-use crate::containerbench::{ContainersRun, DeploymentRun, Phase};
+use crate::containerbench::{ContainersRun, DeploymentRun, Phase, Spread};
 use crate::decodebench::DecodeRun;
+use crate::floor::Floor;
 use crate::results::Header;
 use crate::soak::SoakRun;
-
-fn read(dir: &Path, name: &str) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
-}
+use crate::systembench::{
+    CgroupRun, FirstPrediction, InstanceRun, Memory, PeakPhase, Ran, SingleInstance, SystemRun,
+    WarmRun,
+};
 
 /// A results file as the type its command wrote; `None` when there is none. A file that does
 /// not read as that type is an error naming it, never a section left out.
@@ -74,23 +73,14 @@ fn decode_md(md: &mut String, run: &DecodeRun) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn f(v: &Value, digits: usize) -> String {
-    v.as_f64()
-        .map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}"))
+/// A figure to `digits` places, `–` for none.
+fn num(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}"))
 }
 
-fn s(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_string)
-}
-
-/// An array of strings as one space-separated line.
-fn words(v: &Value) -> String {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(s)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A value, or `null` for none (as the results files write it).
+fn or_null<T: std::fmt::Display>(x: Option<T>) -> String {
+    x.map_or_else(|| "null".to_string(), |x| x.to_string())
 }
 
 fn mark(ok: Option<bool>) -> &'static str {
@@ -110,9 +100,8 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
          `bench/results/`; do not edit by hand — run the command again. Every figure below was \
          measured by the run it names.\n\n",
     );
-    let system = read(dir, "system.json").or_else(|| read(dir, "system-quick.json"));
-    if let Some(v) = &system {
-        system_md(&mut md, v)?;
+    if let Some(run) = read_run::<SystemRun>(dir, "system")? {
+        system_md(&mut md, &run)?;
     } else {
         md.push_str("No system run recorded yet: run `bench/run.sh`.\n\n");
     }
@@ -146,11 +135,6 @@ No chain run recorded yet: run `bench/run.sh chain`.
         md.push_str("## Soak\n\nNo soak run recorded yet: run `bench/run.sh soak`.\n");
     }
     Ok(md)
-}
-
-/// The run's lines (date, machine, versions, command) from a results file's header fields.
-fn run_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
-    header_md(md, &serde_json::from_value(v.clone())?)
 }
 
 fn header_md(md: &mut String, h: &Header) -> anyhow::Result<()> {
@@ -193,71 +177,66 @@ fn header_md(md: &mut String, h: &Header) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn peak_of(v: &Value, name: &str) -> Option<f64> {
-    v["peaks"]
-        .as_array()?
+/// The largest peak of process `name` over the load phases.
+fn peak_of(peaks: &[PeakPhase], name: &str) -> Option<f64> {
+    peaks
         .iter()
-        .filter_map(|p| p["memory"][name]["peak_mb"].as_f64())
+        .filter_map(|p| Some(p.memory.get(name)?.peak_mb))
         .reduce(f64::max)
 }
 
-fn system_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+fn system_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
     md.push_str("## System run\n\n");
-    run_md(md, v)?;
-    if let Some(env) = v["system_env"].as_array() {
-        md.push_str(
-            "- The system ran on its embedded defaults; the command set only these (ports, \
-             data dir, token, and the gateway's per-client rate limit, which would otherwise \
-             throttle the single load-generating client):\n  `",
-        );
-        md.push_str(&env.iter().map(s).collect::<Vec<_>>().join(" "));
-        md.push_str("`\n");
-    }
-    if let Some(models) = v["models"].as_array() {
-        md.push_str("- Models: ");
-        let list: Vec<String> = models
-            .iter()
-            .map(|m| {
-                format!(
-                    "{} {} ({} MB, sha256 {}…{})",
-                    s(&m["id"]),
-                    s(&m["version"]),
-                    f(&m["size_mb"], 1),
-                    &s(&m["sha256"]).chars().take(12).collect::<String>(),
-                    if m["demo"] == true { ", demo" } else { "" }
-                )
-            })
-            .collect();
-        md.push_str(&list.join("; "));
-        md.push('\n');
-    }
-    writeln!(
-        md,
-        "- ONNX Runtime library: `{}`\n",
-        s(&v["onnxruntime_library"])
-    )?;
+    header_md(md, &v.header)?;
+    md.push_str(
+        "- The system ran on its embedded defaults; the command set only these (ports, \
+         data dir, token, and the gateway's per-client rate limit, which would otherwise \
+         throttle the single load-generating client):\n  `",
+    );
+    md.push_str(&v.system_env.join(" "));
+    md.push_str("`\n");
+    md.push_str("- Models: ");
+    let list: Vec<String> = v
+        .models
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {} ({:.1} MB, sha256 {}…{})",
+                m.id,
+                m.version,
+                m.size_mb,
+                &m.sha256.chars().take(12).collect::<String>(),
+                if m.demo { ", demo" } else { "" }
+            )
+        })
+        .collect();
+    md.push_str(&list.join("; "));
+    md.push('\n');
+    writeln!(md, "- ONNX Runtime library: `{}`\n", v.onnxruntime_library)?;
 
     targets_md(md, v)?;
     startup_md(md, v)?;
-    peaks_md(md, v)?;
+    peaks_md(md, &v.peaks)?;
     warm_md(md, v)?;
     int8_md(md, v)?;
-    cgroup_md(md, &v["cgroup_run"])?;
-    for instance in v["instances"].as_array().into_iter().flatten() {
+    cgroup_md(md, &v.cgroup_run)?;
+    for instance in &v.instances {
         instance_md(md, instance)?;
     }
-    single_md(md, &v["single_instance"])?;
-    if let Some(ex) = v["exited_during_run"].as_array()
-        && !ex.is_empty()
-    {
-        writeln!(md, "\n**Processes that exited during the run:** {ex:?}")?;
+    single_md(md, &v.single_instance)?;
+    if !v.exited_during_run.is_empty() {
+        writeln!(
+            md,
+            "\n**Processes that exited during the run:** {:?}",
+            v.exited_during_run
+        )?;
     }
     md.push('\n');
     Ok(())
 }
 
 /// The targets table: each target, what the run measured, whether it is met.
-fn targets_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+fn targets_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
     md.push_str(
         "### Targets (issue 7, this 2-core machine)\n\n| target | measured | |\n|---|---|---|\n",
     );
@@ -267,71 +246,75 @@ fn targets_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
         ("gateway", 32.0),
         ("chain-svc", 64.0),
     ] {
-        let p = peak_of(v, name);
+        let p = peak_of(&v.peaks, name);
         writeln!(
             md,
             "| {name} peak RSS ≤ {limit} MB (load phases: 64 tabular, 16 uploads, warm runs) | {} MB | {} |",
-            p.map_or("–".into(), |x| format!("{x:.1}")),
+            num(p, 1),
             mark(p.map(|x| x <= limit))
         )?;
     }
     for name in medchain_tests::system::NAMES {
-        let loads = v["first_predictions"]
-            .as_array()
+        let loads = v
+            .first_predictions
+            .iter()
+            .filter(|p| p.service == name)
+            .filter_map(|p| Some(p.service_memory_after?.peak_mb));
+        let p = peak_of(&v.peaks, name)
             .into_iter()
-            .flatten()
-            .filter(|p| p["service"] == name)
-            .filter_map(|p| p["service_memory_after"]["peak_mb"].as_f64());
-        let p = peak_of(v, name).into_iter().chain(loads).reduce(f64::max);
+            .chain(loads)
+            .reduce(f64::max);
         writeln!(
             md,
             "| {name} peak RSS over the whole run, model loads included, ≤ 256 MB (half of 512) | {} MB | {} |",
-            p.map_or("–".into(), |x| format!("{x:.1}")),
+            num(p, 1),
             mark(p.map(|x| x <= 256.0))
         )?;
     }
     for name in medchain_tests::system::NAMES {
-        let idle = v["idle_memory"][name]["rss_mb"].as_f64();
+        let idle = v.idle_memory.get(name).map(|m| m.rss_mb);
         writeln!(
             md,
             "| {name} idle RSS ≤ 20 MB | {} MB | {} |",
-            idle.map_or("–".into(), |x| format!("{x:.1}")),
+            num(idle, 1),
             mark(idle.map(|x| x <= 20.0))
         )?;
     }
     for name in medchain_tests::system::NAMES {
-        let r = v["startup"][name]["ready_ms"].as_f64();
+        let r = v.startup.get(name).map(|s| s.ready_ms);
         writeln!(
             md,
             "| {name} ready ≤ 200 ms after start | {} ms | {} |",
-            r.map_or("–".into(), |x| format!("{x:.0}")),
+            num(r, 0),
             mark(r.map(|x| x <= 200.0))
         )?;
     }
-    for fl in v["floor"].as_array().into_iter().flatten() {
-        let label = s(&fl["endpoint"]);
+    for fl in &v.floor {
+        let label = fl.endpoint.as_deref().unwrap_or_default();
         if label.contains("224") {
-            for route in ["direct", "gateway"] {
-                let r = fl[format!("ratio_{route}")].as_f64();
+            for (route, r, e2e) in [
+                ("direct", fl.ratio_direct, fl.e2e_p50_ms_direct),
+                ("gateway", fl.ratio_gateway, fl.e2e_p50_ms_gateway),
+            ] {
                 writeln!(
                     md,
                     "| {label} end-to-end ({route}, c=1, p50) ≤ 1.15 × raw ONNX Runtime | {} × ({} ms vs {} ms) | {} |",
-                    r.map_or("–".into(), |x| format!("{x:.2}")),
-                    f(&fl[format!("e2e_p50_ms_{route}")], 2),
-                    f(&fl["p50_ms"], 2),
+                    num(r, 2),
+                    num(e2e, 2),
+                    num(fl.p50_ms, 2),
                     mark(r.map(|x| x <= 1.15))
                 )?;
             }
         }
     }
-    for w in v["warm"].as_array().into_iter().flatten() {
-        let label = s(&w["endpoint"]);
-        if label.ends_with("/tabular") && w["route"] == "gateway" && w["concurrency"] == 1 {
-            let p = w["p50_ms"].as_f64();
+    for w in &v.warm {
+        if w.endpoint.ends_with("/tabular") && w.route == "gateway" && w.load.concurrency == 1 {
+            let p = w.load.p50_ms;
             writeln!(
                 md,
-                "| {label} through the gateway p50 ≤ 2 ms (c=1) | {} ms | {} |",
-                p.map_or("–".into(), |x| format!("{x:.2}")),
+                "| {} through the gateway p50 ≤ 2 ms (c=1) | {} ms | {} |",
+                w.endpoint,
+                num(p, 2),
                 mark(p.map(|x| x <= 2.0))
             )?;
         }
@@ -340,82 +323,84 @@ fn targets_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
 }
 
 /// Start-up and idle memory per process, and each model's first prediction.
-fn startup_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+fn startup_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
     md.push_str("\n### Start-up (spawn → first 200) and idle memory\n\n| process | /healthz ms | /readyz ms | idle RSS MB |\n|---|---|---|---|\n");
     for name in medchain_tests::system::NAMES {
+        let startup = v.startup.get(name);
         writeln!(
             md,
             "| {name} | {} | {} | {} |",
-            f(&v["startup"][name]["healthy_ms"], 0),
-            f(&v["startup"][name]["ready_ms"], 0),
-            f(&v["idle_memory"][name]["rss_mb"], 1)
+            num(startup.map(|s| s.healthy_ms), 0),
+            num(startup.map(|s| s.ready_ms), 0),
+            num(v.idle_memory.get(name).map(|m| m.rss_mb), 1)
         )?;
     }
-    if let Some(a) = v["idle_memory"]["anvil (chain-svc's child)"].as_object() {
+    if let Some(a) = v.idle_memory.get("anvil (chain-svc's child)") {
         writeln!(
             md,
-            "| anvil (chain-svc's child, not ours) | – | – | {} |",
-            f(&a["rss_mb"], 1)
+            "| anvil (chain-svc's child, not ours) | – | – | {:.1} |",
+            a.rss_mb
         )?;
     }
     md.push_str("\n### First prediction per model (through the gateway; includes the lazy load)\n\nPeak = the service's VmHWM during this one request (reset just before it): the model load's transient peak.\n\n| endpoint | latency ms | its service's RSS after, MB | peak during it, MB |\n|---|---|---|---|\n");
-    for p in v["first_predictions"].as_array().into_iter().flatten() {
+    for p in &v.first_predictions {
         writeln!(
             md,
             "| {} | {}{} | {} | {} |",
-            s(&p["endpoint"]),
-            f(&p["latency_ms"], 1),
-            if p["ok"] == true {
+            p.endpoint,
+            num(p.latency_ms, 1),
+            if p.ok {
                 String::new()
             } else {
-                format!(" (failed: {})", s(&p["first_failure"]))
+                format!(" (failed: {})", or_null(p.first_failure.as_ref()))
             },
-            f(&p["service_memory_after"]["rss_mb"], 1),
-            f(&p["service_memory_after"]["peak_mb"], 1)
+            num(p.service_memory_after.map(|m| m.rss_mb), 1),
+            num(p.service_memory_after.map(|m| m.peak_mb), 1)
         )?;
     }
     Ok(())
 }
 
 /// Warm latency per endpoint, route and concurrency, and the ONNX Runtime floor.
-fn warm_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+fn warm_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
     md.push_str("\n### Warm latency\n\nClient-side wall time per request (send → end of body), after a warm-up; `inference` is the service's own ONNX Runtime time (median) from its responses.\n\n| endpoint | route | c | ok/requests | p50 ms | p95 ms | p99 ms | req/s | inference p50 ms |\n|---|---|---|---|---|---|---|---|---|\n");
-    for w in v["warm"].as_array().into_iter().flatten() {
+    for w in &v.warm {
+        let l = &w.load;
         writeln!(
             md,
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |",
-            s(&w["endpoint"]),
-            s(&w["route"]),
-            w["concurrency"],
-            w["ok"],
-            w["requests"],
-            f(&w["p50_ms"], 2),
-            f(&w["p95_ms"], 2),
-            f(&w["p99_ms"], 2),
-            f(&w["throughput_rps"], 1),
-            f(&w["service_inference_p50_ms"], 2)
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {:.1} | {} |",
+            w.endpoint,
+            w.route,
+            l.concurrency,
+            l.ok,
+            l.requests,
+            num(l.p50_ms, 2),
+            num(l.p95_ms, 2),
+            num(l.p99_ms, 2),
+            l.throughput_rps,
+            num(l.service_inference_p50_ms, 2)
         )?;
     }
     md.push_str("\n### The floor: raw ONNX Runtime per model, one input\n\nThe same session options and input (preprocessed by the service's code) in the benchmark process, services idle; ratio = end-to-end p50 at c=1 ÷ the floor's p50. Decode + preprocess is the service's own image decoding and preprocessing of the same upload, timed the same way: part of what end-to-end adds to the floor.\n\n| endpoint | threads | runs | ORT p50 ms | decode + preprocess p50 ms | e2e direct ms | ratio | e2e gateway ms | ratio |\n|---|---|---|---|---|---|---|---|---|\n");
-    for fl in v["floor"].as_array().into_iter().flatten() {
+    for fl in &v.floor {
         writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            s(&fl["endpoint"]),
-            fl["intra_threads"],
-            fl["runs"],
-            f(&fl["p50_ms"], 3),
-            f(&fl["preprocess_p50_ms"], 3),
-            f(&fl["e2e_p50_ms_direct"], 2),
-            f(&fl["ratio_direct"], 2),
-            f(&fl["e2e_p50_ms_gateway"], 2),
-            f(&fl["ratio_gateway"], 2)
+            or_null(fl.endpoint.as_ref()),
+            fl.intra_threads,
+            fl.runs,
+            num(fl.p50_ms, 3),
+            num(fl.preprocess_p50_ms, 3),
+            num(fl.e2e_p50_ms_direct, 2),
+            num(fl.ratio_direct, 2),
+            num(fl.e2e_p50_ms_gateway, 2),
+            num(fl.ratio_gateway, 2)
         )?;
     }
     Ok(())
 }
 
-fn peaks_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
+fn peaks_md(md: &mut String, peaks: &[PeakPhase]) -> anyhow::Result<()> {
     md.push_str("\n### Peak RSS (VmHWM) per load phase, MB\n\nEach process' peak is reset (`/proc/<pid>/clear_refs`) before each phase, so a column is that phase's own peak.\n\n| phase | ok/requests |");
     let names: Vec<String> = medchain_tests::system::NAMES
         .iter()
@@ -428,58 +413,60 @@ fn peaks_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
     md.push_str("\n|---|---|");
     md.push_str(&"---|".repeat(names.len()));
     md.push('\n');
-    for p in v["peaks"].as_array().into_iter().flatten() {
-        let load = &p["load"];
-        let count = if load.is_null() {
-            "–".to_string()
-        } else {
-            format!("{}/{}", load["ok"], load["requests"])
-        };
-        write!(md, "| {} | {count} |", s(&p["phase"]))?;
+    for p in peaks {
+        let count = p
+            .load
+            .as_ref()
+            .map_or("–".to_string(), |l| format!("{}/{}", l.ok, l.requests));
+        write!(md, "| {} | {count} |", p.phase)?;
         for n in &names {
-            write!(md, " {} |", f(&p["memory"][n]["peak_mb"], 1))?;
+            write!(md, " {} |", num(p.memory.get(n).map(|m| m.peak_mb), 1))?;
         }
         md.push('\n');
-        if let Some(fail) = load["first_failure"].as_str() {
+        if let Some(fail) = p.load.as_ref().and_then(|l| l.first_failure.as_ref()) {
             writeln!(md, "|  ↳ first failure: {} | |", fail.replace('|', "/"))?;
         }
     }
     Ok(())
 }
 
-fn cgroup_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
+fn cgroup_md(md: &mut String, c: &Ran<CgroupRun>) -> anyhow::Result<()> {
     md.push_str("\n### Under a 512 MB memory cgroup per service\n\n");
-    if c["ran"] != true {
-        writeln!(md, "Not run: {}.", s(&c["reason"]))?;
-        return Ok(());
-    }
+    let c = match c {
+        Ran::NotRun { reason } => {
+            writeln!(md, "Not run: {reason}.")?;
+            return Ok(());
+        }
+        Ran::Ran(c) => c,
+    };
     md.push_str("The same first predictions and load phases, each service started inside its own memory cgroup with a 512 MB kernel limit (cgroup peak includes page cache, as a container's does).\n\n");
     writeln!(
         md,
         "Page cache dropped before the run (so that library and model files are charged to these cgroups, as in fresh containers): {}.\n",
-        c["page_cache_dropped"]
+        c.page_cache_dropped
     )?;
     md.push_str("| service | cgroup peak MB | OOM kills | alive at the end |\n|---|---|---|---|\n");
-    for (name, st) in c["services"].as_object().into_iter().flatten() {
+    for (name, st) in &c.services {
+        let stats = st.stats.as_ref();
         writeln!(
             md,
             "| {name} | {} | {} | {} |",
-            f(&st["peak_usage_mb"], 1),
-            st["oom_kills"],
-            st["alive"]
+            num(stats.and_then(|s| s.peak_usage_mb), 1),
+            or_null(stats.and_then(|s| s.oom_kills)),
+            st.alive
         )?;
     }
-    let failed: Vec<String> = c["peaks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["load"]["failed"].as_u64().unwrap_or(0) > 0)
-        .map(|p| {
+    let failed: Vec<String> = c
+        .peaks
+        .iter()
+        .filter_map(|p| Some((p, p.load.as_ref()?)))
+        .filter(|(_, l)| l.failed > 0)
+        .map(|(p, l)| {
             format!(
                 "{}: {} failed ({})",
-                s(&p["phase"]),
-                p["load"]["failed"],
-                s(&p["load"]["first_failure"])
+                p.phase,
+                l.failed,
+                or_null(l.first_failure.as_ref())
             )
         })
         .collect();
@@ -491,55 +478,46 @@ fn cgroup_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
-    if c["ran"] != true {
-        writeln!(
-            md,
-            "\n### On a platform instance\n\nNot run: {}.",
-            s(&c["reason"])
-        )?;
-        return Ok(());
-    }
+fn instance_md(md: &mut String, c: &Ran<InstanceRun>) -> anyhow::Result<()> {
+    let c = match c {
+        Ran::NotRun { reason } => {
+            writeln!(md, "\n### On a platform instance\n\nNot run: {reason}.")?;
+            return Ok(());
+        }
+        Ran::Ran(c) => c,
+    };
     writeln!(
         md,
         "\n### On a {} instance: {} MB, {} CPU per service\n",
-        s(&c["instance"]),
-        c["memory_mb"],
-        c["cpus"]
+        c.instance, c.memory_mb, c.cpus
     )?;
     writeln!(
         md,
         "Each service in a cgroup of its own with that memory limit and CPU quota (`cpu.cfs_quota_us` / `cpu.max`, 100 ms period), as each runs on the platform; page cache dropped first: {}. Every phase resets the cgroups' peaks first; \"peak\" is the cgroup's (page cache included, as a container's), \"throttled\" the time the quota has held the service back since it started.\n",
-        c["page_cache_dropped"]
+        c.page_cache_dropped
     )?;
     md.push_str("`/healthz` is asked of every service every 250 ms during each phase (30 s timeout): the slowest answer and, in brackets, the service that gave it and how many answers of all services were not a 200.\n\n");
     md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms | diabetes-svc peak MB | heart-svc peak MB | gateway peak MB | chain-svc peak MB | slowest /healthz ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
-    for p in c["phases"].as_array().into_iter().flatten() {
-        let l = &p["load"];
-        let statuses = statuses(&l["statuses"]);
-        let peak = |svc: &str| f(&p["cgroups"][svc]["peak_usage_mb"], 1);
-        let slowest = p["healthz_slowest_ms"]
-            .as_object()
-            .and_then(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k, v.as_f64()?)))
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-            })
+    for p in &c.phases {
+        let l = &p.load;
+        let peak = |svc: &str| num(p.cgroups.get(svc).and_then(|c| c.peak_usage_mb), 1);
+        let slowest = p
+            .healthz_slowest_ms
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1))
             .map_or("—".to_string(), |(svc, ms)| {
-                let failed: u64 = p["healthz_failed"]
-                    .as_object()
-                    .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+                let failed: u64 = p.healthz_failed.values().sum();
                 format!("{ms:.0} ({svc}; {failed} failed)")
             });
         writeln!(
             md,
             "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            s(&p["phase"]),
-            l["ok"],
-            l["requests"],
-            statuses,
-            f(&l["p50_ms"], 1),
-            f(&l["p99_ms"], 1),
+            p.phase,
+            l.ok,
+            l.requests,
+            status_counts(&l.statuses),
+            num(l.p50_ms, 1),
+            num(l.p99_ms, 1),
             peak("diabetes-svc"),
             peak("heart-svc"),
             peak("gateway"),
@@ -547,85 +525,72 @@ fn instance_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
             slowest,
         )?;
     }
-    for p in c["phases"].as_array().into_iter().flatten() {
-        if let Some(n) = p["audit_unrecorded"].as_f64() {
+    for p in &c.phases {
+        if let Some(n) = p.audit_unrecorded {
             writeln!(
                 md,
                 "\n{}: {n} of {} recorded predictions answered `unrecorded` (chain-svc slower than the disease service's `chain.timeout_ms`, or unreachable).",
-                s(&p["phase"]),
-                p["load"]["requests"]
+                p.phase, p.load.requests
             )?;
         }
     }
     md.push_str("\n| service | ready after start, ms | cgroup peak over the run, MB | OOM kills | CPU throttled, s | alive at the end |\n|---|---|---|---|---|---|\n");
-    let last = c["phases"].as_array().and_then(|a| a.last());
-    for (name, st) in c["services"].as_object().into_iter().flatten() {
+    let last = c.phases.last();
+    for (name, st) in &c.services {
+        let stats = st.stats.as_ref();
         writeln!(
             md,
             "| {name} | {} | {} | {} | {} | {} |",
-            f(&c["startup"][name]["ready_ms"], 0),
-            f(&st["peak_usage_mb"], 1),
-            st["oom_kills"],
-            last.map_or("—".into(), |p| f(
-                &p["cgroups"][name]["cpu_throttled_s"],
+            num(c.startup.get(name).map(|s| s.ready_ms), 0),
+            num(stats.and_then(|s| s.peak_usage_mb), 1),
+            or_null(stats.and_then(|s| s.oom_kills)),
+            last.map_or("—".into(), |p| num(
+                p.cgroups.get(name).and_then(|c| c.cpu_throttled_s),
                 1
             )),
-            st["alive"]
+            st.alive
         )?;
     }
     Ok(())
 }
 
-fn single_md(md: &mut String, c: &Value) -> anyhow::Result<()> {
+fn single_md(md: &mut String, c: &Ran<SingleInstance>) -> anyhow::Result<()> {
     md.push_str(
         "\n### All four services in one 512 MB memory cgroup (the single-instance image)\n\n",
     );
-    if c["ran"] != true {
-        writeln!(md, "Not run: {}.", s(&c["reason"]))?;
-        return Ok(());
-    }
+    let c = match c {
+        Ran::NotRun { reason } => {
+            writeln!(md, "Not run: {reason}.")?;
+            return Ok(());
+        }
+        Ran::Ran(c) => c,
+    };
     md.push_str("The same first predictions and load phases with gateway, diabetes-svc, heart-svc, chain-svc and chain-svc's embedded anvil sharing one memory cgroup with a 512 MB kernel limit, as `deploy/single.Dockerfile` runs them, each run started after dropping the page cache so that the ONNX Runtime library and model files are charged to this cgroup as in a fresh container. The cgroup's peak is what the kernel limit is held against (page cache included, which the kernel reclaims before it would kill; shared library pages counted once); the largest sum of the processes' own peaks (VmHWM) in one phase — first predictions included, so the model-load transients too — counts shared pages once per process and peaks that were not simultaneous, so it is an upper bound.\n\n| ECG model | page cache dropped | cgroup peak MB | largest sum of process peaks in a phase, MB | OOM kills | processes that exited | failed requests |\n|---|---|---|---|---|---|---|\n");
     let mut settings = Vec::new();
-    for run in c["runs"].as_array().into_iter().flatten() {
-        settings.push(format!(
-            "{}: `{}`",
-            s(&run["ecg_model"]),
-            words(&run["settings"])
-        ));
-        let largest_sum = run["first_predictions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(run["peaks"].as_array().into_iter().flatten())
-            .map(|p| {
-                p["memory"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|(_, m)| m["peak_mb"].as_f64())
-                    .sum::<f64>()
-            })
+    for run in &c.runs {
+        settings.push(format!("{}: `{}`", run.ecg_model, run.settings.join(" ")));
+        let sum = |m: &Memory| m.values().map(|m| m.peak_mb).sum::<f64>();
+        let largest_sum = run
+            .first_predictions
+            .iter()
+            .map(|p| sum(&p.memory))
+            .chain(run.peaks.iter().map(|p| sum(&p.memory)))
             .fold(0.0, f64::max);
-        let failed: u64 = run["peaks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["load"]["failed"].as_u64())
-            .sum::<u64>()
-            + run["first_predictions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["ok"] != true)
-                .count() as u64;
+        let failed = run
+            .peaks
+            .iter()
+            .filter_map(|p| Some(p.load.as_ref()?.failed))
+            .sum::<usize>()
+            + run.first_predictions.iter().filter(|p| !p.ok).count();
+        let cgroup = run.cgroup.as_ref();
         writeln!(
             md,
             "| {} | {} | {} | {largest_sum:.1} | {} | {} | {failed} |",
-            s(&run["ecg_model"]),
-            run["page_cache_dropped"],
-            f(&run["cgroup"]["peak_usage_mb"], 1),
-            run["cgroup"]["oom_kills"],
-            run["exited"].as_array().map_or(0, Vec::len),
+            run.ecg_model,
+            run.page_cache_dropped,
+            num(cgroup.and_then(|c| c.peak_usage_mb), 1),
+            or_null(cgroup.and_then(|c| c.oom_kills)),
+            run.exited.len(),
         )?;
     }
     writeln!(
@@ -760,89 +725,102 @@ fn soak_md(md: &mut String, run: &SoakRun) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The phases of a run the fp32-vs-int8 table reads a model's figures from.
+struct ModelRuns<'a> {
+    first: &'a [FirstPrediction],
+    peaks: &'a [PeakPhase],
+    warm: &'a [WarmRun],
+    floor: &'a [Floor],
+}
+
 /// One figure of a run: the first-prediction, peak-phase, warm and floor entries of a model.
-fn model_figures(run: &Value, disease: &str, model: &str, service: &str) -> [Option<f64>; 5] {
-    let first = run["first_predictions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| s(&p["endpoint"]).starts_with(&format!("{disease}/{model}")));
-    let upload = run["peaks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| s(&p["phase"]).contains(&format!("{disease}/{model} uploads")));
-    let warm = run["warm"].as_array().into_iter().flatten().find(|w| {
-        s(&w["endpoint"]).starts_with(&format!("{disease}/{model}"))
-            && w["route"] == "direct"
-            && w["concurrency"] == 1
+fn model_figures(
+    run: &ModelRuns<'_>,
+    disease: &str,
+    model: &str,
+    service: &str,
+) -> [Option<f64>; 5] {
+    let prefix = format!("{disease}/{model}");
+    let first = run.first.iter().find(|p| p.endpoint.starts_with(&prefix));
+    let upload = run
+        .peaks
+        .iter()
+        .find(|p| p.phase.contains(&format!("{prefix} uploads")));
+    let warm = run.warm.iter().find(|w| {
+        w.endpoint.starts_with(&prefix) && w.route == "direct" && w.load.concurrency == 1
     });
-    let floor = run["floor"].as_array().into_iter().flatten().find(|f| {
-        f["model"] == model || s(&f["endpoint"]).starts_with(&format!("{disease}/{model}"))
+    let floor = run.floor.iter().find(|f| {
+        f.model.as_deref() == Some(model)
+            || f.endpoint.as_ref().is_some_and(|e| e.starts_with(&prefix))
     });
     [
-        first.and_then(|p| p["service_memory_after"]["rss_mb"].as_f64()),
-        first.and_then(|p| p["service_memory_after"]["peak_mb"].as_f64()),
-        upload.and_then(|p| p["memory"][service]["peak_mb"].as_f64()),
-        warm.and_then(|w| w["p50_ms"].as_f64()),
-        floor.and_then(|f| f["p50_ms"].as_f64()),
+        first.and_then(|p| Some(p.service_memory_after?.rss_mb)),
+        first.and_then(|p| Some(p.service_memory_after?.peak_mb)),
+        upload.and_then(|p| Some(p.memory.get(service)?.peak_mb)),
+        warm.and_then(|w| w.load.p50_ms),
+        floor.and_then(|f| f.p50_ms),
     ]
 }
 
-fn int8_md(md: &mut String, v: &Value) -> anyhow::Result<()> {
-    let q = &v["int8"];
+fn int8_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
     md.push_str("\n### fp32 vs int8 image models\n\n");
-    if q["ran"] != true {
-        writeln!(md, "Not run: {}.", s(&q["reason"]))?;
-        return Ok(());
-    }
+    let q = match &v.int8 {
+        Ran::NotRun { reason } => {
+            writeln!(md, "Not run: {reason}.")?;
+            return Ok(());
+        }
+        Ran::Ran(q) => q,
+    };
     writeln!(
         md,
         "The int8 run started the system again with `{}` and ran the same first predictions and load phases; agreement and accuracy come from the int8 card (measured by `python -m pipeline.quantize` on the held-out set).\n",
-        words(&q["env"])
+        q.env.join(" ")
     )?;
     md.push_str("| model | variant | file MB | service RSS after its load | peak during its load | peak, 16 uploads | e2e p50 direct c=1 ms | ORT p50 ms | held-out accuracy | agreement with fp32 |\n|---|---|---|---|---|---|---|---|---|---|\n");
-    for c in q["cards"].as_array().into_iter().flatten() {
-        let model = s(&c["model"]);
+    let fp32 = ModelRuns {
+        first: &v.first_predictions,
+        peaks: &v.peaks,
+        warm: &v.warm,
+        floor: &v.floor,
+    };
+    let int8 = ModelRuns {
+        first: &q.first_predictions,
+        peaks: &q.peaks,
+        warm: &q.warm,
+        floor: &q.floor,
+    };
+    for c in &q.cards {
+        let model = c.model.as_str();
         let (disease, service) = if model == "retina" {
             ("diabetes", "diabetes-svc")
         } else {
             ("heart", "heart-svc")
         };
         for (variant, run, size, acc, agree) in [
-            (
-                "fp32",
-                v,
-                &c["fp32_size_mb"],
-                &c["accuracy_fp32"],
-                &Value::Null,
-            ),
+            ("fp32", &fp32, c.fp32_size_mb, c.accuracy_fp32, None),
             (
                 "int8",
-                q,
-                &c["size_mb"],
-                &c["accuracy_int8"],
-                &c["agreement_with_fp32"],
+                &int8,
+                c.size_mb,
+                c.accuracy_int8,
+                c.agreement_with_fp32,
             ),
         ] {
-            let fig = model_figures(run, disease, &model, service);
-            let cell =
-                |x: Option<f64>, d: usize| x.map_or("–".to_string(), |x| format!("{x:.d$}"));
+            let fig = model_figures(run, disease, model, service);
             writeln!(
                 md,
                 "| {model} | {variant} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                f(size, 1),
-                cell(fig[0], 1),
-                cell(fig[1], 1),
-                cell(fig[2], 1),
-                cell(fig[3], 2),
-                cell(fig[4], 2),
-                f(acc, 3),
-                if agree.is_null() {
-                    "–".to_string()
-                } else {
-                    format!("{} (of {})", f(agree, 4), c["compared_on"])
-                }
+                num(size, 1),
+                num(fig[0], 1),
+                num(fig[1], 1),
+                num(fig[2], 1),
+                num(fig[3], 2),
+                num(fig[4], 2),
+                num(acc, 3),
+                agree.map_or("–".to_string(), |a| format!(
+                    "{a:.4} (of {})",
+                    or_null(c.compared_on)
+                ))
             )?;
         }
     }
@@ -877,7 +855,6 @@ fn containers_md(md: &mut String, run: &ContainersRun) -> anyhow::Result<()> {
 
 /// One deployment's phases, containers and (compose) load spreading.
 fn deployment_md(md: &mut String, run: &DeploymentRun) -> anyhow::Result<()> {
-    let labels: Vec<&String> = run.limits_mb.keys().collect();
     let title = match &run.ecg_model {
         Some(ecg) => format!("The single-instance image alone, {ecg} ECG model"),
         None => "docker-compose.yml with heart-svc scaled to three (fp32 ECG model)".into(),
@@ -888,97 +865,117 @@ fn deployment_md(md: &mut String, run: &DeploymentRun) -> anyhow::Result<()> {
         "`{}` · gateway ready {:.1} s after start · cgroup v{} · page cache dropped: {}\n",
         run.command,
         run.ready_after_s,
-        run.cgroup_version.map_or("null".into(), |v| v.to_string()),
+        or_null(run.cgroup_version),
         run.page_cache_dropped
     )?;
+    let refusals = deployment_phases_md(md, run)?;
+    deployment_containers_md(md, run)?;
+    writeln!(
+        md,
+        "\nRequests not answered with a 200 over the run: {}.",
+        refusals.iter().map(|(n, _)| n).sum::<usize>()
+    )?;
+    for (_, x) in &refusals {
+        writeln!(md, "- {x}")?;
+    }
+    if let Some(spread) = &run.spread {
+        spread_md(md, spread)?;
+    }
+    Ok(())
+}
+
+/// A container's peak in a phase, MB.
+fn container_peak(p: &Phase, label: &str) -> Option<f64> {
+    p.containers.get(label).and_then(|c| c.peak_mb)
+}
+
+/// The phases table of a deployment, a column per container; the phases with requests that
+/// failed, as (how many, `phase: first failure`).
+fn deployment_phases_md(
+    md: &mut String,
+    run: &DeploymentRun,
+) -> anyhow::Result<Vec<(usize, String)>> {
     md.push_str("| phase | ok / requests | statuses | p50 ms | p99 ms |");
-    for l in &labels {
+    for l in run.limits_mb.keys() {
         write!(md, " {l} peak MB |")?;
     }
     md.push_str("\n|---|---|---|---|---|");
-    md.push_str(&"---|".repeat(labels.len()));
+    md.push_str(&"---|".repeat(run.limits_mb.len()));
     md.push('\n');
-    let opt = |x: Option<f64>, digits: usize| x.map_or("–".into(), |x| format!("{x:.digits$}"));
-    let peak_of = |p: &Phase, l: &str| p.containers.get(l).and_then(|c| c.peak_mb);
-    let mut failed = 0;
     let mut refusals = Vec::new();
     for p in &run.phases {
         let load = p.load.as_ref();
         let requests = load.map_or("–".to_string(), |l| format!("{} / {}", l.ok, l.requests));
         if let Some(l) = load.filter(|l| l.failed > 0) {
-            failed += l.failed;
-            refusals.push(format!(
-                "{}: {}",
-                p.phase,
-                l.first_failure.as_deref().unwrap_or("null")
-            ));
+            let first = l.first_failure.as_deref().unwrap_or("null");
+            refusals.push((l.failed, format!("{}: {first}", p.phase)));
         }
         write!(
             md,
             "| {} | {requests} | {} | {} | {} |",
             p.phase,
             load.map_or("–".into(), |l| status_counts(&l.statuses)),
-            opt(load.and_then(|l| l.p50_ms), 1),
-            opt(load.and_then(|l| l.p99_ms), 1)
+            num(load.and_then(|l| l.p50_ms), 1),
+            num(load.and_then(|l| l.p99_ms), 1)
         )?;
-        for l in &labels {
-            write!(md, " {} |", opt(peak_of(p, l), 1))?;
+        for l in run.limits_mb.keys() {
+            write!(md, " {} |", num(container_peak(p, l), 1))?;
         }
         md.push('\n');
     }
+    Ok(refusals)
+}
+
+/// The containers table of a deployment: image, limit, largest peak, how each ended.
+fn deployment_containers_md(md: &mut String, run: &DeploymentRun) -> anyhow::Result<()> {
     md.push_str(
         "\n| container | image | image size MiB | limit MB | largest phase peak MB | OOM-killed | restarts | running at the end |\n|---|---|---|---|---|---|---|---|\n",
     );
-    let shown = |x: Option<String>| x.unwrap_or_else(|| "null".into());
-    for l in &labels {
+    for (l, limit) in &run.limits_mb {
         let peak = run
             .phases
             .iter()
-            .filter_map(|p| peak_of(p, l))
+            .filter_map(|p| container_peak(p, l))
             .reduce(f64::max);
-        let image = run.images.get(*l).and_then(Option::as_ref);
-        let end = run.end.get(*l);
+        let image = run.images.get(l).and_then(Option::as_ref);
+        let end = run.end.get(l);
         writeln!(
             md,
             "| {l} | `{}` | {} | {} | {} | {} | {} | {} |",
             image.map_or("null".into(), |i| i.image.clone()),
-            opt(image.and_then(|i| i.size_mib), 1),
-            opt(run.limits_mb.get(*l).copied().flatten(), 0),
-            opt(peak, 1),
-            shown(end.and_then(|e| e.oom_killed).map(|x| x.to_string())),
-            shown(end.and_then(|e| e.restarts).map(|x| x.to_string())),
-            shown(end.and_then(|e| e.running).map(|x| x.to_string())),
+            num(image.and_then(|i| i.size_mib), 1),
+            num(*limit, 0),
+            num(peak, 1),
+            or_null(end.and_then(|e| e.oom_killed)),
+            or_null(end.and_then(|e| e.restarts)),
+            or_null(end.and_then(|e| e.running)),
         )?;
     }
-    writeln!(
-        md,
-        "\nRequests not answered with a 200 over the run: {failed}."
-    )?;
-    for x in &refusals {
-        writeln!(md, "- {x}")?;
-    }
-    if let Some(spread) = &run.spread {
-        md.push_str(
-                "\nLoad spreading over the three heart-svc instances: heart/tabular at concurrency 16 through the gateway, which resolves `heart-svc` to every instance's address (Docker's DNS), with kept-alive connections per address and with a new connection per request (`GATEWAY__PROXY__REUSE_CONNECTIONS=false`). Requests per instance from each instance's access log.\n\n| keep-alive | ok / requests | throughput req/s | p50 ms | p99 ms | served per instance |\n|---|---|---|---|---|---|\n",
-            );
-        for x in spread {
-            let per = x
-                .served_per_instance
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            writeln!(
-                md,
-                "| {} | {} / {} | {:.0} | {} | {} | {per} |",
-                x.reuse_connections,
-                x.load.ok,
-                x.load.requests,
-                x.load.throughput_rps,
-                opt(x.load.p50_ms, 2),
-                opt(x.load.p99_ms, 2)
-            )?;
-        }
+    Ok(())
+}
+
+/// Load spreading over the scaled heart-svc instances.
+fn spread_md(md: &mut String, spread: &[Spread]) -> anyhow::Result<()> {
+    md.push_str(
+        "\nLoad spreading over the three heart-svc instances: heart/tabular at concurrency 16 through the gateway, which resolves `heart-svc` to every instance's address (Docker's DNS), with kept-alive connections per address and with a new connection per request (`GATEWAY__PROXY__REUSE_CONNECTIONS=false`). Requests per instance from each instance's access log.\n\n| keep-alive | ok / requests | throughput req/s | p50 ms | p99 ms | served per instance |\n|---|---|---|---|---|---|\n",
+    );
+    for x in spread {
+        let per = x
+            .served_per_instance
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            md,
+            "| {} | {} / {} | {:.0} | {} | {} | {per} |",
+            x.reuse_connections,
+            x.load.ok,
+            x.load.requests,
+            x.load.throughput_rps,
+            num(x.load.p50_ms, 2),
+            num(x.load.p99_ms, 2)
+        )?;
     }
     Ok(())
 }
@@ -994,21 +991,60 @@ fn status_counts(m: &std::collections::BTreeMap<u16, usize>) -> String {
         .join(", ")
 }
 
-/// `{"200": 640}` as `200×640`.
-fn statuses(v: &Value) -> String {
-    match v.as_object() {
-        Some(m) if !m.is_empty() => m
-            .iter()
-            .map(|(k, n)| format!("{k}×{n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        _ => "–".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each committed results file, read as its command's type and written back, is the same
+    /// JSON: the types hold every figure the files hold, and the report reads no field the
+    /// types lose.
+    fn round_trips<T: serde::Serialize + serde::de::DeserializeOwned>(name: &str) {
+        let path = crate::repo_root().join("bench/results").join(name);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let original: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let run: T = serde_json::from_value(original.clone()).expect(name);
+        let again = serde_json::to_value(run).expect("write");
+        assert!(
+            again == original,
+            "{name} does not read back whole: {}",
+            first_difference(&original, &again, String::new())
+        );
+    }
+
+    /// Where two JSON values first differ, as a path.
+    fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> String {
+        use serde_json::Value::{Array, Object};
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                for k in x.keys().chain(y.keys()) {
+                    match (x.get(k), y.get(k)) {
+                        (Some(p), Some(q)) if p == q => {}
+                        (Some(p), Some(q)) => return first_difference(p, q, format!("{at}.{k}")),
+                        (p, q) => return format!("{at}.{k}: {p:?} vs {q:?}"),
+                    }
+                }
+                format!("{at}: equal")
+            }
+            (Array(x), Array(y)) if x.len() == y.len() => x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find(|(_, (p, q))| p != q)
+                .map_or(format!("{at}: equal"), |(i, (p, q))| {
+                    first_difference(p, q, format!("{at}[{i}]"))
+                }),
+            _ => format!("{at}: {a} vs {b}"),
+        }
+    }
+
+    #[test]
+    fn every_committed_results_file_reads_back_whole() {
+        round_trips::<SystemRun>("system.json");
+        round_trips::<ContainersRun>("containers.json");
+        round_trips::<DecodeRun>("decode.json");
+        round_trips::<ChainRun>("chain.json");
+        round_trips::<SoakRun>("soak.json");
+    }
 
     /// bench/BENCHMARKS.md is what the command renders from the committed results, to the byte:
     /// nothing in it is written by hand, and a results file the report cannot read shows here.

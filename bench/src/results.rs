@@ -97,11 +97,6 @@ pub fn run_header(args: &Args, kind: &str) -> Header {
     }
 }
 
-/// [`run_header`] as the JSON object a results file starts from.
-pub fn header(args: &Args, kind: &str) -> anyhow::Result<Value> {
-    Ok(serde_json::to_value(run_header(args, kind))?)
-}
-
 pub fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")?;
     println!("wrote {}", path.display());

@@ -146,6 +146,11 @@ struct Tally {
 }
 
 impl Tally {
+    fn merged(mut self, o: Tally) -> Tally {
+        self.merge(o);
+        self
+    }
+
     fn merge(&mut self, o: Tally) {
         self.ok += o.ok;
         self.failed += o.failed;
@@ -222,66 +227,22 @@ pub async fn run(args: &Args) -> anyhow::Result<SoakRun> {
     let header = results::run_header(args, "soak");
     say("starting the system (release binaries, embedded defaults)");
     let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
-    let gw = sys.get("gateway").url();
-    let key = sys.api_key.clone();
-    let tab = |disease: &str, record: &Value| {
-        Target::json(
-            format!("{gw}/api/v1/{disease}/predict/tabular"),
-            record,
-            None,
-        )
-        .signed_in(&key)
-    };
-    let mut audited = inputs::diabetes_record();
-    audited["patient_id"] = json!("soak-patient-0001");
-    let tabular = [
-        tab("diabetes", &inputs::diabetes_record()),
-        tab("heart", &inputs::heart_record()),
-    ];
-    let audited = tab("diabetes", &audited);
-    let mut images = Vec::new();
-    for (disease, model) in [("diabetes", "retina"), ("heart", "ecg")] {
-        let url = format!("{gw}/api/v1/{disease}/predict/{model}");
-        images.push(
-            Target::image(url.clone(), &inputs::small_jpeg(model)?, "image/jpeg", None)
-                .signed_in(&key),
-        );
-        images.push(
-            Target::image(url, &inputs::large_jpeg(model)?, "image/jpeg", None).signed_in(&key),
-        );
-    }
-
-    // Long enough for every bounded cache to fill: chain-svc's outbox page cache (4 MB) needs
-    // about 10,000 records (bench/probes/chain_outbox_growth.py), the image paths' allocators a few
-    // hundred uploads of each kind. A first soak with a short warm-up (100 records, 40 uploads
-    // per kind) counted that filling as drift.
-    say("warm-up: every endpoint, until each model is loaded and every cache has filled");
-    let mut warm = Tally::default();
-    for t in &tabular {
-        warm.add(&drive(t, 16, 2000).await);
-    }
-    warm.add(&drive(&audited, 16, 12_000).await);
-    for t in &images {
-        warm.add(&drive(t, 4, 100).await);
-    }
-    // Last, one round of the soak's own mix, so the baseline sample is taken in the state
-    // every later sample is taken in (the gateway's upstream connection pools refilled by the
-    // same concurrency, the last requests the same kind). Without it, a run counted the
-    // connections re-opened by the first round as file-descriptor growth.
+    let mix = Mix::of(&sys)?;
     let per_round_tab = args.soak_tabular.div_ceil(ROUNDS);
     let per_round_img = args.soak_images.div_ceil(ROUNDS);
-    warm.merge(one_round(&tabular, &audited, &images, per_round_tab, per_round_img).await);
+    let round = || mix.round(per_round_tab, per_round_img);
+    let warm = mix.warm_up().await.merged(round().await);
     let mut tally = Tally::default();
     let (mut sent_tab, mut sent_img) = (0, 0);
     let mut samples = vec![sample(&sys, 0, 0, 0).await];
     let start = Instant::now();
-    for round in 1..=ROUNDS {
-        tally.merge(one_round(&tabular, &audited, &images, per_round_tab, per_round_img).await);
+    for n in 1..=ROUNDS {
+        tally.merge(round().await);
         sent_tab += per_round_tab;
         sent_img += per_round_img;
-        samples.push(sample(&sys, round, sent_tab, sent_img).await);
+        samples.push(sample(&sys, n, sent_tab, sent_img).await);
         eprintln!(
-            "    round {round}/{ROUNDS}: {sent_tab} tabular, {sent_img} images, {} failed, {:.0} s",
+            "    round {n}/{ROUNDS}: {sent_tab} tabular, {sent_img} images, {} failed, {:.0} s",
             tally.failed,
             start.elapsed().as_secs_f64()
         );
@@ -307,6 +268,74 @@ pub async fn run(args: &Args) -> anyhow::Result<SoakRun> {
         samples,
         exited_during_run: exited,
     })
+}
+
+/// The soak's requests, through the gateway: both tabular models, the audited diabetes
+/// record, and a small and a large upload per image model.
+struct Mix {
+    tabular: [Target; 2],
+    audited: Target,
+    images: Vec<Target>,
+}
+
+impl Mix {
+    fn of(sys: &System) -> anyhow::Result<Mix> {
+        let gw = sys.get("gateway").url();
+        let key = sys.api_key.clone();
+        let tab = |disease: &str, record: &Value| {
+            Target::json(
+                format!("{gw}/api/v1/{disease}/predict/tabular"),
+                record,
+                None,
+            )
+            .signed_in(&key)
+        };
+        let mut audited = inputs::diabetes_record();
+        audited["patient_id"] = json!("soak-patient-0001");
+        let mut images = Vec::new();
+        for (disease, model) in [("diabetes", "retina"), ("heart", "ecg")] {
+            let url = format!("{gw}/api/v1/{disease}/predict/{model}");
+            let small = inputs::small_jpeg(model)?;
+            images.push(Target::image(url.clone(), &small, "image/jpeg", None).signed_in(&key));
+            let large = inputs::large_jpeg(model)?;
+            images.push(Target::image(url, &large, "image/jpeg", None).signed_in(&key));
+        }
+        Ok(Mix {
+            tabular: [
+                tab("diabetes", &inputs::diabetes_record()),
+                tab("heart", &inputs::heart_record()),
+            ],
+            audited: tab("diabetes", &audited),
+            images,
+        })
+    }
+
+    /// Every endpoint until each model is loaded and every cache has filled. Long enough for
+    /// every bounded cache to fill: chain-svc's outbox page cache (4 MB) needs about 10,000
+    /// records (bench/probes/chain_outbox_growth.py), the image paths' allocators a few hundred
+    /// uploads of each kind. A first soak with a short warm-up (100 records, 40 uploads per
+    /// kind) counted that filling as drift.
+    async fn warm_up(&self) -> Tally {
+        say("warm-up: every endpoint, until each model is loaded and every cache has filled");
+        let mut warm = Tally::default();
+        for t in &self.tabular {
+            warm.add(&drive(t, 16, 2000).await);
+        }
+        warm.add(&drive(&self.audited, 16, 12_000).await);
+        for t in &self.images {
+            warm.add(&drive(t, 4, 100).await);
+        }
+        // The caller ends it with one round of the soak's own mix, so the baseline sample is
+        // taken in the state every later sample is taken in (the gateway's upstream connection
+        // pools refilled by the same concurrency, the last requests the same kind). Without
+        // it, a run counted the connections re-opened by the first round as file-descriptor
+        // growth.
+        warm
+    }
+
+    async fn round(&self, tabular: usize, images: usize) -> Tally {
+        one_round(&self.tabular, &self.audited, &self.images, tabular, images).await
+    }
 }
 
 /// Each process' first settled sample against its last, and the trend through all of them.

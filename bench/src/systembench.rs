@@ -5,17 +5,260 @@
 //! ONNX Runtime floor; then the loads again with each service in a 512 MB memory cgroup, and
 //! with all four in one 512 MB memory cgroup (the single-instance image).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use crate::load::{Outcome, Target, drive};
+use crate::floor::Floor;
+use crate::load::{LoadFigures, Outcome, Target, drive};
+use crate::results::Header;
 use crate::{Args, floor, inputs, results};
 use medchain_serving::DiseaseSettings;
 use medchain_tests::Peer;
-use medchain_tests::system::{Cgroup, Cgroups, System, service_peer};
+use medchain_tests::system::{Cgroup, CgroupStats, Cgroups, System, service_peer};
 
 const LIMIT_512_MB: u64 = 512 << 20;
+
+/// What `medchain-bench system` writes to `results/system.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SystemRun {
+    #[serde(flatten)]
+    pub header: Header,
+    /// The settings the command gave the system (`NAME=value`), secrets left out.
+    pub system_env: Vec<String>,
+    /// Per process.
+    pub startup: BTreeMap<String, Startup>,
+    pub idle_memory: Memory,
+    /// Whether the processes' peaks could be reset (`/proc/<pid>/clear_refs`).
+    pub clear_refs: bool,
+    pub first_predictions: Vec<FirstPrediction>,
+    pub warm: Vec<WarmRun>,
+    pub peaks: Vec<PeakPhase>,
+    /// (process, exit status) of any that exited during the run.
+    pub exited_during_run: Vec<(String, String)>,
+    pub floor: Vec<Floor>,
+    pub onnxruntime_library: String,
+    pub models: Vec<ModelInfo>,
+    pub int8: Ran<Int8Run>,
+    pub cgroup_run: Ran<CgroupRun>,
+    pub single_instance: Ran<SingleInstance>,
+    pub instances: Vec<Ran<InstanceRun>>,
+}
+
+/// A part of the run that did not run, and why.
+fn not_run<T>(reason: &str) -> Ran<T> {
+    Ran::NotRun {
+        reason: reason.to_string(),
+    }
+}
+
+/// A part of the run that may not have run: `{"ran": true, …its figures}` or
+/// `{"ran": false, "reason": …}`.
+#[derive(Debug, Clone)]
+pub enum Ran<T> {
+    Ran(T),
+    NotRun { reason: String },
+}
+
+impl<T: Serialize> Serialize for Ran<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = match self {
+            Ran::Ran(run) => {
+                let mut v = serde_json::to_value(run).map_err(serde::ser::Error::custom)?;
+                v["ran"] = json!(true);
+                v
+            }
+            Ran::NotRun { reason } => json!({"ran": false, "reason": reason}),
+        };
+        v.serialize(s)
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Ran<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let v = Value::deserialize(d)?;
+        match v["ran"].as_bool() {
+            Some(true) => serde_json::from_value(v)
+                .map(Ran::Ran)
+                .map_err(D::Error::custom),
+            Some(false) => Ok(Ran::NotRun {
+                reason: v["reason"].as_str().unwrap_or_default().to_string(),
+            }),
+            None => Err(D::Error::custom("neither `\"ran\": true` nor `false`")),
+        }
+    }
+}
+
+/// Spawn → first 200, ms.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Startup {
+    pub healthy_ms: f64,
+    pub ready_ms: f64,
+}
+
+/// One process' memory, MB: its RSS and its peak (VmHWM) since the last reset.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ProcMemory {
+    pub rss_mb: f64,
+    pub peak_mb: f64,
+}
+
+/// Every process' memory at one moment, by name (anvil as `anvil (chain-svc's child)`).
+pub type Memory = BTreeMap<String, ProcMemory>;
+
+/// A model's first prediction through the gateway, its lazy load included.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirstPrediction {
+    pub endpoint: String,
+    pub service: String,
+    pub ok: bool,
+    pub first_failure: Option<String>,
+    pub latency_ms: Option<f64>,
+    /// Its service's memory after it; the peak is the load's transient peak.
+    pub service_memory_after: Option<ProcMemory>,
+    /// Every process' peak during it (for sums at one moment).
+    pub memory: Memory,
+}
+
+/// A load phase and every process' peak during it (the warm runs' entry has no load of its
+/// own).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeakPhase {
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadFigures>,
+    pub memory: Memory,
+}
+
+/// One warm latency run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmRun {
+    pub endpoint: String,
+    /// `gateway` or `direct`.
+    pub route: String,
+    #[serde(flatten)]
+    pub load: LoadFigures,
+}
+
+/// A model as its card describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub version: String,
+    pub sha256: String,
+    pub size_mb: f64,
+    pub demo: bool,
+}
+
+/// The image models' int8 variants through the same phases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Int8Run {
+    /// The settings that chose them (`NAME=value`).
+    pub env: Vec<String>,
+    pub cards: Vec<Int8Card>,
+    pub first_predictions: Vec<FirstPrediction>,
+    pub peaks: Vec<PeakPhase>,
+    pub warm: Vec<WarmRun>,
+    pub floor: Vec<Floor>,
+    pub exited_during_run: Vec<(String, String)>,
+}
+
+/// What an int8 card says of its model against the fp32 one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Int8Card {
+    /// `retina` or `ecg`.
+    pub model: String,
+    /// The card, relative to the models folder.
+    pub card: String,
+    pub model_id: Option<String>,
+    pub size_mb: Option<f64>,
+    pub fp32_size_mb: Option<f64>,
+    pub agreement_with_fp32: Option<f64>,
+    pub accuracy_int8: Option<f64>,
+    pub accuracy_fp32: Option<f64>,
+    pub compared_on: Option<u64>,
+    pub max_abs_prob_diff_vs_fp32: Option<f64>,
+}
+
+/// A service's cgroup over a whole run, and whether the service was alive at its end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceCgroup {
+    #[serde(flatten)]
+    pub stats: Option<CgroupStats>,
+    pub alive: bool,
+}
+
+/// The loads with each service in its own 512 MB memory cgroup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CgroupRun {
+    pub limit_mb: u64,
+    pub page_cache_dropped: bool,
+    pub services: BTreeMap<String, ServiceCgroup>,
+    pub exited: Vec<(String, String)>,
+    pub first_predictions: Vec<FirstPrediction>,
+    pub peaks: Vec<PeakPhase>,
+}
+
+/// The loads with all four services in one 512 MB memory cgroup, per ECG model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SingleInstance {
+    pub limit_mb: u64,
+    pub runs: Vec<SingleRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SingleRun {
+    /// `int8` or `fp32`.
+    pub ecg_model: String,
+    pub page_cache_dropped: bool,
+    /// The supervisor's settings it ran with (`NAME=value`).
+    pub settings: Vec<String>,
+    pub cgroup: Option<CgroupStats>,
+    pub exited: Vec<(String, String)>,
+    pub first_predictions: Vec<FirstPrediction>,
+    pub peaks: Vec<PeakPhase>,
+}
+
+/// The system on a platform instance: each service with its memory limit and CPU quota.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRun {
+    pub instance: String,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub page_cache_dropped: bool,
+    pub startup: BTreeMap<String, Startup>,
+    pub services: BTreeMap<String, ServiceCgroup>,
+    pub exited: Vec<(String, String)>,
+    pub phases: Vec<InstancePhase>,
+}
+
+/// One phase on an instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstancePhase {
+    pub phase: String,
+    pub load: LoadFigures,
+    pub cgroup_peaks_reset: bool,
+    /// Per service, the phase's own figures.
+    pub cgroups: BTreeMap<String, PhaseCgroup>,
+    /// Per service, the slowest `/healthz` answer, ms, and how many were not a 200.
+    pub healthz_slowest_ms: BTreeMap<String, f64>,
+    pub healthz_failed: BTreeMap<String, u64>,
+    /// Recorded predictions answered `unrecorded` during it (the audited phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_unrecorded: Option<f64>,
+}
+
+/// A service's cgroup during one phase: its peak (reset before it), MB, and the time the CPU
+/// quota has held it back since it started, s.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PhaseCgroup {
+    pub peak_usage_mb: Option<f64>,
+    pub oom_kills: Option<u64>,
+    pub cpu_throttled_s: Option<f64>,
+}
 
 /// A prediction endpoint, through the gateway or direct.
 struct Endpoint {
@@ -104,12 +347,35 @@ fn endpoints(sys: &System) -> anyhow::Result<Vec<Endpoint>> {
     Ok(out)
 }
 
-fn memory_json(sys: &System) -> Value {
+fn proc_memory(m: medchain_tests::system::Mem) -> ProcMemory {
+    ProcMemory {
+        rss_mb: m.rss_mb,
+        peak_mb: m.hwm_mb,
+    }
+}
+
+fn memory(sys: &System) -> Memory {
     sys.memory()
         .into_iter()
-        .map(|(name, m)| (name, json!({"rss_mb": m.rss_mb, "peak_mb": m.hwm_mb})))
-        .collect::<Map<_, _>>()
-        .into()
+        .map(|(name, m)| (name, proc_memory(m)))
+        .collect()
+}
+
+fn startup(sys: &System) -> BTreeMap<String, Startup> {
+    sys.services
+        .iter()
+        .map(|s| {
+            let figures = Startup {
+                healthy_ms: s.healthy_ms,
+                ready_ms: s.ready_ms,
+            };
+            (s.name.to_string(), figures)
+        })
+        .collect()
+}
+
+fn settings_list(env: &[(&str, &str)]) -> Vec<String> {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
 fn say(msg: &str) {
@@ -117,11 +383,15 @@ fn say(msg: &str) {
 }
 
 /// Runs a peak-load phase: resets the peaks, drives, reads every process' peak.
-async fn peak_phase(sys: &System, name: &str, target: &Target, c: usize, n: usize) -> Value {
+async fn peak_phase(sys: &System, name: &str, target: &Target, c: usize, n: usize) -> PeakPhase {
     say(&format!("{name}: {n} requests, {c} concurrent"));
     sys.reset_peaks();
     let o = drive(target, c, n).await;
-    json!({"phase": name, "load": o.to_json(), "memory": memory_json(sys)})
+    PeakPhase {
+        phase: name.to_string(),
+        load: Some(o.figures()),
+        memory: memory(sys),
+    }
 }
 
 /// The loads whose peaks the targets are about, run by both the plain and the cgroup run.
@@ -129,28 +399,23 @@ async fn loads(
     sys: &System,
     eps: &[Endpoint],
     quick: bool,
-) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
+) -> anyhow::Result<(Vec<FirstPrediction>, Vec<PeakPhase>)> {
     let mut first = Vec::new();
     for ep in eps.iter().filter(|e| e.model.is_some()) {
         say(&format!("first prediction: {}", ep.label));
         // Its own peak: what loading this model costs at most, transient buffers included.
         sys.reset_peaks();
         let o = drive(&ep.gateway, 1, 1).await;
-        let mem = sys
-            .memory()
-            .into_iter()
-            .find(|(n, _)| n == ep.service)
-            .map(|(_, m)| json!({"rss_mb": m.rss_mb, "peak_mb": m.hwm_mb}));
-        first.push(json!({
-            "endpoint": ep.label,
-            "service": ep.service,
-            "ok": o.ok() == 1,
-            "first_failure": o.first_failure,
-            "latency_ms": o.latencies_ms.first(),
-            "service_memory_after": mem,
-            // Every process' peak during this first prediction (for sums at one moment).
-            "memory": memory_json(sys),
-        }));
+        let memory = memory(sys);
+        first.push(FirstPrediction {
+            endpoint: ep.label.clone(),
+            service: ep.service.to_string(),
+            ok: o.ok() == 1,
+            first_failure: o.first_failure,
+            latency_ms: o.latencies_ms.first().copied(),
+            service_memory_after: memory.get(ep.service).copied(),
+            memory,
+        });
     }
     let mut peaks = Vec::new();
     let rounds = if quick { 1 } else { 10 };
@@ -178,67 +443,79 @@ async fn loads(
     Ok((first, peaks))
 }
 
-pub async fn run(args: &Args) -> anyhow::Result<Value> {
+pub async fn run(args: &Args) -> anyhow::Result<SystemRun> {
     let logs = crate::repo_root().join(".data/bench/logs");
     let (n_tab, n_img, n_audit) = if args.quick {
         (40, 8, 20)
     } else {
         (2000, 150, 400)
     };
-    let mut results = results::header(args, "system")?;
+    let header = results::run_header(args, "system");
 
     say("starting the system (release binaries, embedded defaults)");
     let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
-    results["system_env"] = json!(sys.env);
-    results["startup"] = sys
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.name.to_string(),
-                json!({"healthy_ms": s.healthy_ms, "ready_ms": s.ready_ms}),
-            )
-        })
-        .collect::<Map<_, _>>()
-        .into();
+    let (system_env, startup) = (sys.env.clone(), startup(&sys));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    results["idle_memory"] = memory_json(&sys);
-    results["clear_refs"] = json!(sys.reset_peaks());
+    let idle_memory = memory(&sys);
+    let clear_refs = sys.reset_peaks();
 
     let eps = endpoints(&sys)?;
-    let (first, mut peaks) = loads(&sys, &eps, args.quick).await?;
-    results["first_predictions"] = json!(first);
-
+    let (first_predictions, mut peaks) = loads(&sys, &eps, args.quick).await?;
     let (warm, c1) = warm_runs(&sys, &eps, (n_tab, n_img, n_audit)).await;
-    peaks.push(json!({"phase": "warm latency runs", "memory": memory_json(&sys)}));
-    results["warm"] = json!(warm);
-    results["peaks"] = json!(peaks);
-    results["exited_during_run"] = json!(sys.exited());
+    peaks.push(PeakPhase {
+        phase: "warm latency runs".into(),
+        load: None,
+        memory: memory(&sys),
+    });
+    let exited_during_run = sys.exited();
     say("stopping the system");
     sys.stop();
     drop(sys);
 
     let d = medchain_diabetes_svc::load_settings()?;
     let h = medchain_heart_svc::load_settings()?;
-    results["floor"] = json!(floors(args, &eps, &c1, &d, &h)?);
-    results["onnxruntime_library"] = json!(floor::library(&d));
-    results["models"] = models_json(&d, &h);
+    let floor = floors(args, &eps, &c1, &d, &h)?;
+    let int8 = int8_run(args, &logs, &d, &h, n_img).await?;
+    let (cgroup_run, single_instance, instances) = cgroup_runs(args, &logs).await?;
+    Ok(SystemRun {
+        header,
+        system_env,
+        startup,
+        idle_memory,
+        clear_refs,
+        first_predictions,
+        warm,
+        peaks,
+        exited_during_run,
+        floor,
+        onnxruntime_library: floor::library(&d),
+        models: models(&d, &h),
+        int8,
+        cgroup_run,
+        single_instance,
+        instances,
+    })
+}
 
-    results["int8"] = int8_run(args, &logs, &d, &h, n_img).await?;
-
+/// The runs under kernel limits, where cgroups can be made (not with `--no-cgroup` or
+/// `--quick`): each service in 512 MB, all four in one 512 MB, and each on the platform
+/// instances (which need a CPU quota as well).
+async fn cgroup_runs(
+    args: &Args,
+    logs: &std::path::Path,
+) -> anyhow::Result<(Ran<CgroupRun>, Ran<SingleInstance>, Vec<Ran<InstanceRun>>)> {
     let cgroups = if !args.cgroup || args.quick {
         Err("skipped (--no-cgroup or --quick)".to_string())
     } else {
         Cgroup::probe()
     };
-    let not_run = |reason: &String| json!({"ran": false, "reason": reason});
-    results["cgroup_run"] = match &cgroups {
+    let cgroup_run = match &cgroups {
         Err(reason) => not_run(reason),
-        Ok(()) => cgroup_run(args, &logs).await?,
+        Ok(()) => Ran::Ran(cgroup_run(args, logs).await?),
     };
-    results["single_instance"] = match &cgroups {
+    let single = match &cgroups {
         Err(reason) => not_run(reason),
-        Ok(()) => single_instance_run(args, &logs).await?,
+        Ok(()) => Ran::Ran(single_instance_run(args, logs).await?),
     };
     let quota = cgroups.and_then(|()| Cgroup::probe_cpu());
     let mut instances = Vec::new();
@@ -248,11 +525,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     ] {
         instances.push(match &quota {
             Err(reason) => not_run(reason),
-            Ok(()) => instance_run(args, &logs, instance).await?,
+            Ok(()) => Ran::Ran(instance_run(args, logs, instance).await?),
         });
     }
-    results["instances"] = json!(instances);
-    Ok(results)
+    Ok((cgroup_run, single, instances))
 }
 
 /// Warm latency: every endpoint × {gateway, direct} × concurrency {1, 4, 16}, each after a
@@ -262,12 +538,12 @@ async fn warm_runs(
     sys: &System,
     eps: &[Endpoint],
     counts: (usize, usize, usize),
-) -> (Vec<Value>, Map<String, Value>) {
+) -> (Vec<WarmRun>, BTreeMap<String, f64>) {
     say("warm latency: every endpoint × {gateway, direct} × concurrency {1, 4, 16}");
     sys.reset_peaks();
     let (n_tab, n_img, n_audit) = counts;
     let mut warm = Vec::new();
-    let mut c1 = Map::new();
+    let mut c1 = BTreeMap::new();
     for ep in eps {
         for (route, target) in [("gateway", &ep.gateway), ("direct", &ep.direct)] {
             for c in [1, 4, 16] {
@@ -280,22 +556,26 @@ async fn warm_runs(
                 };
                 let _ = drive(target, c, (n / 10).max(c)).await; // warm-up, not recorded
                 let o: Outcome = drive(target, c, n).await;
+                let load = o.figures();
                 eprintln!(
                     "    {:<34} {:<8} c={c:<2} p50 {:>8.2} ms  p99 {:>8.2} ms  {:>7.1} req/s  failed {}",
                     ep.label,
                     route,
                     o.p(50.0).unwrap_or(f64::NAN),
                     o.p(99.0).unwrap_or(f64::NAN),
-                    o.to_json()["throughput_rps"].as_f64().unwrap_or(0.0),
-                    o.failed()
+                    load.throughput_rps,
+                    load.failed
                 );
-                if c == 1 {
-                    c1.insert(format!("{}|{route}", ep.label), json!(o.p(50.0)));
+                if c == 1
+                    && let Some(p50) = load.p50_ms
+                {
+                    c1.insert(format!("{}|{route}", ep.label), p50);
                 }
-                let mut j = o.to_json();
-                j["endpoint"] = json!(ep.label);
-                j["route"] = json!(route);
-                warm.push(j);
+                warm.push(WarmRun {
+                    endpoint: ep.label.clone(),
+                    route: route.into(),
+                    load,
+                });
             }
         }
     }
@@ -307,10 +587,10 @@ async fn warm_runs(
 fn floors(
     args: &Args,
     eps: &[Endpoint],
-    c1: &Map<String, Value>,
+    c1: &BTreeMap<String, f64>,
     d: &DiseaseSettings,
     h: &DiseaseSettings,
-) -> anyhow::Result<Vec<Value>> {
+) -> anyhow::Result<Vec<Floor>> {
     say("the floor: raw ONNX Runtime inference in this process, same options and inputs");
     let mut floors = Vec::new();
     let runs = |image: bool| match (args.quick, image) {
@@ -338,45 +618,41 @@ fn floors(
             };
             floor::Input::Tabular(&record)
         };
-        let mut f = floor::measure(settings, card, input, runs(ep.image))?;
-        let ort = f["p50_ms"].as_f64().unwrap_or(f64::NAN);
-        for route in ["direct", "gateway"] {
-            if let Some(e2e) = c1
-                .get(&format!("{}|{route}", ep.label))
-                .and_then(Value::as_f64)
-            {
-                f[format!("e2e_p50_ms_{route}")] = json!(e2e);
-                f[format!("ratio_{route}")] = json!(e2e / ort);
-            }
-        }
-        f["endpoint"] = json!(ep.label);
-        eprintln!(
-            "    {:<34} ORT p50 {:>8.3} ms",
-            ep.label,
-            f["p50_ms"].as_f64().unwrap_or(f64::NAN)
-        );
-        floors.push(f);
+        let f = floor::measure(settings, card, input, runs(ep.image))?;
+        let ort = f.p50_ms.unwrap_or(f64::NAN);
+        let e2e = |route: &str| c1.get(&format!("{}|{route}", ep.label)).copied();
+        let (direct, gateway) = (e2e("direct"), e2e("gateway"));
+        eprintln!("    {:<34} ORT p50 {ort:>8.3} ms", ep.label);
+        floors.push(Floor {
+            endpoint: Some(ep.label.clone()),
+            e2e_p50_ms_direct: direct,
+            ratio_direct: direct.map(|e| e / ort),
+            e2e_p50_ms_gateway: gateway,
+            ratio_gateway: gateway.map(|e| e / ort),
+            ..f
+        });
     }
     Ok(floors)
 }
 
 /// The four models' cards: id, version, sha256, size, demo.
-fn models_json(d: &DiseaseSettings, h: &DiseaseSettings) -> Value {
-    json!(
-        [
-            (d, &d.models.tabular.card),
-            (d, &d.models.image.card),
-            (h, &h.models.tabular.card),
-            (h, &h.models.image.card)
-        ]
-        .iter()
-        .filter_map(|(s, c)| floor::card(s, c))
-        .map(
-            |c| json!({"id": c.model_id, "version": c.version, "sha256": c.sha256,
-                        "size_mb": c.size_bytes as f64 / 1048576.0, "demo": c.demo})
-        )
-        .collect::<Vec<_>>()
-    )
+fn models(d: &DiseaseSettings, h: &DiseaseSettings) -> Vec<ModelInfo> {
+    [
+        (d, &d.models.tabular.card),
+        (d, &d.models.image.card),
+        (h, &h.models.tabular.card),
+        (h, &h.models.image.card),
+    ]
+    .iter()
+    .filter_map(|(s, c)| floor::card(s, c))
+    .map(|c| ModelInfo {
+        id: c.model_id,
+        version: c.version,
+        sha256: c.sha256,
+        size_mb: c.size_bytes as f64 / 1048576.0,
+        demo: c.demo,
+    })
+    .collect()
 }
 
 /// Drops the kernel's clean page cache (needs root), so that the ONNX Runtime library and the
@@ -411,7 +687,10 @@ fn supervisor_defaults() -> anyhow::Result<Vec<(String, String)>> {
 /// The loads again with all four services (and chain-svc's embedded anvil) in one memory
 /// cgroup of 512 MB, as the single-instance image runs them (the supervisor's defaults: the
 /// int8 ECG model, half-size image memory budgets), then the same with the fp32 ECG model.
-async fn single_instance_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value> {
+async fn single_instance_run(
+    args: &Args,
+    logs: &std::path::Path,
+) -> anyhow::Result<SingleInstance> {
     let defaults = supervisor_defaults()?;
     anyhow::ensure!(
         defaults
@@ -445,36 +724,40 @@ async fn single_instance_run(args: &Args, logs: &std::path::Path) -> anyhow::Res
         let (first, peaks) = loads(&sys, &eps, args.quick).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let exited = sys.exited();
-        let cgroup = sys.services[0]
-            .cgroup
-            .as_ref()
-            .map_or(Value::Null, |c| c.stats());
+        let cgroup = sys.services[0].cgroup.as_ref().map(|c| c.stats());
         sys.stop();
-        runs.push(json!({
-            "ecg_model": ecg,
-            "page_cache_dropped": page_cache_dropped,
-            "settings": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-            "cgroup": cgroup,
-            "exited": exited,
-            "first_predictions": first,
-            "peaks": peaks,
-        }));
+        runs.push(SingleRun {
+            ecg_model: ecg.into(),
+            page_cache_dropped,
+            settings: settings_list(&env),
+            cgroup,
+            exited,
+            first_predictions: first,
+            peaks,
+        });
     }
-    Ok(json!({"ran": true, "limit_mb": 512, "runs": runs}))
+    Ok(SingleInstance {
+        limit_mb: 512,
+        runs,
+    })
 }
 
 /// After a cgroup run: which processes exited, and each service's cgroup figures with whether
 /// it was still alive; then stops the system.
-async fn stop_and_summarise(sys: &mut System) -> (Vec<(String, String)>, Map<String, Value>) {
+async fn stop_and_summarise(
+    sys: &mut System,
+) -> (Vec<(String, String)>, BTreeMap<String, ServiceCgroup>) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let exited = sys.exited();
     let services = sys
         .services
         .iter()
         .map(|s| {
-            let mut v = s.cgroup.as_ref().map_or(Value::Null, |c| c.stats());
-            v["alive"] = json!(!exited.iter().any(|(n, _)| n == s.name));
-            (s.name.to_string(), v)
+            let figures = ServiceCgroup {
+                stats: s.cgroup.as_ref().map(|c| c.stats()),
+                alive: !exited.iter().any(|(n, _)| n == s.name),
+            };
+            (s.name.to_string(), figures)
         })
         .collect();
     sys.stop();
@@ -483,23 +766,20 @@ async fn stop_and_summarise(sys: &mut System) -> (Vec<(String, String)>, Map<Str
 
 /// Every service's cgroup peak (reset before the phase), MB, and the time the CPU quota held
 /// it back, seconds.
-fn cgroup_peaks(sys: &System) -> Value {
+fn cgroup_peaks(sys: &System) -> BTreeMap<String, PhaseCgroup> {
     sys.services
         .iter()
         .map(|s| {
             let cg = s.cgroup.as_ref();
-            let st = cg.map_or(Value::Null, |c| c.stats());
-            (
-                s.name.to_string(),
-                json!({
-                    "peak_usage_mb": st["peak_usage_mb"],
-                    "oom_kills": st["oom_kills"],
-                    "cpu_throttled_s": cg.and_then(|c| c.cpu_throttled_seconds()),
-                }),
-            )
+            let st = cg.map(|c| c.stats());
+            let figures = PhaseCgroup {
+                peak_usage_mb: st.as_ref().and_then(|st| st.peak_usage_mb),
+                oom_kills: st.as_ref().and_then(|st| st.oom_kills),
+                cpu_throttled_s: cg.and_then(|c| c.cpu_throttled_seconds()),
+            };
+            (s.name.to_string(), figures)
         })
-        .collect::<Map<_, _>>()
-        .into()
+        .collect()
 }
 
 fn reset_cgroup_peaks(sys: &System) -> bool {
@@ -515,13 +795,13 @@ fn reset_cgroup_peaks(sys: &System) -> bool {
 async fn poll_health(
     services: Vec<(String, String)>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Map<String, Value>, Map<String, Value>) {
+) -> (BTreeMap<String, f64>, BTreeMap<String, u64>) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_default();
-    let mut slowest: Map<String, Value> = Map::new();
-    let mut failed: Map<String, Value> = Map::new();
+    let mut slowest = BTreeMap::new();
+    let mut failed = BTreeMap::new();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         for (name, url) in &services {
             let t = std::time::Instant::now();
@@ -531,10 +811,9 @@ async fn poll_health(
                 .await
                 .is_ok_and(|r| r.status() == 200);
             let ms = t.elapsed().as_secs_f64() * 1e3;
-            let worst = slowest.get(name).and_then(Value::as_f64).unwrap_or(0.0);
-            slowest.insert(name.clone(), json!(worst.max(ms)));
-            let n = failed.get(name).and_then(Value::as_u64).unwrap_or(0);
-            failed.insert(name.clone(), json!(n + u64::from(!ok)));
+            let worst: &mut f64 = slowest.entry(name.clone()).or_default();
+            *worst = worst.max(ms);
+            *failed.entry(name.clone()).or_default() += u64::from(!ok);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -565,7 +844,13 @@ async fn unrecorded(sys: &System) -> Option<f64> {
 
 /// One phase on an instance: the cgroup peaks reset first, read after; the services' health
 /// checks timed throughout.
-async fn instance_phase(sys: &System, name: &str, target: &Target, c: usize, n: usize) -> Value {
+async fn instance_phase(
+    sys: &System,
+    name: &str,
+    target: &Target,
+    c: usize,
+    n: usize,
+) -> InstancePhase {
     say(&format!("{name}: {n} requests, {c} concurrent"));
     let reset = reset_cgroup_peaks(sys);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -578,9 +863,15 @@ async fn instance_phase(sys: &System, name: &str, target: &Target, c: usize, n: 
     let o = drive(target, c, n).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (healthz_slowest_ms, healthz_failed) = health.await.unwrap_or_default();
-    json!({"phase": name, "load": o.to_json(), "cgroup_peaks_reset": reset,
-           "cgroups": cgroup_peaks(sys), "healthz_slowest_ms": healthz_slowest_ms,
-           "healthz_failed": healthz_failed})
+    InstancePhase {
+        phase: name.to_string(),
+        load: o.figures(),
+        cgroup_peaks_reset: reset,
+        cgroups: cgroup_peaks(sys),
+        healthz_slowest_ms,
+        healthz_failed,
+        audit_unrecorded: None,
+    }
 }
 
 /// The system as it runs on a platform instance: each service in a cgroup of its own with the
@@ -592,7 +883,7 @@ async fn instance_run(
     args: &Args,
     logs: &std::path::Path,
     instance: medchain_tests::system::Instance,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<InstanceRun> {
     say(&format!(
         "each service on a {} instance ({} MB, {} CPU)",
         instance.name,
@@ -607,16 +898,7 @@ async fn instance_run(
         &[],
     )
     .await?;
-    let startup: Map<String, Value> = sys
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.name.to_string(),
-                json!({"healthy_ms": s.healthy_ms, "ready_ms": s.ready_ms}),
-            )
-        })
-        .collect();
+    let startup = startup(&sys);
     let eps = endpoints(&sys)?;
     let mut phases = Vec::new();
     for ep in eps.iter().filter(|e| e.model.is_some()) {
@@ -638,7 +920,7 @@ async fn instance_run(
         let before = unrecorded(&sys).await;
         let name = format!("16 concurrent {}", ep.label);
         let mut phase = instance_phase(&sys, &name, &ep.gateway, 16, 160).await;
-        phase["audit_unrecorded"] = json!(unrecorded(&sys).await.zip(before).map(|(a, b)| a - b));
+        phase.audit_unrecorded = unrecorded(&sys).await.zip(before).map(|(a, b)| a - b);
         phases.push(phase);
     }
     let gw = sys.get("gateway").url();
@@ -657,21 +939,20 @@ async fn instance_run(
         phases.push(instance_phase(&sys, &name, &t, 16, 16).await);
     }
     let (exited, services) = stop_and_summarise(&mut sys).await;
-    Ok(json!({
-        "ran": true,
-        "instance": instance.name,
-        "memory_mb": instance.memory_bytes >> 20,
-        "cpus": instance.cpus,
-        "page_cache_dropped": page_cache_dropped,
-        "startup": startup,
-        "services": services,
-        "exited": exited,
-        "phases": phases,
-    }))
+    Ok(InstanceRun {
+        instance: instance.name.into(),
+        memory_mb: instance.memory_bytes >> 20,
+        cpus: instance.cpus,
+        page_cache_dropped,
+        startup,
+        services,
+        exited,
+        phases,
+    })
 }
 
 /// The loads again, each service in its own 512 MB memory cgroup.
-async fn cgroup_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value> {
+async fn cgroup_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<CgroupRun> {
     say("again with each service in a 512 MB memory cgroup");
     let page_cache_dropped = drop_page_cache();
     let mut sys = System::start(
@@ -684,15 +965,14 @@ async fn cgroup_run(args: &Args, logs: &std::path::Path) -> anyhow::Result<Value
     let eps = endpoints(&sys)?;
     let (first, peaks) = loads(&sys, &eps, args.quick).await?;
     let (exited, per_service) = stop_and_summarise(&mut sys).await;
-    Ok(json!({
-        "ran": true,
-        "limit_mb": 512,
-        "page_cache_dropped": page_cache_dropped,
-        "services": per_service,
-        "exited": exited,
-        "first_predictions": first,
-        "peaks": peaks,
-    }))
+    Ok(CgroupRun {
+        limit_mb: 512,
+        page_cache_dropped,
+        services: per_service,
+        exited,
+        first_predictions: first,
+        peaks,
+    })
 }
 
 /// The image models' int8 variants (`<model>.int8.card.json`, chosen by configuration as an
@@ -704,7 +984,7 @@ async fn int8_run(
     d: &medchain_serving::settings::DiseaseSettings,
     h: &medchain_serving::settings::DiseaseSettings,
     n_img: usize,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Ran<Int8Run>> {
     let variants = [
         (
             "DIABETES__MODELS__IMAGE__CARD",
@@ -718,7 +998,9 @@ async fn int8_run(
         .filter(|(_, card, s)| s.models.dir().join(card).is_file())
         .collect();
     if present.is_empty() {
-        return Ok(json!({"ran": false, "reason": "no int8 cards (python -m pipeline.quantize)"}));
+        return Ok(Ran::NotRun {
+            reason: "no int8 cards (python -m pipeline.quantize)".into(),
+        });
     }
     say("int8 variants: the same phases with the image models' int8 cards configured");
     let env: Vec<(&str, &str)> = present.iter().map(|(k, v, _)| (*k, *v)).collect();
@@ -731,10 +1013,11 @@ async fn int8_run(
             for c in [1, 4] {
                 let _ = drive(target, c, (n_img / 10).max(c)).await;
                 let o = drive(target, c, n_img).await;
-                let mut j = o.to_json();
-                j["endpoint"] = json!(ep.label);
-                j["route"] = json!(route);
-                warm.push(j);
+                warm.push(WarmRun {
+                    endpoint: ep.label.clone(),
+                    route: route.into(),
+                    load: o.figures(),
+                });
             }
         }
     }
@@ -751,32 +1034,39 @@ async fn int8_run(
         };
         let small = inputs::small_jpeg(model)?;
         let runs = if args.quick { 5 } else { 60 };
-        let mut f = floor::measure(settings, card, floor::Input::Image(&small), runs)?;
-        f["model"] = json!(model);
-        floors.push(f);
+        let f = floor::measure(settings, card, floor::Input::Image(&small), runs)?;
+        floors.push(Floor {
+            model: Some(model.into()),
+            ..f
+        });
         let raw = std::fs::read_to_string(settings.models.dir().join(card))?;
-        let c: Value = serde_json::from_str(&raw)?;
-        cards.push(json!({
-            "model": model,
-            "card": card,
-            "model_id": c["model_id"],
-            "size_mb": c["size_bytes"].as_f64().map(|b| b / 1048576.0),
-            "fp32_size_mb": c["quantization"]["from"]["size_bytes"].as_f64().map(|b| b / 1048576.0),
-            "agreement_with_fp32": c["metrics"]["agreement_with_fp32"],
-            "accuracy_int8": c["metrics"]["accuracy_int8"],
-            "accuracy_fp32": c["metrics"]["accuracy_fp32"],
-            "compared_on": c["metrics"]["compared_on"],
-            "max_abs_prob_diff_vs_fp32": c["metrics"]["max_abs_prob_diff_vs_fp32"],
-        }));
+        cards.push(int8_card(model, card, &serde_json::from_str(&raw)?));
     }
-    Ok(json!({
-        "ran": true,
-        "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-        "cards": cards,
-        "first_predictions": first,
-        "peaks": peaks,
-        "warm": warm,
-        "floor": floors,
-        "exited_during_run": exited,
+    Ok(Ran::Ran(Int8Run {
+        env: settings_list(&env),
+        cards,
+        first_predictions: first,
+        peaks,
+        warm,
+        floor: floors,
+        exited_during_run: exited,
     }))
+}
+
+/// What the int8 card `c` (its JSON) says of its model against the fp32 one.
+fn int8_card(model: &str, card: &str, c: &Value) -> Int8Card {
+    let mb = |v: &Value| v.as_f64().map(|b| b / 1048576.0);
+    let metric = |name: &str| c["metrics"][name].as_f64();
+    Int8Card {
+        model: model.into(),
+        card: card.into(),
+        model_id: c["model_id"].as_str().map(str::to_string),
+        size_mb: mb(&c["size_bytes"]),
+        fp32_size_mb: mb(&c["quantization"]["from"]["size_bytes"]),
+        agreement_with_fp32: metric("agreement_with_fp32"),
+        accuracy_int8: metric("accuracy_int8"),
+        accuracy_fp32: metric("accuracy_fp32"),
+        compared_on: c["metrics"]["compared_on"].as_u64(),
+        max_abs_prob_diff_vs_fp32: metric("max_abs_prob_diff_vs_fp32"),
+    }
 }

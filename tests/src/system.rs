@@ -16,7 +16,6 @@ use anyhow::{Context, bail};
 pub use crate::net::{consecutive_free_ports, free_ports};
 use medchain_core::auth::{CALLS, Peer, SERVICES, credentials_env};
 use medchain_core::memory;
-use serde_json::{Value, json};
 
 /// Start order: the chain first (the disease services record to it), the gateway last.
 pub const NAMES: [&str; 4] = ["chain-svc", "diabetes-svc", "heart-svc", "gateway"];
@@ -160,6 +159,89 @@ pub struct Mem {
     pub hwm_mb: f64,
 }
 
+/// Every process' settings for a run on `port`s: where each listens and finds the others, the
+/// data dir, and the caller the harness signs in as (`api_key`; its hash, nothing secret).
+fn system_env(port: &dyn Fn(&str) -> u16, api_key: &str, data: &Path) -> Vec<(String, String)> {
+    let url = |name: &str| format!("http://127.0.0.1:{}", port(name));
+    vec![
+        ("GATEWAY__SERVER__PORT".into(), port("gateway").to_string()),
+        (
+            "DIABETES__SERVER__PORT".into(),
+            port("diabetes-svc").to_string(),
+        ),
+        ("HEART__SERVER__PORT".into(), port("heart-svc").to_string()),
+        ("CHAIN__SERVER__PORT".into(), port("chain-svc").to_string()),
+        ("GATEWAY__UPSTREAMS__DIABETES".into(), url("diabetes-svc")),
+        ("GATEWAY__UPSTREAMS__HEART".into(), url("heart-svc")),
+        ("GATEWAY__UPSTREAMS__CHAIN".into(), url("chain-svc")),
+        ("DIABETES__CHAIN__URL".into(), url("chain-svc")),
+        ("HEART__CHAIN__URL".into(), url("chain-svc")),
+        // One load generator is one client: the per-client limit would measure itself.
+        ("GATEWAY__CLIENTS__RATE_PER_SECOND".into(), "1000000".into()),
+        ("GATEWAY__CLIENTS__RATE_BURST".into(), "1000000".into()),
+        (
+            "GATEWAY__CLIENTS__KEYS".into(),
+            crate::key_entry("system-test", "clinician", api_key),
+        ),
+        ("MEDCHAIN_DATA_DIR".into(), data.display().to_string()),
+    ]
+}
+
+impl Service {
+    /// Starts `name` from `bin_dir` on `port` (inside `cgroup`, if any) with `env`, logging
+    /// to `log`, and waits until it is healthy and then ready.
+    async fn spawn(
+        name: &'static str,
+        bin_dir: &Path,
+        port: u16,
+        cgroup: Option<Arc<Cgroup>>,
+        env: &[(String, String)],
+        log: fs::File,
+    ) -> anyhow::Result<Service> {
+        let bin = bin_dir.join(name);
+        if !bin.is_file() {
+            bail!("{} is missing: build it first", bin.display());
+        }
+        let mut cmd = match &cgroup {
+            // The shell joins the cgroup, then becomes the service: every byte the service
+            // ever maps is charged to the cgroup.
+            Some(cg) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("for f in \"$@\"; do echo $$ > \"$f\" || exit 1; done; exec \"$0\"")
+                    .arg(&bin)
+                    .args(cg.procs_files());
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut svc = Service {
+            name,
+            port,
+            pid: child.id(),
+            child,
+            cgroup,
+            healthy_ms: 0.0,
+            ready_ms: 0.0,
+        };
+        let client = reqwest::Client::new();
+        let url = svc.url();
+        let healthz = format!("{url}/healthz");
+        svc.healthy_ms = wait_ok(&client, &healthz, &mut svc.child, name, started).await?;
+        let readyz = format!("{url}/readyz");
+        svc.ready_ms = wait_ok(&client, &readyz, &mut svc.child, name, started).await?;
+        Ok(svc)
+    }
+}
+
 impl System {
     /// Starts the four services from `bin_dir`, one after the other, each waited for until
     /// ready, each logging to `logs/<name>.log`, their memory charged as `cgroups` says.
@@ -175,33 +257,9 @@ impl System {
         let data = tempfile::tempdir()?;
         let credentials = new_credentials()?;
         let api_key = new_api_key()?;
-        let key_entry = crate::key_entry("system-test", "clinician", &api_key);
         let ports = free_ports(4)?;
         let port = |name: &str| ports[NAMES.iter().position(|n| *n == name).unwrap_or(0)];
-        let url = |name: &str| format!("http://127.0.0.1:{}", port(name));
-        let mut env: Vec<(String, String)> = vec![
-            ("GATEWAY__SERVER__PORT".into(), port("gateway").to_string()),
-            (
-                "DIABETES__SERVER__PORT".into(),
-                port("diabetes-svc").to_string(),
-            ),
-            ("HEART__SERVER__PORT".into(), port("heart-svc").to_string()),
-            ("CHAIN__SERVER__PORT".into(), port("chain-svc").to_string()),
-            ("GATEWAY__UPSTREAMS__DIABETES".into(), url("diabetes-svc")),
-            ("GATEWAY__UPSTREAMS__HEART".into(), url("heart-svc")),
-            ("GATEWAY__UPSTREAMS__CHAIN".into(), url("chain-svc")),
-            ("DIABETES__CHAIN__URL".into(), url("chain-svc")),
-            ("HEART__CHAIN__URL".into(), url("chain-svc")),
-            // One load generator is one client: the per-client limit would measure itself.
-            ("GATEWAY__CLIENTS__RATE_PER_SECOND".into(), "1000000".into()),
-            ("GATEWAY__CLIENTS__RATE_BURST".into(), "1000000".into()),
-            // The caller the harness signs in as (a hash: nothing secret in `env`).
-            ("GATEWAY__CLIENTS__KEYS".into(), key_entry),
-        ];
-        env.push((
-            "MEDCHAIN_DATA_DIR".into(),
-            data.path().display().to_string(),
-        ));
+        let mut env = system_env(&port, &api_key, data.path());
         env.extend(
             extra_env
                 .iter()
@@ -236,10 +294,6 @@ impl System {
             _ => None,
         };
         for name in NAMES {
-            let bin = bin_dir.join(name);
-            if !bin.is_file() {
-                bail!("{} is missing: build it first", bin.display());
-            }
             let cgroup = match cgroups {
                 Cgroups::EachIn(limit) => Some(make(name, limit, None)?),
                 Cgroups::Instance(i) => Some(make(name, i.memory_bytes, Some(i.cpus))?),
@@ -247,54 +301,7 @@ impl System {
                 Cgroups::None => None,
             };
             let log = fs::File::create(logs.join(format!("{name}.log")))?;
-            let mut cmd = match &cgroup {
-                // The shell joins the cgroup, then becomes the service: every byte the
-                // service ever maps is charged to the cgroup.
-                Some(cg) => {
-                    let mut c = Command::new("sh");
-                    c.arg("-c")
-                        .arg("for f in \"$@\"; do echo $$ > \"$f\" || exit 1; done; exec \"$0\"")
-                        .arg(&bin)
-                        .args(cg.procs_files());
-                    c
-                }
-                None => Command::new(&bin),
-            };
-            cmd.envs(env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            let started = Instant::now();
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("cannot start {}", bin.display()))?;
-            let mut svc = Service {
-                name,
-                port: port(name),
-                pid: child.id(),
-                child,
-                cgroup,
-                healthy_ms: 0.0,
-                ready_ms: 0.0,
-            };
-            let client = reqwest::Client::new();
-            let url = svc.url();
-            svc.healthy_ms = wait_ok(
-                &client,
-                &format!("{url}/healthz"),
-                &mut svc.child,
-                name,
-                started,
-            )
-            .await?;
-            svc.ready_ms = wait_ok(
-                &client,
-                &format!("{url}/readyz"),
-                &mut svc.child,
-                name,
-                started,
-            )
-            .await?;
+            let svc = Service::spawn(name, bin_dir, port(name), cgroup, &env, log).await?;
             system.services.push(svc);
         }
         Ok(system)
@@ -624,7 +631,7 @@ impl Cgroup {
 
     /// Peak usage charged to the cgroup (includes page cache, as a container's does), the
     /// limit, and how many times the kernel's OOM killer ran in it.
-    pub fn stats(&self) -> Value {
+    pub fn stats(&self) -> CgroupStats {
         let read = |f: &str| fs::read_to_string(self.dir.join(f)).unwrap_or_default();
         let num = |f: &str| read(f).trim().parse::<u64>().ok();
         let oom_kills = if self.v2 {
@@ -640,15 +647,30 @@ impl Cgroup {
                 num("memory.max_usage_in_bytes"),
             )
         };
-        json!({
-            "cgroup": self.dir.display().to_string(),
-            "version": if self.v2 { 2 } else { 1 },
-            "cpus": self.cpus,
-            "limit_mb": limit.map(|b| b as f64 / MB),
-            "peak_usage_mb": peak.map(|b| b as f64 / MB),
-            "oom_kills": oom_kills,
-        })
+        CgroupStats {
+            cgroup: self.dir.display().to_string(),
+            version: if self.v2 { 2 } else { 1 },
+            cpus: self.cpus,
+            limit_mb: limit.map(|b| b as f64 / MB),
+            peak_usage_mb: peak.map(|b| b as f64 / MB),
+            oom_kills,
+        }
     }
+}
+
+/// What [`Cgroup::stats`] read: the figures a benchmark records per cgroup.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CgroupStats {
+    /// The cgroup's directory.
+    pub cgroup: String,
+    /// 1 or 2.
+    pub version: u8,
+    /// The CPU quota, CPUs (`None`: no quota).
+    pub cpus: Option<f64>,
+    pub limit_mb: Option<f64>,
+    /// Peak usage, page cache included.
+    pub peak_usage_mb: Option<f64>,
+    pub oom_kills: Option<u64>,
 }
 
 /// The value of the first `name value` line whose name matches (cgroup files, Prometheus).

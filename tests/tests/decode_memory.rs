@@ -105,23 +105,6 @@ fn jpeg(w: u32, h: u32, j: &Jpeg) -> Vec<u8> {
     out
 }
 
-/// Inserts an EXIF APP1 segment with `orientation` right after SOI.
-fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-    let mut tiff = vec![
-        b'I', b'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0,
-    ];
-    tiff.extend_from_slice(&orientation.to_le_bytes());
-    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    let len = (2 + 6 + tiff.len()) as u16;
-    let mut out = jpeg[..2].to_vec();
-    out.extend_from_slice(&[0xFF, 0xE1]);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(b"Exif\0\0");
-    out.extend_from_slice(&tiff);
-    out.extend_from_slice(&jpeg[2..]);
-    out
-}
-
 fn png(img: DynamicImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)
@@ -254,7 +237,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
             let restarts = jpeg(w, h, &j);
             cases.push((
                 format!("jpeg {kind} 4:2:0 restart markers, EXIF turned {w}×{h}"),
-                with_orientation(&restarts, 6),
+                medchain_tests::with_orientation(&restarts, 6),
             ));
             cases.push((
                 format!("jpeg {kind} 4:2:0 restart markers {w}×{h}"),

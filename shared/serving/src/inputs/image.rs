@@ -483,23 +483,6 @@ mod tests {
         assert_eq!(decode_cost(b"not an image", &pre()), None);
     }
 
-    /// Inserts an EXIF APP1 segment with the given orientation right after SOI.
-    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-        let mut tiff = vec![
-            b'I', b'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0,
-        ];
-        tiff.extend_from_slice(&orientation.to_le_bytes());
-        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        let len = (2 + 6 + tiff.len()) as u16;
-        let mut out = jpeg[..2].to_vec();
-        out.extend_from_slice(&[0xFF, 0xE1]);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(b"Exif\0\0");
-        out.extend_from_slice(&tiff);
-        out.extend_from_slice(&jpeg[2..]);
-        out
-    }
-
     fn red_at(t: &[f32], x: usize, y: usize) -> f32 {
         t[y * 224 + x]
     }
@@ -517,8 +500,12 @@ mod tests {
         });
         let upright = prepare(&jpeg(&img, 95), &pre(), &limits()).expect("plain");
         assert!(red_at(&upright.tensor, 20, 112) > 1.5 && red_at(&upright.tensor, 200, 112) < 0.0);
-        let rotated =
-            prepare(&with_orientation(&jpeg(&img, 95), 6), &pre(), &limits()).expect("with exif");
+        let rotated = prepare(
+            &medchain_tests::with_orientation(&jpeg(&img, 95), 6),
+            &pre(),
+            &limits(),
+        )
+        .expect("with exif");
         assert_eq!((rotated.original_width, rotated.original_height), (80, 40));
         assert!(red_at(&rotated.tensor, 112, 20) > 1.5, "top should be red");
         assert!(
