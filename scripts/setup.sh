@@ -58,15 +58,16 @@ if [ "$with_tests" = 1 ]; then
   req="$ROOT/models/requirements.txt"
   deploy_req="$ROOT/tests/deploy/requirements.txt"
   verifier_req="$ROOT/chain-svc/verifier/requirements.txt"
+  clients_req="$ROOT/tests/clients/requirements.txt"
   stamp="$PYENV/.requirements.sha256"
-  want="$(cat "$req" "$deploy_req" "$verifier_req" | sha256sum | cut -d' ' -f1)"
+  want="$(cat "$req" "$deploy_req" "$verifier_req" "$clients_req" | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "Python pipeline environment: present ($PYENV)"
   else
-    say "Python test environment: installing models/requirements.txt, tests/deploy/requirements.txt and chain-svc/verifier/requirements.txt into $PYENV"
+    say "Python test environment: installing models/requirements.txt, tests/deploy/requirements.txt, chain-svc/verifier/requirements.txt and tests/clients/requirements.txt into $PYENV"
     python3 -m venv "$PYENV"
     "$PYENV/bin/pip" install --quiet --upgrade pip
-    "$PYENV/bin/pip" install --quiet -r "$req" -r "$deploy_req" -r "$verifier_req"
+    "$PYENV/bin/pip" install --quiet -r "$req" -r "$deploy_req" -r "$verifier_req" -r "$clients_req"
     echo "$want" > "$stamp"
   fi
 fi

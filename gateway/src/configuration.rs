@@ -60,6 +60,8 @@ pub struct LimitSettings {
     pub tabular_max_bytes: usize,
     pub image_max_bytes: usize,
     pub verify_max_bytes: usize,
+    /// An Open Inference Protocol inference body (JSON or binary tensors).
+    pub inference_max_bytes: usize,
 }
 
 /// Who may call the public API, and how often.

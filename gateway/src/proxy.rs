@@ -325,14 +325,22 @@ pub struct Proxy {
 const FORWARD_REQUEST: [HeaderName; 1] = [header::ACCEPT];
 /// Request headers passed on with a body only: on a bodiless request they would announce
 /// bytes that never come (the upstream then waits for them until a timeout).
-const FORWARD_WITH_BODY: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_LENGTH];
+const FORWARD_WITH_BODY: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    INFERENCE_HEADER_LENGTH,
+];
 /// Response headers passed back.
-const FORWARD_RESPONSE: [HeaderName; 4] = [
+const FORWARD_RESPONSE: [HeaderName; 5] = [
     header::CONTENT_TYPE,
     header::RETRY_AFTER,
     header::CACHE_CONTROL,
     header::CONTENT_LENGTH,
+    INFERENCE_HEADER_LENGTH,
 ];
+/// Where an Open Inference Protocol body's JSON ends and its binary tensors begin.
+const INFERENCE_HEADER_LENGTH: HeaderName =
+    HeaderName::from_static(medchain_core::contract::INFERENCE_HEADER_CONTENT_LENGTH);
 
 /// A request body fed from the client as it arrives: a small bounded channel, so a slow
 /// upstream slows the client down instead of the gateway buffering the upload.

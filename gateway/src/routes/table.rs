@@ -29,6 +29,8 @@ pub enum Kind {
     Read,
     /// Verify a record: JSON or the original image.
     Verify,
+    /// An Open Inference Protocol inference: JSON or binary tensors, a batch of them.
+    Inference,
 }
 
 /// One public route.
@@ -75,7 +77,7 @@ const ADMIN: &[Role] = &[Role::Admin];
 /// What the page needs to draw itself: every caller.
 const EVERYONE: &[Role] = &[Role::Clinician, Role::Auditor, Role::Admin];
 
-use Kind::{Image, Read, Tabular, Verify};
+use Kind::{Image, Inference, Read, Tabular, Verify};
 use UpstreamKey::{Chain, Diabetes, Heart};
 
 /// Every public route.
@@ -180,6 +182,186 @@ pub const ROUTES: &[Route] = &[
         Read,
         ADMIN,
     ),
+    // The Open Inference Protocol (KServe V2) of each disease service: a standard client's
+    // base URL is `<gateway>/api/v1/<disease>`.
+    r("GET", "/diabetes/v2", Diabetes, "/v2", Read, EVERYONE),
+    r(
+        "GET",
+        "/diabetes/v2/health/live",
+        Diabetes,
+        "/v2/health/live",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/diabetes/v2/health/ready",
+        Diabetes,
+        "/v2/health/ready",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/diabetes/v2/models/{name}",
+        Diabetes,
+        "/v2/models/{name}",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/diabetes/v2/models/{name}/versions/{version}",
+        Diabetes,
+        "/v2/models/{name}/versions/{version}",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/diabetes/v2/models/{name}/ready",
+        Diabetes,
+        "/v2/models/{name}/ready",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/diabetes/v2/models/{name}/versions/{version}/ready",
+        Diabetes,
+        "/v2/models/{name}/versions/{version}/ready",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "POST",
+        "/diabetes/v2/models/{name}/infer",
+        Diabetes,
+        "/v2/models/{name}/infer",
+        Inference,
+        PREDICT,
+    ),
+    r(
+        "POST",
+        "/diabetes/v2/models/{name}/versions/{version}/infer",
+        Diabetes,
+        "/v2/models/{name}/versions/{version}/infer",
+        Inference,
+        PREDICT,
+    ),
+    r(
+        "POST",
+        "/diabetes/v2/repository/index",
+        Diabetes,
+        "/v2/repository/index",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "POST",
+        "/diabetes/v2/repository/models/{name}/load",
+        Diabetes,
+        "/v2/repository/models/{name}/load",
+        Read,
+        OPERATE,
+    ),
+    r(
+        "POST",
+        "/diabetes/v2/repository/models/{name}/unload",
+        Diabetes,
+        "/v2/repository/models/{name}/unload",
+        Read,
+        ADMIN,
+    ),
+    r("GET", "/heart/v2", Heart, "/v2", Read, EVERYONE),
+    r(
+        "GET",
+        "/heart/v2/health/live",
+        Heart,
+        "/v2/health/live",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/heart/v2/health/ready",
+        Heart,
+        "/v2/health/ready",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/heart/v2/models/{name}",
+        Heart,
+        "/v2/models/{name}",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/heart/v2/models/{name}/versions/{version}",
+        Heart,
+        "/v2/models/{name}/versions/{version}",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/heart/v2/models/{name}/ready",
+        Heart,
+        "/v2/models/{name}/ready",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "GET",
+        "/heart/v2/models/{name}/versions/{version}/ready",
+        Heart,
+        "/v2/models/{name}/versions/{version}/ready",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "POST",
+        "/heart/v2/models/{name}/infer",
+        Heart,
+        "/v2/models/{name}/infer",
+        Inference,
+        PREDICT,
+    ),
+    r(
+        "POST",
+        "/heart/v2/models/{name}/versions/{version}/infer",
+        Heart,
+        "/v2/models/{name}/versions/{version}/infer",
+        Inference,
+        PREDICT,
+    ),
+    r(
+        "POST",
+        "/heart/v2/repository/index",
+        Heart,
+        "/v2/repository/index",
+        Read,
+        EVERYONE,
+    ),
+    r(
+        "POST",
+        "/heart/v2/repository/models/{name}/load",
+        Heart,
+        "/v2/repository/models/{name}/load",
+        Read,
+        OPERATE,
+    ),
+    r(
+        "POST",
+        "/heart/v2/repository/models/{name}/unload",
+        Heart,
+        "/v2/repository/models/{name}/unload",
+        Read,
+        ADMIN,
+    ),
     // The patient id in the body: URLs are logged by proxies and platforms.
     r(
         "POST",
@@ -198,6 +380,7 @@ impl Route {
             Tabular => (t.tabular_timeout_ms, g.limits.tabular_max_bytes),
             Image => (t.image_timeout_ms, g.limits.image_max_bytes),
             Verify => (t.image_timeout_ms, g.limits.verify_max_bytes),
+            Inference => (t.image_timeout_ms, g.limits.inference_max_bytes),
             Read => (t.read_timeout_ms, g.limits.tabular_max_bytes),
         };
         RoutePolicy {

@@ -4,6 +4,11 @@
 //! carry ([`ModelRef`]). The sender serialises these types and the receiver deserialises the same
 //! ones, so the two sides cannot drift apart.
 
+/// The Open Inference Protocol's binary tensor data extension: the length of the JSON at the
+/// start of a request or response body whose binary tensors follow it. The gateway passes it
+/// both ways; the disease services read and write it.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

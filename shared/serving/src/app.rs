@@ -36,6 +36,7 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
     };
     let models = Arc::new(DiseaseModels {
         service: spec.service,
+        version: spec.version,
         disease: spec.disease,
         tabular: model("tabular", &settings.models.tabular),
         image: model(spec.image_route, &settings.models.image),
@@ -51,6 +52,7 @@ pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Ap
             &settings.chain,
             settings.auth.send.get(Peer::Chain).cloned(),
         ),
+        v2: settings.v2.clone(),
     });
     if tokio::runtime::Handle::try_current().is_ok() {
         models.spawn_watchers();

@@ -8,6 +8,8 @@
 //! | [`state`] | what the routes share ([`state::DiseaseModels`]): the two models, limits, budgets |
 //! | [`app`] | the service assembled: its models (nothing loaded) and its HTTP application |
 //! | [`routes`] | one file per route: predictions, models and cards, warm-up and unload, readiness |
+//! | [`v2`] | the Open Inference Protocol (KServe V2) routes, their wire types and tensors |
+//! | [`inference`] | what every prediction route does: run a model, decode an upload, record |
 //! | [`prediction`] | the prediction a route answers, built from a model's output and its card |
 //! | [`upload`] | reading a multipart upload within the memory it may hold |
 //! | [`budget`] | the memory budgets the uploads and decodes of one service share |
@@ -23,6 +25,7 @@ pub mod budget;
 pub mod card;
 pub mod chain;
 pub mod error;
+pub mod inference;
 pub mod inputs;
 pub mod model;
 pub mod prediction;
@@ -31,6 +34,7 @@ pub mod runtime;
 pub mod settings;
 pub mod state;
 pub mod upload;
+pub mod v2;
 
 pub use app::build;
 pub use settings::{DiseaseSettings, DiseaseSpec};

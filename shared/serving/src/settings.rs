@@ -28,6 +28,7 @@ pub struct DiseaseSettings {
     pub images: ImageLimits,
     pub models: ModelsSettings,
     pub chain: ChainClientSettings,
+    pub v2: crate::v2::V2Settings,
 }
 
 /// Where the models are and how each is served.

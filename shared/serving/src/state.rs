@@ -15,6 +15,7 @@ use medchain_core::metrics::name as metrics_name;
 #[derive(Debug)]
 pub struct DiseaseModels {
     pub service: &'static str,
+    pub version: &'static str,
     pub disease: &'static str,
     pub tabular: Arc<LazyModel>,
     /// The image model and the last segment of its route (`retina`, `ecg`).
@@ -31,6 +32,8 @@ pub struct DiseaseModels {
     pub upload_buffer: Arc<UploadBuffer>,
     /// Records predictions that carry a patient id on chain-svc.
     pub audit: AuditClient,
+    /// The Open Inference Protocol routes' limits.
+    pub v2: crate::v2::V2Settings,
 }
 
 impl DiseaseModels {

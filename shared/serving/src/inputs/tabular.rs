@@ -39,21 +39,14 @@ pub fn validate(card: &ModelCard, body: &Value) -> Result<TabularInput, ApiError
         }
     }
     let patient_id = patient_id(obj.get(PATIENT_ID))?;
-    let mut features = Vec::with_capacity(card.features.len());
-    let mut canonical = Map::new();
-    for f in &card.features {
-        let v = feature_value(f, obj.get(&f.name))?;
-        canonical.insert(
-            f.name.clone(),
-            v.map_or(Value::Null, |x| {
-                serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
-            }),
-        );
-        features.push(v.unwrap_or(f64::NAN));
-    }
+    let values = card
+        .features
+        .iter()
+        .map(|f| feature_value(f, obj.get(&f.name)))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(TabularInput {
-        features,
-        canonical,
+        features: values.iter().map(|v| v.unwrap_or(f64::NAN)).collect(),
+        canonical: canonical(card, &values),
         patient_id,
     })
 }
@@ -82,13 +75,18 @@ fn field_list(card: &ModelCard) -> String {
     format!("{} (and optionally `{PATIENT_ID}`)", names.join(", "))
 }
 
-fn feature_value(f: &Feature, v: Option<&Value>) -> Result<Option<f64>, ApiError> {
+/// The range of `f` as the errors give it (`0 and 20`, `40 and 400 mg/dL`).
+fn range(f: &Feature) -> String {
     let unit = if f.unit == "1" || f.unit == "code" || f.unit == "count" {
         String::new()
     } else {
         format!(" {}", f.unit)
     };
-    let range = format!("{} and {}{unit}", f.min, f.max);
+    format!("{} and {}{unit}", f.min, f.max)
+}
+
+fn feature_value(f: &Feature, v: Option<&Value>) -> Result<Option<f64>, ApiError> {
+    let range = range(f);
     let x = match v {
         None | Some(Value::Null) if f.nullable => return Ok(None),
         None => {
@@ -119,6 +117,13 @@ fn feature_value(f: &Feature, v: Option<&Value>) -> Result<Option<f64>, ApiError
             ));
         }
     };
+    check_value(f, x).map(Some)
+}
+
+/// Checks a value of `f` as the card says (finite, whole where it must be, an allowed code,
+/// within the range): the same checks for a JSON field and a tensor element.
+pub fn check_value(f: &Feature, x: f64) -> Result<f64, ApiError> {
+    let range = range(f);
     if !x.is_finite() {
         return Err(ApiError::invalid(
             &f.name,
@@ -151,7 +156,20 @@ fn feature_value(f: &Feature, v: Option<&Value>) -> Result<Option<f64>, ApiError
             format!("`{}` must be between {range}, got {x}", f.name),
         ));
     }
-    Ok(Some(x))
+    Ok(x)
+}
+
+/// The canonical form of accepted features (`None`: missing), in the card's order: what the
+/// audit commitment digests.
+pub fn canonical(card: &ModelCard, values: &[Option<f64>]) -> Map<String, Value> {
+    card.features
+        .iter()
+        .zip(values)
+        .map(|(f, v)| {
+            let v = v.and_then(serde_json::Number::from_f64);
+            (f.name.clone(), v.map_or(Value::Null, Value::Number))
+        })
+        .collect()
 }
 
 fn json_type(v: &Value) -> &'static str {

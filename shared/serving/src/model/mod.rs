@@ -369,6 +369,37 @@ impl LazyModel {
         Some(running)
     }
 
+    /// Loads the model now, as its first request would (single flight: with a load already
+    /// running, waits for that one), and returns when it is loaded or its load failed.
+    pub async fn load_now(&self) -> Result<(), ApiError> {
+        self.get_or_load().await.map(drop)
+    }
+
+    /// Unloads the model and returns once its session is freed: requests still running on it
+    /// finish first (new ones load it again). Returns how many it waited for, or `None` if it
+    /// was not loaded.
+    pub async fn unload_and_wait(&self) -> Option<usize> {
+        let loaded = {
+            let mut state = self.lock_state();
+            let State::Ready(l) = &*state else {
+                return None;
+            };
+            let l = l.clone();
+            *state = State::Unloaded;
+            l
+        };
+        let running = Arc::strong_count(&loaded) - 1;
+        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
+            .set(0.0);
+        tracing::info!(model = %self.key, running, "unloading on request, after the requests running on it");
+        while Arc::strong_count(&loaded) > 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(loaded);
+        memory::release_free_memory();
+        Some(running)
+    }
+
     /// Drops the session if it has been idle long enough and nobody is using it.
     /// Returns whether it unloaded.
     pub fn unload_if_idle(&self) -> bool {

@@ -34,7 +34,7 @@ pub(super) async fn predict(
         .probabilities_output()
         .unwrap_or("probabilities")
         .to_string();
-    let (probs, ms) = super::infer(
+    let (probs, ms) = crate::inference::run_one(
         model,
         &permit,
         vec![1, n],
@@ -46,6 +46,6 @@ pub(super) async fn predict(
     drop(permit);
     let probs = probs.into_iter().map(f64::from).collect();
     let p = Prediction::new(card, probs, ms, None)?;
-    let p = super::record(&req, &models, p, audit_input).await;
+    let p = crate::inference::record(&req, &models, p, audit_input).await;
     Ok(HttpResponse::Ok().json(p))
 }

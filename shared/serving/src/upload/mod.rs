@@ -69,6 +69,69 @@ pub async fn read(
     }
 }
 
+/// Reads a whole request body of at most `max_bytes` (any content type), its bytes reserved
+/// from the upload buffer as they arrive, with the same stall timeout and the same draining of
+/// a refused body as an upload. Returns the body and its hold on the buffer.
+pub async fn read_whole(
+    req: &HttpRequest,
+    payload: Payload,
+    max_bytes: usize,
+    limits: &ImageLimits,
+    buffer: &Arc<UploadBuffer>,
+) -> ApiResult<(Bytes, UploadHold)> {
+    let body = Rc::new(RefCell::new(Body::new(
+        payload,
+        Duration::from_secs(limits.body_stall_secs),
+    )));
+    let too_large = || ApiError::TooLarge {
+        detail: format!("the request body is larger than {max_bytes} bytes"),
+        field: None,
+    };
+    let declared = declared_length(req);
+    let result = if declared.is_some_and(|n| n > max_bytes as u64) {
+        Err(too_large())
+    } else {
+        let mut hold = buffer.hold();
+        let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        let mut stream = BodyStream(body.clone());
+        let mut result = Ok(());
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    result = Err(ApiError::bad_request(format!(
+                        "the body could not be read: {e}"
+                    )));
+                    break;
+                }
+            };
+            if buf.len() + chunk.len() > max_bytes {
+                result = Err(too_large());
+                break;
+            }
+            hold.grow(chunk.len() as u64).await;
+            body.borrow_mut().timer = None;
+            buf.extend_from_slice(&chunk);
+        }
+        hold.arrived();
+        result.map(|()| (Bytes::from(buf), hold))
+    };
+    match result {
+        Ok(read) => Ok(read),
+        Err(_) if body.borrow().stalled => Err(ApiError::Timeout(format!(
+            "the request body stopped arriving: nothing was received for {} s",
+            limits.body_stall_secs
+        ))),
+        Err(e) => {
+            let cap = 2 * max_bytes as u64;
+            if declared.unwrap_or(0) <= cap {
+                drain(&body, cap).await;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Checks the upload's headers; returns its declared length (0 when not declared).
 fn check_headers(req: &HttpRequest, max_bytes: usize) -> ApiResult<usize> {
     let ct = req
