@@ -20,5 +20,8 @@ export MEDCHAIN_ANVIL="${MEDCHAIN_ANVIL:-$MEDCHAIN_NODE_MODULES/@foundry-rs/anvi
 
 # The browser tests' Chromium: Debian's package unless MEDCHAIN_CHROMIUM names another.
 export MEDCHAIN_CHROMIUM="${MEDCHAIN_CHROMIUM:-/usr/bin/chromium}"
+# The test environment's Python (with the real protocol clients, tests/clients), for the Rust
+# tests that drive the system with them.
+export MEDCHAIN_PYTHON="${MEDCHAIN_PYTHON:-$PYENV/bin/python}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -171,14 +171,13 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
             Role::Auditor => AUDITOR,
             Role::Admin => ADMIN,
         });
-        let path = r
-            .path
-            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
-            .replace("{address}", "0x00000000000000000000000000000000000000a1");
-        let target = r
-            .target
-            .replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
-            .replace("{address}", "0x00000000000000000000000000000000000000a1");
+        let fill = |p: &str| {
+            p.replace("{prediction_id}", "0b9c6f9e-8a35-4f8e-9d59-1f7c3a2b4c5d")
+                .replace("{address}", "0x00000000000000000000000000000000000000a1")
+                .replace("{name}", "heart-ecg")
+                .replace("{version}", "1.0.0")
+        };
+        let (path, target) = (fill(r.path), fill(r.target));
         let url = format!("{gw}/api/v1{path}?x=1");
         let rb = if r.method == "GET" {
             client.get(&url)
@@ -247,9 +246,19 @@ async fn every_route_reaches_its_upstream_path_with_token_and_request_id() {
         .to_string();
     let (_, seen) = json_of(res).await;
     assert_eq!(seen["request_id"], id.as_str());
-    assert_eq!(d.hits.load(Ordering::SeqCst), 7);
-    assert_eq!(h.hits.load(Ordering::SeqCst), 6);
-    assert_eq!(c.hits.load(Ordering::SeqCst), 5);
+    // Each upstream was called once per route it serves (diabetes-svc once more, above).
+    let served = |u: UpstreamKey| route_table().iter().filter(|r| r.upstream == u).count();
+    assert_eq!(
+        d.hits.load(Ordering::SeqCst),
+        served(UpstreamKey::Diabetes) + 1
+    );
+    assert_eq!(h.hits.load(Ordering::SeqCst), served(UpstreamKey::Heart));
+    assert_eq!(c.hits.load(Ordering::SeqCst), served(UpstreamKey::Chain));
+    assert_eq!(
+        (served(UpstreamKey::Diabetes), served(UpstreamKey::Chain)),
+        (18, 5),
+        "the six JSON-API routes and twelve V2 routes of a disease service; chain-svc's five"
+    );
 
     let (status, p) = get_json(format!("{gw}/api/v1/nothing")).await;
     assert_eq!(status, 404, "{p}");

@@ -180,6 +180,99 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
     assert_eq!(ids, [id.as_str(), img_id.as_str()]);
 }
 
+/// A V2 inference with a `patient_id` parameter is recorded like a JSON-API prediction: the
+/// same input digest for the same features (sent as an FP32 tensor, binary, with a missing
+/// value as NaN), confirmed on chain, the original features and the original image verify;
+/// the receipt and the demo notice are in the response's parameters.
+#[tokio::test]
+async fn open_inference_protocol_predictions_with_a_patient_are_recorded_too() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = chain_svc(data.path(), |_| {}).await;
+    let chain_url = base.clone();
+    let app = spawn_disease(SPEC, move |s| {
+        secure(&mut s.auth, Peer::Diabetes);
+        s.chain.url = chain_url;
+        s.chain.timeout_ms = 2000;
+    })
+    .await;
+    let card = medchain_serving::card::ModelCard::from_file(
+        &models_dir().join("diabetes/tabular.card.json"),
+    )
+    .expect("card");
+    let row: Vec<u8> = card
+        .features
+        .iter()
+        .map(|f| features()[&f.name].as_f64().unwrap_or(f64::NAN) as f32)
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    let post = |path: &str, doc: Value, blob: Vec<u8>| {
+        let json = serde_json::to_vec(&doc).expect("json");
+        let header = json.len().to_string();
+        app.client
+            .post(format!("{}{path}", app.address))
+            .header(
+                "x-internal-token",
+                credential(Peer::Gateway, Peer::Diabetes),
+            )
+            .header("inference-header-content-length", header)
+            .body([json, blob].concat())
+    };
+    let doc = json!({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
+        "parameters": {"binary_data_size": row.len()}}], "parameters": {"patient_id": "MRN-V2-1"}});
+    let res = post("/v2/models/diabetes-tabular/infer", doc, row)
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.expect("json");
+    let params = &v["parameters"];
+    assert_eq!(params["audit_status"], "pending", "{v}");
+    assert!(params["notice"].as_str().is_some_and(|n| !n.is_empty()));
+    let id = params["prediction_id"]
+        .as_str()
+        .expect("prediction id")
+        .to_string();
+    let canonical = medchain_core::audit::canonical_features(features().as_object().expect("obj"))
+        .expect("canonical");
+    let digest = format!("0x{}", to_hex(&medchain_core::audit::sha256(&canonical)));
+    assert_eq!(
+        params["audit_input_digest"],
+        digest.as_str(),
+        "the JSON API's digest"
+    );
+    assert_eq!(confirmed(&app, &base, &id).await["matches_chain"], true);
+    let verify = app.client.post(format!("{base}/v1/records/{id}/verify")).json(
+        &json!({"features": features(), "salt": params["audit_salt"], "patient_id": "MRN-V2-1"}),
+    );
+    let ok = chain(&app, &base, "", Some(verify)).await;
+    assert_eq!(ok["verified"], true, "{ok}");
+
+    // An image file as BYTES: the uploaded bytes are the recorded input, and they verify.
+    let image = std::fs::read(models_dir().join("examples/retina/0-no_dr-1.jpg")).expect("example");
+    let blob = [(image.len() as u32).to_le_bytes().to_vec(), image.clone()].concat();
+    let doc = json!({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+        "parameters": {"binary_data_size": blob.len()}}], "parameters": {"patient_id": "MRN-V2-1"}});
+    let res = post("/v2/models/diabetes-retina/infer", doc, blob)
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.expect("json");
+    let img_id = v["parameters"]["prediction_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    confirmed(&app, &base, &img_id).await;
+    let salt = v["parameters"]["audit_salt"].as_str().expect("salt");
+    let verify = app
+        .client
+        .post(format!("{base}/v1/records/{img_id}/verify?salt={salt}"))
+        .header("content-type", "image/jpeg")
+        .body(image);
+    let ok = chain(&app, &base, "", Some(verify)).await;
+    assert_eq!(ok["verified"], true, "{ok}");
+}
+
 fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -33,8 +33,19 @@ pub fn split(headers: &HeaderMap, body: Bytes) -> Result<Request, V2Error> {
                 ))
             })?,
     };
-    let doc: InferRequest = serde_json::from_slice(&body[..json_len])
-        .map_err(|e| V2Error::bad(format!("the inference request is not valid: {e}")))?;
+    let json = &body[..json_len];
+    let doc: InferRequest = serde_json::from_slice(json).map_err(|e| {
+        // Some clients write NaN (the missing value) into JSON, which JSON does not have.
+        let nan = [&b"NaN"[..], b"Infinity"]
+            .iter()
+            .any(|t| json.windows(t.len()).any(|w| w == *t));
+        let hint = if nan {
+            "; JSON has no NaN or Infinity: send a tensor with missing values as binary data"
+        } else {
+            ""
+        };
+        V2Error::bad(format!("the inference request is not valid: {e}{hint}"))
+    })?;
     let mut at = json_len;
     let mut binary = Vec::with_capacity(doc.inputs.len());
     for input in &doc.inputs {

@@ -305,6 +305,15 @@ fn checked_row(
                     )))
                 };
             }
+            // An FP32 element stands for the decimal the client wrote (28.4, not the float's
+            // 28.399999618530273): the value checked and, for a recorded prediction, digested
+            // as the JSON API digests the same field, so the same features verify either way.
+            let x = if input.datatype == "FP32" {
+                let f32_value = x as f32;
+                f32_value.to_string().parse().unwrap_or(x)
+            } else {
+                x
+            };
             tabular::check_value(f, x)
                 .map(Some)
                 .map_err(|e| V2Error::bad(format!("input `{}`, row {r}: {e}", input.name)))

@@ -499,7 +499,10 @@ async fn bad_inferences_are_answered_with_the_protocols_errors() {
         400,
     )
     .await;
-    assert!(e.contains("element 0") && e.contains("not a JPEG or PNG"), "{e}");
+    assert!(
+        e.contains("element 0") && e.contains("not a JPEG or PNG"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
