@@ -13,6 +13,9 @@
 #                             → bench/results/containers.json and bench/BENCHMARKS.md
 #   bench/run.sh decode       the image decode budget: 40-MP PNGs at once to diabetes-svc, with
 #                             the shipped budget and without → bench/results/decode.json
+#   bench/run.sh v2           the Open Inference Protocol beside the JSON API: binary, JSON and
+#                             multipart for a 224×224 image at c=1 and 16; batch 8 vs 8 × 1
+#                             → bench/results/v2.json
 #   bench/run.sh --help       every option
 # A full system run takes about 10 minutes on 2 cores; the soak run about 15. The container
 # run builds the images first (a cold build took 766 s here).

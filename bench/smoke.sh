@@ -24,6 +24,11 @@ if ! "$bin/medchain-bench" decode --quick --bin-dir "$bin" --out "$out" >"$out/d
   echo "bench: 0 passed, 1 failed"
   exit 1
 fi
+if ! "$bin/medchain-bench" v2 --quick --bin-dir "$bin" --out "$out" >"$out/v2.log" 2>&1; then
+  cat "$out/v2.log" >&2
+  echo "bench: 0 passed, 1 failed"
+  exit 1
+fi
 python3 - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -38,6 +43,12 @@ if set(shipped["statuses"]) != {"413"}:
     problems.append(f"decode budget did not refuse: {shipped}")
 if set(unbounded["statuses"]) != {"200"} or unbounded["peak_mb"] <= shipped["peak_mb"] + 300:
     problems.append(f"decode without the budget: {unbounded} (shipped: {shipped})")
+v2 = json.loads((out / "results/v2-quick.json").read_text())
+if len(v2["ways"]) != 8 or len(v2["batches"]) != 6:
+    problems.append(f"v2: {len(v2['ways'])} ways, {len(v2['batches'])} batches")
+for w in v2["ways"] + v2["batches"]:
+    if w["load"]["failed"] or not w["load"]["ok"]:
+        problems.append(f"v2: {w.get('way', w.get('model'))}: {w['load']}")
 c = json.loads((out / "results/chain-quick.json").read_text())
 for s in c["streams"]:
     if not s["all_confirmed_once"] or s["blocks_with_records"] < 1:
@@ -71,7 +82,7 @@ if q.get("ran"):
     if not all(f["p50_ms"] for f in q["floor"]):
         problems.append(f"int8 floor: {q['floor']}")
 md = (out / "BENCHMARKS.md").read_text()
-for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor", "## The image decode budget", "## The audit trail on chain"):
+for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor", "## The image decode budget", "## The audit trail on chain", "## Open Inference Protocol"):
     if section not in md:
         problems.append(f"BENCHMARKS.md lacks {section}")
 for p in problems:

@@ -19,6 +19,8 @@ pub struct Target {
     pub token: Option<String>,
     /// The caller's API key, for requests through the gateway.
     pub api_key: Option<String>,
+    /// More headers (the V2 binary extension's `Inference-Header-Content-Length`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Target {
@@ -35,6 +37,31 @@ impl Target {
             content_type: "application/json".into(),
             token: token.map(str::to_string),
             api_key: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// An Open Inference Protocol inference: `doc`, then (binary extension) `blobs` after it.
+    pub fn v2(url: String, doc: &Value, blobs: &[Vec<u8>]) -> Self {
+        let json = doc.to_string().into_bytes();
+        let mut headers = Vec::new();
+        if !blobs.is_empty() {
+            headers.push((
+                medchain_core::contract::INFERENCE_HEADER_CONTENT_LENGTH,
+                json.len().to_string(),
+            ));
+        }
+        let body = [json]
+            .into_iter()
+            .chain(blobs.iter().cloned())
+            .collect::<Vec<_>>();
+        Target {
+            url,
+            body: Bytes::from(body.concat()),
+            content_type: "application/json".into(),
+            token: None,
+            api_key: None,
+            headers,
         }
     }
 
@@ -57,6 +84,7 @@ impl Target {
             content_type: format!("multipart/form-data; boundary={boundary}"),
             token: token.map(str::to_string),
             api_key: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -214,6 +242,9 @@ async fn one(client: &reqwest::Client, t: &Target, out: &mut Outcome) {
     if let Some(key) = &t.api_key {
         req = req.bearer_auth(key);
     }
+    for (name, value) in &t.headers {
+        req = req.header(*name, value);
+    }
     let start = Instant::now();
     let resp = match req.send().await {
         Ok(r) => r,
@@ -224,16 +255,23 @@ async fn one(client: &reqwest::Client, t: &Target, out: &mut Outcome) {
         }
     };
     let status = resp.status().as_u16();
+    // A V2 binary answer: its JSON is the first so many bytes.
+    let json_len = resp
+        .headers()
+        .get(medchain_core::contract::INFERENCE_HEADER_CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     let body = resp.bytes().await;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     *out.statuses.entry(status).or_default() += 1;
     match body {
         Ok(body) if (200..300).contains(&status) => {
             out.latencies_ms.push(ms);
-            if let Some(inf) = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["inference_ms"].as_f64())
-            {
+            let json = &body[..json_len.unwrap_or(body.len()).min(body.len())];
+            if let Some(inf) = serde_json::from_slice::<Value>(json).ok().and_then(|v| {
+                v["inference_ms"]
+                    .as_f64()
+                    .or_else(|| v["parameters"]["inference_ms"].as_f64())
+            }) {
                 out.inference_ms.push(inf);
             }
         }

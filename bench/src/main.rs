@@ -7,6 +7,7 @@
 //! medchain-bench chain [--quick] [--out DIR] [--bin-dir DIR]
 //! medchain-bench containers [--quick] [--project NAME] [--out DIR]
 //! medchain-bench decode [--quick] [--out DIR] [--bin-dir DIR]
+//! medchain-bench v2 [--quick] [--out DIR] [--bin-dir DIR]
 //! medchain-bench render [--out DIR]
 //! ```
 //!
@@ -16,7 +17,8 @@
 //! record, acceptance-to-confirmation time, the backlog at 20 records a second); `containers`
 //! measures each container's cgroup peak per load phase (compose with heart-svc scaled, and the
 //! single-instance image under `--memory 512m`); `decode` measures what the image decode budget
-//! holds diabetes-svc to under small files that decode to hundreds of MB; `soak` sends a long stream of requests and tracks RSS and file descriptors;
+//! holds diabetes-svc to under small files that decode to hundreds of MB; `v2` times the Open
+//! Inference Protocol beside the JSON API (binary, JSON and multipart; batches); `soak` sends a long stream of requests and tracks RSS and file descriptors;
 //! both write `DIR/results/<name>.json` and re-render `DIR/BENCHMARKS.md` from every results
 //! file there. Nothing in the Markdown is written by hand.
 
@@ -30,6 +32,7 @@ mod report;
 mod results;
 mod soak;
 mod systembench;
+mod v2bench;
 
 use std::path::PathBuf;
 
@@ -79,7 +82,7 @@ fn parse() -> anyhow::Result<Args> {
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "system" | "soak" | "chain" | "containers" | "decode" | "render" if first => {
+            "system" | "soak" | "chain" | "containers" | "decode" | "v2" | "render" if first => {
                 args.command = a.clone()
             }
             "--quick" => args.quick = true,
@@ -141,6 +144,15 @@ fn main() -> anyhow::Result<()> {
                 "decode-quick.json"
             } else {
                 "decode.json"
+            };
+            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
+        }
+        "v2" => {
+            let v = rt.block_on(v2bench::run(&args))?;
+            let name = if args.quick {
+                "v2-quick.json"
+            } else {
+                "v2.json"
             };
             results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
         }

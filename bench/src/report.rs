@@ -13,6 +13,7 @@ use crate::systembench::{
     CgroupRun, FirstPrediction, InstanceRun, Memory, PeakPhase, Ran, SingleInstance, SystemRun,
     WarmRun,
 };
+use crate::v2bench::V2Run;
 
 /// A results file as the type its command wrote; `None` when there is none. A file that does
 /// not read as that type is an error naming it, never a section left out.
@@ -118,6 +119,12 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
             "## The image decode budget\n\nNo decode run recorded yet: run `bench/run.sh decode`.\n\n",
         ),
     }
+    match read_run::<V2Run>(dir, "v2")? {
+        Some(run) => crate::v2bench::markdown(&mut md, &run)?,
+        None => md.push_str(
+            "## Open Inference Protocol (KServe V2)\n\nNo V2 run recorded yet: run `bench/run.sh v2`.\n\n",
+        ),
+    }
     if let Some(run) = read_run::<ChainRun>(dir, "chain")? {
         chain_md(&mut md, &run)?;
     } else {
@@ -137,7 +144,7 @@ No chain run recorded yet: run `bench/run.sh chain`.
     Ok(md)
 }
 
-fn header_md(md: &mut String, h: &Header) -> anyhow::Result<()> {
+pub(crate) fn header_md(md: &mut String, h: &Header) -> anyhow::Result<()> {
     let or_null = |o: &Option<String>| o.clone().unwrap_or_else(|| "null".into());
     let m = &h.machine;
     writeln!(

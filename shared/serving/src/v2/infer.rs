@@ -565,6 +565,7 @@ async fn respond(
     parameters.insert("model_sha256".into(), card.sha256.clone().into());
     parameters.insert("demo".into(), card.demo.into());
     parameters.insert("notice".into(), card.notice.clone().into());
+    parameters.insert("inference_ms".into(), ran.inference_ms.into());
     let span = tracing::Span::current();
     span.record("model", card.model_id.as_str());
     span.record("inference_ms", ran.inference_ms);

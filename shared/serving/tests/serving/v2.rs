@@ -183,14 +183,11 @@ async fn health_server_and_model_metadata_come_from_the_cards() {
     assert!(e.contains("9.9.9") && e.contains("1.0.0"), "{e}");
     let e = error(app.get("/v2/models/heart-ecg").await, 404).await;
     assert!(e.contains("diabetes-tabular"), "{e}");
-    // Without the internal token: refused like every other route.
-    let res = app
-        .client
-        .get(format!("{}/v2", app.address))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(res.status(), 401);
+    // Without the gateway's credential: refused like every other route.
+    app.token = None;
+    assert_eq!(app.get("/v2").await.status(), 401);
+    app.token = Some(credential(Peer::Monitor, Peer::Diabetes));
+    assert_eq!(app.get("/v2/models/diabetes-tabular").await.status(), 403);
 }
 
 #[tokio::test]
