@@ -120,7 +120,7 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
         ),
     }
     match read_run::<V2Run>(dir, "v2")? {
-        Some(run) => crate::v2bench::markdown(&mut md, &run)?,
+        Some(run) => v2_md(&mut md, &run)?,
         None => md.push_str(
             "## Open Inference Protocol (KServe V2)\n\nNo V2 run recorded yet: run `bench/run.sh v2`.\n\n",
         ),
@@ -144,7 +144,7 @@ No chain run recorded yet: run `bench/run.sh chain`.
     Ok(md)
 }
 
-pub(crate) fn header_md(md: &mut String, h: &Header) -> anyhow::Result<()> {
+fn header_md(md: &mut String, h: &Header) -> anyhow::Result<()> {
     let or_null = |o: &Option<String>| o.clone().unwrap_or_else(|| "null".into());
     let m = &h.machine;
     writeln!(
@@ -605,6 +605,53 @@ fn single_md(md: &mut String, c: &Ran<SingleInstance>) -> anyhow::Result<()> {
         "\nSettings (deploy/supervise.sh's defaults, read from the script): {}.",
         settings.join("; ")
     )?;
+    Ok(())
+}
+
+/// The Open Inference Protocol section, from a [`V2Run`].
+fn v2_md(md: &mut String, run: &V2Run) -> anyhow::Result<()> {
+    md.push_str("## Open Inference Protocol (KServe V2)\n\n");
+    header_md(md, &run.header)?;
+    md.push_str("\nThrough the gateway, signed in; client-side wall time per request (send → end of body), after a warm-up. A 224×224 retina JPEG (the model's input size) four ways:\n\n| way | body | c | ok/requests | p50 ms | p99 ms | req/s | inference p50 ms |\n|---|---:|---:|---|---:|---:|---:|---:|\n");
+    for w in &run.ways {
+        let l = &w.load;
+        writeln!(
+            md,
+            "| {} | {:.1} KB | {} | {}/{} | {} | {} | {:.1} | {} |",
+            w.way,
+            w.body_bytes as f64 / 1024.0,
+            l.concurrency,
+            l.ok,
+            l.requests,
+            num(l.p50_ms, 2),
+            num(l.p99_ms, 2),
+            l.throughput_rps,
+            num(l.service_inference_p50_ms, 2)
+        )?;
+    }
+    md.push_str("\nBatches (V2 binary FP32 tensors, concurrency 1): the same rows or images in batches of 8 and one at a time. \"Run at once\" is how many the model runs in one session call: the image models run a batch in slices of `v2.image_run_batch` (1 by default; the last rows, from a second start with it set to 8, run the whole batch at once). The serving process' peak RSS (VmHWM, reset before each run) is what the batch's working memory adds.\n\n| model | batch | run at once | rows or images | per second | p50 ms a request | inference p50 ms a request | service peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for b in &run.batches {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
+            b.model,
+            b.batch,
+            b.image_run_batch.min(b.batch),
+            b.items,
+            b.items_per_second,
+            num(b.load.p50_ms, 2),
+            num(b.load.service_inference_p50_ms, 2),
+            num(b.service_peak_mb, 1)
+        )?;
+    }
+    if !run.exited_during_run.is_empty() {
+        writeln!(
+            md,
+            "\n**Processes that exited during the run:** {:?}",
+            run.exited_during_run
+        )?;
+    }
+    md.push('\n');
     Ok(())
 }
 

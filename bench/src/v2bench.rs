@@ -38,6 +38,9 @@ pub struct Batching {
     /// `tabular` or `retina`.
     pub model: String,
     pub batch: usize,
+    /// `v2.image_run_batch`: images the model runs at once (the tabular model runs all its
+    /// rows at once: the setting is the image models').
+    pub image_run_batch: usize,
     /// Rows or images in all.
     pub items: usize,
     pub items_per_second: f64,
@@ -157,8 +160,32 @@ pub async fn run(args: &Args) -> anyhow::Result<V2Run> {
         }
     }
     let ecg = tensor_of("heart", &inputs::small_jpeg("ecg")?)?;
-    let batches = batching(&sys, &gw, &key, [&t, &ecg], args.quick).await?;
-    let exited = sys.exited();
+    let mut batches = batching(&sys, &gw, &key, [&t, &ecg], args.quick, 1).await?;
+    let mut exited = sys.exited();
+    sys.stop();
+    drop(sys);
+    // The image models running a whole batch of 8 at once: what it buys and what it costs.
+    say("again with v2.image_run_batch = 8");
+    let env = [
+        ("DIABETES__V2__IMAGE_RUN_BATCH", "8"),
+        ("HEART__V2__IMAGE_RUN_BATCH", "8"),
+    ];
+    let mut sys = System::start(
+        &args.bin_dir,
+        &logs.join("run-batch-8"),
+        Cgroups::None,
+        &env,
+    )
+    .await?;
+    let gw = sys.get("gateway").url();
+    let key = sys.api_key.clone();
+    let whole = batching(&sys, &gw, &key, [&t, &ecg], args.quick, 8).await?;
+    batches.extend(
+        whole
+            .into_iter()
+            .filter(|b| b.model != "tabular" && b.batch == 8),
+    );
+    exited.extend(sys.exited());
     sys.stop();
     Ok(V2Run {
         header,
@@ -177,6 +204,7 @@ async fn batching(
     key: &str,
     images: [&[f32]; 2],
     quick: bool,
+    image_run_batch: usize,
 ) -> anyhow::Result<Vec<Batching>> {
     let card = medchain_serving::card::ModelCard::from_file(
         &crate::repo_root().join("models/diabetes/tabular.card.json"),
@@ -221,6 +249,11 @@ async fn batching(
             out.push(Batching {
                 model: model.into(),
                 batch,
+                image_run_batch: if model == "tabular" {
+                    batch
+                } else {
+                    image_run_batch
+                },
                 items,
                 items_per_second,
                 load,
@@ -229,52 +262,4 @@ async fn batching(
         }
     }
     Ok(out)
-}
-
-/// The Markdown section.
-pub fn markdown(md: &mut String, run: &V2Run) -> anyhow::Result<()> {
-    use std::fmt::Write as _;
-    md.push_str("## Open Inference Protocol (KServe V2)\n\n");
-    crate::report::header_md(md, &run.header)?;
-    md.push_str("\nThrough the gateway, signed in; client-side wall time per request (send → end of body), after a warm-up. A 224×224 retina JPEG (the model's input size) four ways:\n\n| way | body | c | ok/requests | p50 ms | p99 ms | req/s | inference p50 ms |\n|---|---:|---:|---|---:|---:|---:|---:|\n");
-    let num = |x: Option<f64>, d: usize| x.map_or("–".into(), |x| format!("{x:.d$}"));
-    for w in &run.ways {
-        let l = &w.load;
-        writeln!(
-            md,
-            "| {} | {:.1} KB | {} | {}/{} | {} | {} | {:.1} | {} |",
-            w.way,
-            w.body_bytes as f64 / 1024.0,
-            l.concurrency,
-            l.ok,
-            l.requests,
-            num(l.p50_ms, 2),
-            num(l.p99_ms, 2),
-            l.throughput_rps,
-            num(l.service_inference_p50_ms, 2)
-        )?;
-    }
-    md.push_str("\nBatches (V2 binary FP32 tensors, concurrency 1): the same rows or images in batches of 8 and one at a time; the serving process' peak RSS (VmHWM, reset before each run) is what the batch's working memory adds.\n\n| model | batch | rows or images | per second | p50 ms a request | inference p50 ms a request | service peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|\n");
-    for b in &run.batches {
-        writeln!(
-            md,
-            "| {} | {} | {} | {:.1} | {} | {} | {} |",
-            b.model,
-            b.batch,
-            b.items,
-            b.items_per_second,
-            num(b.load.p50_ms, 2),
-            num(b.load.service_inference_p50_ms, 2),
-            num(b.service_peak_mb, 1)
-        )?;
-    }
-    if !run.exited_during_run.is_empty() {
-        writeln!(
-            md,
-            "\n**Processes that exited during the run:** {:?}",
-            run.exited_during_run
-        )?;
-    }
-    md.push('\n');
-    Ok(())
 }

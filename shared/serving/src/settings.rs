@@ -28,7 +28,24 @@ pub struct DiseaseSettings {
     pub images: ImageLimits,
     pub models: ModelsSettings,
     pub chain: ChainClientSettings,
-    pub v2: crate::v2::V2Settings,
+    pub v2: V2Settings,
+}
+
+/// Settings of the Open Inference Protocol (KServe V2) routes (`[v2]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V2Settings {
+    /// The largest batch (a tensor's first dimension, or the number of `image_bytes` files) one
+    /// inference may carry.
+    pub max_batch: std::num::NonZeroUsize,
+    /// Images an image model runs at once: a request's batch runs in slices of this many.
+    /// Each image run at once adds the model's working memory for one image, and ONNX
+    /// Runtime's arena keeps the most it has needed (bench/BENCHMARKS.md measures it); 1 keeps
+    /// the model at its batch-1 memory whatever the batch.
+    pub image_run_batch: std::num::NonZeroUsize,
+    /// The largest inference request body, MiB (JSON tensors of a batch of images are about
+    /// 10× their binary form); held in `images.buffer_mb` while it arrives.
+    pub max_body_mb: std::num::NonZeroUsize,
 }
 
 /// Where the models are and how each is served.

@@ -33,7 +33,7 @@ pub struct DiseaseModels {
     /// Records predictions that carry a patient id on chain-svc.
     pub audit: AuditClient,
     /// The Open Inference Protocol routes' limits.
-    pub v2: crate::v2::V2Settings,
+    pub v2: crate::settings::V2Settings,
 }
 
 impl DiseaseModels {

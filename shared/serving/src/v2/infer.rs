@@ -367,13 +367,15 @@ async fn image_tensor_run(
             input.name
         )));
     }
-    let data = TensorData::F32(values.iter().map(|&x| x as f32).collect());
+    let data: Vec<f32> = values.iter().map(|&x| x as f32).collect();
     drop(values);
+    let slice = models.v2.image_run_batch.get();
     image_run(
         model,
         card,
         input.shape.clone(),
         data,
+        slice,
         outputs,
         Vec::new(),
         None,
@@ -458,30 +460,63 @@ async fn files_run(
     }
     let (h, w) = size.unwrap_or((0, 0));
     let shape = vec![n as i64, 3, i64::from(h), i64::from(w)];
-    image_run(
-        model,
-        card,
-        shape,
-        TensorData::F32(data),
-        outputs,
-        images,
-        digest,
-    )
-    .await
+    let slice = models.v2.image_run_batch.get();
+    image_run(model, card, shape, data, slice, outputs, images, digest).await
 }
 
+/// Runs a batch of images (`shape` `[N, 3, H, W]`) through the model `slice` images at a time:
+/// each image run at once adds the model's working memory for one image (ONNX Runtime's arena
+/// keeps the largest it has needed), so `v2.image_run_batch` bounds what a batch can add.
+#[allow(clippy::too_many_arguments)]
 async fn image_run(
     model: &LazyModel,
     card: &ModelCard,
     shape: Vec<i64>,
-    data: TensorData,
+    data: Vec<f32>,
+    slice: usize,
     outputs: &[Out],
     images: Vec<ImageInfo>,
     digest: Option<[u8; 32]>,
 ) -> Result<Ran, V2Error> {
     let logits = card.logits_output().unwrap_or("logits").to_string();
-    let (mut outs, inference_ms, logit_values) =
-        run(model, card, shape, data, outputs, &logits).await?;
+    let n = shape.first().copied().unwrap_or(1).max(1) as usize;
+    let per_image = data.len() / n;
+    let mut outs: Vec<(Vec<i64>, OutputData)> = Vec::new();
+    let (mut inference_ms, mut logit_values) = (0.0, Vec::new());
+    for first in (0..n).step_by(slice.max(1)) {
+        let k = slice.max(1).min(n - first);
+        let mut part_shape = shape.clone();
+        part_shape[0] = k as i64;
+        let part = data[first * per_image..(first + k) * per_image].to_vec();
+        let (part_outs, ms, values) = run(
+            model,
+            card,
+            part_shape,
+            TensorData::F32(part),
+            outputs,
+            &logits,
+        )
+        .await?;
+        inference_ms += ms;
+        logit_values.extend(values);
+        if outs.is_empty() {
+            outs = part_outs;
+        } else {
+            for ((shape, all), (part_shape, part)) in outs.iter_mut().zip(part_outs) {
+                shape[0] += part_shape.first().copied().unwrap_or(0);
+                match (all, part) {
+                    (OutputData::F32(a), OutputData::F32(b)) => a.extend(b),
+                    (OutputData::I64(a), OutputData::I64(b)) => a.extend(b),
+                    _ => {
+                        return Err(V2Error::from(ApiError::Internal(anyhow::anyhow!(
+                            "an output changed type between slices of a batch"
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+    drop(data);
     let classes = card.classes.len().max(1);
     let probabilities: Vec<Vec<f64>> = logit_values
         .chunks(classes)

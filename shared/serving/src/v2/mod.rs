@@ -33,17 +33,7 @@ pub const HEADER_LENGTH: &str = medchain_core::contract::INFERENCE_HEADER_CONTEN
 /// The extensions this server speaks, as `GET /v2` lists them.
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "parameters"];
 
-/// Settings of the V2 routes (`[v2]`).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct V2Settings {
-    /// The largest batch (a tensor's first dimension, or the number of `image_bytes` files) one
-    /// inference may carry.
-    pub max_batch: std::num::NonZeroUsize,
-    /// The largest inference request body, MiB (JSON tensors of a batch of images are about
-    /// 10× their binary form); held in `images.buffer_mb` while it arrives.
-    pub max_body_mb: std::num::NonZeroUsize,
-}
+pub use crate::settings::V2Settings;
 
 /// Mounts the V2 routes (call inside the internal-token scope).
 pub fn mount(cfg: &mut web::ServiceConfig) {

@@ -2,13 +2,10 @@
 //! binary tensor data extension's raw little-endian bytes and `BYTES` elements
 //! (each a 4-byte little-endian length, then its bytes), read into one form.
 
-use std::fmt;
-
 use base64::Engine as _;
-use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 use super::V2Error;
-use super::wire::RequestInput;
+use super::wire::{JsonData, RequestInput};
 use crate::inference::OutputData;
 
 /// The protocol's tensor datatypes.
@@ -73,75 +70,6 @@ pub enum Elements {
     Numbers(Vec<f64>),
     /// `BYTES` elements.
     Bytes(Vec<Vec<u8>>),
-}
-
-/// `data` as sent: nested arrays flattened in row-major order.
-#[derive(Debug, Default)]
-pub struct JsonData {
-    numbers: Vec<f64>,
-    strings: Vec<String>,
-    bools: usize,
-}
-
-impl JsonData {
-    fn len(&self) -> usize {
-        self.numbers.len() + self.strings.len() + self.bools
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for JsonData {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut data = JsonData::default();
-        d.deserialize_seq(Flatten(&mut data))?;
-        Ok(data)
-    }
-}
-
-/// Pushes every element of a (nested) array into the data.
-struct Flatten<'a>(&'a mut JsonData);
-
-impl<'de> DeserializeSeed<'de> for Flatten<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Flatten<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array (possibly nested) of numbers, or of strings for BYTES")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.0.numbers.push(v);
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.visit_f64(v as f64)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.visit_f64(v as f64)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.0.bools += 1;
-        Ok(())
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.0.strings.push(v.to_string());
-        Ok(())
-    }
 }
 
 /// How many elements `shape` holds; an error for a negative dimension.

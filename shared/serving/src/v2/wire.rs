@@ -1,10 +1,11 @@
 //! The protocol's JSON documents: inference requests and responses, server and model
-//! metadata. Tensor contents are [`crate::v2::tensor`]'s.
+//! metadata, and a tensor's `data` as sent. Reading tensor contents is [`crate::v2::tensor`]'s.
 
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-use super::tensor::JsonData;
 
 /// A request's or response's `parameters`: names to strings, numbers or booleans.
 pub type Parameters = Map<String, Value>;
@@ -105,4 +106,73 @@ pub struct IndexEntry {
     pub state: &'static str,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+}
+
+/// `data` as sent: nested arrays flattened in row-major order.
+#[derive(Debug, Default)]
+pub struct JsonData {
+    pub(super) numbers: Vec<f64>,
+    pub(super) strings: Vec<String>,
+    pub(super) bools: usize,
+}
+
+impl JsonData {
+    pub(super) fn len(&self) -> usize {
+        self.numbers.len() + self.strings.len() + self.bools
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut data = JsonData::default();
+        d.deserialize_seq(Flatten(&mut data))?;
+        Ok(data)
+    }
+}
+
+/// Pushes every element of a (nested) array into the data.
+struct Flatten<'a>(&'a mut JsonData);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array (possibly nested) of numbers, or of strings for BYTES")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.numbers.push(v);
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.0.bools += 1;
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.strings.push(v.to_string());
+        Ok(())
+    }
 }
