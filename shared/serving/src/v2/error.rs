@@ -100,3 +100,40 @@ impl ResponseError for V2Error {
         res.json(serde_json::json!({ "error": self.message }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_is_a_503_with_retry_after_and_bad_input_a_400() {
+        let busy = ApiError::unavailable(
+            "model `ecg` is busy: 16 requests are already waiting",
+            Some(1),
+        );
+        let res = V2Error::from(busy).error_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        for e in [
+            ApiError::invalid("glucose", "`glucose` must be between 20 and 600"),
+            ApiError::bad_request("broken"),
+            ApiError::UnsupportedMediaType {
+                detail: "not a JPEG".into(),
+                field: None,
+            },
+        ] {
+            assert_eq!(V2Error::from(e).status_code(), StatusCode::BAD_REQUEST);
+        }
+        let e = V2Error::from(ApiError::Internal(anyhow::anyhow!("secret detail")));
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !e.message().contains("secret"),
+            "internal errors say little"
+        );
+    }
+}

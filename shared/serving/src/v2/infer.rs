@@ -26,6 +26,7 @@ use crate::state::DiseaseModels;
 use crate::upload;
 use medchain_core::domain::PatientId;
 use medchain_core::error::ApiError;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// `POST …/infer`.
 pub(super) async fn infer(
@@ -262,8 +263,10 @@ async fn tabular_run(
         .probabilities_output()
         .unwrap_or(PROBABILITIES)
         .to_string();
+    let permit = model.admit()?;
     let (outputs, inference_ms, probs) = run(
         model,
+        &permit,
         card,
         vec![n as i64, width as i64],
         data,
@@ -483,6 +486,8 @@ async fn image_run(
     let per_image = data.len() / n;
     let mut outs: Vec<(Vec<i64>, OutputData)> = Vec::new();
     let (mut inference_ms, mut logit_values) = (0.0, Vec::new());
+    // One place in the model's queue for the whole batch: its slices run one after another.
+    let permit = model.admit()?;
     for first in (0..n).step_by(slice.max(1)) {
         let k = slice.max(1).min(n - first);
         let mut part_shape = shape.clone();
@@ -490,6 +495,7 @@ async fn image_run(
         let part = data[first * per_image..(first + k) * per_image].to_vec();
         let (part_outs, ms, values) = run(
             model,
+            &permit,
             card,
             part_shape,
             TensorData::F32(part),
@@ -546,6 +552,7 @@ async fn image_run(
 /// values of `source` (the probabilities or logits every prediction is built from).
 async fn run(
     model: &LazyModel,
+    permit: &OwnedSemaphorePermit,
     card: &ModelCard,
     shape: Vec<i64>,
     data: TensorData,
@@ -569,10 +576,8 @@ async fn run(
             }
         })
         .collect();
-    let permit = model.admit()?;
     let input = card.input.name.clone();
-    let (mut read, ms) = inference::run(model, &permit, shape, data, input, wanted).await?;
-    drop(permit);
+    let (mut read, ms) = inference::run(model, permit, shape, data, input, wanted).await?;
     let (_, source_data) = read.remove(0);
     let source_values = match source_data {
         OutputData::F32(v) => v.into_iter().map(f64::from).collect(),

@@ -550,6 +550,23 @@ async fn index(app: &TestApp) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The memory guard's refusal is the protocol's 503 with `Retry-After` (a full queue is the
+/// same error: `v2::error`'s unit test).
+#[tokio::test]
+async fn the_memory_guard_is_a_503_with_retry_after() {
+    let app = spawn_disease(SPEC, |s| {
+        s.memory.limit_mb = 16;
+        s.memory.reserve_mb = 8;
+    })
+    .await;
+    let row = vec![1.0, 100.0, 70.0, 20.0, 80.0, 30.0, 0.5, 40.0];
+    let doc = infer_json("features", &[1, 8], "FP32", json!(row));
+    let res = post_v2(&app, &format!("{TABULAR}/infer"), &doc, &[]).await;
+    assert!(res.headers().get("retry-after").is_some(), "Retry-After");
+    let e = error(res, 503).await;
+    assert!(e.contains("memory guard"), "{e}");
+}
+
 #[tokio::test]
 async fn the_repository_loads_and_unloads_and_an_inference_loads_an_unloaded_model() {
     let app = spawn_disease(SPEC, |_| {}).await;
