@@ -1098,6 +1098,7 @@ mod tests {
         round_trips::<DecodeRun>("decode.json");
         round_trips::<ChainRun>("chain.json");
         round_trips::<SoakRun>("soak.json");
+        round_trips::<V2Run>("v2.json");
     }
 
     /// bench/BENCHMARKS.md is what the command renders from the committed results, to the byte:

@@ -671,6 +671,26 @@ async fn clients_are_rate_limited_and_api_keys_are_checked() {
         ),
         (AUDITOR, "/patients/records", 502),
         (ADMIN, "/patients/records", 403),
+        // The Open Inference Protocol: inferences are clinicians', unloads admins'.
+        (CLINICIAN, "/diabetes/v2/models/diabetes-tabular/infer", 200),
+        (AUDITOR, "/diabetes/v2/models/diabetes-tabular/infer", 403),
+        (ADMIN, "/diabetes/v2/models/diabetes-tabular/infer", 403),
+        (
+            CLINICIAN,
+            "/diabetes/v2/repository/models/diabetes-tabular/load",
+            200,
+        ),
+        (
+            CLINICIAN,
+            "/diabetes/v2/repository/models/diabetes-tabular/unload",
+            403,
+        ),
+        (
+            ADMIN,
+            "/diabetes/v2/repository/models/diabetes-tabular/unload",
+            200,
+        ),
+        (AUDITOR, "/diabetes/v2/repository/index", 200),
     ] {
         let res = post(&client_as(who), path).await.expect("send");
         assert_eq!(res.status(), want, "{who} POST {path}");

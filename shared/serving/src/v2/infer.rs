@@ -185,12 +185,23 @@ fn batch(models: &DiseaseModels, input: &RequestInput) -> Result<usize, V2Error>
 
 fn numbers(input: &RequestInput, elements: Elements) -> Result<Vec<f64>, V2Error> {
     match elements {
+        Elements::F32(v) => Ok(v.into_iter().map(f64::from).collect()),
         Elements::Numbers(v) => Ok(v),
-        Elements::Bytes(_) => Err(V2Error::bad(format!(
-            "input `{}` takes numbers, not BYTES",
-            input.name
-        ))),
+        Elements::Bytes(_) => Err(not_bytes(input)),
     }
+}
+
+/// The elements as float32, the image models' input type.
+fn floats(input: &RequestInput, elements: Elements) -> Result<Vec<f32>, V2Error> {
+    match elements {
+        Elements::F32(v) => Ok(v),
+        Elements::Numbers(v) => Ok(v.into_iter().map(|x| x as f32).collect()),
+        Elements::Bytes(_) => Err(not_bytes(input)),
+    }
+}
+
+fn not_bytes(input: &RequestInput) -> V2Error {
+    V2Error::bad(format!("input `{}` takes numbers, not BYTES", input.name))
 }
 
 /// What a model's run gave: the outputs in the order asked for, the inference time, the class
@@ -363,15 +374,13 @@ async fn image_tensor_run(
         )));
     }
     batch(models, input)?;
-    let values = numbers(input, elements)?;
-    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+    let data = floats(input, elements)?;
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
         return Err(V2Error::bad(format!(
             "input `{}`: element {i} is not a finite number",
             input.name
         )));
     }
-    let data: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    drop(values);
     let slice = models.v2.image_run_batch.get();
     image_run(
         model,
@@ -402,7 +411,7 @@ fn image_files(
     batch(models, input)?;
     match elements {
         Elements::Bytes(files) => Ok(files),
-        Elements::Numbers(_) => Err(V2Error::bad(format!(
+        Elements::Numbers(_) | Elements::F32(_) => Err(V2Error::bad(format!(
             "input `{IMAGE_BYTES_INPUT}` takes BYTES: the encoded image files"
         ))),
     }
@@ -475,7 +484,7 @@ async fn image_run(
     model: &LazyModel,
     card: &ModelCard,
     shape: Vec<i64>,
-    data: Vec<f32>,
+    mut data: Vec<f32>,
     slice: usize,
     outputs: &[Out],
     images: Vec<ImageInfo>,
@@ -492,7 +501,12 @@ async fn image_run(
         let k = slice.max(1).min(n - first);
         let mut part_shape = shape.clone();
         part_shape[0] = k as i64;
-        let part = data[first * per_image..(first + k) * per_image].to_vec();
+        // The whole batch at once is the tensor itself; a slice is a copy of its part.
+        let part = if k == n {
+            std::mem::take(&mut data)
+        } else {
+            data[first * per_image..(first + k) * per_image].to_vec()
+        };
         let (part_outs, ms, values) = run(
             model,
             &permit,

@@ -66,7 +66,9 @@ impl Datatype {
 /// An input's elements, read from JSON or binary data.
 #[derive(Debug)]
 pub enum Elements {
-    /// Any number type, as f64 (exact for every FP32 and for integers up to 2^53).
+    /// FP32, as sent (binary) or as written (JSON, rounded to float32 as the datatype says).
+    F32(Vec<f32>),
+    /// Any other number type, as f64 (exact for integers up to 2^53).
     Numbers(Vec<f64>),
     /// `BYTES` elements.
     Bytes(Vec<Vec<u8>>),
@@ -111,6 +113,7 @@ pub fn read(input: &RequestInput, binary: Option<&[u8]>) -> Result<Elements, V2E
         (None, Some(data)) => from_json(input, datatype, data)?,
     };
     let got = match &elements {
+        Elements::F32(v) => v.len(),
         Elements::Numbers(v) => v.len(),
         Elements::Bytes(v) => v.len(),
     };
@@ -175,7 +178,11 @@ fn from_json(
             input.datatype
         )));
     }
-    Ok(Elements::Numbers(data.numbers.clone()))
+    Ok(if datatype == Datatype::F32 {
+        Elements::F32(data.numbers.iter().map(|&x| x as f32).collect())
+    } else {
+        Elements::Numbers(data.numbers.clone())
+    })
 }
 
 fn from_binary(
@@ -204,9 +211,12 @@ fn from_binary(
         a
     };
     let numbers = match datatype {
-        Datatype::F32 => chunks
-            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
+        Datatype::F32 => {
+            let floats = chunks
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            return Ok(Elements::F32(floats));
+        }
         Datatype::F64 => chunks.map(|c| f64::from_le_bytes(arr(c))).collect(),
         Datatype::U8 => chunks.map(|c| f64::from(c[0])).collect(),
         Datatype::I8 => chunks.map(|c| f64::from(c[0] as i8)).collect(),
@@ -296,7 +306,7 @@ mod tests {
         }));
         for i in [flat, nested] {
             match read(&i, None).expect("read") {
-                Elements::Numbers(v) => assert_eq!(v, [1.0, 2.5, 3.0, 4.0]),
+                Elements::F32(v) => assert_eq!(v, [1.0, 2.5, 3.0, 4.0]),
                 other => panic!("{other:?}"),
             }
         }
@@ -326,7 +336,7 @@ mod tests {
             .flat_map(|x| x.to_le_bytes())
             .collect();
         match read(&i, Some(&bytes)).expect("fp32") {
-            Elements::Numbers(v) => assert_eq!(v, [1.5, -2.0]),
+            Elements::F32(v) => assert_eq!(v, [1.5, -2.0]),
             other => panic!("{other:?}"),
         }
         let i = input(serde_json::json!({"name": "x", "shape": [2], "datatype": "BYTES"}));

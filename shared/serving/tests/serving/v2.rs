@@ -183,6 +183,13 @@ async fn health_server_and_model_metadata_come_from_the_cards() {
     assert!(e.contains("9.9.9") && e.contains("1.0.0"), "{e}");
     let e = error(app.get("/v2/models/heart-ecg").await, 404).await;
     assert!(e.contains("diabetes-tabular"), "{e}");
+    // Server readiness is what /readyz checks: without the ONNX Runtime library, not ready.
+    let lacking = spawn_disease(SPEC, |s| {
+        s.runtime.library_path = "/nonexistent/libonnxruntime.so".into();
+    })
+    .await;
+    assert_eq!(lacking.get("/v2/health/ready").await.status(), 503);
+    assert_eq!(lacking.get("/v2/health/live").await.status(), 200);
     // Without the gateway's credential: refused like every other route.
     app.token = None;
     assert_eq!(app.get("/v2").await.status(), 401);
