@@ -370,12 +370,18 @@ fn startup_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
 
 /// Warm latency per endpoint, route and concurrency, and the ONNX Runtime floor.
 fn warm_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
-    md.push_str("\n### Warm latency\n\nClient-side wall time per request (send → end of body), after a warm-up; `inference` is the service's own ONNX Runtime time (median) from its responses.\n\n| endpoint | route | c | ok/requests | p50 ms | p95 ms | p99 ms | req/s | inference p50 ms |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n### Warm latency\n\nClient-side wall time per request (send → end of body), after a warm-up; `inference` is the service's own ONNX Runtime time (median) from its responses. CPU is each process' user + system time over the run (`/proc/<pid>/stat`, all threads) per request sent: on a fractional-CPU instance it is the capacity a request takes.\n\n| endpoint | route | c | ok/requests | p50 ms | p95 ms | p99 ms | req/s | inference p50 ms | CPU µs/req: gateway | the disease service | chain-svc |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for w in &v.warm {
         let l = &w.load;
+        let cpu = |name: &str| num(w.cpu_us_per_request.get(name).copied(), 0);
+        let service = if w.endpoint.starts_with("heart/") {
+            "heart-svc"
+        } else {
+            "diabetes-svc"
+        };
         writeln!(
             md,
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
             w.endpoint,
             w.route,
             l.concurrency,
@@ -385,9 +391,13 @@ fn warm_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
             num(l.p95_ms, 2),
             num(l.p99_ms, 2),
             l.throughput_rps,
-            num(l.service_inference_p50_ms, 2)
+            num(l.service_inference_p50_ms, 2),
+            cpu("gateway"),
+            cpu(service),
+            cpu("chain-svc")
         )?;
     }
+    cpu_targets_md(md, v)?;
     md.push_str("\n### The floor: raw ONNX Runtime per model, one input\n\nThe same session options and input (preprocessed by the service's code) in the benchmark process, services idle; ratio = end-to-end p50 at c=1 ÷ the floor's p50. Decode + preprocess is the service's own image decoding and preprocessing of the same upload, timed the same way: part of what end-to-end adds to the floor.\n\n| endpoint | threads | runs | ORT p50 ms | decode + preprocess p50 ms | e2e direct ms | ratio | e2e gateway ms | ratio |\n|---|---|---|---|---|---|---|---|---|\n");
     for fl in &v.floor {
         writeln!(
@@ -402,6 +412,42 @@ fn warm_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
             num(fl.ratio_direct, 2),
             num(fl.e2e_p50_ms_gateway, 2),
             num(fl.ratio_gateway, 2)
+        )?;
+    }
+    Ok(())
+}
+
+/// Issue 23's targets for the CPU a tabular prediction takes: 60 µs in the service, 120 µs
+/// through the gateway (both processes), at concurrency 4.
+fn cpu_targets_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
+    let rows: Vec<&WarmRun> = v
+        .warm
+        .iter()
+        .filter(|w| w.endpoint.ends_with("/tabular") && w.load.concurrency == 4)
+        .filter(|w| !w.cpu_us_per_request.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    md.push_str("\nCPU per tabular prediction against issue 23's targets (c=4):\n\n| endpoint | route | target | measured | |\n|---|---|---|---|---|\n");
+    for w in rows {
+        let service = if w.endpoint.starts_with("heart/") {
+            "heart-svc"
+        } else {
+            "diabetes-svc"
+        };
+        let of = |name: &str| w.cpu_us_per_request.get(name).copied();
+        let (limit, measured) = match w.route.as_str() {
+            "gateway" => (120.0, of("gateway").zip(of(service)).map(|(g, s)| g + s)),
+            _ => (60.0, of(service)),
+        };
+        writeln!(
+            md,
+            "| {} | {} | ≤ {limit:.0} µs | {} µs | {} |",
+            w.endpoint,
+            w.route,
+            num(measured, 0),
+            mark(measured.map(|x| x <= limit))
         )?;
     }
     Ok(())

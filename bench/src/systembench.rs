@@ -141,6 +141,10 @@ pub struct WarmRun {
     pub route: String,
     #[serde(flatten)]
     pub load: LoadFigures,
+    /// Each service's CPU time (user + system, `/proc/<pid>/stat`) over the run, µs per
+    /// request; empty in runs made before it was measured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
 /// A model as its card describes it.
@@ -555,8 +559,10 @@ async fn warm_runs(
                     n_tab
                 };
                 let _ = drive(target, c, (n / 10).max(c)).await; // warm-up, not recorded
+                let before = sys.cpu();
                 let o: Outcome = drive(target, c, n).await;
                 let load = o.figures();
+                let cpu_us_per_request = cpu_per_request(&before, &sys.cpu(), load.requests);
                 eprintln!(
                     "    {:<34} {:<8} c={c:<2} p50 {:>8.2} ms  p99 {:>8.2} ms  {:>7.1} req/s  failed {}",
                     ep.label,
@@ -575,11 +581,27 @@ async fn warm_runs(
                     endpoint: ep.label.clone(),
                     route: route.into(),
                     load,
+                    cpu_us_per_request,
                 });
             }
         }
     }
     (warm, c1)
+}
+
+/// Each process' CPU time between two readings, µs per request of the `requests` sent.
+fn cpu_per_request(
+    before: &[(String, f64)],
+    after: &[(String, f64)],
+    requests: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(name, t)| {
+            let (_, t0) = before.iter().find(|(n, _)| n == name)?;
+            Some((name.clone(), (t - t0) * 1e6 / requests.max(1) as f64))
+        })
+        .collect()
 }
 
 /// The floor: raw ONNX Runtime inference in this process, with the services' own options and
@@ -1017,6 +1039,7 @@ async fn int8_run(
                     endpoint: ep.label.clone(),
                     route: route.into(),
                     load: o.figures(),
+                    cpu_us_per_request: BTreeMap::new(),
                 });
             }
         }

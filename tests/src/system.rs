@@ -365,6 +365,14 @@ impl System {
         out
     }
 
+    /// Every service's CPU time so far (user + system, all its threads), seconds.
+    pub fn cpu(&self) -> Vec<(String, f64)> {
+        self.services
+            .iter()
+            .filter_map(|s| Some((s.name.to_string(), cpu_seconds(s.pid)?)))
+            .collect()
+    }
+
     /// Resets every process' VmHWM to its current RSS (`/proc/<pid>/clear_refs` = 5), so the
     /// next reading is the peak of what happens in between. False where the kernel refuses.
     pub fn reset_peaks(&self) -> bool {
@@ -493,6 +501,32 @@ pub fn debug_bin_dir() -> PathBuf {
     } else {
         dir.to_path_buf()
     }
+}
+
+/// The CPU time a process has used, user + system, all its threads (those that have exited
+/// too), seconds: `/proc/<pid>/stat`'s utime and stime, in clock ticks (1/100 s here: a run
+/// must use a second or more of CPU for a figure good to 1%).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses (which may hold spaces): state is field 3, utime
+    // and stime fields 14 and 15.
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 where it cannot be asked).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// VmRSS / VmHWM of a process.
@@ -712,5 +746,17 @@ mod tests {
     fn reads_own_memory() {
         let m = mem(std::process::id()).expect("/proc/self/status");
         assert!(m.rss_mb > 0.0 && m.hwm_mb >= m.rss_mb);
+        // CPU this process spends shows (a clock tick at a time), however busy the machine.
+        let before = cpu_seconds(std::process::id()).expect("cpu");
+        let start = Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after <= before && start.elapsed() < Duration::from_secs(60) {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            after = cpu_seconds(std::process::id()).expect("cpu");
+        }
+        assert!(after > before, "{before} → {after}");
     }
 }
