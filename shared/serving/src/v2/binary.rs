@@ -16,8 +16,9 @@ pub struct Request {
     pub binary: Vec<Option<Bytes>>,
 }
 
-/// Splits `body` into the request's JSON and its inputs' binary data.
-pub fn split(headers: &HeaderMap, body: Bytes) -> Result<Request, V2Error> {
+/// Splits `body` into the request's JSON and its inputs' binary data; the JSON's tensor data
+/// may hold `max_elements` elements in all.
+pub fn split(headers: &HeaderMap, body: Bytes, max_elements: usize) -> Result<Request, V2Error> {
     let json_len = match headers.get(HEADER_LENGTH) {
         None => body.len(),
         Some(v) => v
@@ -34,7 +35,10 @@ pub fn split(headers: &HeaderMap, body: Bytes) -> Result<Request, V2Error> {
             })?,
     };
     let json = &body[..json_len];
-    let doc: InferRequest = serde_json::from_slice(json).map_err(|e| {
+    let parsed = super::wire::with_element_limit(max_elements, || {
+        serde_json::from_slice::<InferRequest>(json)
+    });
+    let doc: InferRequest = parsed.map_err(|e| {
         // Some clients write NaN (the missing value) into JSON, which JSON does not have.
         let nan = [&b"NaN"[..], b"Infinity"]
             .iter()

@@ -46,7 +46,10 @@ pub(super) async fn infer(
         &models.upload_buffer,
     )
     .await?;
-    let Request { doc, binary } = binary::split(req.headers(), body)?;
+    // Twice what a full batch takes: a request a little over the batch limit is still read,
+    // and told so by name; one far over it is refused as it is read.
+    let max_elements = 2 * max_elements(&models, &card);
+    let Request { doc, binary } = binary::split(req.headers(), body, max_elements)?;
     let outputs = requested_outputs(&card, &doc)?;
     let patient_id = patient_param(&doc.parameters)?;
     let [input] = doc.inputs.as_slice() else {
@@ -56,7 +59,7 @@ pub(super) async fn infer(
             input_list(&card)
         )));
     };
-    let elements = tensor::read(input, binary[0].as_deref())?;
+    let elements = tensor::read(input, binary[0].as_deref(), max_elements)?;
     drop(binary);
     let ran = match card.modality {
         Modality::Tabular => {
@@ -95,6 +98,21 @@ pub(super) async fn infer(
         &req, &models, &model, &card, doc.id, outputs, ran, patient_id,
     )
     .await
+}
+
+/// The most tensor elements a request to the model may carry: a batch of `v2.max_batch` of
+/// its input (a dimension of any size counted as an image at the pixel limit). What a request
+/// holds in memory is bounded by it, whatever the body's size.
+fn max_elements(models: &DiseaseModels, card: &ModelCard) -> usize {
+    let pixels = (models.image_limits.max_megapixels * 1e6) as usize;
+    let per_item = card
+        .input
+        .shape
+        .iter()
+        .skip(1)
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+        .unwrap_or(3 * pixels);
+    per_item.saturating_mul(models.v2.max_batch.get())
 }
 
 /// An output the request asked for, and whether as binary data.
@@ -289,7 +307,7 @@ async fn tabular_run(
         outputs,
         inference_ms,
         probabilities: probs
-            .chunks(card.classes.len())
+            .chunks(card.classes.len().max(1))
             .map(|c| c.to_vec())
             .collect(),
         images: Vec::new(),

@@ -88,8 +88,13 @@ pub fn element_count(input: &RequestInput) -> Result<usize, V2Error> {
     })
 }
 
-/// The elements of `input`, from its `data` or from `binary` (its bytes after the JSON).
-pub fn read(input: &RequestInput, binary: Option<&[u8]>) -> Result<Elements, V2Error> {
+/// The elements of `input`, from its `data` or from `binary` (its bytes after the JSON); a
+/// shape of more than `max_elements` is refused before any is read.
+pub fn read(
+    input: &RequestInput,
+    binary: Option<&[u8]>,
+    max_elements: usize,
+) -> Result<Elements, V2Error> {
     let name = &input.name;
     let datatype = Datatype::parse(&input.datatype).ok_or_else(|| {
         V2Error::bad(format!(
@@ -98,6 +103,13 @@ pub fn read(input: &RequestInput, binary: Option<&[u8]>) -> Result<Elements, V2E
         ))
     })?;
     let count = element_count(input)?;
+    if count > max_elements {
+        return Err(V2Error::bad(format!(
+            "input `{name}`: shape {:?} holds {count} elements; a batch of v2.max_batch of this \
+             model takes at most {max_elements}",
+            input.shape
+        )));
+    }
     let elements = match (binary, &input.data) {
         (Some(_), Some(_)) => {
             return Err(V2Error::bad(format!(
@@ -109,7 +121,22 @@ pub fn read(input: &RequestInput, binary: Option<&[u8]>) -> Result<Elements, V2E
                 "input `{name}` has no `data` and no `binary_data_size`"
             )));
         }
-        (Some(bytes), None) => from_binary(input, datatype, bytes)?,
+        (Some(bytes), None) => {
+            // Checked before converting: an element may take more room converted (UINT8 → f64).
+            if let Some(size) = datatype.size()
+                && bytes.len() != count * size
+            {
+                return Err(V2Error::bad(format!(
+                    "input `{name}`: shape {:?} holds {count} {} elements ({} bytes); the \
+                     binary data has {} bytes",
+                    input.shape,
+                    input.datatype,
+                    count * size,
+                    bytes.len()
+                )));
+            }
+            from_binary(input, datatype, bytes)?
+        }
         (None, Some(data)) => from_json(input, datatype, data)?,
     };
     let got = match &elements {
@@ -305,7 +332,7 @@ mod tests {
             "name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2.5], [3, 4]]
         }));
         for i in [flat, nested] {
-            match read(&i, None).expect("read") {
+            match read(&i, None, 1000).expect("read") {
                 Elements::F32(v) => assert_eq!(v, [1.0, 2.5, 3.0, 4.0]),
                 other => panic!("{other:?}"),
             }
@@ -317,7 +344,7 @@ mod tests {
         let i = input(serde_json::json!({
             "name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4]
         }));
-        let e = read(&i, None).expect_err("count");
+        let e = read(&i, None, 1000).expect_err("count");
         assert!(
             e.message().contains("holds 6 elements, the data has 4"),
             "{e}"
@@ -325,7 +352,33 @@ mod tests {
         let i = input(serde_json::json!({
             "name": "x", "shape": [2], "datatype": "INT32", "data": [1, 2.5]
         }));
-        assert!(read(&i, None).expect_err("int").message().contains("2.5"));
+        assert!(
+            read(&i, None, 1000)
+                .expect_err("int")
+                .message()
+                .contains("2.5")
+        );
+    }
+
+    /// A body of many small numbers is refused while it is parsed (each would take 8 bytes in
+    /// memory for the 2 it takes in the body); a shape over the limit, before anything is read;
+    /// binary data of another size than its shape, before it is converted.
+    #[test]
+    fn what_a_request_may_hold_is_bounded_while_it_is_read() {
+        let body = format!(
+            r#"{{"inputs": [{{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [{}0]}}]}}"#,
+            "0,".repeat(100_000)
+        );
+        let headers = actix_web::http::header::HeaderMap::new();
+        let e = super::super::binary::split(&headers, body.clone().into(), 64).expect_err("held");
+        assert!(e.message().contains("v2.max_batch"), "{e}");
+        assert!(super::super::binary::split(&headers, body.into(), 200_000).is_ok());
+        let i = input(serde_json::json!({"name": "x", "shape": [1000, 1000], "datatype": "UINT8"}));
+        let e = read(&i, Some(&[0u8; 16]), 64).expect_err("shape over the limit");
+        assert!(e.message().contains("at most 64"), "{e}");
+        let i = input(serde_json::json!({"name": "x", "shape": [8], "datatype": "UINT8"}));
+        let e = read(&i, Some(&[0u8; 16]), 64).expect_err("size");
+        assert!(e.message().contains("16 bytes"), "{e}");
     }
 
     #[test]
@@ -335,7 +388,7 @@ mod tests {
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect();
-        match read(&i, Some(&bytes)).expect("fp32") {
+        match read(&i, Some(&bytes), 1000).expect("fp32") {
             Elements::F32(v) => assert_eq!(v, [1.5, -2.0]),
             other => panic!("{other:?}"),
         }
@@ -345,11 +398,11 @@ mod tests {
             b.extend_from_slice(&(e.len() as u32).to_le_bytes());
             b.extend_from_slice(e);
         }
-        match read(&i, Some(&b)).expect("bytes") {
+        match read(&i, Some(&b), 1000).expect("bytes") {
             Elements::Bytes(v) => assert_eq!(v, [b"abc".to_vec(), Vec::new()]),
             other => panic!("{other:?}"),
         }
-        let e = read(&i, Some(&b[..5])).expect_err("cut short");
+        let e = read(&i, Some(&b[..5]), 1000).expect_err("cut short");
         assert!(e.message().contains("cut short"), "{e}");
     }
 }

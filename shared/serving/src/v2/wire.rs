@@ -122,6 +122,35 @@ impl JsonData {
     }
 }
 
+std::thread_local! {
+    /// The most `data` elements one request may hold (see [`with_element_limit`]).
+    static ELEMENT_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Runs `parse` with every `data` it reads held to `limit` elements in all, so that a JSON
+/// body of small numbers (`0,0,0,…`: 2 bytes each, 8 in memory) is refused while it is read,
+/// not after it has grown several times the body. Parsing runs on this thread, start to end.
+pub(super) fn with_element_limit<T>(limit: usize, parse: impl FnOnce() -> T) -> T {
+    let before = ELEMENT_LIMIT.with(|l| l.replace(limit));
+    let out = parse();
+    ELEMENT_LIMIT.with(|l| l.set(before));
+    out
+}
+
+/// Takes one element off the request's allowance; an error once it is spent.
+fn take_element<E: de::Error>() -> Result<(), E> {
+    ELEMENT_LIMIT.with(|l| match l.get() {
+        0 => Err(E::custom(
+            "the inputs' data hold more elements than a batch of v2.max_batch of this \
+             model takes",
+        )),
+        n => {
+            l.set(n - 1);
+            Ok(())
+        }
+    })
+}
+
 impl<'de> serde::Deserialize<'de> for JsonData {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut data = JsonData::default();
@@ -154,6 +183,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        take_element()?;
         self.0.numbers.push(v);
         Ok(())
     }
@@ -167,11 +197,13 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        take_element()?;
         self.0.bools += 1;
         Ok(())
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        take_element()?;
         self.0.strings.push(v.to_string());
         Ok(())
     }
