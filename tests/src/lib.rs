@@ -284,6 +284,27 @@ impl TestApp {
     }
 }
 
+/// Asserts an Open Inference Protocol error (`{"error": "..."}` as JSON, not a problem) with
+/// `status`; returns its message.
+pub async fn assert_protocol_error(res: reqwest::Response, status: u16) -> String {
+    assert_eq!(res.status(), status);
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        ct.starts_with("application/json"),
+        "the protocol's error, not a problem: {ct}"
+    );
+    let v: Value = res.json().await.expect("json");
+    v["error"]
+        .as_str()
+        .expect("`error` names the problem")
+        .to_string()
+}
+
 /// Asserts a problem+json error with `status` naming `field` (when given); returns its body.
 pub async fn assert_problem(res: reqwest::Response, status: u16, field: Option<&str>) -> Value {
     assert_problem_for(res, status, field, "").await

@@ -13,11 +13,33 @@ async fn chain_svc(data: &std::path::Path, tweak: impl FnOnce(&mut ChainSettings
     medchain_tests::spawn_chain(data, tweak).await.0
 }
 
+/// A real chain-svc (its data in the returned directory) and a secured diabetes-svc that records
+/// on it; returns the directory, chain-svc's address and the service.
+async fn audited() -> (tempfile::TempDir, String, TestApp) {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = chain_svc(data.path(), |_| {}).await;
+    let chain_url = base.clone();
+    let app = spawn_disease(SPEC, move |s| {
+        secure(&mut s.auth, Peer::Diabetes);
+        s.chain.url = chain_url;
+        s.chain.timeout_ms = 2000;
+    })
+    .await;
+    (data, base, app)
+}
+
 fn features() -> Value {
     json!({
         "pregnancies": 2, "glucose": 120, "blood_pressure": 70, "skin_thickness": null,
         "insulin": 80, "bmi": 28.4, "diabetes_pedigree_function": 0.35, "age": 41
     })
+}
+
+/// The input digest the audit trail holds for `features()`.
+fn features_digest() -> String {
+    let canonical = medchain_core::audit::canonical_features(features().as_object().expect("obj"))
+        .expect("canonical");
+    format!("0x{}", to_hex(&medchain_core::audit::sha256(&canonical)))
 }
 
 async fn chain(
@@ -51,15 +73,7 @@ async fn confirmed(app: &TestApp, base: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let base = chain_svc(data.path(), |_| {}).await;
-    let chain_url = base.clone();
-    let app = spawn_disease(SPEC, move |s| {
-        secure(&mut s.auth, Peer::Diabetes);
-        s.chain.url = chain_url;
-        s.chain.timeout_ms = 2000;
-    })
-    .await;
+    let (_data, base, app) = audited().await;
 
     // Tabular: recorded, then confirmed on chain with the prediction's result.
     let mut body = features();
@@ -68,9 +82,7 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
     let id = p["prediction_id"].as_str().expect("id").to_string();
     assert_eq!(p["audit"]["status"], "pending", "{p}");
     assert_eq!(p["audit"]["prediction_id"], id.as_str());
-    let canonical = medchain_core::audit::canonical_features(features().as_object().expect("obj"))
-        .expect("canonical");
-    let digest = format!("0x{}", to_hex(&medchain_core::audit::sha256(&canonical)));
+    let digest = features_digest();
     assert_eq!(p["audit"]["input_digest"], digest.as_str());
     let rec = confirmed(&app, &base, &id).await;
     // The chain holds the hash of the record's fields; the fields match the prediction.
@@ -186,15 +198,7 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
 /// the receipt and the demo notice are in the response's parameters.
 #[tokio::test]
 async fn open_inference_protocol_predictions_with_a_patient_are_recorded_too() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let base = chain_svc(data.path(), |_| {}).await;
-    let chain_url = base.clone();
-    let app = spawn_disease(SPEC, move |s| {
-        secure(&mut s.auth, Peer::Diabetes);
-        s.chain.url = chain_url;
-        s.chain.timeout_ms = 2000;
-    })
-    .await;
+    let (_data, base, app) = audited().await;
     let card = medchain_serving::card::ModelCard::from_file(
         &models_dir().join("diabetes/tabular.card.json"),
     )
@@ -232,9 +236,7 @@ async fn open_inference_protocol_predictions_with_a_patient_are_recorded_too() {
         .as_str()
         .expect("prediction id")
         .to_string();
-    let canonical = medchain_core::audit::canonical_features(features().as_object().expect("obj"))
-        .expect("canonical");
-    let digest = format!("0x{}", to_hex(&medchain_core::audit::sha256(&canonical)));
+    let digest = features_digest();
     assert_eq!(
         params["audit_input_digest"],
         digest.as_str(),

@@ -355,18 +355,30 @@ impl LazyModel {
     /// Requests still running finish on the session they hold, which is freed after the last.
     /// Returns how many were running, or `None` if it was not loaded.
     pub fn unload(&self) -> Option<usize> {
-        let mut state = self.lock_state();
-        let running = match &*state {
-            State::Ready(l) => Arc::strong_count(l) - 1,
-            _ => return None,
-        };
-        *state = State::Unloaded;
-        drop(state);
+        let loaded = self.take_session(|_| true)?;
+        let running = Arc::strong_count(&loaded) - 1;
+        drop(loaded);
         memory::release_free_memory();
-        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
-            .set(0.0);
         tracing::info!(model = %self.key, running, "unloaded on request");
         Some(running)
+    }
+
+    /// Marks the model unloaded and hands back its session, if it is loaded and `may` allows;
+    /// the session is freed when the last holder drops it.
+    fn take_session(&self, may: impl FnOnce(&Arc<Loaded>) -> bool) -> Option<Arc<Loaded>> {
+        let mut state = self.lock_state();
+        let State::Ready(loaded) = &*state else {
+            return None;
+        };
+        if !may(loaded) {
+            return None;
+        }
+        let loaded = loaded.clone();
+        *state = State::Unloaded;
+        drop(state);
+        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
+            .set(0.0);
+        Some(loaded)
     }
 
     /// Loads the model now, as its first request would (single flight: with a load already
@@ -379,18 +391,8 @@ impl LazyModel {
     /// finish first (new ones load it again). Returns how many it waited for, or `None` if it
     /// was not loaded.
     pub async fn unload_and_wait(&self) -> Option<usize> {
-        let loaded = {
-            let mut state = self.lock_state();
-            let State::Ready(l) = &*state else {
-                return None;
-            };
-            let l = l.clone();
-            *state = State::Unloaded;
-            l
-        };
+        let loaded = self.take_session(|_| true)?;
         let running = Arc::strong_count(&loaded) - 1;
-        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
-            .set(0.0);
         tracing::info!(model = %self.key, running, "unloading on request, after the requests running on it");
         while Arc::strong_count(&loaded) > 1 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -410,19 +412,12 @@ impl LazyModel {
         if now_ms().saturating_sub(last) < idle.as_millis() as u64 {
             return false;
         }
-        let mut state = self.lock_state();
-        let in_use = match &*state {
-            State::Ready(l) => Arc::strong_count(l) > 1,
-            _ => return false,
-        };
-        if in_use {
+        // Only a session nobody else holds: the state's reference is the one cloned from.
+        let Some(loaded) = self.take_session(|l| Arc::strong_count(l) == 1) else {
             return false;
-        }
-        *state = State::Unloaded;
-        drop(state);
+        };
+        drop(loaded);
         memory::release_free_memory();
-        metrics::gauge!(medchain_core::metrics::name("model_state"), "model" => self.key.clone())
-            .set(0.0);
         tracing::info!(model = %self.key, "unloaded after being idle");
         true
     }

@@ -52,21 +52,8 @@ pub async fn read(
         Ok(declared) => read_fields(req, &body, limits, buffer, declared).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(upload) => Ok(upload),
-        Err(_) if body.borrow().stalled => Err(ApiError::Timeout(format!(
-            "the request body stopped arriving: nothing was received for {} s",
-            limits.body_stall_secs
-        ))),
-        Err(e) => {
-            let cap = 2 * (limits.max_bytes.get() + FRAMING) as u64;
-            let declared = declared_length(req).unwrap_or(0);
-            if declared <= cap {
-                drain(&body, cap).await;
-            }
-            Err(e)
-        }
-    }
+    let cap = 2 * (limits.max_bytes.get() + FRAMING) as u64;
+    settle(result, &body, limits, cap, declared_length(req)).await
 }
 
 /// Reads a whole request body of at most `max_bytes` (any content type), its bytes reserved
@@ -116,6 +103,18 @@ pub async fn read_whole(
         hold.arrived();
         result.map(|()| (Bytes::from(buf), hold))
     };
+    settle(result, &body, limits, 2 * max_bytes as u64, declared).await
+}
+
+/// Answers a read: a stalled sender gets a timeout at once; any other refusal is answered only
+/// once the rest of the body (up to `cap` bytes, when it declared no more) has been drained.
+async fn settle<T>(
+    result: ApiResult<T>,
+    body: &Rc<RefCell<Body>>,
+    limits: &ImageLimits,
+    cap: u64,
+    declared: Option<u64>,
+) -> ApiResult<T> {
     match result {
         Ok(read) => Ok(read),
         Err(_) if body.borrow().stalled => Err(ApiError::Timeout(format!(
@@ -123,9 +122,8 @@ pub async fn read_whole(
             limits.body_stall_secs
         ))),
         Err(e) => {
-            let cap = 2 * max_bytes as u64;
             if declared.unwrap_or(0) <= cap {
-                drain(&body, cap).await;
+                drain(body, cap).await;
             }
             Err(e)
         }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use medchain_diabetes_svc::SPEC;
 use medchain_serving::card::ModelCard;
 use medchain_serving::model::{Backoff, LazyModel};
-use medchain_tests::{Peer, TestApp, credential, fixtures, models_dir, secure, spawn_disease};
+use medchain_tests::{
+    Peer, TestApp, assert_protocol_error, credential, fixtures, models_dir, secure, spawn_disease,
+};
 use serde_json::{Value, json};
 
 const TABULAR: &str = "/v2/models/diabetes-tabular";
@@ -116,25 +118,6 @@ fn f32_bytes(v: &[f64]) -> Vec<u8> {
     v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()
 }
 
-async fn error(res: reqwest::Response, status: u16) -> String {
-    assert_eq!(res.status(), status);
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    assert!(
-        ct.starts_with("application/json"),
-        "the protocol's error, not a problem: {ct}"
-    );
-    let v: Value = res.json().await.expect("json");
-    v["error"]
-        .as_str()
-        .expect("`error` names the problem")
-        .to_string()
-}
-
 #[tokio::test]
 async fn health_server_and_model_metadata_come_from_the_cards() {
     let mut app = spawn_disease(SPEC, |s| secure(&mut s.auth, Peer::Diabetes)).await;
@@ -179,9 +162,9 @@ async fn health_server_and_model_metadata_come_from_the_cards() {
         json!({"name": "image_bytes", "datatype": "BYTES", "shape": [-1]})
     );
     assert_eq!(retina["outputs"][1]["name"], "probabilities");
-    let e = error(app.get(&format!("{TABULAR}/versions/9.9.9")).await, 404).await;
+    let e = assert_protocol_error(app.get(&format!("{TABULAR}/versions/9.9.9")).await, 404).await;
     assert!(e.contains("9.9.9") && e.contains("1.0.0"), "{e}");
-    let e = error(app.get("/v2/models/heart-ecg").await, 404).await;
+    let e = assert_protocol_error(app.get("/v2/models/heart-ecg").await, 404).await;
     assert!(e.contains("diabetes-tabular"), "{e}");
     // Server readiness is what /readyz checks: without the ONNX Runtime library, not ready.
     let lacking = spawn_disease(SPEC, |s| {
@@ -444,14 +427,14 @@ async fn bad_inferences_are_answered_with_the_protocols_errors() {
         (json!({"inputs": [], "bogus": 1}), vec![], &["bogus"]),
     ];
     for (doc, blobs, words) in cases {
-        let e = error(post_v2(&app, &url, &doc, &blobs).await, 400).await;
+        let e = assert_protocol_error(post_v2(&app, &url, &doc, &blobs).await, 400).await;
         for w in words {
             assert!(e.contains(w), "{doc}: {e:?} should name {w:?}");
         }
     }
     // Not JSON at all, and a header that points past the body.
     let res = app.post_raw(&url, "application/json", b"{".to_vec()).await;
-    assert!(error(res, 400).await.contains("not valid"));
+    assert!(assert_protocol_error(res, 400).await.contains("not valid"));
     let res = app
         .client
         .post(format!("{}{url}", app.address))
@@ -462,12 +445,12 @@ async fn bad_inferences_are_answered_with_the_protocols_errors() {
         .await
         .expect("post");
     assert!(
-        error(res, 400)
+        assert_protocol_error(res, 400)
             .await
             .contains("inference-header-content-length")
     );
     // An image tensor of the wrong size, and a patient id on a preprocessed tensor.
-    let e = error(
+    let e = assert_protocol_error(
         post_v2(
             &app,
             &format!("{RETINA}/infer"),
@@ -486,13 +469,13 @@ async fn bad_inferences_are_answered_with_the_protocols_errors() {
         json!(vec![0; 3 * 224 * 224]),
     );
     doc["parameters"] = json!({"patient_id": "MRN-1"});
-    let e = error(
+    let e = assert_protocol_error(
         post_v2(&app, &format!("{RETINA}/infer"), &doc, &[]).await,
         400,
     )
     .await;
     assert!(e.contains("image_bytes"), "{e}");
-    let e = error(
+    let e = assert_protocol_error(
         post_v2(
             &app,
             &format!("{RETINA}/infer"),
@@ -524,7 +507,7 @@ async fn a_model_that_cannot_load_is_a_503_with_retry_after() {
     )
     .await;
     assert!(res.headers().get("retry-after").is_some(), "Retry-After");
-    let e = error(res, 503).await;
+    let e = assert_protocol_error(res, 503).await;
     assert!(e.contains("tabular"), "{e}");
     let res = post_v2(
         &app,
@@ -537,7 +520,7 @@ async fn a_model_that_cannot_load_is_a_503_with_retry_after() {
         res.headers().get("retry-after").is_some(),
         "Retry-After on a failed load too"
     );
-    error(res, 503).await;
+    assert_protocol_error(res, 503).await;
 }
 
 /// The repository index as (name, state).
@@ -570,7 +553,7 @@ async fn the_memory_guard_is_a_503_with_retry_after() {
     let doc = infer_json("features", &[1, 8], "FP32", json!(row));
     let res = post_v2(&app, &format!("{TABULAR}/infer"), &doc, &[]).await;
     assert!(res.headers().get("retry-after").is_some(), "Retry-After");
-    let e = error(res, 503).await;
+    let e = assert_protocol_error(res, 503).await;
     assert!(e.contains("memory guard"), "{e}");
 }
 
@@ -634,7 +617,7 @@ async fn the_repository_loads_and_unloads_and_an_inference_loads_an_unloaded_mod
         2,
         "loaded by the repository, then by the inference"
     );
-    let e = error(
+    let e = assert_protocol_error(
         post_v2(&app, "/v2/repository/models/nope/load", &json!({}), &[]).await,
         404,
     )
