@@ -16,11 +16,19 @@
 #   bench/run.sh v2           the Open Inference Protocol beside the JSON API: binary, JSON and
 #                             multipart for a 224×224 image at c=1 and 16; batch 8 vs 8 × 1
 #                             → bench/results/v2.json
+#   bench/run.sh baseline     the same four models served by a small Python app (FastAPI on
+#                             ONNX Runtime, bench/baseline/) beside medchain, same load, same run
+#                             → bench/results/baseline.json
 #   bench/run.sh --help       every option
 # A full system run takes about 10 minutes on 2 cores; the soak run about 15. The container
 # run builds the images first (a cold build took 766 s here).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
-"$ROOT/scripts/setup.sh"
+if [ "${1:-}" = baseline ]; then
+  # The Python baseline runs in the test environment (bench/baseline/requirements.txt).
+  "$ROOT/scripts/setup.sh" --test
+else
+  "$ROOT/scripts/setup.sh"
+fi
 cd "$ROOT"
 if [ "${1:-}" = containers ]; then
   # shellcheck source=scripts/containers-lib.sh

@@ -9,26 +9,13 @@ bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 cargo build --quiet --bins
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-if ! "$bin/medchain-bench" system --quick --bin-dir "$bin" --out "$out" >"$out/run.log" 2>&1; then
-  cat "$out/run.log" >&2
-  echo "bench: 0 passed, 1 failed"
-  exit 1
-fi
-if ! "$bin/medchain-bench" chain --quick --bin-dir "$bin" --out "$out" >"$out/chain.log" 2>&1; then
-  cat "$out/chain.log" >&2
-  echo "bench: 0 passed, 1 failed"
-  exit 1
-fi
-if ! "$bin/medchain-bench" decode --quick --bin-dir "$bin" --out "$out" >"$out/decode.log" 2>&1; then
-  cat "$out/decode.log" >&2
-  echo "bench: 0 passed, 1 failed"
-  exit 1
-fi
-if ! "$bin/medchain-bench" v2 --quick --bin-dir "$bin" --out "$out" >"$out/v2.log" 2>&1; then
-  cat "$out/v2.log" >&2
-  echo "bench: 0 passed, 1 failed"
-  exit 1
-fi
+for kind in system chain decode v2 baseline; do
+  if ! "$bin/medchain-bench" "$kind" --quick --bin-dir "$bin" --out "$out" >"$out/$kind.log" 2>&1; then
+    cat "$out/$kind.log" >&2
+    echo "bench: 0 passed, 1 failed"
+    exit 1
+  fi
+done
 python3 - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -81,8 +68,17 @@ if q.get("ran"):
             problems.append(f"int8 run: {load}")
     if not all(f["p50_ms"] for f in q["floor"]):
         problems.append(f"int8 floor: {q['floor']}")
+b = json.loads((out / "results/baseline-quick.json").read_text())
+if [len(s["runs"]) for s in b["sides"]] != [20, 10]:
+    problems.append(f"baseline: runs per side {[len(s['runs']) for s in b['sides']]}")
+for s in b["sides"]:
+    for run in s["runs"]:
+        if run["load"]["failed"] or not run["load"]["ok"] or run["cpu_us_per_request"] <= 0:
+            problems.append(f"baseline: {s['name']} {run['endpoint']} {run['route']}: {run['load']}")
+    if not all(f["ok"] for f in s["first_predictions"]) or not s["peak_rss_mb"] > s["idle_rss_mb"] > 0:
+        problems.append(f"baseline: {s['name']}: {s['first_predictions']}, RSS {s['idle_rss_mb']} → {s['peak_rss_mb']}")
 md = (out / "BENCHMARKS.md").read_text()
-for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor", "## The image decode budget", "## The audit trail on chain", "## Open Inference Protocol"):
+for section in ("### Targets", "### Peak RSS", "### Warm latency", "### The floor", "## The image decode budget", "## The audit trail on chain", "## Open Inference Protocol", "## The Python baseline"):
     if section not in md:
         problems.append(f"BENCHMARKS.md lacks {section}")
 for p in problems:

@@ -55,19 +55,18 @@ else
 fi
 
 if [ "$with_tests" = 1 ]; then
-  req="$ROOT/models/requirements.txt"
-  deploy_req="$ROOT/tests/deploy/requirements.txt"
-  verifier_req="$ROOT/chain-svc/verifier/requirements.txt"
-  clients_req="$ROOT/tests/clients/requirements.txt"
+  # Every Python requirement of the tests, in one environment.
+  reqs=(models/requirements.txt tests/deploy/requirements.txt chain-svc/verifier/requirements.txt
+    tests/clients/requirements.txt bench/baseline/requirements.txt)
   stamp="$PYENV/.requirements.sha256"
-  want="$(cat "$req" "$deploy_req" "$verifier_req" "$clients_req" | sha256sum | cut -d' ' -f1)"
+  want="$(cd "$ROOT" && cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    say "Python pipeline environment: present ($PYENV)"
+    say "Python test environment: present ($PYENV)"
   else
-    say "Python test environment: installing models/requirements.txt, tests/deploy/requirements.txt, chain-svc/verifier/requirements.txt and tests/clients/requirements.txt into $PYENV"
+    say "Python test environment: installing ${reqs[*]} into $PYENV"
     python3 -m venv "$PYENV"
     "$PYENV/bin/pip" install --quiet --upgrade pip
-    "$PYENV/bin/pip" install --quiet -r "$req" -r "$deploy_req" -r "$verifier_req" -r "$clients_req"
+    (cd "$ROOT" && "$PYENV/bin/pip" install --quiet "${reqs[@]/#/-r}")
     echo "$want" > "$stamp"
   fi
 fi

@@ -18,7 +18,7 @@ cargo build --workspace --bins --quiet
 
 say "model pipeline and deployment-file tests (pytest)"
 set +e
-"$PYENV/bin/python" -m pytest -q models/tests tests/deploy tests/layout chain-svc/verifier 2>&1 | tee "$logs/pytest.log"
+"$PYENV/bin/python" -m pytest -q models/tests tests/deploy tests/layout chain-svc/verifier bench/baseline 2>&1 | tee "$logs/pytest.log"
 py_status=${PIPESTATUS[0]}
 
 say "Rust tests (cargo test)"

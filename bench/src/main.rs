@@ -8,6 +8,7 @@
 //! medchain-bench containers [--quick] [--project NAME] [--out DIR]
 //! medchain-bench decode [--quick] [--out DIR] [--bin-dir DIR]
 //! medchain-bench v2 [--quick] [--out DIR] [--bin-dir DIR]
+//! medchain-bench baseline [--quick] [--out DIR] [--bin-dir DIR]
 //! medchain-bench render [--out DIR]
 //! ```
 //!
@@ -18,10 +19,13 @@
 //! measures each container's cgroup peak per load phase (compose with heart-svc scaled, and the
 //! single-instance image under `--memory 512m`); `decode` measures what the image decode budget
 //! holds diabetes-svc to under small files that decode to hundreds of MB; `v2` times the Open
-//! Inference Protocol beside the JSON API (binary, JSON and multipart; batches); `soak` sends a long stream of requests and tracks RSS and file descriptors;
+//! Inference Protocol beside the JSON API (binary, JSON and multipart; batches); `baseline`
+//! measures the same four models served by a small Python app beside medchain; `soak` sends a
+//! long stream of requests and tracks RSS and file descriptors;
 //! both write `DIR/results/<name>.json` and re-render `DIR/BENCHMARKS.md` from every results
 //! file there. Nothing in the Markdown is written by hand.
 
+mod baselinebench;
 mod chainbench;
 mod containerbench;
 mod decodebench;
@@ -82,7 +86,10 @@ fn parse() -> anyhow::Result<Args> {
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "system" | "soak" | "chain" | "containers" | "decode" | "v2" | "render" if first => {
+            "system" | "soak" | "chain" | "containers" | "decode" | "v2" | "baseline"
+            | "render"
+                if first =>
+            {
                 args.command = a.clone()
             }
             "--quick" => args.quick = true,
@@ -110,52 +117,41 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let results = args.out.join("results");
     std::fs::create_dir_all(&results)?;
+    let quick = args.quick;
+    let write = |kind: &str, v: serde_json::Value| {
+        let name = if quick {
+            format!("{kind}-quick.json")
+        } else {
+            format!("{kind}.json")
+        };
+        results::write_json(&results.join(name), &v)
+    };
     match args.command.as_str() {
-        "system" => {
-            let v = rt.block_on(systembench::run(&args))?;
-            let name = if args.quick {
-                "system-quick.json"
-            } else {
-                "system.json"
-            };
-            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
-        }
-        "chain" => {
-            let v = rt.block_on(chainbench::run(&args))?;
-            let name = if args.quick {
-                "chain-quick.json"
-            } else {
-                "chain.json"
-            };
-            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
-        }
-        "containers" => {
-            let v = rt.block_on(containerbench::run(&args))?;
-            let name = if args.quick {
-                "containers-quick.json"
-            } else {
-                "containers.json"
-            };
-            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
-        }
-        "decode" => {
-            let v = rt.block_on(decodebench::run(&args))?;
-            let name = if args.quick {
-                "decode-quick.json"
-            } else {
-                "decode.json"
-            };
-            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
-        }
-        "v2" => {
-            let v = rt.block_on(v2bench::run(&args))?;
-            let name = if args.quick {
-                "v2-quick.json"
-            } else {
-                "v2.json"
-            };
-            results::write_json(&results.join(name), &serde_json::to_value(v)?)?;
-        }
+        "system" => write(
+            "system",
+            serde_json::to_value(rt.block_on(systembench::run(&args))?)?,
+        )?,
+        "chain" => write(
+            "chain",
+            serde_json::to_value(rt.block_on(chainbench::run(&args))?)?,
+        )?,
+        "containers" => write(
+            "containers",
+            serde_json::to_value(rt.block_on(containerbench::run(&args))?)?,
+        )?,
+        "decode" => write(
+            "decode",
+            serde_json::to_value(rt.block_on(decodebench::run(&args))?)?,
+        )?,
+        "v2" => write(
+            "v2",
+            serde_json::to_value(rt.block_on(v2bench::run(&args))?)?,
+        )?,
+        "baseline" => write(
+            "baseline",
+            serde_json::to_value(rt.block_on(baselinebench::run(&args))?)?,
+        )?,
+        // The soak has no quick variant: it is one file whatever the flags.
         "soak" => {
             let v = rt.block_on(soak::run(&args))?;
             results::write_json(&results.join("soak.json"), &serde_json::to_value(v)?)?;

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::baselinebench::BaselineRun;
 use crate::chainbench::ChainRun;
 use crate::containerbench::{ContainersRun, DeploymentRun, Phase, Spread};
 use crate::decodebench::DecodeRun;
@@ -123,6 +124,12 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
         Some(run) => v2_md(&mut md, &run)?,
         None => md.push_str(
             "## Open Inference Protocol (KServe V2)\n\nNo V2 run recorded yet: run `bench/run.sh v2`.\n\n",
+        ),
+    }
+    match read_run::<BaselineRun>(dir, "baseline")? {
+        Some(run) => baseline_md(&mut md, &run)?,
+        None => md.push_str(
+            "## The Python baseline\n\nNo baseline run recorded yet: run `bench/run.sh baseline`.\n\n",
         ),
     }
     if let Some(run) = read_run::<ChainRun>(dir, "chain")? {
@@ -701,6 +708,116 @@ fn v2_md(md: &mut String, run: &V2Run) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// medchain beside the Python baseline: one row per figure, one column per side.
+fn baseline_md(md: &mut String, run: &BaselineRun) -> anyhow::Result<()> {
+    md.push_str("## The Python baseline\n\n");
+    header_md(md, &run.header)?;
+    writeln!(
+        md,
+        "\nThe rewrite a team would otherwise write: `bench/baseline/app.py`, the same four ONNX \
+         files served by FastAPI on ONNX Runtime (its default session options, every model \
+         loaded at start-up, Pillow for images, one uvicorn worker as on a 512 MB instance; \
+         {}), against medchain's embedded defaults, in the same run with the same load \
+         generator and inputs. Its answers equal the committed fixtures \
+         (`bench/baseline/test_app.py`). medchain's figures count {}; chain-svc and its anvil \
+         run but are not counted (the baseline keeps no audit trail). Peak RSS is the sum of \
+         each counted process' VmHWM over the run.\n",
+        run.baseline_stack,
+        run.sides
+            .first()
+            .map_or(String::new(), |s| s.processes.join(", "))
+    )?;
+    md.push_str("| | ");
+    md.push_str(
+        &run.sides
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    md.push_str(" |\n|---|");
+    md.push_str(&"---:|".repeat(run.sides.len()));
+    md.push('\n');
+    let row =
+        |md: &mut String, label: &str, cell: &dyn Fn(&crate::baselinebench::Side) -> String| {
+            let cells: Vec<String> = run.sides.iter().map(cell).collect();
+            writeln!(md, "| {label} | {} |", cells.join(" | "))
+        };
+    row(md, "start-up to ready, slowest process (ms)", &|s| {
+        format!("{:.0}", s.startup_ms.values().copied().fold(0.0, f64::max))
+    })?;
+    row(md, "RSS once started (MB)", &|s| {
+        format!("{:.1}", s.idle_rss_mb)
+    })?;
+    row(md, "peak RSS over the run (MB)", &|s| {
+        format!("{:.1}", s.peak_rss_mb)
+    })?;
+    row(md, "RSS at the end (MB)", &|s| {
+        format!("{:.1}", s.final_rss_mb)
+    })?;
+    if let Some(first) = run.sides.first() {
+        for f in &first.first_predictions {
+            row(md, &format!("first {} (ms)", f.endpoint), &|s| {
+                let f = s
+                    .first_predictions
+                    .iter()
+                    .find(|g| g.endpoint == f.endpoint);
+                num(f.filter(|f| f.ok).and_then(|f| f.latency_ms), 1)
+            })?;
+        }
+    }
+    md.push_str("\nWarm runs (after a warm-up): client-side p50 latency, throughput, and the counted processes' user + system CPU per request (from /proc, 10-ms ticks). medchain through the gateway and direct to the disease service; the baseline has one process.\n\n| endpoint | c |");
+    let mut columns = Vec::new();
+    for s in &run.sides {
+        for r in &s.runs {
+            let key = (s.name.clone(), r.route.clone());
+            if !columns.contains(&key) {
+                columns.push(key);
+            }
+        }
+    }
+    for (side, route) in &columns {
+        write!(md, " {side}, {route}: p50 ms · req/s · CPU µs |")?;
+    }
+    md.push_str("\n|---|---:|");
+    md.push_str(&"---:|".repeat(columns.len()));
+    md.push('\n');
+    let Some(first) = run.sides.first() else {
+        return Ok(());
+    };
+    let keys: Vec<(&str, usize)> = first
+        .runs
+        .iter()
+        .filter(|r| r.route == first.runs[0].route)
+        .map(|r| (r.endpoint.as_str(), r.load.concurrency))
+        .collect();
+    for (endpoint, c) in keys {
+        write!(md, "| {endpoint} | {c} |")?;
+        for (side, route) in &columns {
+            let r = run
+                .sides
+                .iter()
+                .filter(|s| &s.name == side)
+                .flat_map(|s| &s.runs)
+                .find(|r| &r.route == route && r.endpoint == endpoint && r.load.concurrency == c);
+            match r {
+                Some(r) if r.load.failed == 0 => write!(
+                    md,
+                    " {} · {:.0} · {:.0} |",
+                    num(r.load.p50_ms, 2),
+                    r.load.throughput_rps,
+                    r.cpu_us_per_request
+                )?,
+                Some(r) => write!(md, " {} of {} failed |", r.load.failed, r.load.requests)?,
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    Ok(())
+}
+
 fn chain_md(md: &mut String, run: &ChainRun) -> anyhow::Result<()> {
     md.push_str(
         "## The audit trail on chain
@@ -1145,6 +1262,7 @@ mod tests {
         round_trips::<ChainRun>("chain.json");
         round_trips::<SoakRun>("soak.json");
         round_trips::<V2Run>("v2.json");
+        round_trips::<BaselineRun>("baseline.json");
     }
 
     /// bench/BENCHMARKS.md is what the command renders from the committed results, to the byte:
