@@ -32,7 +32,8 @@ pub fn measure(
     let card = ModelCard::from_file(&card_path)?;
     let onnx = card_path.with_file_name(&card.file);
     runtime::ensure(&settings.runtime).map_err(anyhow::Error::msg)?;
-    let mut session = runtime::session(&settings.runtime, &onnx).map_err(anyhow::Error::msg)?;
+    let mut session =
+        runtime::session(&settings.runtime, &onnx, card.modality).map_err(anyhow::Error::msg)?;
     // The service's own decoding and preprocessing of an upload, timed the same way: what the
     // end-to-end time adds to the floor before any HTTP.
     let mut prep_times = Vec::new();
@@ -91,7 +92,7 @@ pub fn measure(
             .file_name()
             .and_then(|f| f.to_str())
             .map(str::to_string),
-        intra_threads: settings.runtime.threads(),
+        intra_threads: settings.runtime.threads_for(card.modality),
         runs,
         p50_ms: percentile(&times, 50.0),
         p95_ms: percentile(&times, 95.0),

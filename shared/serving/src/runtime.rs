@@ -11,6 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use serde::Deserialize;
 
 use crate::error::LoadError;
+use medchain_core::domain::Modality;
 
 /// How ONNX Runtime is found and how sessions are built.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,6 +22,10 @@ pub struct RuntimeSettings {
     pub library_path: String,
     /// Intra-op threads per session; 0 = the cgroup-aware CPU count.
     pub intra_threads: usize,
+    /// Intra-op threads of a tabular model's session; 0 = as `intra_threads`. A tree
+    /// ensemble's single-row inference takes microseconds, and splitting it across threads
+    /// wakes a pool thread for every request.
+    pub tabular_intra_threads: usize,
     /// ONNX Runtime's CPU memory arena (on by default: see the measurement in the README).
     pub cpu_arena: bool,
     /// ONNX Runtime's memory-pattern planning (pre-allocates per input shape).
@@ -64,6 +69,14 @@ impl RuntimeSettings {
             self.intra_threads
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Intra-op thread count of a session for a model of `modality`.
+    pub fn threads_for(&self, modality: Modality) -> usize {
+        match modality {
+            Modality::Tabular if self.tabular_intra_threads > 0 => self.tabular_intra_threads,
+            _ => self.threads(),
         }
     }
 
@@ -118,7 +131,11 @@ pub fn ensure(settings: &RuntimeSettings) -> Result<(), LoadError> {
 /// Builds a session for `path` with the configured options.
 /// Errors name `path` as given (the loader passes its `/proc/self/fd` path and puts the
 /// model's path back).
-pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Session, LoadError> {
+pub fn session(
+    settings: &RuntimeSettings,
+    path: &std::path::Path,
+    modality: Modality,
+) -> Result<Session, LoadError> {
     let err = |e: ort::Error<_>| LoadError::Runtime(format!("cannot configure the session: {e}"));
     let env = ENVIRONMENT.get().ok_or_else(|| {
         LoadError::Runtime("ONNX Runtime is not loaded (runtime::ensure was not called)".into())
@@ -127,7 +144,7 @@ pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Ses
         .map_err(|e| LoadError::Runtime(format!("cannot create a session builder: {e}")))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(err)?
-        .with_intra_threads(settings.threads())
+        .with_intra_threads(settings.threads_for(modality))
         .map_err(err)?
         .with_memory_pattern(settings.memory_pattern)
         .map_err(err)?
@@ -146,4 +163,33 @@ pub fn session(settings: &RuntimeSettings, path: &std::path::Path) -> Result<Ses
         .map_err(|e| {
             LoadError::Runtime(format!("ONNX Runtime cannot load {}: {e}", path.display()))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(intra: usize, tabular: usize) -> RuntimeSettings {
+        RuntimeSettings {
+            library_path: String::new(),
+            intra_threads: intra,
+            tabular_intra_threads: tabular,
+            cpu_arena: true,
+            memory_pattern: false,
+            prepacking: true,
+            spinning: false,
+        }
+    }
+
+    #[test]
+    fn a_tabular_model_gets_its_own_thread_count_and_an_image_model_the_general_one() {
+        let s = settings(3, 1);
+        assert_eq!(s.threads_for(Modality::Tabular), 1);
+        assert_eq!(s.threads_for(Modality::Image), 3);
+        // 0: as intra_threads.
+        assert_eq!(settings(3, 0).threads_for(Modality::Tabular), 3);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(settings(0, 0).threads_for(Modality::Tabular), cpus);
+        assert_eq!(settings(0, 2).threads_for(Modality::Image), cpus);
+    }
 }

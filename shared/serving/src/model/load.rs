@@ -103,24 +103,28 @@ fn session_of(
 ) -> Result<Loaded, LoadError> {
     runtime::ensure(runtime_settings)?;
     let before = memory::rss_bytes() as i64;
-    let mut session = runtime::session(runtime_settings, &file.load_path()).map_err(|e| {
-        LoadError::Runtime(e.to_string().replace(
-            &file.load_path().display().to_string(),
-            &path.display().to_string(),
-        ))
-    })?;
+    let mut session = runtime::session(runtime_settings, &file.load_path(), card.modality)
+        .map_err(|e| {
+            LoadError::Runtime(e.to_string().replace(
+                &file.load_path().display().to_string(),
+                &path.display().to_string(),
+            ))
+        })?;
     file.unchanged()?;
     check_tensors(&session, card)?;
+    let warm_start = Instant::now();
     warm_run(&mut session, card)?;
+    let warm_up = warm_start.elapsed();
     // Loading frees large transient buffers (the file's bytes, the parsed protobuf); glibc
     // keeps them unless asked to give them back.
     memory::release_free_memory();
     let rss_added_bytes = memory::rss_bytes() as i64 - before;
-    Ok(Loaded {
-        session: Mutex::new(session),
-        load_ms: start.elapsed().as_secs_f64() * 1e3,
+    Ok(Loaded::new(
+        session,
+        start.elapsed().as_secs_f64() * 1e3,
         rss_added_bytes,
-    })
+        warm_up,
+    ))
 }
 
 /// The session's tensors must be the card's.

@@ -1,7 +1,8 @@
 //! The lazy model holder: a model loads on the first request that needs it, exactly once
 //! however many requests arrive together (single flight), after its file hash, its tensors and
 //! the memory guard check out; it then serves from one ONNX Runtime session behind a lock,
-//! off the async threads, with a bounded number of waiting requests, and may be unloaded when
+//! off the async threads (unless its calls take microseconds), with a bounded number of
+//! waiting requests, and may be unloaded when
 //! idle. A failed load answers 503 with `Retry-After`, and is tried again by the first request
 //! after its back-off (doubling with each failure in a row, capped).
 
@@ -78,6 +79,49 @@ struct Loaded {
     session: Mutex<Session>,
     load_ms: f64,
     rss_added_bytes: i64,
+    /// The session call's typical time, ns: a moving average over the recent calls (the
+    /// warm-up run's to begin with).
+    typical_ns: AtomicU64,
+}
+
+/// A session call whose typical time is under this runs on the request's own thread: handing
+/// a tabular model's ~10 µs inference to the blocking pool and back cost more CPU than the
+/// inference (two thread wake-ups per request). Anything slower — an image model, a large
+/// model of the user's own — runs on the blocking pool, off the async threads.
+const INLINE_BELOW: Duration = Duration::from_micros(100);
+
+impl Loaded {
+    fn new(session: Session, load_ms: f64, rss_added_bytes: i64, warm_up: Duration) -> Self {
+        Loaded {
+            session: Mutex::new(session),
+            load_ms,
+            rss_added_bytes,
+            typical_ns: AtomicU64::new(warm_up.as_nanos() as u64),
+        }
+    }
+
+    /// Runs `f` on the session and counts its time into the average (weight 1/8).
+    fn call<T>(&self, session: &mut Session, f: impl FnOnce(&mut Session) -> T) -> T {
+        let start = Instant::now();
+        let out = f(session);
+        let took = start.elapsed().as_nanos() as u64;
+        let old = self.typical_ns.load(Ordering::Relaxed);
+        self.typical_ns
+            .store(old - old / 8 + took / 8, Ordering::Relaxed);
+        out
+    }
+
+    /// Runs `f` on the request's thread if its calls are typically that quick and the session
+    /// is free right now (never waiting for it on an async thread); else hands `f` back.
+    fn try_inline<T, F: FnOnce(&mut Session) -> T>(&self, f: F) -> Result<T, F> {
+        if self.typical_ns.load(Ordering::Relaxed) >= INLINE_BELOW.as_nanos() as u64 {
+            return Err(f);
+        }
+        match self.session.try_lock() {
+            Ok(mut session) => Ok(self.call(&mut session, f)),
+            Err(_) => Err(f),
+        }
+    }
 }
 
 enum State {
@@ -244,7 +288,8 @@ impl LazyModel {
         })
     }
 
-    /// Runs `f` on the session (loading it first if needed) on the blocking pool. The caller
+    /// Runs `f` on the session (loading it first if needed): on the blocking pool, or on this
+    /// thread when the model's calls take microseconds (see [`INLINE_BELOW`]). The caller
     /// holds a permit from `admit` for the whole request.
     pub async fn run<T, F>(&self, _permit: &OwnedSemaphorePermit, f: F) -> Result<T, ApiError>
     where
@@ -252,18 +297,23 @@ impl LazyModel {
         T: Send + 'static,
     {
         let loaded = self.get_or_load().await?;
-        let span = tracing::Span::current();
-        let key = self.key.clone();
         let start = Instant::now();
-        let out = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            let mut session = loaded.session.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut session)
-        })
-        .await
-        .map_err(|e| {
-            ApiError::Internal(anyhow::anyhow!("inference task of `{key}` failed: {e}"))
-        })?;
+        let out = match loaded.try_inline(f) {
+            Ok(out) => out,
+            Err(f) => {
+                let span = tracing::Span::current();
+                let key = self.key.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
+                    let mut session = loaded.session.lock().unwrap_or_else(|e| e.into_inner());
+                    loaded.call(&mut session, f)
+                })
+                .await
+                .map_err(|e| {
+                    ApiError::Internal(anyhow::anyhow!("inference task of `{key}` failed: {e}"))
+                })?
+            }
+        };
         metrics::histogram!(medchain_core::metrics::name("inference_seconds"), "model" => self.key.clone())
             .record(start.elapsed().as_secs_f64());
         self.served.fetch_add(1, Ordering::Relaxed);

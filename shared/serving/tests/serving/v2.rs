@@ -627,7 +627,9 @@ async fn the_repository_loads_and_unloads_and_an_inference_loads_an_unloaded_mod
 
 /// An unload waits for the request running on the session: the session is held until that
 /// request is done, and only then does the unload return.
-#[tokio::test]
+// Two workers: a call on the tabular model may run on the request's own thread, and this one
+// blocks until released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unload_waits_for_the_request_running_on_the_model() {
     let settings = medchain_diabetes_svc::load_settings().expect("settings");
     let model = Arc::new(LazyModel::new(
@@ -682,4 +684,49 @@ async fn an_unload_waits_for_the_request_running_on_the_model() {
         model.status().state,
         medchain_serving::model::ModelState::Unloaded
     );
+}
+
+/// A model whose calls take microseconds runs them on the request's own thread (no hand-off to
+/// the blocking pool and back); once its calls take longer, they run on the blocking pool, off
+/// the async threads — whichever model it is.
+#[tokio::test]
+async fn calls_that_take_microseconds_run_on_the_request_thread_and_slow_ones_do_not() {
+    let settings = medchain_diabetes_svc::load_settings().expect("settings");
+    let model = LazyModel::new(
+        "tabular",
+        &settings.models.dir(),
+        &settings.models.tabular,
+        settings.runtime.clone(),
+        settings.memory.clone(),
+        &settings.models.download,
+        Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+        },
+    );
+    model.load_now().await.expect("load");
+    let here = std::thread::current().id();
+    let permit = model.admit().expect("admit");
+    let mut last = None;
+    for _ in 0..40 {
+        last = Some(
+            model
+                .run(&permit, |_session| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    Ok(std::thread::current().id())
+                })
+                .await
+                .expect("run"),
+        );
+    }
+    assert_ne!(last, Some(here), "2-ms calls run on the blocking pool");
+    for _ in 0..80 {
+        last = Some(
+            model
+                .run(&permit, |_session| Ok(std::thread::current().id()))
+                .await
+                .expect("run"),
+        );
+    }
+    assert_eq!(last, Some(here), "quick calls run on the request's thread");
 }
