@@ -65,6 +65,8 @@ pub struct Run {
     pub load: LoadFigures,
     /// User + system CPU of the counted processes over the run, µs per request.
     pub cpu_us_per_request: f64,
+    /// The same, each counted process.
+    pub cpu_us_by_process: BTreeMap<String, f64>,
 }
 
 /// The endpoints compared: label, whether it is an image, and the request body as a target
@@ -142,11 +144,12 @@ trait Counted {
     /// (name, pid) of each counted process.
     fn pids(&self) -> Vec<(String, u32)>;
 
-    fn cpu_s(&self) -> f64 {
+    /// CPU seconds used so far, each counted process.
+    fn cpu_s(&self) -> BTreeMap<String, f64> {
         self.pids()
-            .iter()
-            .filter_map(|(_, p)| cpu_seconds(*p))
-            .sum()
+            .into_iter()
+            .filter_map(|(name, p)| Some((name, cpu_seconds(p)?)))
+            .collect()
     }
 
     /// (RSS, peak) summed, MB.
@@ -330,7 +333,15 @@ async fn measure(
             let _ = drive(target, c, (n / 10).max(c)).await; // warm-up, not recorded
             let before = side.cpu_s();
             let load = drive(target, c, n).await.figures();
-            let cpu_us_per_request = (side.cpu_s() - before) * 1e6 / load.requests.max(1) as f64;
+            let cpu_us_by_process: BTreeMap<String, f64> = side
+                .cpu_s()
+                .into_iter()
+                .map(|(name, t)| {
+                    let t0 = before.get(&name).copied().unwrap_or(t);
+                    (name, (t - t0) * 1e6 / load.requests.max(1) as f64)
+                })
+                .collect();
+            let cpu_us_per_request = cpu_us_by_process.values().sum();
             eprintln!(
                 "    {:<28} {route:<8} c={c}  p50 {:>8.2} ms  {:>7.1} req/s  CPU {:>7.0} µs/req  failed {}",
                 ep.label,
@@ -344,6 +355,7 @@ async fn measure(
                 route: route.to_string(),
                 load,
                 cpu_us_per_request,
+                cpu_us_by_process,
             });
         }
     }
