@@ -4,10 +4,11 @@
 //! and every address it resolves to is an instance of its own, with its own pool of kept-alive
 //! connections: a scaled service behind one name (a headless Service on Kubernetes, `--scale` on
 //! Compose) gets requests spread over all of its instances without a new connection per request;
-//! an address that is no longer listed is dropped. The
-//! gateway's credential for that upstream, the signed-in caller and the request id added, bodies streamed both ways with a size cap, per-route
-//! timeouts with extra time for an instance that may be waking from sleep, and failures turned
-//! into 502/503/504 problems naming the upstream — never a hang.
+//! an address that is no longer listed is dropped. The gateway's credential for that upstream,
+//! the signed-in caller and the request id added, bodies streamed both ways with a size cap
+//! (small ones sent whole), per-route timeouts with extra time for an instance that may be
+//! waking from sleep, and failures turned into 502/503/504 problems naming the upstream —
+//! never a hang.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -342,6 +343,91 @@ const FORWARD_RESPONSE: [HeaderName; 5] = [
 const INFERENCE_HEADER_LENGTH: HeaderName =
     HeaderName::from_static(medchain_core::contract::INFERENCE_HEADER_CONTENT_LENGTH);
 
+/// Bodies up to this size, both ways, are read whole and sent as one piece rather than
+/// streamed: a prediction's JSON is a few hundred bytes, and streaming it cost a task, a
+/// channel and chunked framing per request. Larger ones (uploads) stream, never buffered.
+const WHOLE_BODY_UP_TO: usize = 64 * 1024;
+
+/// What goes upstream as the request body.
+enum Outgoing {
+    None,
+    /// A small body, read whole first: sent in one piece, and again to another instance if
+    /// the first could not be reached.
+    Whole(web::Bytes),
+    /// A larger one, streamed as it arrives; `pump` says whether it went over the limit.
+    Streamed {
+        feed: BodyFeed,
+        pump: actix_web::rt::task::JoinHandle<bool>,
+    },
+}
+
+impl Outgoing {
+    /// The client's body as the route takes it (`declared`: its Content-Length).
+    async fn of(
+        payload: web::Payload,
+        has_body: bool,
+        declared: Option<usize>,
+        max: usize,
+    ) -> Result<Self, ApiError> {
+        if !has_body {
+            return Ok(Outgoing::None);
+        }
+        if declared.is_some_and(|n| n <= WHOLE_BODY_UP_TO) {
+            return read_whole(payload, max).await.map(Outgoing::Whole);
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let feed = BodyFeed {
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            taken: Arc::new(AtomicBool::new(false)),
+        };
+        // The pump runs on this worker (the payload is not Send) alongside the upstream call.
+        let pump = actix_web::rt::spawn(pump(payload, tx, max));
+        Ok(Outgoing::Streamed { feed, pump })
+    }
+
+    fn attach(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Outgoing::None => rb,
+            Outgoing::Whole(b) => rb.body(b.clone()),
+            Outgoing::Streamed { feed, .. } => rb.body(feed.body()),
+        }
+    }
+
+    /// Whether the body can still be sent to another instance: nobody has read any of it.
+    fn resendable(&self) -> bool {
+        match self {
+            Outgoing::None | Outgoing::Whole(_) => true,
+            Outgoing::Streamed { feed, .. } => !feed.taken.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the body went over the route's limit (a streamed one is only known at the end).
+    async fn was_too_large(self) -> bool {
+        match self {
+            Outgoing::Streamed { feed, pump } => {
+                // Unblocks a pump waiting on a full channel, then asks it.
+                drop(feed);
+                pump.await.unwrap_or(false)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A small body, read whole (at most `max` bytes).
+async fn read_whole(mut payload: web::Payload, max: usize) -> Result<web::Bytes, ApiError> {
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large(max));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 /// A request body fed from the client as it arrives: a small bounded channel, so a slow
 /// upstream slows the client down instead of the gateway buffering the upload.
 struct BodyFeed {
@@ -429,18 +515,7 @@ pub async fn forward(
         return Err(too_large(policy.max_body));
     }
     let has_body = req.method() == Method::POST || req.method() == Method::PUT;
-    let (tx, rx) = mpsc::channel(4);
-    let feed = BodyFeed {
-        rx: Arc::new(tokio::sync::Mutex::new(rx)),
-        taken: Arc::new(AtomicBool::new(false)),
-    };
-    // The pump runs on this worker (the payload is not Send) alongside the upstream call.
-    let over_limit = if has_body {
-        Some(actix_web::rt::spawn(pump(payload, tx, policy.max_body)))
-    } else {
-        drop(tx);
-        None
-    };
+    let outgoing = Outgoing::of(payload, has_body, declared, policy.max_body).await?;
     let started = Instant::now();
     let mut last_err = None;
     for inst in up.order() {
@@ -449,15 +524,12 @@ pub async fn forward(
         } else {
             policy.timeout
         };
-        let mut rb = upstream_request(proxy, up, &inst, req, path, has_body).timeout(timeout);
-        if has_body {
-            rb = rb.body(feed.body());
-        }
-        match rb.send().await {
+        let rb = upstream_request(proxy, up, &inst, req, path, has_body).timeout(timeout);
+        match outgoing.attach(rb).send().await {
             Ok(res) => {
                 up.answered(&inst);
                 record(up, "answered", started);
-                return Ok(respond(up, res));
+                return Ok(respond(up, res).await);
             }
             Err(e) => {
                 // The URL carries path parameters (a patient id on the per-patient route):
@@ -470,7 +542,7 @@ pub async fn forward(
                 tracing::warn!(upstream = up.name, instance = %inst.base, error = %e, connect, "upstream call failed");
                 // Only a request that never reached the instance may go to another one:
                 // idempotent reads, and bodies nobody has read yet.
-                let retry = connect && !feed.taken.load(Ordering::Relaxed);
+                let retry = connect && outgoing.resendable();
                 last_err = Some((e, timeout));
                 if !retry {
                     break;
@@ -478,11 +550,7 @@ pub async fn forward(
             }
         }
     }
-    // Unblocks a pump waiting on a full channel, then asks it whether the limit stopped it.
-    drop(feed);
-    if let Some(h) = over_limit
-        && h.await.unwrap_or(false)
-    {
+    if outgoing.was_too_large().await {
         record(up, "too_large", started);
         return Err(too_large(policy.max_body));
     }
@@ -566,9 +634,10 @@ fn record(up: &Upstream, outcome: &'static str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-/// The upstream's answer, streamed back. A 5xx that is not one of our problem documents
-/// (e.g. a platform's HTML error page) becomes a 502 problem naming the upstream.
-fn respond(up: &Upstream, res: reqwest::Response) -> HttpResponse {
+/// The upstream's answer: read whole when it is small, else streamed back. A 5xx that is not
+/// one of our problem documents (e.g. a platform's HTML error page) becomes a 502 problem
+/// naming the upstream, and so does a small answer cut off before its end.
+async fn respond(up: &Upstream, res: reqwest::Response) -> HttpResponse {
     let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let ours = res
         .headers()
@@ -585,6 +654,19 @@ fn respond(up: &Upstream, res: reqwest::Response) -> HttpResponse {
     }
     let mut out = HttpResponse::build(status);
     copy_headers(res.headers(), &mut out);
+    if res
+        .content_length()
+        .is_some_and(|n| n <= WHOLE_BODY_UP_TO as u64)
+    {
+        return match res.bytes().await {
+            Ok(body) => out.body(body),
+            Err(e) => actix_web::ResponseError::error_response(&upstream_error(
+                up,
+                502,
+                format!("the answer was cut off: {}", e.without_url()),
+            )),
+        };
+    }
     out.streaming(res.bytes_stream())
 }
 

@@ -1364,3 +1364,59 @@ async fn bearer_tokens_from_the_identity_provider() {
     .await;
     assert_eq!(status, 503, "{p}");
 }
+
+/// An upstream that answers 200 with `Content-Length: 400` and a JSON body cut off after a
+/// few bytes, then hangs up.
+async fn spawn_cut_off() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"result\":";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut sock, head.as_bytes()).await;
+            drop(sock);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A prediction's answer is small: the gateway reads it whole and answers with its length,
+/// and one cut off before its end is a 502 problem naming the upstream — never a 200 whose
+/// body breaks off.
+#[tokio::test]
+async fn a_small_answer_is_sent_whole_and_one_cut_off_is_a_problem() {
+    let s = settings(
+        vec![spawn_cut_off().await],
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+    );
+    let gw = start(s).await;
+    let client = client();
+    let whole = client
+        .post(format!("{gw}/api/v1/heart/predict/tabular"))
+        .json(&json!({"n": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(whole.status(), 200);
+    let length = whole.content_length().expect("a length, not chunks");
+    assert_eq!(length as usize, whole.bytes().await.expect("body").len());
+    let (status, p) = post_json(
+        format!("{gw}/api/v1/diabetes/predict/tabular"),
+        json!({"n": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, &p["upstream"]),
+        (502, &json!("diabetes-svc")),
+        "{p}"
+    );
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("cut off")),
+        "{p}"
+    );
+}
