@@ -362,18 +362,26 @@ enum Outgoing {
 }
 
 impl Outgoing {
-    /// The client's body as the route takes it (`declared`: its Content-Length).
+    /// The client's body as the route takes it (`declared`: its Content-Length). A small body
+    /// must be all in within the route's timeout, as a streamed one must reach the upstream.
     async fn of(
         payload: web::Payload,
         has_body: bool,
         declared: Option<usize>,
-        max: usize,
+        policy: RoutePolicy,
     ) -> Result<Self, ApiError> {
+        let max = policy.max_body;
         if !has_body {
             return Ok(Outgoing::None);
         }
-        if declared.is_some_and(|n| n <= WHOLE_BODY_UP_TO) {
-            return read_whole(payload, max).await.map(Outgoing::Whole);
+        if let Some(n) = declared.filter(|&n| n <= WHOLE_BODY_UP_TO) {
+            return match tokio::time::timeout(policy.timeout, read_whole(payload, n, max)).await {
+                Ok(read) => read.map(Outgoing::Whole),
+                Err(_) => Err(ApiError::Timeout(format!(
+                    "the request body did not arrive within {} ms",
+                    policy.timeout.as_millis()
+                ))),
+            };
         }
         let (tx, rx) = mpsc::channel(4);
         let feed = BodyFeed {
@@ -414,9 +422,13 @@ impl Outgoing {
     }
 }
 
-/// A small body, read whole (at most `max` bytes).
-async fn read_whole(mut payload: web::Payload, max: usize) -> Result<web::Bytes, ApiError> {
-    let mut buf = web::BytesMut::new();
+/// A small body of `declared` bytes, read whole (at most `max`).
+async fn read_whole(
+    mut payload: web::Payload,
+    declared: usize,
+    max: usize,
+) -> Result<web::Bytes, ApiError> {
+    let mut buf = web::BytesMut::with_capacity(declared.min(max));
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
@@ -515,7 +527,7 @@ pub async fn forward(
         return Err(too_large(policy.max_body));
     }
     let has_body = req.method() == Method::POST || req.method() == Method::PUT;
-    let outgoing = Outgoing::of(payload, has_body, declared, policy.max_body).await?;
+    let outgoing = Outgoing::of(payload, has_body, declared, policy).await?;
     let started = Instant::now();
     let mut last_err = None;
     for inst in up.order() {

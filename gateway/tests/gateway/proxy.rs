@@ -1420,3 +1420,44 @@ async fn a_small_answer_is_sent_whole_and_one_cut_off_is_a_problem() {
         "{p}"
     );
 }
+
+/// A small body is read whole before it goes upstream, within the route's timeout: a client
+/// that sends part of it and stops gets a 408 problem then, and holds nothing for longer.
+#[tokio::test]
+async fn a_small_body_that_stops_arriving_is_a_408_within_the_timeout() {
+    let mut s = settings(
+        vec![spawn_stub(Stub::default()).await],
+        vec![closed()],
+        vec![closed()],
+    );
+    s.proxy.tabular_timeout_ms = 300;
+    let gw = start(s).await;
+    let addr = gw.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v1/diabetes/predict/tabular HTTP/1.1\r\nhost: {addr}\r\n\
+         authorization: Bearer {CLINICIAN}\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\n\r\n{{\"glucose\":"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut sock, head.as_bytes())
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut answer),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "answered, not left hanging: {text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive within 300 ms"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
