@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::{LoadFigures, Target, drive};
 use crate::results::Header;
+use crate::systembench::cpu_per_request;
 use crate::{Args, inputs, results};
 use medchain_tests::Peer;
 use medchain_tests::system::{Cgroups, System, cpu_seconds, mem, service_peer, terminate};
@@ -145,7 +146,7 @@ trait Counted {
     fn pids(&self) -> Vec<(String, u32)>;
 
     /// CPU seconds used so far, each counted process.
-    fn cpu_s(&self) -> BTreeMap<String, f64> {
+    fn cpu_s(&self) -> Vec<(String, f64)> {
         self.pids()
             .into_iter()
             .filter_map(|(name, p)| Some((name, cpu_seconds(p)?)))
@@ -333,14 +334,7 @@ async fn measure(
             let _ = drive(target, c, (n / 10).max(c)).await; // warm-up, not recorded
             let before = side.cpu_s();
             let load = drive(target, c, n).await.figures();
-            let cpu_us_by_process: BTreeMap<String, f64> = side
-                .cpu_s()
-                .into_iter()
-                .map(|(name, t)| {
-                    let t0 = before.get(&name).copied().unwrap_or(t);
-                    (name, (t - t0) * 1e6 / load.requests.max(1) as f64)
-                })
-                .collect();
+            let cpu_us_by_process = cpu_per_request(&before, &side.cpu_s(), load.requests);
             let cpu_us_per_request = cpu_us_by_process.values().sum();
             eprintln!(
                 "    {:<28} {route:<8} c={c}  p50 {:>8.2} ms  {:>7.1} req/s  CPU {:>7.0} µs/req  failed {}",

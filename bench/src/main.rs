@@ -41,6 +41,7 @@ mod v2bench;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use serde_json::to_value;
 
 /// Parsed command line.
 #[derive(Debug, Clone)]
@@ -117,46 +118,30 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let results = args.out.join("results");
     std::fs::create_dir_all(&results)?;
-    let quick = args.quick;
-    let write = |kind: &str, v: serde_json::Value| {
-        let name = if quick {
+    let run = match args.command.as_str() {
+        "system" => Some(("system", to_value(rt.block_on(systembench::run(&args))?)?)),
+        "chain" => Some(("chain", to_value(rt.block_on(chainbench::run(&args))?)?)),
+        "containers" => Some((
+            "containers",
+            to_value(rt.block_on(containerbench::run(&args))?)?,
+        )),
+        "decode" => Some(("decode", to_value(rt.block_on(decodebench::run(&args))?)?)),
+        "v2" => Some(("v2", to_value(rt.block_on(v2bench::run(&args))?)?)),
+        "baseline" => Some((
+            "baseline",
+            to_value(rt.block_on(baselinebench::run(&args))?)?,
+        )),
+        "soak" => Some(("soak", to_value(rt.block_on(soak::run(&args))?)?)),
+        _ => None,
+    };
+    if let Some((kind, v)) = run {
+        // The soak has no quick variant: it is one file whatever the flags.
+        let name = if args.quick && kind != "soak" {
             format!("{kind}-quick.json")
         } else {
             format!("{kind}.json")
         };
-        results::write_json(&results.join(name), &v)
-    };
-    match args.command.as_str() {
-        "system" => write(
-            "system",
-            serde_json::to_value(rt.block_on(systembench::run(&args))?)?,
-        )?,
-        "chain" => write(
-            "chain",
-            serde_json::to_value(rt.block_on(chainbench::run(&args))?)?,
-        )?,
-        "containers" => write(
-            "containers",
-            serde_json::to_value(rt.block_on(containerbench::run(&args))?)?,
-        )?,
-        "decode" => write(
-            "decode",
-            serde_json::to_value(rt.block_on(decodebench::run(&args))?)?,
-        )?,
-        "v2" => write(
-            "v2",
-            serde_json::to_value(rt.block_on(v2bench::run(&args))?)?,
-        )?,
-        "baseline" => write(
-            "baseline",
-            serde_json::to_value(rt.block_on(baselinebench::run(&args))?)?,
-        )?,
-        // The soak has no quick variant: it is one file whatever the flags.
-        "soak" => {
-            let v = rt.block_on(soak::run(&args))?;
-            results::write_json(&results.join("soak.json"), &serde_json::to_value(v)?)?;
-        }
-        _ => {}
+        results::write_json(&results.join(name), &v)?;
     }
     let md = args.out.join("BENCHMARKS.md");
     std::fs::write(&md, report::render(&results)?)?;

@@ -590,7 +590,7 @@ async fn warm_runs(
 }
 
 /// Each process' CPU time between two readings, µs per request of the `requests` sent.
-fn cpu_per_request(
+pub(crate) fn cpu_per_request(
     before: &[(String, f64)],
     after: &[(String, f64)],
     requests: usize,

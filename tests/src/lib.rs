@@ -284,16 +284,20 @@ impl TestApp {
     }
 }
 
+/// A response's content type ("" when it has none).
+fn content_type(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// Asserts an Open Inference Protocol error (`{"error": "..."}` as JSON, not a problem) with
 /// `status`; returns its message.
 pub async fn assert_protocol_error(res: reqwest::Response, status: u16) -> String {
     assert_eq!(res.status(), status);
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let ct = content_type(&res);
     assert!(
         ct.starts_with("application/json"),
         "the protocol's error, not a problem: {ct}"
@@ -318,12 +322,7 @@ pub async fn assert_problem_for(
     what: &str,
 ) -> Value {
     let got = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let ct = content_type(&res);
     let text = res.text().await.expect("error body");
     assert_eq!(got, status, "{what}: {text}");
     let body: Value =

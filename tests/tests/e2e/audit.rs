@@ -14,15 +14,16 @@ async fn chain_svc(data: &std::path::Path, tweak: impl FnOnce(&mut ChainSettings
 }
 
 /// A real chain-svc (its data in the returned directory) and a secured diabetes-svc that records
-/// on it; returns the directory, chain-svc's address and the service.
-async fn audited() -> (tempfile::TempDir, String, TestApp) {
+/// on it, waiting `timeout_ms` for chain-svc; returns the directory, chain-svc's address and the
+/// service.
+async fn audited(timeout_ms: u64) -> (tempfile::TempDir, String, TestApp) {
     let data = tempfile::tempdir().expect("tempdir");
     let base = chain_svc(data.path(), |_| {}).await;
     let chain_url = base.clone();
     let app = spawn_disease(SPEC, move |s| {
         secure(&mut s.auth, Peer::Diabetes);
         s.chain.url = chain_url;
-        s.chain.timeout_ms = 2000;
+        s.chain.timeout_ms = timeout_ms;
     })
     .await;
     (data, base, app)
@@ -73,7 +74,7 @@ async fn confirmed(app: &TestApp, base: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() {
-    let (_data, base, app) = audited().await;
+    let (_data, base, app) = audited(2000).await;
 
     // Tabular: recorded, then confirmed on chain with the prediction's result.
     let mut body = features();
@@ -198,7 +199,7 @@ async fn predictions_with_a_patient_are_recorded_and_verify_against_the_chain() 
 /// the receipt and the demo notice are in the response's parameters.
 #[tokio::test]
 async fn open_inference_protocol_predictions_with_a_patient_are_recorded_too() {
-    let (_data, base, app) = audited().await;
+    let (_data, base, app) = audited(2000).await;
     let card = medchain_serving::card::ModelCard::from_file(
         &models_dir().join("diabetes/tabular.card.json"),
     )
@@ -377,15 +378,7 @@ async fn a_record_taken_after_the_timeout_is_not_reported_unrecorded() {
 #[tokio::test]
 async fn each_caller_reads_what_concerns_them_through_the_gateway() {
     use medchain_tests::{key_entry, signed_in_client};
-    let data = tempfile::tempdir().expect("tempdir");
-    let base = chain_svc(data.path(), |_| {}).await;
-    let chain_url = base.clone();
-    let svc = spawn_disease(SPEC, move |s| {
-        secure(&mut s.auth, Peer::Diabetes);
-        s.chain.url = chain_url;
-        s.chain.timeout_ms = 5000;
-    })
-    .await;
+    let (_data, base, svc) = audited(5000).await;
     let mut g = medchain_tests::gateway_settings(&svc.address, &base);
     g.clients.keys = vec![
         key_entry("dr-a", "clinician", "mk_dr_a_key_0123456789abcdef"),

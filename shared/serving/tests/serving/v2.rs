@@ -625,14 +625,10 @@ async fn the_repository_loads_and_unloads_and_an_inference_loads_an_unloaded_mod
     assert!(e.contains("nope"), "{e}");
 }
 
-/// An unload waits for the request running on the session: the session is held until that
-/// request is done, and only then does the unload return.
-// Two workers: a call on the tabular model may run on the request's own thread, and this one
-// blocks until released.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unload_waits_for_the_request_running_on_the_model() {
+/// diabetes-svc's tabular model on its shipped settings, held directly (no service around it).
+fn tabular_model() -> LazyModel {
     let settings = medchain_diabetes_svc::load_settings().expect("settings");
-    let model = Arc::new(LazyModel::new(
+    LazyModel::new(
         "tabular",
         &settings.models.dir(),
         &settings.models.tabular,
@@ -643,7 +639,16 @@ async fn an_unload_waits_for_the_request_running_on_the_model() {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(1),
         },
-    ));
+    )
+}
+
+/// An unload waits for the request running on the session: the session is held until that
+/// request is done, and only then does the unload return.
+// Two workers: a call on the tabular model may run on the request's own thread, and this one
+// blocks until released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unload_waits_for_the_request_running_on_the_model() {
+    let model = Arc::new(tabular_model());
     model.load_now().await.expect("load");
     let (release, hold) = std::sync::mpsc::channel::<()>();
     let (started_tx, started) = tokio::sync::oneshot::channel();
@@ -691,19 +696,7 @@ async fn an_unload_waits_for_the_request_running_on_the_model() {
 /// the async threads — whichever model it is.
 #[tokio::test]
 async fn calls_that_take_microseconds_run_on_the_request_thread_and_slow_ones_do_not() {
-    let settings = medchain_diabetes_svc::load_settings().expect("settings");
-    let model = LazyModel::new(
-        "tabular",
-        &settings.models.dir(),
-        &settings.models.tabular,
-        settings.runtime.clone(),
-        settings.memory.clone(),
-        &settings.models.download,
-        Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(1),
-        },
-    );
+    let model = tabular_model();
     model.load_now().await.expect("load");
     let here = std::thread::current().id();
     let permit = model.admit().expect("admit");
