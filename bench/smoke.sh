@@ -21,6 +21,15 @@ import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 r = json.loads((out / "results/system-quick.json").read_text())
 problems = []
+# The variants were made and loaded, and the portable file was loaded when asked for.
+lp = r["load_peaks"]
+if not lp.get("ran"):
+    problems.append(f"load peaks: {lp.get('reason')}")
+else:
+    for l in lp["loads"]:
+        wanted = l["source"] == "optimized"
+        if not l["ok"] or (l["loaded_optimized"] is not None) != wanted:
+            problems.append(f"load peak: {l}")
 d = json.loads((out / "results/decode-quick.json").read_text())
 # The budget holds: a 16-bit 40-MP PNG (320 MB decoded) is refused with the shipped budget and
 # served with the budget out of the way, at a higher peak.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use medchain_serving::card::ModelCard;
 use medchain_serving::inputs::{image, tabular};
-use medchain_serving::runtime;
+use medchain_serving::runtime::{self, Optimization};
 use medchain_serving::settings::DiseaseSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,8 +32,8 @@ pub fn measure(
     let card = ModelCard::from_file(&card_path)?;
     let onnx = card_path.with_file_name(&card.file);
     runtime::ensure(&settings.runtime).map_err(anyhow::Error::msg)?;
-    let mut session =
-        runtime::session(&settings.runtime, &onnx, card.modality).map_err(anyhow::Error::msg)?;
+    let mut session = runtime::session(&settings.runtime, &onnx, card.modality, Optimization::Full)
+        .map_err(anyhow::Error::msg)?;
     // The service's own decoding and preprocessing of an upload, timed the same way: what the
     // end-to-end time adds to the floor before any HTTP.
     let mut prep_times = Vec::new();

@@ -32,6 +32,7 @@ mod decodebench;
 mod floor;
 mod inputs;
 mod load;
+mod loadpeak;
 mod report;
 mod results;
 mod soak;

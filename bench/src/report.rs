@@ -233,6 +233,7 @@ fn system_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
     peaks_md(md, &v.peaks)?;
     warm_md(md, v)?;
     int8_md(md, v)?;
+    load_peaks_md(md, &v.load_peaks)?;
     cgroup_md(md, &v.cgroup_run)?;
     for instance in &v.instances {
         instance_md(md, instance)?;
@@ -246,6 +247,61 @@ fn system_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
         )?;
     }
     md.push('\n');
+    Ok(())
+}
+
+/// Each image model loaded alone, from its offline-optimised variant and from the portable file.
+fn load_peaks_md(md: &mut String, run: &Ran<crate::loadpeak::LoadPeakRun>) -> anyhow::Result<()> {
+    md.push_str("### The model-load peak: offline-optimised variants\n\n");
+    let run = match run {
+        Ran::NotRun { reason } => {
+            writeln!(md, "Not run: {reason}.\n")?;
+            return Ok(());
+        }
+        Ran::Ran(r) => r,
+    };
+    md.push_str(
+        "Each image model loaded by its service alone, in a fresh process, by one prediction \
+         of a 224×224 JPEG: from the variant `optimize-models` made for this CPU (the graph \
+         saved at ONNX Runtime's full optimisation, loaded with optimisation off) and from the \
+         portable file (`<PREFIX>__RUNTIME__OFFLINE_OPTIMIZED=false`, ONNX Runtime optimising \
+         at load, as before). RSS from `/proc/<pid>/status` before and after the prediction; \
+         the peak is VmHWM, so peak − after is the load's transient. What the command made:\n\n```\n",
+    );
+    for line in &run.optimize {
+        writeln!(md, "{line}")?;
+    }
+    md.push_str("```\n\n| card | loaded from | ok | RSS before MB | RSS after MB | peak MB | peak − after MB | load ms | first prediction ms |\n|---|---|---|---|---|---|---|---|---|\n");
+    for l in &run.loads {
+        let from = match (&l.source[..], &l.loaded_optimized) {
+            ("optimized", Some(cpu)) => format!("variant ({cpu})"),
+            ("optimized", None) => "portable (variant refused: see the log)".into(),
+            _ => "portable file".into(),
+        };
+        writeln!(
+            md,
+            "| {} | {from} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            l.card,
+            if l.ok { "yes" } else { "**no**" },
+            l.rss_before_mb,
+            l.rss_after_mb,
+            l.peak_mb,
+            l.peak_mb - l.rss_after_mb,
+            num(l.load_ms, 0),
+            num(l.first_ms, 0),
+        )?;
+    }
+    let ecg = run
+        .loads
+        .iter()
+        .find(|l| l.card == "heart/ecg.card.json" && l.loaded_optimized.is_some());
+    let over = ecg.map(|l| l.peak_mb - l.rss_after_mb);
+    writeln!(
+        md,
+        "\nTarget (issue 23): heart-svc's load peak with the fp32 ECG model ≤ its steady RSS + 25 MB: {} MB over ({}).\n",
+        num(over, 1),
+        mark(over.map(|x| x <= 25.0))
+    )?;
     Ok(())
 }
 

@@ -45,6 +45,9 @@ pub struct SystemRun {
     pub cgroup_run: Ran<CgroupRun>,
     pub single_instance: Ran<SingleInstance>,
     pub instances: Vec<Ran<InstanceRun>>,
+    /// Each image model loaded alone, from its offline-optimised variant and from the portable
+    /// file (the variants are made first, and the rest of the run serves from them).
+    pub load_peaks: Ran<crate::loadpeak::LoadPeakRun>,
 }
 
 /// A part of the run that did not run, and why.
@@ -456,6 +459,10 @@ pub async fn run(args: &Args) -> anyhow::Result<SystemRun> {
     };
     let header = results::run_header(args, "system");
 
+    let load_peaks = match crate::loadpeak::run(&args.bin_dir, &logs.join("loadpeak")).await {
+        Ok(r) => Ran::Ran(r),
+        Err(e) => not_run(&format!("{e:#}")),
+    };
     say("starting the system (release binaries, embedded defaults)");
     let mut sys = System::start(&args.bin_dir, &logs, Cgroups::None, &[]).await?;
     let (system_env, startup) = (sys.env.clone(), startup(&sys));
@@ -498,6 +505,7 @@ pub async fn run(args: &Args) -> anyhow::Result<SystemRun> {
         cgroup_run,
         single_instance,
         instances,
+        load_peaks,
     })
 }
 

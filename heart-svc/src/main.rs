@@ -1,7 +1,10 @@
-//! heart-svc entry point: load settings, start telemetry, serve until stopped.
+//! heart-svc entry point: `optimize-models`, or load settings, start telemetry, serve until stopped.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(code) = medchain_serving::optimize::command(&medchain_heart_svc::SPEC) {
+        std::process::exit(code);
+    }
     medchain_core::server::main(medchain_heart_svc::load_settings, async |settings| {
         Ok(medchain_heart_svc::build(settings)?)
     })

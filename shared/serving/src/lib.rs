@@ -16,6 +16,7 @@
 //! | [`inputs`] | tabular validation, image decoding and preprocessing |
 //! | [`error`] | why a model could not be loaded, by kind |
 //! | [`model`] | the lazy model holder: state, load, file verification, the memory guard, downloads |
+//! | [`optimize`] | the `optimize-models` command: offline-optimised variants of the image models |
 //! | [`card`] | model cards: the source of truth for a model |
 //! | [`runtime`] | the ONNX Runtime library and its session settings |
 //! | [`chain`] | the chain-svc client that records predictions |
@@ -28,6 +29,7 @@ pub mod error;
 pub mod inference;
 pub mod inputs;
 pub mod model;
+pub mod optimize;
 pub mod prediction;
 pub mod routes;
 pub mod runtime;

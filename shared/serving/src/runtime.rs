@@ -36,6 +36,10 @@ pub struct RuntimeSettings {
     /// Whether ONNX Runtime's intra-op threads spin-wait for work between parallel sections
     /// (`session.intra_op.allow_spinning`) rather than sleep.
     pub spinning: bool,
+    /// Load a model's offline-optimised variant for this CPU, made by `optimize-models`, when
+    /// there is one that checks out (its graph needs no optimising: no transient copy of the
+    /// weights as it loads); else the portable file.
+    pub offline_optimized: bool,
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -128,6 +132,18 @@ pub fn ensure(settings: &RuntimeSettings) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// How ONNX Runtime optimises a session's graph as it builds it.
+#[derive(Debug, Clone, Copy)]
+pub enum Optimization<'a> {
+    /// Every level, the CPU-specific layout (NCHWc) included: the fastest graph, at the cost
+    /// of a transient copy of the weights while it is rewritten.
+    Full,
+    /// As `Full`, and the optimised graph saved to this file (`optimize-models`).
+    FullSavedTo(&'a std::path::Path),
+    /// None: the file is already an optimised graph (an offline-optimised variant).
+    Off,
+}
+
 /// Builds a session for `path` with the configured options.
 /// Errors name `path` as given (the loader passes its `/proc/self/fd` path and puts the
 /// model's path back).
@@ -135,15 +151,23 @@ pub fn session(
     settings: &RuntimeSettings,
     path: &std::path::Path,
     modality: Modality,
+    optimization: Optimization<'_>,
 ) -> Result<Session, LoadError> {
     let err = |e: ort::Error<_>| LoadError::Runtime(format!("cannot configure the session: {e}"));
     let env = ENVIRONMENT.get().ok_or_else(|| {
         LoadError::Runtime("ONNX Runtime is not loaded (runtime::ensure was not called)".into())
     })?;
-    Session::builder(env)
+    let mut builder = Session::builder(env)
         .map_err(|e| LoadError::Runtime(format!("cannot create a session builder: {e}")))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(err)?
+        .with_optimization_level(match optimization {
+            Optimization::Full | Optimization::FullSavedTo(_) => GraphOptimizationLevel::Level3,
+            Optimization::Off => GraphOptimizationLevel::Disable,
+        })
+        .map_err(err)?;
+    if let Optimization::FullSavedTo(to) = optimization {
+        builder = builder.with_optimized_model_path(to).map_err(err)?;
+    }
+    builder
         .with_intra_threads(settings.threads_for(modality))
         .map_err(err)?
         .with_memory_pattern(settings.memory_pattern)
@@ -178,6 +202,7 @@ mod tests {
             memory_pattern: false,
             prepacking: true,
             spinning: false,
+            offline_optimized: true,
         }
     }
 

@@ -40,24 +40,39 @@ impl MemorySettings {
 }
 
 impl LazyModel {
-    /// Refuses a load that would push the process past its memory limit.
-    pub(super) fn memory_guard(&self, card: &ModelCard) -> Result<(), LoadError> {
-        let (in_use, limit) = self.memory.in_use_and_limit();
-        let runtime = if runtime::is_loaded() {
-            0
-        } else {
-            self.memory.runtime_cost_mb << 20
-        };
-        let need = card.load_cost.rss_added_bytes + runtime;
-        let budget = limit.saturating_sub(self.memory.reserve_mb << 20);
-        if in_use + need > budget {
-            return Err(LoadError::Memory {
-                need_mb: need >> 20,
-                in_use_mb: in_use >> 20,
-                limit_mb: limit >> 20,
-                reserve_mb: self.memory.reserve_mb,
-            });
-        }
-        Ok(())
+    /// Refuses a load that would push the process past its memory limit: what loading adds is
+    /// the card's figure, or the offline-optimised variant's (`variant_cost`) when that is
+    /// what will be loaded.
+    pub(super) fn memory_guard(
+        &self,
+        card: &ModelCard,
+        variant_cost: Option<u64>,
+    ) -> Result<(), LoadError> {
+        guard(&self.memory, card, variant_cost)
     }
+}
+
+/// See [`LazyModel::memory_guard`].
+pub(super) fn guard(
+    memory: &MemorySettings,
+    card: &ModelCard,
+    variant_cost: Option<u64>,
+) -> Result<(), LoadError> {
+    let (in_use, limit) = memory.in_use_and_limit();
+    let runtime = if runtime::is_loaded() {
+        0
+    } else {
+        memory.runtime_cost_mb << 20
+    };
+    let need = variant_cost.unwrap_or(card.load_cost.rss_added_bytes) + runtime;
+    let budget = limit.saturating_sub(memory.reserve_mb << 20);
+    if in_use + need > budget {
+        return Err(LoadError::Memory {
+            need_mb: need >> 20,
+            in_use_mb: in_use >> 20,
+            limit_mb: limit >> 20,
+            reserve_mb: memory.reserve_mb,
+        });
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Loading a model: the download if it is configured by URL, the file's hash, the ONNX Runtime
-//! session, the card's tensors and one warm-up run, inside the single-flight load.
+//! session (of this CPU's offline-optimised variant when there is a good one), the card's
+//! tensors and one warm-up run, inside the single-flight load.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -8,17 +9,20 @@ use std::time::Instant;
 
 use ort::session::Session;
 
+use super::guard::{MemorySettings, guard};
+use super::optimized::{self, Refusal, Sidecar};
 use super::verify::VerifiedFile;
 use super::{FileCheck, LazyModel, LoadError, Loaded, remote};
 use crate::card::ModelCard;
-use crate::runtime;
+use crate::runtime::{self, Optimization};
 use medchain_core::memory;
 
 impl LazyModel {
     pub(super) async fn load(&self) -> Result<Arc<Loaded>, LoadError> {
         let card = self.card.as_ref().map_err(Clone::clone)?.clone();
-        self.memory_guard(&card)?;
         let remote = self.source.is_some();
+        let variant = self.variant(&card);
+        self.memory_guard(&card, variant.as_ref().map(|v| v.load_cost_bytes))?;
         let mut downloaded = None;
         if let Some(url) = &self.source
             && !self.onnx_path.is_file()
@@ -39,9 +43,16 @@ impl LazyModel {
         let runtime = self.runtime.clone();
         let start = Instant::now();
         let verified = self.verified.clone();
+        let (key, memory) = (self.key.clone(), self.memory.clone());
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, LoadError> {
             let file = open_verified(downloaded, &path, &card.sha256, &verified, remote)?;
-            session_of(&file, &path, &runtime, &card, start)
+            let from = Source {
+                file: &file,
+                path: &path,
+                card: &card,
+                key: &key,
+            };
+            session_of(from, &runtime, &memory, variant, start)
         })
         .await
         .map_err(|e| LoadError::Panicked(e.to_string()))??;
@@ -49,12 +60,27 @@ impl LazyModel {
         Ok(Arc::new(loaded))
     }
 
+    /// The sidecar of this CPU's offline-optimised variant, if it may be tried (the file and
+    /// its answer are checked as it loads); a variant refused here is logged and counted.
+    fn variant(&self, card: &ModelCard) -> Option<Sidecar> {
+        if !self.runtime.offline_optimized || self.source.is_some() {
+            return None;
+        }
+        optimized::find(&self.onnx_path, card).unwrap_or_else(|refusal| {
+            note_refusal(&self.key, &refusal);
+            None
+        })
+    }
+
     /// Counts a load, keeps its figures for `/models`, and says so in metrics and the log.
     fn note_loaded(&self, loaded: &Loaded) {
         let key = &self.key;
         self.loads.fetch_add(1, Ordering::Relaxed);
-        *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((loaded.load_ms, loaded.rss_added_bytes));
+        *self.last_load.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+            loaded.load_ms,
+            loaded.rss_added_bytes,
+            loaded.optimized.clone(),
+        ));
         metrics::counter!(medchain_core::metrics::name("model_loads_total"), "model" => key.clone())
             .increment(1);
         metrics::gauge!(medchain_core::metrics::name("model_load_seconds"), "model" => key.clone())
@@ -65,6 +91,7 @@ impl LazyModel {
             model = %key,
             load_ms = loaded.load_ms,
             rss_added_mb = loaded.rss_added_bytes as f64 / 1048576.0,
+            optimized = loaded.optimized.as_deref().unwrap_or("no"),
             "model loaded"
         );
     }
@@ -93,23 +120,85 @@ fn open_verified(
     })
 }
 
-/// The ONNX Runtime session of `file`, its tensors checked against the card and run once.
+/// A verified model file and what it is.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    file: &'a VerifiedFile,
+    path: &'a Path,
+    card: &'a ModelCard,
+    key: &'a str,
+}
+
+/// A variant not used: said in the log and counted; the portable file is loaded instead.
+fn note_refusal(key: &str, refusal: &Refusal) {
+    tracing::warn!(
+        model = %key,
+        reason = %refusal,
+        "offline-optimised variant not used; loading the portable model"
+    );
+    metrics::counter!(
+        medchain_core::metrics::name("model_optimized_fallbacks_total"),
+        "model" => key.to_string(),
+        "reason" => refusal.kind()
+    )
+    .increment(1);
+}
+
+/// The ONNX Runtime session of the model, its tensors checked against the card and run once:
+/// of the offline-optimised `variant` if it loads, checks out and answers as recorded, else
+/// of the portable file (the memory guard asked again with the card's figure).
 fn session_of(
-    file: &VerifiedFile,
-    path: &Path,
+    from: Source<'_>,
     runtime_settings: &runtime::RuntimeSettings,
-    card: &ModelCard,
+    memory_settings: &MemorySettings,
+    variant: Option<Sidecar>,
     start: Instant,
 ) -> Result<Loaded, LoadError> {
+    let Source {
+        file,
+        path,
+        card,
+        key,
+    } = from;
     runtime::ensure(runtime_settings)?;
     let before = memory::rss_bytes() as i64;
-    let mut session = runtime::session(runtime_settings, &file.load_path(), card.modality)
-        .map_err(|e| {
-            LoadError::Runtime(e.to_string().replace(
-                &file.load_path().display().to_string(),
-                &path.display().to_string(),
-            ))
-        })?;
+    if let Some(sidecar) = variant {
+        let warm_start = Instant::now();
+        let tried = optimized::load(runtime_settings, path, card, &sidecar).and_then(|session| {
+            check_tensors(&session, card).map_err(|e| Refusal::Load(e.to_string()))?;
+            Ok(session)
+        });
+        match tried {
+            Ok(session) => {
+                let warm_up = warm_start.elapsed();
+                memory::release_free_memory();
+                return Ok(Loaded::new(
+                    session,
+                    start.elapsed().as_secs_f64() * 1e3,
+                    memory::rss_bytes() as i64 - before,
+                    warm_up,
+                    Some(sidecar.cpu),
+                ));
+            }
+            Err(refusal) => {
+                note_refusal(key, &refusal);
+                memory::release_free_memory();
+                guard(memory_settings, card, None)?;
+            }
+        }
+    }
+    let mut session = runtime::session(
+        runtime_settings,
+        &file.load_path(),
+        card.modality,
+        Optimization::Full,
+    )
+    .map_err(|e| {
+        LoadError::Runtime(e.to_string().replace(
+            &file.load_path().display().to_string(),
+            &path.display().to_string(),
+        ))
+    })?;
     file.unchanged()?;
     check_tensors(&session, card)?;
     let warm_start = Instant::now();
@@ -124,6 +213,7 @@ fn session_of(
         start.elapsed().as_secs_f64() * 1e3,
         rss_added_bytes,
         warm_up,
+        None,
     ))
 }
 
@@ -182,4 +272,17 @@ fn warm_run(session: &mut Session, card: &ModelCard) -> Result<(), LoadError> {
         .run(ort::inputs![card.input.name.as_str() => tensor])
         .map(|_| ())
         .map_err(|e| LoadError::WarmUp(format!("warm-up inference failed: {e}")))
+}
+
+impl LazyModel {
+    /// Makes this CPU's offline-optimised variant of the model beside its file
+    /// (`optimize-models`); `None` for a model configured by URL, whose file is downloaded by
+    /// the service and has no place to make one ahead of it.
+    pub fn make_optimized(&self) -> anyhow::Result<Option<optimized::Made>> {
+        let card = self.card.as_ref().map_err(Clone::clone)?;
+        if self.source.is_some() {
+            return Ok(None);
+        }
+        optimized::make(&self.runtime, &self.onnx_path, card).map(Some)
+    }
 }

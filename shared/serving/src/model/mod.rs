@@ -23,6 +23,7 @@ use remote::{DownloadSettings, Location};
 
 mod guard;
 mod load;
+pub mod optimized;
 pub mod remote;
 mod verify;
 
@@ -79,6 +80,9 @@ struct Loaded {
     session: Mutex<Session>,
     load_ms: f64,
     rss_added_bytes: i64,
+    /// The CPU class of the offline-optimised variant loaded, if one was (else the portable
+    /// file was).
+    optimized: Option<String>,
     /// The session call's typical time, ns: a moving average over the recent calls (the
     /// warm-up run's to begin with).
     typical_ns: AtomicU64,
@@ -91,11 +95,18 @@ struct Loaded {
 const INLINE_BELOW: Duration = Duration::from_micros(100);
 
 impl Loaded {
-    fn new(session: Session, load_ms: f64, rss_added_bytes: i64, warm_up: Duration) -> Self {
+    fn new(
+        session: Session,
+        load_ms: f64,
+        rss_added_bytes: i64,
+        warm_up: Duration,
+        optimized: Option<String>,
+    ) -> Self {
         Loaded {
             session: Mutex::new(session),
             load_ms,
             rss_added_bytes,
+            optimized,
             typical_ns: AtomicU64::new(warm_up.as_nanos() as u64),
         }
     }
@@ -158,6 +169,10 @@ pub struct ModelStatus {
     pub next_retry_unix_ms: Option<u64>,
     pub load_ms: Option<f64>,
     pub rss_added_bytes: Option<i64>,
+    /// The last load used the offline-optimised variant for this CPU class (`optimize-models`);
+    /// none: it loaded the portable file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimized: Option<String>,
     pub expected_load_cost_bytes: Option<u64>,
     pub last_used_unix_ms: Option<u64>,
     pub requests_served: u64,
@@ -186,7 +201,8 @@ pub struct LazyModel {
     failures: std::sync::atomic::AtomicU32,
     served: AtomicU64,
     last_used_ms: AtomicU64,
-    last_load_ms: Mutex<Option<(f64, i64)>>,
+    /// The last load's time, ms, RSS added, and optimised variant.
+    last_load: Mutex<Option<(f64, i64, Option<String>)>>,
     verified: Arc<Mutex<Option<FileCheck>>>,
     /// A background hash of the file is running (readiness never waits for one).
     verifying: Arc<AtomicBool>,
@@ -251,10 +267,15 @@ impl LazyModel {
             failures: std::sync::atomic::AtomicU32::new(0),
             served: AtomicU64::new(0),
             last_used_ms: AtomicU64::new(0),
-            last_load_ms: Mutex::new(None),
+            last_load: Mutex::new(None),
             verified: Arc::new(Mutex::new(None)),
             verifying: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The model's local file (a download's place in the cache, for a model configured by URL).
+    pub fn onnx_path(&self) -> &Path {
+        &self.onnx_path
     }
 
     /// The model's key (`tabular`, `retina`, `ecg`).
@@ -540,7 +561,11 @@ impl LazyModel {
             (_, s) => (s, reason),
         };
         let card = self.card.as_ref().ok();
-        let last_load = *self.last_load_ms.lock().unwrap_or_else(|e| e.into_inner());
+        let last_load = self
+            .last_load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let last_used = self.last_used_ms.load(Ordering::Relaxed);
         ModelStatus {
             key: self.key.clone(),
@@ -555,8 +580,9 @@ impl LazyModel {
             loads: self.loads.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             next_retry_unix_ms,
-            load_ms: last_load.map(|l| l.0),
-            rss_added_bytes: last_load.map(|l| l.1),
+            load_ms: last_load.as_ref().map(|l| l.0),
+            rss_added_bytes: last_load.as_ref().map(|l| l.1),
+            optimized: last_load.and_then(|l| l.2),
             expected_load_cost_bytes: card.map(|c| c.load_cost.rss_added_bytes),
             last_used_unix_ms: (last_used > 0).then_some(last_used),
             requests_served: self.served.load(Ordering::Relaxed),

@@ -169,14 +169,24 @@ fn checked_hash(
     VerifiedFile::open(path, expected, cache).map(drop)
 }
 
-fn verify_hash(file: &std::fs::File, path: &Path, expected: &str) -> Result<(), LoadError> {
+/// The sha256 of the file at `path`, hex.
+pub(super) fn sha256_of(path: &Path) -> Result<String, LoadError> {
+    let file = std::fs::File::open(path).map_err(|e| LoadError::io("cannot open", path, e))?;
+    hash_of(&file, path)
+}
+
+fn hash_of(file: &std::fs::File, path: &Path) -> Result<String, LoadError> {
     let mut hasher = Sha256::new();
     let unreadable = |e: std::io::Error| LoadError::io("cannot read", path, e);
     // Through a second handle on the same open file, so that the caller's is not moved on.
     let mut reader = file.try_clone().map_err(unreadable)?;
     std::io::Seek::rewind(&mut reader).map_err(unreadable)?;
     std::io::copy(&mut reader, &mut hasher).map_err(unreadable)?;
-    let actual = hex::encode(hasher.finalize());
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn verify_hash(file: &std::fs::File, path: &Path, expected: &str) -> Result<(), LoadError> {
+    let actual = hash_of(file, path)?;
     if !actual.eq_ignore_ascii_case(expected) {
         return Err(LoadError::Hash {
             path: path.to_path_buf(),
