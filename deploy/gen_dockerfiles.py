@@ -96,8 +96,8 @@ RUN case "$MODEL_FILES" in \\
 # The image models' offline-optimised variants for the CPU class of the machine building the
 # image (docs/performance.md, "The model-load peak"): a service running on that class loads
 # them without the transient copy of the weights; on another class it loads the portable files.
-OPTIMIZE = """RUN set -e; for b in {binaries}; do /usr/local/bin/$b optimize-models; done
-"""
+def optimize(binaries: list[str]) -> str:
+    return "RUN " + " \\\n && ".join(f"/usr/local/bin/{b} optimize-models" for b in binaries) + "\n"
 
 
 def service(binary: str) -> str:
@@ -127,7 +127,7 @@ def service(binary: str) -> str:
         env += [f"{prefix}__STORAGE__DATA_DIR=/var/lib/medchain"]
     out += "ENV " + " \\\n    ".join(env) + "\n"
     if models:
-        out += OPTIMIZE.format(binaries=binary)
+        out += optimize([binary])
     out += "USER 10001\n"
     out += f"EXPOSE {port}\n"
     out += (f"HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 "
@@ -212,7 +212,7 @@ RUN case "$ECG_MODEL" in \\
                     f"{prefix}__MODELS__DOWNLOAD__CACHE_DIR=/var/cache/medchain"]
     env.append("CHAIN__STORAGE__DATA_DIR=/var/lib/medchain")
     out += "ENV " + " \\\n    ".join(env) + "\n"
-    out += OPTIMIZE.format(binaries=" ".join(b for b in binaries if SERVICES[b][2]))
+    out += optimize([b for b in binaries if SERVICES[b][2]])
     out += "USER 10001\n"
     out += "EXPOSE 8080\n"
     # The gateway's own /healthz on $PORT; the supervisor ends the container if any service ends.

@@ -61,7 +61,8 @@ ENV PORT=8080 \
     HEART__MODELS__DOWNLOAD__CACHE_DIR=/var/cache/medchain \
     CHAIN__TELEMETRY__FORMAT=json \
     CHAIN__STORAGE__DATA_DIR=/var/lib/medchain
-RUN set -e; for b in diabetes-svc heart-svc; do /usr/local/bin/$b optimize-models; done
+RUN /usr/local/bin/diabetes-svc optimize-models \
+ && /usr/local/bin/heart-svc optimize-models
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 CMD ["/usr/local/bin/gateway", "healthcheck"]

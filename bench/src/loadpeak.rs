@@ -63,6 +63,7 @@ const RUNS: [(&str, &str, &str, &str); 4] = [
 
 /// Makes the variants, then loads each image model both ways.
 pub async fn run(bin_dir: &Path, logs: &Path) -> anyhow::Result<LoadPeakRun> {
+    medchain_core::http::init_tls();
     let mut optimize = Vec::new();
     for service in ["diabetes-svc", "heart-svc"] {
         say(&format!("{service} optimize-models"));

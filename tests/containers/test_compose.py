@@ -220,6 +220,35 @@ def test_both_diseases_predict_from_features_and_images(system):
         assert body["result"]["probabilities"], body
 
 
+def test_image_models_load_from_the_variants_made_as_the_images_were_built(system):
+    """The images ran `optimize-models` as they were built, on this machine's CPU class: each
+    disease service that loaded its image model loaded the variant (its log says which)."""
+    api = system["api"]
+    examples = ROOT / "models/examples"
+    for disease, route, image in (("diabetes", "retina", examples / "retina/0-no_dr-1.jpg"),
+                                  ("heart", "ecg", examples / "ecg/0-normal-0.jpg")):
+        status, body = api.image(f"/api/v1/{disease}/predict/{route}", CLINICIAN, image)
+        assert status == 200, body
+    loaded: dict[str, list] = {"retina": [], "ecg": []}
+    for name, info in containers(system).items():
+        if service_of(info) not in ("diabetes-svc", "heart-svc"):
+            continue
+        files = run("docker", "exec", name, "sh", "-c",
+                    "ls /opt/medchain/models/*/ | grep -c '[.]optimized[.]'").stdout.strip()
+        assert int(files) >= 2, f"{name}: {files} variant files"
+        logs = run("docker", "logs", name)
+        for line in (logs.stdout + "\n" + logs.stderr).splitlines():
+            try:
+                fields = json.loads(line).get("fields", {})
+            except ValueError:
+                continue
+            if fields.get("message") == "model loaded" and fields.get("model") in loaded:
+                loaded[fields["model"]].append((name, fields.get("optimized")))
+    for model, loads in loaded.items():
+        assert loads, f"no {model} load logged"
+        assert all(o not in (None, "no") for _, o in loads), loads
+
+
 def test_a_recorded_prediction_is_confirmed_on_chain_and_verifies(system):
     api = system["api"]
     features = TABULAR["diabetes"]
