@@ -17,7 +17,6 @@ use medchain_tests::system::{mem, terminate, wait_ok};
 
 /// The load-peak part of the system run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LoadPeakRun {
     /// What `optimize-models` printed, per service (the command line first).
     pub optimize: Vec<String>,
@@ -26,7 +25,6 @@ pub struct LoadPeakRun {
 
 /// One model loaded in a fresh service process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LoadPeak {
     pub service: String,
     pub card: String,

@@ -171,6 +171,8 @@ fn session_of(
         match tried {
             Ok(session) => {
                 let warm_up = warm_start.elapsed();
+                // The portable file was hashed, not loaded: its pages need not stay cached.
+                file.drop_cache();
                 memory::release_free_memory();
                 return Ok(Loaded::new(
                     session,
@@ -200,6 +202,7 @@ fn session_of(
         ))
     })?;
     file.unchanged()?;
+    file.drop_cache();
     check_tensors(&session, card)?;
     let warm_start = Instant::now();
     warm_run(&mut session, card)?;

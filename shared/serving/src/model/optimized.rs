@@ -198,6 +198,7 @@ pub(super) fn load(
     )
     .map_err(|e| Refusal::Load(e.to_string()))?;
     file.unchanged().map_err(|e| Refusal::File(e.to_string()))?;
+    file.drop_cache();
     let values = answer(
         &mut session,
         card,

@@ -139,6 +139,11 @@ impl VerifiedFile {
         if fd.exists() { fd } else { self.path.clone() }
     }
 
+    /// Drops the file's pages from the page cache, once ONNX Runtime has read it.
+    pub(super) fn drop_cache(&self) {
+        medchain_core::memory::drop_file_cache(&self.file);
+    }
+
     /// Fails if the file was written to since it was opened.
     pub(super) fn unchanged(&self) -> Result<(), LoadError> {
         if FileIdentity::of(&self.file, &self.path)? == self.identity {
@@ -166,13 +171,16 @@ fn checked_hash(
     expected: &str,
     cache: &Mutex<Option<FileCheck>>,
 ) -> Result<(), LoadError> {
-    VerifiedFile::open(path, expected, cache).map(drop)
+    // Nothing loads it now: its pages need not stay cached (a load reads it again).
+    VerifiedFile::open(path, expected, cache).map(|f| f.drop_cache())
 }
 
 /// The sha256 of the file at `path`, hex.
 pub(super) fn sha256_of(path: &Path) -> Result<String, LoadError> {
     let file = std::fs::File::open(path).map_err(|e| LoadError::io("cannot open", path, e))?;
-    hash_of(&file, path)
+    let hash = hash_of(&file, path);
+    medchain_core::memory::drop_file_cache(&file);
+    hash
 }
 
 fn hash_of(file: &std::fs::File, path: &Path) -> Result<String, LoadError> {

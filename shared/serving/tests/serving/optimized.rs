@@ -178,3 +178,52 @@ async fn a_tabular_card_is_skipped_and_a_missing_file_fails_if_named_and_is_skip
         ]
     );
 }
+
+/// The bytes of `path` in the page cache (`fincore`, util-linux).
+fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux)");
+    assert!(out.status.success(), "fincore: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("fincore's RES")
+}
+
+/// A model file is read to be hashed and read by ONNX Runtime, then never again: once loaded,
+/// neither the portable file nor the variant stays in the page cache, where a container's
+/// memory cgroup would go on counting it against its limit.
+#[tokio::test]
+async fn a_loaded_models_files_leave_the_page_cache() {
+    let models = models_copy();
+    optimize(models.path(), &["diabetes/retina.card.json"]);
+    let portable = models.path().join("diabetes/retina.onnx");
+    let (variant, _) = paths(&portable, &cpu_class());
+    for f in [&portable, &variant] {
+        // Written pages are dirty until written back, and only clean pages can be dropped.
+        std::fs::File::open(f)
+            .and_then(|f| f.sync_all())
+            .expect("sync");
+        let _ = std::fs::read(f).expect("read");
+        assert!(
+            cached_bytes(f) > 0,
+            "{} is not cached to begin with",
+            f.display()
+        );
+    }
+    let app = spawn(models.path(), true).await;
+    retina(&app).await;
+    assert_eq!(app.model("retina").await["optimized"], cpu_class().as_str());
+    for f in [&portable, &variant] {
+        let size = std::fs::metadata(f).expect("stat").len();
+        let cached = cached_bytes(f);
+        assert!(
+            cached < size / 20,
+            "{}: {cached} of {size} bytes still cached after the load",
+            f.display()
+        );
+    }
+}
