@@ -1,7 +1,7 @@
 //! One Prometheus facade: a global `metrics` recorder installed once per process, with every
 //! metric name carrying the service's prefix (`diabetes_`, `gateway_`, ...).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -42,10 +42,57 @@ pub fn init(prefix: &str) -> PrometheusHandle {
         .clone()
 }
 
-/// `name` with the service prefix, e.g. `diabetes_http_requests_total`.
-pub fn name(name: &str) -> String {
-    match PREFIX.get() {
-        Some(p) => format!("{p}_{name}"),
-        None => name.to_string(),
+/// Every prefixed name made so far, made once each: a metric recorded on every request
+/// formatted its name and handed the recorder an owned copy, per call (callgrind).
+static NAMES: Mutex<Vec<(&'static str, &'static str)>> = Mutex::new(Vec::new());
+
+/// `name` with the service prefix, e.g. `diabetes_http_requests_total`: made on its first use
+/// and kept for the process (a few dozen names, once each).
+pub fn name(name: &'static str) -> &'static str {
+    let Some(p) = PREFIX.get() else {
+        return name;
+    };
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, full)) = names.iter().find(|(n, _)| *n == name) {
+        return full;
+    }
+    let full: &'static str = Box::leak(format!("{p}_{name}").into_boxed_str());
+    names.push((name, full));
+    full
+}
+
+static LABELS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// `value` as a label value that lives for the process, made once per distinct value (a model
+/// key, say: a label from a `String` is a copy on every use).
+pub fn label(value: &str) -> &'static str {
+    let mut labels = LABELS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = labels.iter().find(|l| **l == value) {
+        return l;
+    }
+    let l: &'static str = Box::leak(value.to_string().into_boxed_str());
+    labels.push(l);
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_made_once_and_carries_the_prefix() {
+        let _ = PREFIX.set("svc".into());
+        let p = PREFIX.get().expect("set");
+        let a = name("x_total");
+        assert_eq!(a, format!("{p}_x_total"));
+        assert!(
+            std::ptr::eq(a, name("x_total")),
+            "the same name is made once"
+        );
+        assert_ne!(name("y_total"), a);
+        assert!(std::ptr::eq(
+            label(String::from("ecg").as_str()),
+            label("ecg")
+        ));
     }
 }

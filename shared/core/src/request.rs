@@ -51,7 +51,7 @@ pub async fn request_context(
         .and_then(acceptable)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_string());
@@ -87,9 +87,9 @@ pub async fn request_context(
     let status = res.status().as_u16();
     span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "served"));
     let labels = [
-        ("route", route),
-        ("method", method),
-        ("status", status.to_string()),
+        ("route", metrics::SharedString::from(route)),
+        ("method", method.into()),
+        ("status", status_label(status)),
     ];
     metrics::counter!(crate::metrics::name("http_requests_total"), &labels).increment(1);
     metrics::histogram!(
@@ -98,6 +98,51 @@ pub async fn request_context(
     )
     .record(elapsed.as_secs_f64());
     Ok(res)
+}
+
+/// A request method as a metric label, without a copy for the usual ones.
+fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// A status code as a metric label, without formatting it for the usual ones.
+fn status_label(status: u16) -> metrics::SharedString {
+    const USUAL: [(u16, &str); 20] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (301, "301"),
+        (302, "302"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (409, "409"),
+        (413, "413"),
+        (415, "415"),
+        (422, "422"),
+        (429, "429"),
+        (500, "500"),
+        (503, "503"),
+    ];
+    match USUAL.iter().find(|(c, _)| *c == status) {
+        Some((_, s)) => (*s).into(),
+        None => status.to_string().into(),
+    }
 }
 
 /// Largest JSON body a `ValidJson` accepts unless the app registers a `JsonLimit`.

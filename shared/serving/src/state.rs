@@ -56,7 +56,10 @@ impl DiseaseModels {
             ("image_decode_budget", self.decode_budget.figures()),
             ("image_upload_buffer", self.upload_buffer.figures()),
         ] {
-            let gauge = |suffix: &str| metrics::gauge!(metrics_name(&format!("{name}_{suffix}")));
+            let gauge = |suffix: &str| {
+                let full = medchain_core::metrics::label(&format!("{name}_{suffix}"));
+                metrics::gauge!(metrics_name(full))
+            };
             gauge("bytes").set(figures.bytes as f64);
             gauge("in_use_bytes").set(figures.in_use_bytes as f64);
             gauge("peak_bytes").set(figures.peak_bytes as f64);

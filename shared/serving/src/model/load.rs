@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ort::session::Session;
 
-use super::guard::{MemorySettings, guard};
+use super::guard::guard;
 use super::optimized::{self, Refusal, Sidecar};
 use super::verify::VerifiedFile;
 use super::{FileCheck, LazyModel, LoadError, Loaded, remote};
@@ -45,14 +45,33 @@ impl LazyModel {
         let verified = self.verified.clone();
         let (key, memory) = (self.key.clone(), self.memory.clone());
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, LoadError> {
+            runtime::ensure(&runtime)?;
+            let before = memory::rss_bytes() as i64;
+            // The variant is verified on its own (its sidecar names the card's model); the
+            // portable file is read only if it is refused: reading both would have both
+            // cached at once, charged to the container's memory (the single-instance run's
+            // peak with the fp32 ECG model: 426 MB).
+            if let Some(sidecar) = variant {
+                match variant_session(&runtime, &path, &card, &sidecar) {
+                    Ok((session, warm_up)) => {
+                        memory::release_free_memory();
+                        return Ok(Loaded::new(
+                            session,
+                            start.elapsed().as_secs_f64() * 1e3,
+                            memory::rss_bytes() as i64 - before,
+                            warm_up,
+                            Some(sidecar.cpu),
+                        ));
+                    }
+                    Err(refusal) => {
+                        note_refusal(&key, &refusal);
+                        memory::release_free_memory();
+                        guard(&memory, &card, None)?;
+                    }
+                }
+            }
             let file = open_verified(downloaded, &path, &card.sha256, &verified, remote)?;
-            let from = Source {
-                file: &file,
-                path: &path,
-                card: &card,
-                key: &key,
-            };
-            session_of(from, &runtime, &memory, variant, start)
+            session_of(&file, &path, &runtime, &card, start, before)
         })
         .await
         .map_err(|e| LoadError::Panicked(e.to_string()))??;
@@ -120,15 +139,6 @@ fn open_verified(
     })
 }
 
-/// A verified model file and what it is.
-#[derive(Clone, Copy)]
-struct Source<'a> {
-    file: &'a VerifiedFile,
-    path: &'a Path,
-    card: &'a ModelCard,
-    key: &'a str,
-}
-
 /// A variant not used: said in the log and counted; the portable file is loaded instead.
 fn note_refusal(key: &str, refusal: &Refusal) {
     tracing::warn!(
@@ -144,51 +154,30 @@ fn note_refusal(key: &str, refusal: &Refusal) {
     .increment(1);
 }
 
-/// The ONNX Runtime session of the model, its tensors checked against the card and run once:
-/// of the offline-optimised `variant` if it loads, checks out and answers as recorded, else
-/// of the portable file (the memory guard asked again with the card's figure).
-fn session_of(
-    from: Source<'_>,
+/// The session of this CPU's offline-optimised variant, checked (its file, its answer, the
+/// card's tensors), and how long its check run (the warm-up) took.
+fn variant_session(
     runtime_settings: &runtime::RuntimeSettings,
-    memory_settings: &MemorySettings,
-    variant: Option<Sidecar>,
+    path: &Path,
+    card: &ModelCard,
+    sidecar: &Sidecar,
+) -> Result<(Session, std::time::Duration), Refusal> {
+    let warm_start = Instant::now();
+    let session = optimized::load(runtime_settings, path, card, sidecar)?;
+    check_tensors(&session, card).map_err(|e| Refusal::Load(e.to_string()))?;
+    Ok((session, warm_start.elapsed()))
+}
+
+/// The ONNX Runtime session of the portable `file`, its tensors checked against the card and
+/// run once.
+fn session_of(
+    file: &VerifiedFile,
+    path: &Path,
+    runtime_settings: &runtime::RuntimeSettings,
+    card: &ModelCard,
     start: Instant,
+    before: i64,
 ) -> Result<Loaded, LoadError> {
-    let Source {
-        file,
-        path,
-        card,
-        key,
-    } = from;
-    runtime::ensure(runtime_settings)?;
-    let before = memory::rss_bytes() as i64;
-    if let Some(sidecar) = variant {
-        let warm_start = Instant::now();
-        let tried = optimized::load(runtime_settings, path, card, &sidecar).and_then(|session| {
-            check_tensors(&session, card).map_err(|e| Refusal::Load(e.to_string()))?;
-            Ok(session)
-        });
-        match tried {
-            Ok(session) => {
-                let warm_up = warm_start.elapsed();
-                // The portable file was hashed, not loaded: its pages need not stay cached.
-                file.drop_cache();
-                memory::release_free_memory();
-                return Ok(Loaded::new(
-                    session,
-                    start.elapsed().as_secs_f64() * 1e3,
-                    memory::rss_bytes() as i64 - before,
-                    warm_up,
-                    Some(sidecar.cpu),
-                ));
-            }
-            Err(refusal) => {
-                note_refusal(key, &refusal);
-                memory::release_free_memory();
-                guard(memory_settings, card, None)?;
-            }
-        }
-    }
     let mut session = runtime::session(
         runtime_settings,
         &file.load_path(),

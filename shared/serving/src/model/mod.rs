@@ -183,6 +183,8 @@ pub struct ModelStatus {
 /// One lazily loaded model.
 pub struct LazyModel {
     key: String,
+    /// `key` as a metric label (a label from a `String` is a copy per request).
+    label: &'static str,
     onnx_path: PathBuf,
     /// Where the file is downloaded from, for a model configured by URL.
     source: Option<Location>,
@@ -250,6 +252,7 @@ impl LazyModel {
         };
         Self {
             key: key.to_string(),
+            label: medchain_core::metrics::label(key),
             onnx_path,
             source: file.is_url().then(|| file.clone()),
             download: download.clone(),
@@ -297,7 +300,7 @@ impl LazyModel {
     /// A place in this model's bounded queue, or 503 with `Retry-After` at once.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.queue.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!(medchain_core::metrics::name("model_rejected_total"), "model" => self.key.clone())
+            metrics::counter!(medchain_core::metrics::name("model_rejected_total"), "model" => self.label)
                 .increment(1);
             ApiError::unavailable(
                 format!(
@@ -335,7 +338,7 @@ impl LazyModel {
                 })?
             }
         };
-        metrics::histogram!(medchain_core::metrics::name("inference_seconds"), "model" => self.key.clone())
+        metrics::histogram!(medchain_core::metrics::name("inference_seconds"), "model" => self.label)
             .record(start.elapsed().as_secs_f64());
         self.served.fetch_add(1, Ordering::Relaxed);
         self.last_used_ms.store(now_ms(), Ordering::Relaxed);
