@@ -2,14 +2,13 @@
 //! application.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, web};
 
 use crate::budget::{Budget, UploadBuffer};
 use crate::chain::AuditClient;
-use crate::model::{Backoff, LazyModel, ModelSettings};
+use crate::model::ModelSettings;
 use crate::routes;
 use crate::settings::{DiseaseSettings, DiseaseSpec};
 use crate::state::DiseaseModels;
@@ -19,21 +18,7 @@ use medchain_core::server::{Application, Common};
 
 /// Builds the service's models (nothing is loaded) and its server.
 pub fn build(spec: DiseaseSpec, settings: DiseaseSettings) -> std::io::Result<Application> {
-    let dir = settings.models.dir();
-    let model = |key: &str, s: &ModelSettings| {
-        Arc::new(LazyModel::new(
-            key,
-            &dir,
-            s,
-            settings.runtime.clone(),
-            settings.memory.clone(),
-            &settings.models.download,
-            Backoff {
-                initial: Duration::from_secs(settings.models.load_retry_secs.max(1)),
-                max: Duration::from_secs(settings.models.load_retry_max_secs.max(1)),
-            },
-        ))
-    };
+    let model = |key: &str, s: &ModelSettings| Arc::new(settings.lazy_model(key, s));
     let models = Arc::new(DiseaseModels {
         service: spec.service,
         version: spec.version,

@@ -125,7 +125,7 @@ pub async fn record(
             medchain_core::auth::forwarded_caller(req).map(|(id, _)| id),
         )
         .await;
-    p.trace();
+    p.trace(req);
     p
 }
 

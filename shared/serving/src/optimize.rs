@@ -6,12 +6,11 @@
 //! other image model card in its disease's folder (`<models.dir>/<disease>/*.card.json`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::card::ModelCard;
+use crate::model::ModelSettings;
 use crate::model::optimized::Made;
 use crate::model::remote::Location;
-use crate::model::{Backoff, LazyModel, ModelSettings};
 use crate::settings::{DiseaseSettings, DiseaseSpec};
 use medchain_core::domain::Modality;
 
@@ -111,18 +110,7 @@ pub fn optimize_models(
                     ..settings.models.image.clone()
                 }
             };
-            let model = LazyModel::new(
-                spec.image_route,
-                &dir,
-                &model_settings,
-                settings.runtime.clone(),
-                settings.memory.clone(),
-                &settings.models.download,
-                Backoff {
-                    initial: Duration::from_secs(1),
-                    max: Duration::from_secs(1),
-                },
-            );
+            let model = settings.lazy_model(spec.image_route, &model_settings);
             let absent = !named && !model_settings.file.is_url() && !model.onnx_path().is_file();
             let outcome = if absent {
                 Ok(Outcome::Absent)

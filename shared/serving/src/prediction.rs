@@ -137,14 +137,18 @@ impl Prediction {
         })
     }
 
-    /// Puts the model, the prediction id and the inference time on the request's span, so the
-    /// access log line ("served") says which model answered, how fast, and which prediction it
+    /// Notes the model, the prediction id and the inference time for the request's access log
+    /// line ("served"), so that it says which model answered, how fast, and which prediction it
     /// was. Nothing of the input or the patient.
-    pub(crate) fn trace(&self) {
-        let span = tracing::Span::current();
-        span.record("model", self.model.id.as_str());
-        span.record("prediction_id", self.prediction_id.as_str());
-        span.record("inference_ms", self.inference_ms);
+    pub(crate) fn trace(&self, req: &actix_web::HttpRequest) {
+        medchain_core::request::note_prediction(
+            req,
+            medchain_core::request::Served {
+                model: self.model.id.clone(),
+                prediction_id: Some(self.prediction_id.clone()),
+                inference_ms: self.inference_ms,
+            },
+        );
     }
 }
 

@@ -3,13 +3,14 @@
 //! their [`DiseaseSpec`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::chain::ChainClientSettings;
 use crate::inputs::image::ImageLimits;
 use crate::model::remote::DownloadSettings;
-use crate::model::{MemorySettings, ModelSettings};
+use crate::model::{Backoff, LazyModel, MemorySettings, ModelSettings};
 use crate::runtime::RuntimeSettings;
 use medchain_core::auth::Peer;
 use medchain_core::settings::{
@@ -100,6 +101,23 @@ medchain_core::service_settings!(
 );
 
 impl DiseaseSettings {
+    /// The lazy holder of `model` under the key `key` (nothing loaded), with these settings'
+    /// models folder, runtime, memory guard, downloads and back-off.
+    pub fn lazy_model(&self, key: &str, model: &ModelSettings) -> LazyModel {
+        LazyModel::new(
+            key,
+            &self.models.dir(),
+            model,
+            self.runtime.clone(),
+            self.memory.clone(),
+            &self.models.download,
+            Backoff {
+                initial: Duration::from_secs(self.models.load_retry_secs.max(1)),
+                max: Duration::from_secs(self.models.load_retry_max_secs.max(1)),
+            },
+        )
+    }
+
     /// Embedded defaults → `<PREFIX>_CONFIG` file → `<PREFIX>__*` env; validated.
     pub fn load(spec: &DiseaseSpec) -> Result<Self, SettingsError> {
         let s: Self = settings::load(spec.defaults, spec.env_prefix, &[])?;

@@ -638,9 +638,14 @@ async fn respond(
     parameters.insert("demo".into(), card.demo.into());
     parameters.insert("notice".into(), card.notice.clone().into());
     parameters.insert("inference_ms".into(), ran.inference_ms.into());
-    let span = tracing::Span::current();
-    span.record("model", card.model_id.as_str());
-    span.record("inference_ms", ran.inference_ms);
+    medchain_core::request::note_prediction(
+        req,
+        medchain_core::request::Served {
+            model: card.model_id.clone(),
+            prediction_id: None,
+            inference_ms: ran.inference_ms,
+        },
+    );
     if let Some(pid) = patient_id {
         let probs = ran.probabilities.into_iter().next().unwrap_or_default();
         let p = Prediction::new(card, probs, ran.inference_ms, ran.images.into_iter().next())?;

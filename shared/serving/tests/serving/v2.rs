@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use medchain_diabetes_svc::SPEC;
 use medchain_serving::card::ModelCard;
-use medchain_serving::model::{Backoff, LazyModel};
+use medchain_serving::model::LazyModel;
 use medchain_tests::{
     Peer, TestApp, assert_protocol_error, credential, fixtures, models_dir, secure, spawn_disease,
 };
@@ -628,18 +628,7 @@ async fn the_repository_loads_and_unloads_and_an_inference_loads_an_unloaded_mod
 /// diabetes-svc's tabular model on its shipped settings, held directly (no service around it).
 fn tabular_model() -> LazyModel {
     let settings = medchain_diabetes_svc::load_settings().expect("settings");
-    LazyModel::new(
-        "tabular",
-        &settings.models.dir(),
-        &settings.models.tabular,
-        settings.runtime.clone(),
-        settings.memory.clone(),
-        &settings.models.download,
-        Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(1),
-        },
-    )
+    settings.lazy_model("tabular", &settings.models.tabular)
 }
 
 /// An unload waits for the request running on the session: the session is held until that
