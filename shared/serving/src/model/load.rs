@@ -162,10 +162,9 @@ fn variant_session(
     card: &ModelCard,
     sidecar: &Sidecar,
 ) -> Result<(Session, std::time::Duration), Refusal> {
-    let warm_start = Instant::now();
-    let session = optimized::load(runtime_settings, path, card, sidecar)?;
+    let (session, warm_up) = optimized::load(runtime_settings, path, card, sidecar)?;
     check_tensors(&session, card).map_err(|e| Refusal::Load(e.to_string()))?;
-    Ok((session, warm_start.elapsed()))
+    Ok((session, warm_up))
 }
 
 /// The ONNX Runtime session of the portable `file`, its tensors checked against the card and

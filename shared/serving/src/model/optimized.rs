@@ -174,13 +174,14 @@ pub fn find(model: &Path, card: &ModelCard) -> Result<Option<Sidecar>, Refusal> 
 }
 
 /// A session of the variant `sidecar` describes (beside `model`): its hash checked, built with
-/// optimisation off, and its answer on the seeded input checked (which is also its warm-up).
+/// optimisation off, and its answer on the seeded input checked (which is also its warm-up:
+/// its time is returned).
 pub(super) fn load(
     settings: &RuntimeSettings,
     model: &Path,
     card: &ModelCard,
     sidecar: &Sidecar,
-) -> Result<Session, Refusal> {
+) -> Result<(Session, std::time::Duration), Refusal> {
     let path = model.with_file_name(&sidecar.file);
     if path.file_name() != Some(std::ffi::OsStr::new(&sidecar.file)) {
         return Err(Refusal::Sidecar(format!(
@@ -199,6 +200,7 @@ pub(super) fn load(
     .map_err(|e| Refusal::Load(e.to_string()))?;
     file.unchanged().map_err(|e| Refusal::File(e.to_string()))?;
     file.drop_cache();
+    let warm_start = std::time::Instant::now();
     let values = answer(
         &mut session,
         card,
@@ -206,11 +208,12 @@ pub(super) fn load(
         &sidecar.check.output,
     )
     .map_err(|e| Refusal::Load(e.to_string()))?;
+    let warm_up = warm_start.elapsed();
     let diff = max_diff(&values, &sidecar.check.values);
     if diff > CHECK_TOLERANCE {
         return Err(Refusal::Answer(diff));
     }
-    Ok(session)
+    Ok((session, warm_up))
 }
 
 /// Makes this CPU's variant of `model` (whose sha256 must be the card's) and its sidecar:
