@@ -30,7 +30,7 @@ pub fn command(spec: &DiseaseSpec) -> Option<i32> {
     if args.next().as_deref() != Some("optimize-models") {
         return None;
     }
-    let settings = match DiseaseSettings::load(spec) {
+    let settings = match DiseaseSettings::load_unserved(spec) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{}: {e}", spec.service);

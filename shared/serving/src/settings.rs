@@ -120,9 +120,17 @@ impl DiseaseSettings {
 
     /// Embedded defaults → `<PREFIX>_CONFIG` file → `<PREFIX>__*` env; validated.
     pub fn load(spec: &DiseaseSpec) -> Result<Self, SettingsError> {
-        let s: Self = settings::load(spec.defaults, spec.env_prefix, &[])?;
+        let s = Self::load_unserved(spec)?;
         s.validate(spec)?;
         Ok(s)
+    }
+
+    /// Embedded defaults → file → env, without the checks of a service about to listen (its
+    /// listener's credentials, its chain-svc URL): for the command-line tools that read only
+    /// the models' settings (`optimize-models`, which the images run as they are built, where
+    /// the listener is `0.0.0.0` and the credentials are not set yet).
+    pub fn load_unserved(spec: &DiseaseSpec) -> Result<Self, SettingsError> {
+        settings::load(spec.defaults, spec.env_prefix, &[])
     }
 
     /// Checks that types cannot express.

@@ -227,3 +227,34 @@ async fn a_loaded_models_files_leave_the_page_cache() {
         );
     }
 }
+
+/// The command as the images run it while they are built: the listener on `0.0.0.0` and no
+/// credentials set (a service would refuse to start so; the command does not listen). The
+/// real binary, built by the test command before the tests.
+#[test]
+fn the_command_makes_the_variants_where_the_image_is_built() {
+    let models = models_copy();
+    let bin = medchain_tests::system::debug_bin_dir().join("diabetes-svc");
+    let out = std::process::Command::new(&bin)
+        .arg("optimize-models")
+        .env("DIABETES__SERVER__HOST", "0.0.0.0")
+        .env("DIABETES__MODELS__DIR", models.path())
+        .env("DIABETES__TELEMETRY__FORMAT", "json")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for model in ["retina", "retina.int8"] {
+        let (variant, sidecar) = paths(
+            &models.path().join(format!("diabetes/{model}.onnx")),
+            &cpu_class(),
+        );
+        assert!(variant.is_file() && sidecar.is_file(), "{text}");
+    }
+}
