@@ -239,9 +239,11 @@ def test_image_models_load_from_the_variants_made_as_the_images_were_built(syste
         logs = run("docker", "logs", name)
         for line in (logs.stdout + "\n" + logs.stderr).splitlines():
             try:
-                fields = json.loads(line).get("fields", {})
+                line_json = json.loads(line)
             except ValueError:
                 continue
+            # The services log JSON with the event's fields flattened into the line.
+            fields = line_json.get("fields", line_json) if isinstance(line_json, dict) else {}
             if fields.get("message") == "model loaded" and fields.get("model") in loaded:
                 loaded[fields["model"]].append((name, fields.get("optimized")))
     for model, loads in loaded.items():

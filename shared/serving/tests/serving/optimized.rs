@@ -217,14 +217,30 @@ async fn a_loaded_models_files_leave_the_page_cache() {
     let app = spawn(models.path(), true).await;
     retina(&app).await;
     assert_eq!(app.model("retina").await["optimized"], cpu_class().as_str());
-    for f in [&portable, &variant] {
-        let size = std::fs::metadata(f).expect("stat").len();
-        let cached = cached_bytes(f);
+    // The variant was read by the load, which dropped it before answering.
+    let size = std::fs::metadata(&variant).expect("stat").len();
+    let cached = cached_bytes(&variant);
+    assert!(
+        cached < size / 20,
+        "{}: {cached} of {size} bytes still cached after the load",
+        variant.display()
+    );
+    // The load does not read the portable file; the service's background hash of it (from
+    // start-up, for readiness) does, and drops it once hashed — on a busy machine that may end
+    // after the load, so it is waited for.
+    let size = std::fs::metadata(&portable).expect("stat").len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let cached = cached_bytes(&portable);
+        if cached < size / 20 {
+            break;
+        }
         assert!(
-            cached < size / 20,
-            "{}: {cached} of {size} bytes still cached after the load",
-            f.display()
+            std::time::Instant::now() < deadline,
+            "{}: {cached} of {size} bytes still cached 120 s after start-up",
+            portable.display()
         );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
