@@ -189,6 +189,22 @@ impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = JsonBytes::from_request(req, payload);
+        Box::pin(async move { parse_json(&body.await?.0).map(ValidJson) })
+    }
+}
+
+/// A JSON body's bytes, checked as [`ValidJson`] checks them (content type → 415, size → 413)
+/// and left for the handler to parse: for a body whose shape is the model card's, read
+/// straight into its features.
+#[derive(Debug)]
+pub struct JsonBytes(pub Bytes);
+
+impl FromRequest for JsonBytes {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let limit = req
             .app_data::<web::Data<JsonLimit>>()
             .map_or(DEFAULT_JSON_LIMIT, |l| l.0);
@@ -237,7 +253,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
             if bytes.len() > limit {
                 return Err(too_large());
             }
-            parse_json(&bytes).map(ValidJson)
+            Ok(JsonBytes(bytes))
         })
     }
 }

@@ -1,6 +1,8 @@
 //! One tracing-subscriber set-up for every service: `EnvFilter`, JSON in production, readable
 //! output in development, silent in tests unless `TEST_LOG` is set.
 
+mod json;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::{LogFormat, TelemetrySettings};
@@ -20,10 +22,8 @@ pub fn init(settings: &TelemetrySettings) {
         .log_internal_errors(false);
     let _ = match settings.format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(json::JsonFields)
+            .event_format(json::JsonLine)
             .try_init(),
         // Colours only for a terminal: written to a file or a pipe (a supervisor's log, the
         // benchmark's), escape codes are noise, and formatting them was 8% of a tabular

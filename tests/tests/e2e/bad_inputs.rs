@@ -104,6 +104,7 @@ async fn forty_plus_bad_json_bodies_get_their_4xx() {
         ("deep nesting", json_ct, glucose_raw(&deep), 400, None),
         ("invalid UTF-8", json_ct, b"{\"age\": \"\xff\xfe\"}".to_vec(), 400, None),
         ("hex number", json_ct, glucose_raw("0x94"), 400, None),
+        ("trailing text", json_ct, [with("age", json!(50)), b" {}".to_vec()].concat(), 400, None),
         ("leading plus", json_ct, glucose_raw("+148"), 400, None),
         // Wrong types: 422 naming the field.
         ("number as string", json_ct, with("glucose", json!("148")), 422, Some("glucose")),
@@ -129,6 +130,9 @@ async fn forty_plus_bad_json_bodies_get_their_4xx() {
         ("unknown field", json_ct, with("foo", json!(1)), 422, Some("foo")),
         ("wrong case", json_ct, with("Glucose", json!(148)), 422, Some("Glucose")),
         ("prototype key", json_ct, with("__proto__", json!({})), 422, Some("__proto__")),
+        // Given twice: which one was meant is not for the service to guess.
+        ("glucose twice", json_ct, glucose_raw("148,\"glucose\":90"), 422, Some("glucose")),
+        ("patient id twice", json_ct, glucose_raw("148,\"patient_id\":\"a\",\"patient_id\":\"b\""), 422, Some("patient_id")),
         // Huge, negative, out of range, not whole.
         ("huge", json_ct, with("glucose", json!(1e308)), 422, Some("glucose")),
         ("huge integer", json_ct, glucose_raw("99999999999999999999"), 422, Some("glucose")),

@@ -1,28 +1,27 @@
 //! `POST /v1/predict/tabular`: a JSON record of the card's features.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::Value;
 
 use crate::inputs::tabular as input;
 use crate::prediction::Prediction;
 use crate::state::DiseaseModels;
 use medchain_core::audit;
 use medchain_core::error::{ApiError, ApiResult};
-use medchain_core::request::ValidJson;
+use medchain_core::request::JsonBytes;
 
 /// `POST /v1/predict/tabular`
 pub(super) async fn predict(
     req: HttpRequest,
     models: web::Data<DiseaseModels>,
-    body: ValidJson<Value>,
+    body: JsonBytes,
 ) -> ApiResult<HttpResponse> {
     let model = &models.tabular;
     let card = model.card()?;
-    let input = input::validate(card, &body.0)?;
+    let input = input::parse(card, &body.0)?;
     // Only a prediction with a patient id is recorded, so only it needs the input's digest.
     let audit_input = match &input.patient_id {
         Some(pid) => {
-            let canonical = audit::canonical_features(&input.canonical)
+            let canonical = audit::canonical_features(&input.canonical(card))
                 .map_err(|k| ApiError::Internal(anyhow::anyhow!("feature `{k}` not canonical")))?;
             Some((pid.clone(), audit::sha256(&canonical)))
         }
