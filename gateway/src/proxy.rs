@@ -57,6 +57,9 @@ struct Instance {
     /// Where requests go: the configured base URL, or, for a resolved name, the same URL with
     /// one of its addresses in place of the name.
     base: String,
+    /// `base` parsed once: a call's URL is this one with the call's path and query set, not a
+    /// string parsed again (with its host put through IDNA) for every request.
+    url: Option<reqwest::Url>,
     /// Skipped until then after a transport failure.
     ejected_until: Mutex<Option<Instant>>,
     /// Last time it answered; an instance silent for longer than the sleep threshold gets the
@@ -67,6 +70,7 @@ struct Instance {
 impl Instance {
     fn new(base: String) -> Arc<Self> {
         Arc::new(Instance {
+            url: reqwest::Url::parse(&base).ok(),
             base,
             ejected_until: Mutex::new(None),
             last_answer: Mutex::new(None),
@@ -580,14 +584,19 @@ fn upstream_request(
     has_body: bool,
 ) -> reqwest::RequestBuilder {
     let query = req.query_string();
-    let url = if query.is_empty() {
-        format!("{}{path}", inst.base)
-    } else {
-        format!("{}{path}?{query}", inst.base)
-    };
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .unwrap_or(reqwest::Method::GET);
-    let mut rb = proxy.client.request(method, &url);
+    let mut rb = match &inst.url {
+        Some(base) => {
+            let mut url = base.clone();
+            let joined = format!("{}{path}", base.path().trim_end_matches('/'));
+            url.set_path(&joined);
+            url.set_query((!query.is_empty()).then_some(query));
+            proxy.client.request(method, url)
+        }
+        None if query.is_empty() => proxy.client.request(method, format!("{}{path}", inst.base)),
+        None => proxy.client.request(method, format!("{}{path}?{query}", inst.base)),
+    };
     let with_body: &[HeaderName] = if has_body { &FORWARD_WITH_BODY } else { &[] };
     for h in FORWARD_REQUEST.iter().chain(with_body) {
         if let Some(v) = req.headers().get(h) {
