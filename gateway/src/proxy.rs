@@ -595,7 +595,9 @@ fn upstream_request(
             proxy.client.request(method, url)
         }
         None if query.is_empty() => proxy.client.request(method, format!("{}{path}", inst.base)),
-        None => proxy.client.request(method, format!("{}{path}?{query}", inst.base)),
+        None => proxy
+            .client
+            .request(method, format!("{}{path}?{query}", inst.base)),
     };
     let with_body: &[HeaderName] = if has_body { &FORWARD_WITH_BODY } else { &[] };
     for h in FORWARD_REQUEST.iter().chain(with_body) {

@@ -236,7 +236,8 @@ async function submitImage(e, p) {
   button.disabled = true;
   showError("");
   try {
-    const result = await call(`/${disease}/predict/${p.dataset.image}`, { method: "POST", body: data });
+    // With the class activation map of the predicted class, drawn beside the upload.
+    const result = await call(`/${disease}/predict/${p.dataset.image}?explain=cam`, { method: "POST", body: data });
     show(result, { kind: "image", file, patient });
   } catch (err) {
     showError(err.message);
@@ -283,8 +284,120 @@ function show(result, input) {
   $("#model-summary").textContent =
     `Model ${m.id} version ${m.version} (sha256 ${m.sha256.slice(0, 12)}…), inference ${result.inference_ms.toFixed(1)} ms. ` +
     cardSummary(result.disease, m.id);
+  showExplanation(result, input);
   showAudit(result.audit);
   $("#result").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+// ---- explanations ----------------------------------------------------------------------------
+const sigmoid = (x) => 1 / (1 + Math.exp(-x));
+const SVG = "http://www.w3.org/2000/svg";
+const TREESHAP_NOTE =
+  "Exact TreeSHAP contributions of each measurement to the model's log-odds: how this model weighed the values it was given, " +
+  "starting from its average over the training data. They describe the model, not what causes the disease, and are not a clinical finding.";
+
+// A tabular prediction's TreeSHAP contributions: a table, largest effect first, each row with
+// its value (and unit, from the card) and a bar left (lowers the risk) or right (raises it) of
+// the axis. The bars are drawn as SVG attributes, not inline style (the page's CSP).
+function showExplanation(result, input) {
+  const box = $("#explanation");
+  const e = result.explanation;
+  const rows = $("#contributions tbody");
+  rows.replaceChildren();
+  $("#cam").hidden = true;
+  $("#contributions").hidden = true;
+  if (!e) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  const summary = $("#explanation-summary");
+  if (e.unavailable) {
+    summary.textContent = `No explanation for this prediction: ${e.unavailable}`;
+    return;
+  }
+  if (e.method === "cam") {
+    showCam(result, input, e);
+    return;
+  }
+  $("#contributions").hidden = false;
+  $("#explanation-note").textContent = TREESHAP_NOTE;
+  const positive = result.result.risk && result.result.risk.positive_label;
+  const cls = (result.result.probabilities.find((c) => c.label === positive) || {}).name || "the positive class";
+  summary.textContent =
+    `The model starts from ${(sigmoid(e.base_value) * 100).toFixed(1)}% (its average) for “${cls}”; ` +
+    `these measurements take it to ${(sigmoid(e.margin) * 100).toFixed(1)}%.`;
+  const card = (state.cards[result.disease] || {}).tabular || { features: [] };
+  const byName = Object.fromEntries(card.features.map((f) => [f.name, f]));
+  const sorted = [...e.contributions].sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution));
+  const scale = Math.max(...sorted.map((c) => Math.abs(c.contribution)), 1e-9);
+  for (const c of sorted) {
+    const f = byName[c.feature] || {};
+    const tr = document.createElement("tr");
+    tr.dataset.feature = c.feature;
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.textContent = f.description || c.feature;
+    const value = document.createElement("td");
+    value.textContent = c.value == null ? "not measured" : `${c.value}${unitText(f.unit)}`;
+    const effect = document.createElement("td");
+    const up = c.contribution > 0;
+    effect.className = up ? "raises" : "lowers";
+    const size = Math.abs(c.contribution).toFixed(3);
+    effect.textContent = c.contribution === 0 ? "none" : `${up ? "raises" : "lowers"} (${up ? "+" : "−"}${size} log-odds)`;
+    const bar = document.createElement("td");
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 200 10");
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("aria-hidden", "true");
+    const w = (Math.abs(c.contribution) / scale) * 100;
+    const rect = document.createElementNS(SVG, "rect");
+    rect.setAttribute("x", String(up ? 100 : 100 - w));
+    rect.setAttribute("y", "1");
+    rect.setAttribute("width", String(w));
+    rect.setAttribute("height", "8");
+    rect.setAttribute("class", up ? "raises" : "lowers");
+    const axis = document.createElementNS(SVG, "line");
+    axis.setAttribute("x1", "100");
+    axis.setAttribute("x2", "100");
+    axis.setAttribute("y1", "0");
+    axis.setAttribute("y2", "10");
+    axis.setAttribute("class", "axis");
+    svg.append(rect, axis);
+    bar.append(svg);
+    tr.append(name, value, effect, bar);
+    rows.append(tr);
+  }
+}
+
+// Where in the image a grid cell lies, in words.
+function place(row, col, h, w) {
+  const v = row < h / 3 ? "upper" : row >= (2 * h) / 3 ? "lower" : "middle";
+  const s = col < w / 3 ? "left" : col >= (2 * w) / 3 ? "right" : "centre";
+  return v === "middle" && s === "centre" ? "centre" : `${v} ${s}`.replace("middle ", "");
+}
+
+// An image prediction's class activation map: the upload and the heat map over the image as
+// the model saw it, side by side, with the strongest place said in words.
+function showCam(result, input, e) {
+  const cls = (result.result.probabilities.find((c) => c.label === e.class) || {}).name || e.class;
+  $("#explanation-summary").textContent =
+    `Where the model found the evidence for “${cls}”: red is strongest, blue weakest.`;
+  const where = place(e.peak.row, e.peak.col, e.grid.height, e.grid.width);
+  const upload = $("#cam-upload");
+  if (state.uploadUrl) URL.revokeObjectURL(state.uploadUrl);
+  state.uploadUrl = input && input.file ? URL.createObjectURL(input.file) : "";
+  upload.src = state.uploadUrl;
+  upload.alt = "The uploaded image";
+  const overlay = $("#cam-overlay");
+  overlay.src = e.overlay_png;
+  overlay.alt = `Heat map of the evidence for ${cls}, strongest in the ${where} of the image`;
+  $("#cam-caption").textContent =
+    `Class activation map (a ${e.grid.height}×${e.grid.width} grid over the image as the model saw it): strongest in the ${where}.`;
+  $("#explanation-note").textContent =
+    "The map shows where in the image the model's evidence for the class lay. It describes the model, not a finding; " +
+    "these demo models learned from synthetic images, and their maps show what the demo learned.";
+  $("#cam").hidden = false;
 }
 
 // The model card in one sentence: what it learned from and how well it did.

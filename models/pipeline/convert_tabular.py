@@ -352,6 +352,20 @@ def reference_probabilities(model, steps, clf, names, x: np.ndarray) -> np.ndarr
     return clf.predict_proba(x)
 
 
+def explanation(steps, clf, x: np.ndarray, trees_path: Path) -> dict | str:
+    """The card's `explanation` entry with the trees written for TreeSHAP, or why there is none:
+    the services walk the trees on the features as sent, so a Pipeline's steps before them
+    would have to be replayed first (not done), and only binary:logistic is explained."""
+    from . import explain_tabular
+
+    if steps:
+        return "none (the trees follow Pipeline steps; only a bare booster is explained)"
+    try:
+        return explain_tabular.write_trees(clf.get_booster(), x.astype(np.float32), trees_path)
+    except SystemExit as e:
+        return f"none ({e})"
+
+
 def convert_xgboost(a) -> Path:
     import onnxruntime as ort
 
@@ -396,12 +410,18 @@ def convert_xgboost(a) -> Path:
         card["risk"]["bands"] = bands
         if validation:
             card["validation"] = validation
+        files = [onnx_path.name]
+        explained = explanation(steps, clf, x, Path(tmp) / f"{name}.trees.json")
+        if isinstance(explained, dict):
+            card["explanation"] = explained
+            files.append(explained["file"])
         common.write_card(onnx_path, card, quiet=True)
-        onnx_out, card_out = publish(Path(tmp), Path(a.out),
-                                     [onnx_path.name, onnx_path.with_suffix(".card.json").name])
+        onnx_out, *_, card_out = publish(Path(tmp), Path(a.out),
+                                         files + [onnx_path.with_suffix(".card.json").name])
     cols = ", ".join(f"{f['source_column']}→{f['name']}" for f in feats)
     print(f"converted: {onnx_out} ({len(feats)} features: {cols})")
     print(f"card: {card_out} (demo: {str(demo).lower()})")
     print(f"parity: max |dp| {diff:.2e} on {checked_on}, model vs ONNX Runtime")
+    print(f"explanations: {'TreeSHAP, ' + explained['file'] if isinstance(explained, dict) else explained}")
     print(serve_hint(a.disease, "tabular", card_out))
     return onnx_out

@@ -89,6 +89,12 @@ def _render(args):
         img = synth_retina.render(label, seed)
     else:
         img = synth_ecg.render(label, seed)
+    return finish(img, label, seed, jpeg)
+
+
+def finish(img: Image.Image, label: int, seed: int, jpeg: bool) -> np.ndarray:
+    """A rendered image as the data sets hold it: JPEG-re-encoded when the plan says so, then
+    resized to the models' input (H x W x 3 uint8)."""
     rng = np.random.default_rng([seed, label, 7])
     if jpeg:
         buf = io.BytesIO()

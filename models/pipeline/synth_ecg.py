@@ -87,6 +87,13 @@ def _beat_times(rng, cls, seconds):
 
 def simulate(cls: int, rng: np.random.Generator, seconds: float = 10.0) -> dict[str, np.ndarray]:
     """Returns the 12 leads (mV, FS Hz) of one synthetic recording of class `cls`."""
+    return _simulate(cls, rng, seconds)[0]
+
+
+def _simulate(cls, rng, seconds):
+    """The leads, and where the class's sign is: the leads it changes (MI: the territory's
+    and its reciprocal leads; history of MI: the territory's) and the ventricular ectopic beats'
+    times."""
     t = np.arange(int(seconds * FS)) / FS
     beats, ectopic, rr, af = _beat_times(rng, cls, seconds)
     territory = rng.choice(list(TERRITORIES))
@@ -128,15 +135,29 @@ def simulate(cls: int, rng: np.random.Generator, seconds: float = 10.0) -> dict[
             x += rng.uniform(0.03, 0.08) * np.sin(2 * np.pi * rng.uniform(5, 7) * t + rng.uniform(0, 6))
         x += wander * rng.uniform(0.5, 1.0) + rng.normal(0, rng.uniform(0.005, 0.02), t.size)
         leads[name] = x
-    return leads
+    changed = {2: affected + reciprocal, 3: affected}.get(cls, [])
+    return leads, {"leads": list(changed), "ectopic_times": beats[ectopic].tolist()}
 
 
 def render(cls: int, seed: int, px_per_mm: float = 4.0) -> Image.Image:
     """Returns an RGB printout of a synthetic 12-lead ECG of class `cls`."""
+    return _render(cls, seed, px_per_mm, False)[0]
+
+
+def render_with_signs(cls: int, seed: int, px_per_mm: float = 4.0):
+    """The printout `render` gives, and a mask (mode L, 255 = sign) of where its class's sign
+    was drawn: the panels of the leads the class changes (MI, history of MI) and a window of
+    +-0.3 s around each ventricular ectopic beat in every panel that shows it (abnormal
+    heartbeat). Atrial fibrillation alone changes every lead all along: its mask is empty, as is
+    a normal ECG's. Rotated as the printout was."""
+    return _render(cls, seed, px_per_mm, True)
+
+
+def _render(cls, seed, px_per_mm, with_signs):
     if cls not in range(4):
         raise ValueError(f"class must be 0..3, got {cls}")
     rng = np.random.default_rng([seed, cls, 0xEC])
-    leads = simulate(cls, rng)
+    leads, signs = _simulate(cls, rng, 10.0)
     k = px_per_mm
     margin_mm, row_mm, top_mm = 8.0, 25.0, 12.0
     width = int((250 + 2 * margin_mm) * k)
@@ -168,11 +189,35 @@ def render(cls: int, seed: int, px_per_mm: float = 4.0) -> Image.Image:
             trace(leads[name][col * seg:(col + 1) * seg], margin_mm + 62.5 * col, y, name)
     trace(leads["II"], margin_mm, top_mm + row_mm * 3.6, "II")
 
-    img = img.rotate(rng.uniform(-2, 2), resample=Image.BILINEAR, fillcolor=tuple(int(v) for v in paper))
+    mask = None
+    if with_signs:
+        mask = Image.new("L", img.size, 0)
+        m = ImageDraw.Draw(mask)
+        band = lambda row: ((top_mm + row_mm * row) * k, (top_mm + row_mm * (row + 1)) * k)
+        for row, names in enumerate(layout):
+            for col, name in enumerate(names):
+                if name in signs["leads"]:
+                    x0 = (margin_mm + 62.5 * col) * k
+                    m.rectangle([x0, band(row)[0], x0 + 62.5 * k, band(row)[1]], fill=255)
+        if "II" in signs["leads"]:
+            m.rectangle([margin_mm * k, band(3)[0], (margin_mm + 250) * k, band(3)[1]], fill=255)
+        for bt in signs["ectopic_times"]:
+            if not 0 <= bt < 10:
+                continue
+            col = int(bt // 2.5)
+            x = (margin_mm + 62.5 * col + (bt - 2.5 * col) * 25) * k
+            m.rectangle([x - 7.5 * k, band(0)[0], x + 7.5 * k, band(2)[1]], fill=255)
+            x = (margin_mm + bt * 25) * k
+            m.rectangle([x - 7.5 * k, band(3)[0], x + 7.5 * k, band(3)[1]], fill=255)
+
+    angle = rng.uniform(-2, 2)
+    img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=tuple(int(v) for v in paper))
+    if mask is not None:
+        mask = mask.rotate(angle, resample=Image.BILINEAR, fillcolor=0)
     img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.2, 0.8)))
     arr = np.asarray(img).astype(np.float32) * rng.uniform(0.85, 1.05)
     # Uneven lighting as in a photographed printout.
     gx = np.linspace(-1, 1, width)[None, :, None]
     arr *= 1 + rng.uniform(-0.08, 0.08) * gx
     arr += rng.normal(0, rng.uniform(1, 4), arr.shape)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), mask

@@ -33,17 +33,17 @@ GRADE_NAMES = [
 
 
 def _vessel_tree(draw: ImageDraw.ImageDraw, rng: np.random.Generator, disc, radius, size,
-                 colour, beading: bool):
+                 colour, beading: bool, lesions=None):
     """Draws four arcades and their branches leaving the optic disc."""
     cx, cy = disc
     for base_angle in (-0.35, 0.35, np.pi - 0.35, np.pi + 0.35):
         for _ in range(2):
             _branch(draw, rng, (cx, cy), base_angle + rng.normal(0, 0.25),
                     width=size * rng.uniform(0.010, 0.016), length=radius * rng.uniform(0.9, 1.4),
-                    colour=colour, depth=0, beading=beading, size=size)
+                    colour=colour, depth=0, beading=beading, size=size, lesions=lesions)
 
 
-def _branch(draw, rng, start, angle, width, length, colour, depth, beading, size):
+def _branch(draw, rng, start, angle, width, length, colour, depth, beading, size, lesions=None):
     x, y = start
     steps = 14
     step = length / steps
@@ -55,17 +55,20 @@ def _branch(draw, rng, start, angle, width, length, colour, depth, beading, size
         pts.append((x, y))
         if depth < 2 and i in (5, 10) and rng.random() < 0.8:
             _branch(draw, rng, (x, y), angle + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9),
-                    width * 0.65, length * 0.5, colour, depth + 1, beading, size)
+                    width * 0.65, length * 0.5, colour, depth + 1, beading, size, lesions)
     w = max(1, int(round(width)))
     draw.line(pts, fill=colour, width=w, joint="curve")
     if beading and depth == 0:
         for px, py in pts[3::2]:
             r = width * rng.uniform(0.8, 1.3)
             draw.ellipse([px - r, py - r, px + r, py + r], fill=colour)
+            if lesions is not None:
+                lesions.ellipse([px - r, py - r, px + r, py + r], fill=255)
 
 
-def _dots(draw, rng, n, centre, radius, rmin, rmax, colour_fn, quadrants=None):
-    """Places n round spots inside the fundus disc (optionally spread over all four quadrants)."""
+def _dots(draw, rng, n, centre, radius, rmin, rmax, colour_fn, quadrants=None, lesions=None):
+    """Places n round spots inside the fundus disc (optionally spread over all four quadrants);
+    marks them on `lesions` (a mask's ImageDraw) when given."""
     cx, cy = centre
     for i in range(n):
         if quadrants:
@@ -78,10 +81,23 @@ def _dots(draw, rng, n, centre, radius, rmin, rmax, colour_fn, quadrants=None):
         r = rng.uniform(rmin, rmax)
         rx, ry = r * rng.uniform(0.8, 1.25), r * rng.uniform(0.8, 1.25)
         draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=colour_fn())
+        if lesions is not None:
+            lesions.ellipse([x - rx, y - ry, x + rx, y + ry], fill=255)
 
 
 def render(grade: int, seed: int, size: int = 256) -> Image.Image:
     """Returns an RGB fundus-like image of the given grade."""
+    return _render(grade, seed, size, False)[0]
+
+
+def render_with_lesions(grade: int, seed: int, size: int = 256) -> tuple[Image.Image, Image.Image]:
+    """The image `render` gives, and a mask (mode L, 255 = lesion) of where its lesions were
+    drawn -- microaneurysms, haemorrhages, exudates, cotton-wool spots, venous beading, new
+    vessels, fibrous tissue, preretinal haemorrhage -- moved as the image was (flip, rotation)."""
+    return _render(grade, seed, size, True)
+
+
+def _render(grade: int, seed: int, size: int, with_lesions: bool):
     if grade not in range(5):
         raise ValueError(f"grade must be 0..4, got {grade}")
     rng = np.random.default_rng([seed, grade, 0xF0])
@@ -111,8 +127,11 @@ def render(grade: int, seed: int, size: int = 256) -> Image.Image:
 
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
+    lesion_mask = Image.new("L", pil.size, 0) if with_lesions else None
+    les = ImageDraw.Draw(lesion_mask) if lesion_mask is not None else None
     vessel = tuple(int(v) for v in base * np.array([0.6, 0.35, 0.4]))
-    _vessel_tree(draw, rng, disc, radius, s, vessel, beading=grade >= 3 and rng.random() < 0.7)
+    _vessel_tree(draw, rng, disc, radius, s, vessel, beading=grade >= 3 and rng.random() < 0.7,
+                 lesions=les)
 
     dark_red = lambda: (int(rng.uniform(90, 140)), int(rng.uniform(10, 30)), int(rng.uniform(10, 30)))
     exudate = lambda: (int(rng.uniform(235, 255)), int(rng.uniform(215, 240)), int(rng.uniform(90, 150)))
@@ -124,15 +143,16 @@ def render(grade: int, seed: int, size: int = 256) -> Image.Image:
     ma_red = lambda: (int(rng.uniform(55, 95)), int(rng.uniform(5, 20)), int(rng.uniform(5, 20)))
     if grade >= 1:
         n_ma = {1: rng.integers(5, 11), 2: rng.integers(10, 18)}.get(grade, rng.integers(12, 22))
-        _dots(draw, rng, int(n_ma), (cx, cy), radius, 2.2 * k, 3.2 * k, ma_red)
+        _dots(draw, rng, int(n_ma), (cx, cy), radius, 2.2 * k, 3.2 * k, ma_red, lesions=les)
     if grade >= 2:
         n_h = {2: rng.integers(3, 7)}.get(grade, rng.integers(16, 30))
         _dots(draw, rng, int(n_h), (cx, cy), radius, 3.5 * k, 6.5 * k, dark_red,
-              quadrants=grade >= 3)
+              quadrants=grade >= 3, lesions=les)
         n_ex = {2: rng.integers(3, 10)}.get(grade, rng.integers(6, 16))
-        _dots(draw, rng, int(n_ex), mac, radius * 0.5, 1.5 * k, 3.5 * k, exudate)
+        _dots(draw, rng, int(n_ex), mac, radius * 0.5, 1.5 * k, 3.5 * k, exudate, lesions=les)
     if grade >= 3:
-        _dots(draw, rng, int(rng.integers(2, 6)), (cx, cy), radius * 0.8, 5 * k, 9 * k, cotton)
+        _dots(draw, rng, int(rng.integers(2, 6)), (cx, cy), radius * 0.8, 5 * k, 9 * k, cotton,
+              lesions=les)
     if grade == 4:
         # Proliferative signs. 2.0.0 drew the new vessels in a colour close to the background
         # and in a ~10 px knot, which the 224 px model could not tell from grade 3 (held-out
@@ -148,6 +168,8 @@ def render(grade: int, seed: int, size: int = 256) -> Image.Image:
             m = Image.new("L", pil.size, 0)
             ImageDraw.Draw(m).ellipse([at[0] - fw, at[1] - fw * 0.7, at[0] + fw, at[1] + fw * 0.7],
                                       fill=int(rng.uniform(90, 140)))
+            if les is not None:
+                les.ellipse([at[0] - fw, at[1] - fw * 0.7, at[0] + fw, at[1] + fw * 0.7], fill=255)
             pil = Image.composite(fib, pil, m.filter(ImageFilter.GaussianBlur(3 * k)))
             draw = ImageDraw.Draw(pil)
         nv = (int(rng.uniform(195, 235)), int(rng.uniform(20, 45)), int(rng.uniform(45, 80)))
@@ -158,10 +180,14 @@ def render(grade: int, seed: int, size: int = 256) -> Image.Image:
                 ang += rng.normal(0, 0.9)
                 pts.append((pts[-1][0] + 4 * k * np.cos(ang), pts[-1][1] + 4 * k * np.sin(ang)))
             draw.line(pts, fill=nv, width=max(2, int(round(2.5 * k))))
+            if les is not None:
+                les.line(pts, fill=255, width=max(2, int(round(2.5 * k))))
         if rng.random() < 0.75:
             px, py = at[0] + rng.normal(0, radius * 0.1), at[1] + radius * rng.uniform(0.15, 0.35)
             w, h = radius * rng.uniform(0.14, 0.24), radius * rng.uniform(0.07, 0.12)
             draw.chord([px - w, py - h, px + w, py + h], 0, 180, fill=dark_red())
+            if les is not None:
+                les.chord([px - w, py - h, px + w, py + h], 0, 180, fill=255)
 
     pil = pil.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.3, 0.7) * k))
     arr = np.asarray(pil).astype(np.float32)
@@ -170,10 +196,15 @@ def render(grade: int, seed: int, size: int = 256) -> Image.Image:
     mask = (rr <= 1.0)[..., None]
     arr = np.where(mask, arr, rng.uniform(0, 8))
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    if rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    out = out.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
-    return out
+    if lesion_mask is not None:  # what was drawn outside the fundus is not in the image
+        lesion_mask = Image.fromarray(np.where(rr <= 1.0, np.asarray(lesion_mask), 0).astype(np.uint8))
+    flip = rng.random() < 0.5
+    angle = rng.uniform(-15, 15)
+    for_both = [out] if lesion_mask is None else [out, lesion_mask]
+    if flip:
+        for_both = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in for_both]
+    for_both = [im.rotate(angle, resample=Image.BILINEAR) for im in for_both]
+    return for_both[0], (for_both[1] if lesion_mask is not None else None)
 
 
 def jpeg_roundtrip(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -214,6 +214,9 @@ def build(name: str):
                         framework={"name": "xgboost", "estimator": "XGBClassifier",
                                    "versions": common.versions()})
     common.write_card(out, card)
+    # The trees with their covers, for TreeSHAP explanations (the card's `explanation`).
+    from . import explain_tabular
+    explain_tabular.export(name)
     print(f"{name}: CV ROC AUC {metrics['cv_roc_auc_mean']:.3f} ± {metrics['cv_roc_auc_std']:.3f}, "
           f"parity {metrics['parity_max_abs_prob_diff_xgboost_vs_onnxruntime']:.2e}")
     return model

@@ -74,3 +74,26 @@ def test_data_quirks_become_missing_values():
     assert np.isnan(x[:, cols.index("ca")]).sum() == 4
     assert np.isnan(x[:, cols.index("thal")]).sum() == 2
     assert set(np.unique(y)) == {0, 1} and len(y) == 303
+
+
+@pytest.mark.parametrize("name", list(tabular.DATASETS))
+def test_the_trees_file_is_the_cards_and_its_parity_fixture_covers_every_row(name):
+    """The explainer's trees (TreeSHAP) are the file the card names, and the fixture the
+    services' parity test reads holds XGBoost's contributions for every row of the data set,
+    adding up to each row's margin."""
+    card = json.loads((common.MODELS_DIR / name / "tabular.card.json").read_text())
+    spec = card["explanation"]
+    trees_path = common.MODELS_DIR / name / spec["file"]
+    assert spec["method"] == "treeshap"
+    assert common.sha256_file(trees_path) == spec["sha256"]
+    assert trees_path.stat().st_size == spec["size_bytes"]
+    trees = json.loads(trees_path.read_text())
+    assert trees["num_features"] == len(card["features"])
+    assert len(trees["trees"]) == card["training"]["hyperparameters"]["n_estimators"]
+    fixture = json.loads((common.MODELS_DIR.parent / spec["parity"]["fixture"]).read_text())
+    x, _, _ = tabular.load(name)
+    assert len(fixture["rows"]) == len(x) == spec["parity"]["rows"]
+    rows = np.array([[np.nan if v is None else v for v in r] for r in fixture["rows"]], np.float32)
+    np.testing.assert_array_equal(rows, x)
+    sums = np.array(fixture["contributions"]).sum(axis=1) + np.array(fixture["base_values"])
+    np.testing.assert_allclose(sums, fixture["margins"], atol=1e-5)

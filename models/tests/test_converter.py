@@ -91,6 +91,15 @@ def test_named_column_xgboost_converts_with_the_card_features(tmp_path, pima, fm
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     p = sess.run(["probabilities"], {"features": x[cols].to_numpy(np.float32)})[0]
     assert np.abs(p - clf.predict_proba(x[cols])).max() <= 1e-5
+    # A bare booster is explained: its trees beside the card, named with their hash, in the
+    # card's feature order (the model's own column order).
+    spec = card["explanation"]
+    trees_path = out.parent / spec["file"]
+    assert spec["method"] == "treeshap" and common.sha256_file(trees_path) == spec["sha256"]
+    trees = json.loads(trees_path.read_text())
+    assert trees["num_features"] == len(cols) and len(trees["trees"]) == 25
+    base = clf.get_booster().predict(xgb.DMatrix(x[cols]), pred_contribs=True)
+    assert abs(base[0, -1] - spec["base_value"]) <= 1e-5
 
 
 @pytest.mark.parametrize("scaler", ["StandardScaler", "MinMaxScaler", "RobustScaler"])
@@ -112,6 +121,8 @@ def test_a_pipeline_with_a_scaler_is_exported_whole(tmp_path, pima, scaler):
                "--risk-bands", "low<0.2,moderate<0.5,high"], tmp_path)
     card = json.loads(out.with_suffix(".card.json").read_text())
     assert card["framework"]["pipeline_steps"] == ["SimpleImputer", scaler]
+    # The trees see scaled features: not explained (the services would walk them on raw ones).
+    assert "explanation" not in card
     assert card["demo"] is False and "cohort" in card["validation"]["description"]
     assert card["risk"]["bands"] == [{"band": "low", "below": 0.2},
                                      {"band": "moderate", "below": 0.5},

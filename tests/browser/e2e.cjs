@@ -29,6 +29,13 @@ function expect(cond, message) {
   if (!cond) throw new Error(message);
 }
 
+// An <img> that has decoded and is drawn at a size.
+async function expectLoaded(img) {
+  await img.evaluate((el) => (el.complete ? null : new Promise((ok) => el.addEventListener("load", ok, { once: true }))));
+  const { natural, shown } = await img.evaluate((el) => ({ natural: el.naturalWidth, shown: el.getBoundingClientRect().width }));
+  expect(natural > 0 && shown > 0, `image not drawn: natural width ${natural}, shown ${shown}`);
+}
+
 (async () => {
   const browser = await chromium.launch({
     executablePath: process.env.MEDCHAIN_CHROMIUM || "/usr/bin/chromium",
@@ -44,6 +51,8 @@ function expect(cond, message) {
   try {
     await page.goto(url);
     const diabetes = page.locator("#panel-diabetes");
+    let tabularAnswer = null;
+    let imageAnswer = null;
 
     await check("signing in with the development key says who is signed in", async () => {
       expect(devKey.startsWith("mk_"), "scripts/run.sh made no development key");
@@ -69,13 +78,43 @@ function expect(cond, message) {
       };
       for (const [k, v] of Object.entries(values)) await diabetes.locator(`[name=${k}]`).fill(v);
       await diabetes.locator("form.tabular [name=patient_id]").fill("MRN-BROWSER-1");
-      await diabetes.getByRole("button", { name: "Predict from measurements" }).click();
+      const [answer] = await Promise.all([
+        page.waitForResponse((r) => r.url().includes("/diabetes/predict/tabular"), { timeout: 30000 }),
+        diabetes.getByRole("button", { name: "Predict from measurements" }).click(),
+      ]);
+      tabularAnswer = await answer.json();
       await page.locator("#result-summary").filter({ hasText: "%" }).waitFor({ timeout: 30000 });
       const rows = await page.locator("#probabilities tbody tr").count();
       expect(rows === 2, `expected 2 class rows, got ${rows}`);
       const band = await page.locator("#risk-band").innerText();
       expect(["low", "moderate", "high"].includes(band), `risk band ${band}`);
       expect((await page.locator("meter").count()) === 2, "probability bars");
+    });
+
+    await check("the prediction's contributions are drawn, largest first, as the API gave them", async () => {
+      const e = tabularAnswer && tabularAnswer.explanation;
+      expect(e && e.method === "treeshap", `explanation: ${JSON.stringify(e)}`);
+      const rows = page.locator("#contributions tbody tr");
+      expect((await rows.count()) === e.contributions.length, "a row per feature");
+      const want = [...e.contributions].sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution));
+      for (let i = 0; i < want.length; i += 1) {
+        const row = rows.nth(i);
+        expect((await row.getAttribute("data-feature")) === want[i].feature, `row ${i}: ${want[i].feature}`);
+        const text = await row.innerText();
+        const size = Math.abs(want[i].contribution).toFixed(3);
+        expect(text.includes(size) && text.includes(want[i].contribution > 0 ? "raises" : "lowers"), `row ${i}: ${text}`);
+        expect((await row.locator("svg rect").count()) === 1, `row ${i}: a bar`);
+      }
+      // The unmeasured insulin is said to be so, with its unit elsewhere from the card.
+      const insulin = await page.locator("#contributions tr[data-feature=insulin]").innerText();
+      expect(insulin.includes("not measured"), insulin);
+      const glucose = await page.locator("#contributions tr[data-feature=glucose]").innerText();
+      expect(glucose.includes("148 mg/dL"), glucose);
+      const summary = await page.locator("#explanation-summary").innerText();
+      const pct = (x) => `${((1 / (1 + Math.exp(-x))) * 100).toFixed(1)}%`;
+      expect(summary.includes(pct(e.base_value)) && summary.includes(pct(e.margin)), summary);
+      fs.mkdirSync(artifacts, { recursive: true });
+      await page.locator("#result").screenshot({ path: path.join(artifacts, "explanation-tabular.png") });
     });
 
     await check("the audit record becomes confirmed with a transaction", async () => {
@@ -132,10 +171,37 @@ function expect(cond, message) {
       const heart = page.locator("#panel-heart");
       await heart.locator("input[type=file]").setInputFiles(path.join(root, "models/examples", ex.file));
       await heart.locator("form.image [name=patient_id]").fill("MRN-BROWSER-2");
-      await heart.getByRole("button", { name: "Predict from image" }).click();
+      const [answer] = await Promise.all([
+        page.waitForResponse((r) => r.url().includes("/heart/predict/ecg"), { timeout: 60000 }),
+        heart.getByRole("button", { name: "Predict from image" }).click(),
+      ]);
+      imageAnswer = await answer.json();
       await page.locator("#result-summary").filter({ hasText: expected }).waitFor({ timeout: 60000 });
       const notice = await page.locator("#demo-notice").innerText();
       expect(/demo model/i.test(notice) && notice.includes("synthetic"), notice);
+    });
+
+    await check("the ECG's class activation map is drawn beside the upload, as the API gave it", async () => {
+      const e = imageAnswer && imageAnswer.explanation;
+      expect(e && e.method === "cam", `explanation: ${JSON.stringify(e && e.method)}`);
+      const best = imageAnswer.result.probabilities.reduce((a, b) => (b.probability > a.probability ? b : a));
+      expect(e.class === best.label && e.class === imageAnswer.result.label, `map of ${e.class}, predicted ${best.label}`);
+      await page.locator("#cam").waitFor({ state: "visible", timeout: 10000 });
+      expect(await page.locator("#contributions").isHidden(), "no contribution table for an image");
+      const overlay = page.locator("#cam-overlay");
+      expect((await overlay.getAttribute("src")) === e.overlay_png, "the overlay is the API's PNG");
+      const upload = page.locator("#cam-upload");
+      expect(((await upload.getAttribute("src")) || "").startsWith("blob:"), "the upload shown from the file");
+      // Both images decoded (the CSP lets data: and blob: images in) and drawn at a size.
+      for (const img of [overlay, upload]) {
+        await expectLoaded(img);
+      }
+      const alt = await overlay.getAttribute("alt");
+      expect(alt.includes(best.name), `overlay alt names the class: ${alt}`);
+      const caption = await page.locator("#cam-caption").innerText();
+      expect(caption.includes(`${e.grid.height}×${e.grid.width}`), caption);
+      fs.mkdirSync(artifacts, { recursive: true });
+      await page.locator("#result").screenshot({ path: path.join(artifacts, "explanation-image.png") });
     });
 
     await check("the ECG verifies by its digest, the patient id in the body", async () => {

@@ -33,7 +33,12 @@ pub struct ModelCard {
     #[serde(default)]
     pub preprocessing: Option<Preprocessing>,
     pub load_cost: LoadCost,
+    /// How the model's predictions are explained, and the file that needs (verified at load).
+    #[serde(default)]
+    pub explanation: Option<ExplanationSpec>,
 }
+
+pub use crate::explain::ExplanationSpec;
 
 /// Tabular or image model (the shared domain type).
 pub use medchain_core::domain::Modality;
@@ -278,6 +283,23 @@ impl ModelCard {
 
     /// Internal consistency: what the services rely on.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(ExplanationSpec::Cam { output, grid }) = &self.explanation {
+            let want = [
+                -1,
+                self.classes.len() as i64,
+                grid[0] as i64,
+                grid[1] as i64,
+            ];
+            if !self
+                .outputs
+                .iter()
+                .any(|o| &o.name == output && o.shape == want)
+            {
+                return Err(format!(
+                    "explanation.output `{output}` is not an output of shape {want:?}"
+                ));
+            }
+        }
         if self.schema_version != SCHEMA_VERSION {
             return Err(format!(
                 "schema_version {} (this build reads {SCHEMA_VERSION})",

@@ -11,6 +11,7 @@
 //! | [`v2`] | the Open Inference Protocol (KServe V2) routes, their wire types and tensors |
 //! | [`inference`] | what every prediction route does: run a model, decode an upload, record |
 //! | [`prediction`] | the prediction a route answers, built from a model's output and its card |
+//! | [`explain`] | explanations of a prediction: TreeSHAP contributions for tabular models |
 //! | [`upload`] | reading a multipart upload within the memory it may hold |
 //! | [`budget`] | the memory budgets the uploads and decodes of one service share |
 //! | [`inputs`] | tabular validation, image decoding and preprocessing |
@@ -26,6 +27,7 @@ pub mod budget;
 pub mod card;
 pub mod chain;
 pub mod error;
+pub mod explain;
 pub mod inference;
 pub mod inputs;
 pub mod model;

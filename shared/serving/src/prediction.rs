@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::card::{Band, Modality, ModelCard};
+use crate::explain::Explained;
 use medchain_core::contract::{Digest, Receipt};
 use medchain_core::domain::Disease;
 use medchain_core::error::{ApiError, ApiResult};
@@ -69,6 +70,11 @@ pub struct Prediction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageInfo>,
     pub created_at_unix_ms: u64,
+    /// Tabular models whose card names an explainer: each feature's contribution (TreeSHAP),
+    /// or why there is none; image predictions that ask for it (`?explain=cam`): the class
+    /// activation map. Derived data: never recorded on chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explained>,
     /// The audit record of this prediction: chain-svc's receipt (status `pending`, then
     /// `confirmed` on chain), or `unrecorded` with the reason; null when no `patient_id` was
     /// given (nothing to record).
@@ -133,6 +139,7 @@ impl Prediction {
             created_at_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            explanation: None,
             audit: None,
         })
     }

@@ -44,34 +44,44 @@ impl LazyModel {
         let start = Instant::now();
         let verified = self.verified.clone();
         let (key, memory) = (self.key.clone(), self.memory.clone());
+        let card_dir = self.card_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, LoadError> {
-            runtime::ensure(&runtime)?;
-            let before = memory::rss_bytes() as i64;
-            // The variant is verified on its own (its sidecar names the card's model); the
-            // portable file is read only if it is refused: reading both would have both
-            // cached at once, charged to the container's memory (the single-instance run's
-            // peak with the fp32 ECG model: 426 MB).
-            if let Some(sidecar) = variant {
-                match variant_session(&runtime, &path, &card, &sidecar) {
-                    Ok((session, warm_up)) => {
-                        memory::release_free_memory();
-                        return Ok(Loaded::new(
-                            session,
-                            start.elapsed().as_secs_f64() * 1e3,
-                            memory::rss_bytes() as i64 - before,
-                            warm_up,
-                            Some(sidecar.cpu),
-                        ));
-                    }
-                    Err(refusal) => {
-                        note_refusal(&key, &refusal);
-                        memory::release_free_memory();
-                        guard(&memory, &card, None)?;
+            let session = || -> Result<Loaded, LoadError> {
+                runtime::ensure(&runtime)?;
+                let before = memory::rss_bytes() as i64;
+                // The variant is verified on its own (its sidecar names the card's model); the
+                // portable file is read only if it is refused: reading both would have both
+                // cached at once, charged to the container's memory (the single-instance run's
+                // peak with the fp32 ECG model: 426 MB).
+                if let Some(sidecar) = variant {
+                    match variant_session(&runtime, &path, &card, &sidecar) {
+                        Ok((session, warm_up)) => {
+                            memory::release_free_memory();
+                            return Ok(Loaded::new(
+                                session,
+                                start.elapsed().as_secs_f64() * 1e3,
+                                memory::rss_bytes() as i64 - before,
+                                warm_up,
+                                Some(sidecar.cpu),
+                            ));
+                        }
+                        Err(refusal) => {
+                            note_refusal(&key, &refusal);
+                            memory::release_free_memory();
+                            guard(&memory, &card, None)?;
+                        }
                     }
                 }
+                let file = open_verified(downloaded, &path, &card.sha256, &verified, remote)?;
+                session_of(&file, &path, &runtime, &card, start, before)
+            };
+            let mut loaded = session()?;
+            // Read with the model, so that a replaced file is read again with it.
+            loaded.explainer = crate::explain::load(&card, &card_dir);
+            if let Some(Err(reason)) = &loaded.explainer {
+                tracing::warn!(model = %key, %reason, "model loaded unexplained");
             }
-            let file = open_verified(downloaded, &path, &card.sha256, &verified, remote)?;
-            session_of(&file, &path, &runtime, &card, start, before)
+            Ok(loaded)
         })
         .await
         .map_err(|e| LoadError::Panicked(e.to_string()))??;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::card::ModelCard;
+use crate::explain::Explainer;
 use crate::runtime::RuntimeSettings;
 use medchain_core::error::ApiError;
 use medchain_core::memory;
@@ -86,6 +87,8 @@ struct Loaded {
     /// The session call's typical time, ns: a moving average over the recent calls (the
     /// warm-up run's to begin with).
     typical_ns: AtomicU64,
+    /// The explainer the card names (none if it names none), or why it could not be read.
+    explainer: Option<Result<Arc<Explainer>, String>>,
 }
 
 /// A session call whose typical time is under this runs on the request's own thread: handing
@@ -108,6 +111,7 @@ impl Loaded {
             rss_added_bytes,
             optimized,
             typical_ns: AtomicU64::new(warm_up.as_nanos() as u64),
+            explainer: None,
         }
     }
 
@@ -190,6 +194,8 @@ pub struct LazyModel {
     source: Option<Location>,
     download: DownloadSettings,
     card: Result<ModelCard, LoadError>,
+    /// The card's folder, where the files it names besides the model are.
+    card_dir: PathBuf,
     runtime: RuntimeSettings,
     memory: MemorySettings,
     idle_unload: Option<Duration>,
@@ -257,6 +263,10 @@ impl LazyModel {
             source: file.is_url().then(|| file.clone()),
             download: download.clone(),
             card,
+            card_dir: card_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
             runtime,
             memory,
             idle_unload: (settings.idle_unload_secs > 0)
@@ -291,6 +301,14 @@ impl LazyModel {
         self.card.as_ref().map_err(|e| {
             ApiError::unavailable(format!("model `{}` is unavailable: {e}", self.key), None)
         })
+    }
+
+    /// The loaded model's explainer: none if the model is not loaded or its card names none.
+    pub fn explainer(&self) -> Option<Result<Arc<Explainer>, String>> {
+        match &*self.lock_state() {
+            State::Ready(loaded) => loaded.explainer.clone(),
+            _ => None,
+        }
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {

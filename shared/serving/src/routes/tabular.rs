@@ -2,6 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::explain::Explained;
 use crate::inputs::tabular as input;
 use crate::prediction::Prediction;
 use crate::state::DiseaseModels;
@@ -44,7 +45,11 @@ pub(super) async fn predict(
     .await?;
     drop(permit);
     let probs = probs.into_iter().map(f64::from).collect();
-    let p = Prediction::new(card, probs, ms, None)?;
+    let mut p = Prediction::new(card, probs, ms, None)?;
+    p.explanation = model.explainer().map(|explainer| match explainer {
+        Ok(e) => Explained::Tabular(e.tabular(card, &input.features)),
+        Err(unavailable) => Explained::Unavailable { unavailable },
+    });
     let p = crate::inference::record(&req, &models, p, audit_input).await;
     Ok(HttpResponse::Ok().json(p))
 }

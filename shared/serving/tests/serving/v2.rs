@@ -161,7 +161,16 @@ async fn health_server_and_model_metadata_come_from_the_cards() {
         retina["inputs"][1],
         json!({"name": "image_bytes", "datatype": "BYTES", "shape": [-1]})
     );
-    assert_eq!(retina["outputs"][1]["name"], "probabilities");
+    // The model's own outputs (logits, and the class activation maps its card names for
+    // explanations), then the derived probabilities.
+    let names: Vec<&str> = retina["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| o["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["logits", "cam", "probabilities"]);
+    assert_eq!(retina["outputs"][1]["shape"], json!([-1, 5, 7, 7]));
     let e = assert_protocol_error(app.get(&format!("{TABULAR}/versions/9.9.9")).await, 404).await;
     assert!(e.contains("9.9.9") && e.contains("1.0.0"), "{e}");
     let e = assert_protocol_error(app.get("/v2/models/heart-ecg").await, 404).await;
@@ -297,7 +306,18 @@ async fn image_files_and_preprocessed_tensors_equal_the_json_api() {
             assert!((p - w).abs() <= 1e-6, "{p} vs {w}");
         }
     }
-    assert_eq!(output(&outs, "logits").len(), 10);
+    let logits = output(&outs, "logits");
+    assert_eq!(logits.len(), 10);
+    // The class activation maps, [2, 5, 7, 7]: each class's map averages to its logit.
+    let cam = output(&outs, "cam");
+    assert_eq!(cam.len(), 2 * 5 * 49);
+    for (map, logit) in cam.chunks(49).zip(logits) {
+        let mean = map.iter().sum::<f64>() / 49.0;
+        assert!(
+            (mean - logit).abs() <= 1e-4,
+            "map mean {mean} vs logit {logit}"
+        );
+    }
     // The same file in JSON: BYTES elements as base64.
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
