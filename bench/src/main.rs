@@ -41,6 +41,10 @@ mod v2bench;
 
 use std::path::PathBuf;
 
+// Heap counted per thread: what an explanation holds (floor.rs).
+#[global_allocator]
+static ALLOCATOR: medchain_tests::alloc::Counting = medchain_tests::alloc::Counting;
+
 use anyhow::{Context, bail};
 use serde_json::to_value;
 

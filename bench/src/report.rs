@@ -477,6 +477,62 @@ fn warm_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
             num(fl.ratio_gateway, 2)
         )?;
     }
+    explain_md(md, v)
+}
+
+/// Issue 24's cost of a tabular explanation (target ≤ 50 µs for TreeSHAP).
+fn explain_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
+    let rows: Vec<&Floor> = v.floor.iter().filter(|f| f.explain.is_some()).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    md.push_str("\n### Explanations: TreeSHAP per tabular prediction\n\nEach call timed alone in the benchmark process: on the load generator's record (runs), and once on every row of the data set. Target ≤ 50 µs. The explainer's memory is its trees.\n\n| endpoint | runs | p50 µs | p95 µs | rows | rows p50 µs | rows max µs | ORT p50 µs | ÷ inference | trees KB |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for fl in rows {
+        let Some(e) = &fl.explain else { continue };
+        let ort_us = fl.p50_ms.map(|ms| ms * 1e3);
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            or_null(fl.endpoint.as_ref()),
+            e.runs,
+            num(e.p50_us, 1),
+            num(e.p95_us, 1),
+            e.rows,
+            num(e.rows_p50_us, 1),
+            num(e.rows_max_us, 1),
+            num(ort_us, 1),
+            num(e.p50_us.zip(ort_us).map(|(a, b)| a / b), 2),
+            e.resident_bytes as f64 / 1024.0
+        )?;
+    }
+    cam_md(md, v)
+}
+
+/// Issue 24's cost of a class activation map (targets ≤ 5% of inference, ≤ 4 MB).
+fn cam_md(md: &mut String, v: &SystemRun) -> anyhow::Result<()> {
+    let rows: Vec<&Floor> = v.floor.iter().filter(|f| f.cam.is_some()).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    md.push_str("\n### Explanations: a class activation map per image prediction (`?explain=cam`)\n\nIn the benchmark process, on the endpoint's 224×224 JPEG: the model run asked for the logits alone and for the logits and the maps (alternating; ONNX Runtime may skip the maps' node when they are not asked for), then the service's work on the maps timed alone (the kept copy of the preprocessed image, the predicted class's map and peak, the overlay PNG, its data URL, the JSON). Share = (the maps' extra run time + that work) ÷ the plain run; target ≤ 5%. Heap = the most that work holds at once (the bench's counting allocator); target ≤ 4 MB.\n\n| endpoint | runs | logits only p50 ms | with maps p50 ms | work on the maps p50 ms | p95 ms | share | heap peak KB | data URL KB | JSON KB |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for fl in rows {
+        let Some(c) = &fl.cam else { continue };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} |",
+            or_null(fl.endpoint.as_ref()),
+            c.runs,
+            num(c.logits_only_p50_ms, 2),
+            num(c.with_maps_p50_ms, 2),
+            num(c.explain_p50_ms, 3),
+            num(c.explain_p95_ms, 3),
+            c.share_of_inference
+                .map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0)),
+            c.heap_peak_bytes as f64 / 1024.0,
+            c.data_url_bytes as f64 / 1024.0,
+            c.json_bytes as f64 / 1024.0
+        )?;
+    }
     Ok(())
 }
 

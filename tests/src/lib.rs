@@ -6,6 +6,7 @@
 //! - [`assert_problem`] checks an error answer, [`check_tabular_fixtures`] and its kin a
 //!   model's answers against the fixtures;
 //! - [`system`] starts the real binaries as processes (whole-system tests and the benchmark).
+//! - [`alloc`] is a counting global allocator for a binary that measures heap peaks.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use medchain_core::settings::AuthSettings;
 use medchain_serving::{DiseaseSettings, DiseaseSpec};
 use serde_json::Value;
 
+pub mod alloc;
 pub mod chain;
 pub mod net;
 mod services;

@@ -4,70 +4,14 @@
 //! binary's global allocator, so it needs a process of its own) must stay within the
 //! reservation. One test function: the count is process-wide, so nothing may run beside it.
 
-#![allow(unsafe_code)] // the counting allocator: the only way to see what a decode allocates
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 use medchain_serving::card::{ModelCard, Preprocessing};
 use medchain_serving::inputs::image::{ImageLimits, decode_cost, nonzero, prepare};
-
-struct Counting;
-
-static NOW: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(by: usize) {
-    let now = NOW.fetch_add(by, Ordering::Relaxed) + by;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; only sizes are counted.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        NOW.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Both blocks may exist for a moment: counted before the old one goes.
-            grew(new_size);
-            NOW.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-}
+use medchain_tests::alloc::{Counting, peak_during as peak_of};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Heap bytes `f` allocated at its peak, beyond what was allocated before it.
-fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let before = NOW.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let out = f();
-    (out, PEAK.load(Ordering::Relaxed) - before)
-}
 
 /// A busy picture (so that encoders cannot squeeze it to nothing).
 fn picture(w: u32, h: u32) -> RgbImage {
