@@ -237,6 +237,33 @@ pub struct CamCost {
     pub json_bytes: usize,
 }
 
+/// The service's own decoding and preprocessing of the upload `bytes` for the model behind
+/// `card_rel`, p50 of `runs` calls (after 3 untimed ones), ms.
+pub fn preprocess_p50(
+    settings: &DiseaseSettings,
+    card_rel: &str,
+    bytes: &[u8],
+    runs: usize,
+) -> anyhow::Result<Option<f64>> {
+    let card = ModelCard::from_file(&settings.models.dir().join(card_rel))?;
+    let pre = card
+        .preprocessing
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("image card without preprocessing"))?;
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs + 3 {
+        let start = Instant::now();
+        std::hint::black_box(
+            image::prepare(bytes, pre, &settings.images).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+        if i >= 3 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(percentile(&times, 50.0))
+}
+
 /// What explaining a tabular prediction costs: TreeSHAP on `record` `runs` times, and once on
 /// every row of the data set (the parity fixture's rows), each call timed alone.
 fn explanation_cost(
@@ -318,6 +345,10 @@ pub struct Floor {
     pub min_ms: Option<f64>,
     /// The service's own decoding and preprocessing of the upload (image models).
     pub preprocess_p50_ms: Option<f64>,
+    /// The same for the load phases' 3000×2000 JPEG (system run; issue 23's target: ≤ 25% of
+    /// `p50_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_preprocess_p50_ms: Option<f64>,
     /// The endpoint it is the floor of (system run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

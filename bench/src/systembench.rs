@@ -648,7 +648,12 @@ fn floors(
             };
             floor::Input::Tabular(&record)
         };
-        let f = floor::measure(settings, card, input, runs(ep.image))?;
+        let mut f = floor::measure(settings, card, input, runs(ep.image))?;
+        if ep.image {
+            let large = inputs::large_jpeg(ep.model.unwrap_or("retina"))?;
+            let n = if args.quick { 3 } else { 30 };
+            f.large_preprocess_p50_ms = floor::preprocess_p50(settings, card, &large, n)?;
+        }
         let ort = f.p50_ms.unwrap_or(f64::NAN);
         let e2e = |route: &str| c1.get(&format!("{}|{route}", ep.label)).copied();
         let (direct, gateway) = (e2e("direct"), e2e("gateway"));
