@@ -6,6 +6,13 @@
 //!
 //! The trees come from `tabular.trees.json` (format `medchain-xgboost-trees` 1, written by
 //! `models/pipeline/explain_tabular.py`).
+//!
+//! A leaf's share of the contributions depends on the row only through which of its path's
+//! features the row agrees with, so for shallow trees each leaf's contributions are computed
+//! at load for every such pattern (as Fast TreeSHAP v2 does: Yang, "Fast TreeSHAP", 2021) and a
+//! row is explained by evaluating each split once and adding, per leaf, its pattern's entries.
+//! A tree whose paths carry more than [`MAX_TABLE_FEATURES`] features, or an ensemble whose
+//! tables would pass [`MAX_TABLE_BYTES`], is explained by the recursion instead.
 
 use serde::Deserialize;
 
@@ -22,6 +29,28 @@ pub struct Ensemble {
     trees: Vec<Tree>,
     /// The deepest tree's depth (sizes the path buffer).
     max_depth: usize,
+    /// Each tree's leaf tables, when every tree is shallow enough.
+    tables: Option<Vec<Vec<LeafTable>>>,
+    /// The most nodes a tree has (sizes the split buffer).
+    max_nodes: usize,
+}
+
+/// The most distinct features a leaf's path may carry for its table (2^n patterns of n).
+pub const MAX_TABLE_FEATURES: usize = 8;
+/// The most the tables of one ensemble may hold.
+pub const MAX_TABLE_BYTES: usize = 32 << 20;
+
+/// One leaf's contributions for each pattern of agreement with its path's features.
+#[derive(Debug, Clone)]
+struct LeafTable {
+    /// The distinct features on the path, in path order.
+    features: Vec<u32>,
+    /// The path's splits: the node, whether the path goes left there, and which of
+    /// `features` it splits on.
+    splits: Vec<(u32, bool, u8)>,
+    /// `(1 << features.len()) × features.len()` entries: for pattern `p` (bit `j` set when the
+    /// row agrees with every split on feature `j`), feature `j`'s contribution at `p·n + j`.
+    values: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,12 +142,21 @@ impl Ensemble {
             trees.push(tree);
         }
         let base_value = file.base_margin + trees.iter().map(|t| t.expected_value(0)).sum::<f64>();
+        let tables = leaf_tables(&trees);
+        let max_nodes = trees.iter().map(|t| t.nodes.len()).max().unwrap_or(0);
         Ok(Self {
             num_features,
             base_value,
             trees,
             max_depth,
+            tables,
+            max_nodes,
         })
+    }
+
+    /// Whether rows are explained from the precomputed leaf tables.
+    pub fn tabled(&self) -> bool {
+        self.tables.is_some()
     }
 
     /// The bytes the trees hold.
@@ -131,6 +169,13 @@ impl Ensemble {
                     std::mem::size_of::<Tree>() + t.nodes.capacity() * std::mem::size_of::<Node>()
                 })
                 .sum::<usize>()
+            + self.tables.as_ref().map_or(0, |trees| {
+                trees
+                    .iter()
+                    .flatten()
+                    .map(LeafTable::resident_bytes)
+                    .sum::<usize>()
+            })
     }
 
     /// The margin with no feature known (what the contributions start from).
@@ -141,6 +186,39 @@ impl Ensemble {
     /// Each feature's contribution to `row`'s margin (NaN: missing); `base_value()` plus their
     /// sum is the margin the model gives `row`.
     pub fn shap(&self, row: &[f32]) -> Vec<f64> {
+        assert_eq!(
+            row.len(),
+            self.num_features,
+            "a row of the model's features"
+        );
+        let Some(tables) = &self.tables else {
+            return self.shap_recursive(row);
+        };
+        let mut phi = vec![0.0; self.num_features];
+        let mut left = vec![false; self.max_nodes];
+        for (tree, leaves) in self.trees.iter().zip(tables) {
+            for (goes_left, node) in left.iter_mut().zip(&tree.nodes) {
+                *goes_left = !node.is_leaf() && Tree::next(node, row) == node.left;
+            }
+            for leaf in leaves {
+                let n = leaf.features.len();
+                let mut pattern = (1usize << n) - 1;
+                for &(node, path_left, j) in &leaf.splits {
+                    if left[node as usize] != path_left {
+                        pattern &= !(1 << j);
+                    }
+                }
+                let entries = &leaf.values[pattern * n..(pattern + 1) * n];
+                for (&f, &v) in leaf.features.iter().zip(entries) {
+                    phi[f as usize] += v;
+                }
+            }
+        }
+        phi
+    }
+
+    /// [`Ensemble::shap`] by the recursion (algorithm 2 itself), whatever the trees' depth.
+    pub fn shap_recursive(&self, row: &[f32]) -> Vec<f64> {
         assert_eq!(
             row.len(),
             self.num_features,
@@ -159,6 +237,77 @@ impl Ensemble {
     pub fn margin(&self, row: &[f32]) -> f64 {
         let base = self.base_value - self.trees.iter().map(|t| t.expected_value(0)).sum::<f64>();
         base + self.trees.iter().map(|t| t.leaf_value(row)).sum::<f64>()
+    }
+}
+
+/// Every tree's leaf tables, or none when a path carries too many features or the tables
+/// would hold too much.
+fn leaf_tables(trees: &[Tree]) -> Option<Vec<Vec<LeafTable>>> {
+    let mut bytes = 0;
+    let mut out = Vec::with_capacity(trees.len());
+    for tree in trees {
+        let mut leaves = Vec::new();
+        let mut splits = Vec::new();
+        tree.tabulate(0, &mut splits, &mut leaves, &mut bytes)?;
+        if bytes > MAX_TABLE_BYTES {
+            return None;
+        }
+        out.push(leaves);
+    }
+    Some(out)
+}
+
+impl LeafTable {
+    /// The table of the leaf `value` reached by `path` (each split: node, feature, whether it
+    /// goes left, the share of the node's cover that goes that way).
+    fn new(path: &[(u32, u32, bool, f64)], value: f64) -> Option<Self> {
+        let mut features: Vec<u32> = Vec::new();
+        let mut zero: Vec<f64> = Vec::new();
+        let mut splits = Vec::with_capacity(path.len());
+        for &(node, feature, left, share) in path {
+            let j = match features.iter().position(|&f| f == feature) {
+                Some(j) => {
+                    zero[j] *= share;
+                    j
+                }
+                None => {
+                    features.push(feature);
+                    zero.push(share);
+                    features.len() - 1
+                }
+            };
+            splits.push((node, left, j as u8));
+        }
+        let n = features.len();
+        if n > MAX_TABLE_FEATURES {
+            return None;
+        }
+        let mut values = vec![0.0; (1 << n) * n];
+        let mut elements = vec![PathElement::default(); n + 1];
+        for pattern in 0..1usize << n {
+            extend(&mut elements, 0, 1.0, 1.0, ROOT);
+            for j in 0..n {
+                let one = if pattern & (1 << j) != 0 { 1.0 } else { 0.0 };
+                extend(&mut elements, j + 1, zero[j], one, features[j]);
+            }
+            for j in 0..n {
+                let el = elements[j + 1];
+                values[pattern * n + j] =
+                    unwound_sum(&elements, n, j + 1) * (el.one - el.zero) * value;
+            }
+        }
+        Some(Self {
+            features,
+            splits,
+            values,
+        })
+    }
+
+    fn resident_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.features.capacity() * 4
+            + self.splits.capacity() * std::mem::size_of::<(u32, bool, u8)>()
+            + self.values.capacity() * 8
     }
 }
 
@@ -233,6 +382,31 @@ impl Tree {
         let tree = Tree { nodes };
         let depth = tree.depth(0);
         Ok((tree, depth))
+    }
+
+    /// Adds the tables of the leaves under node `i`, reached by `path`; `None` when one is
+    /// too wide.
+    fn tabulate(
+        &self,
+        i: usize,
+        path: &mut Vec<(u32, u32, bool, f64)>,
+        leaves: &mut Vec<LeafTable>,
+        bytes: &mut usize,
+    ) -> Option<()> {
+        let node = self.nodes[i];
+        if node.is_leaf() {
+            let leaf = LeafTable::new(path, node.value)?;
+            *bytes += leaf.resident_bytes();
+            leaves.push(leaf);
+            return Some(());
+        }
+        for (child, left) in [(node.left, true), (node.right, false)] {
+            let share = self.nodes[child as usize].cover / node.cover;
+            path.push((i as u32, node.feature, left, share));
+            self.tabulate(child as usize, path, leaves, bytes)?;
+            path.pop();
+        }
+        Some(())
     }
 
     fn depth(&self, i: usize) -> usize {
@@ -481,9 +655,14 @@ mod tests {
             [f32::NAN, 9.0],
             [0.0, f32::NAN],
         ] {
+            assert!(e.tabled());
             let phi = e.shap(&row);
             let want = brute_force(&e, &row);
-            for (a, b) in phi.iter().zip(&want) {
+            for (a, b) in phi
+                .iter()
+                .zip(&want)
+                .chain(e.shap_recursive(&row).iter().zip(&want))
+            {
                 assert!((a - b).abs() < 1e-12, "{row:?}: {phi:?} vs {want:?}");
             }
             let sum = e.base_value() + phi.iter().sum::<f64>();
@@ -512,8 +691,60 @@ mod tests {
             let phi = e.shap(&row);
             assert_eq!(phi[1], 0.0);
             assert!((phi[0] - brute_force(&e, &row)[0]).abs() < 1e-12);
+            assert!((phi[0] - e.shap_recursive(&row)[0]).abs() < 1e-12);
             assert!((e.base_value() + phi[0] - e.margin(&row)).abs() < 1e-12);
         }
+    }
+
+    /// A chain of splits on more distinct features than a table takes: the recursion explains
+    /// it, and gives the Shapley values.
+    #[test]
+    fn a_tree_too_deep_for_tables_is_explained_by_the_recursion() {
+        let depth = MAX_TABLE_FEATURES + 1;
+        // Node 2k splits on feature k (x < 0 → node 2k+1, a leaf; else node 2k+2); the last
+        // node is a leaf. Covers halve down the chain.
+        let n = 2 * depth + 1;
+        let (mut left, mut right, mut feature, mut value, mut cover) = (
+            vec![-1i64; n],
+            vec![-1i64; n],
+            vec![0u32; n],
+            vec![0.0; n],
+            vec![0.0; n],
+        );
+        let mut c = f64::from(1u32 << (depth + 1));
+        for k in 0..depth {
+            let i = 2 * k;
+            left[i] = (i + 1) as i64;
+            right[i] = (i + 2) as i64;
+            feature[i] = k as u32;
+            cover[i] = c;
+            cover[i + 1] = c / 2.0;
+            value[i + 1] = k as f64 - 2.0;
+            c /= 2.0;
+        }
+        value[n - 1] = 7.0;
+        // The last leaf's cover: what is left of its parent's.
+        cover[n - 1] = cover[n - 3] - cover[n - 2];
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "format": FORMAT, "format_version": 1, "objective": "binary:logistic",
+            "link": "logit", "base_margin": 0.0, "num_features": depth,
+            "trees": [{
+                "left": left, "right": right, "feature": feature,
+                "threshold": vec![0.0; n], "default_left": vec![true; n],
+                "value": value, "cover": cover
+            }]
+        }))
+        .unwrap();
+        let e = Ensemble::from_json(&bytes, depth).unwrap();
+        assert!(!e.tabled());
+        let row: Vec<f32> = (0..depth)
+            .map(|k| if k == 5 { -1.0 } else { 1.0 })
+            .collect();
+        let (phi, want) = (e.shap(&row), brute_force(&e, &row));
+        for (a, b) in phi.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-9, "{phi:?} vs {want:?}");
+        }
+        assert!((e.base_value() + phi.iter().sum::<f64>() - e.margin(&row)).abs() < 1e-9);
     }
 
     #[test]
