@@ -466,3 +466,37 @@ def test_a_users_model_gets_an_int8_variant_with_its_card(tmp_path):
     assert card["metrics"]["compared_on"] == 5
     sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     assert sess.run(["logits"], {"image": np.zeros((1, 3, 64, 64), np.float32)})[0].shape == (1, 5)
+
+
+def test_a_converted_model_that_ends_in_pooling_and_one_layer_gains_class_activation_maps(tmp_path):
+    """pipeline.cam on a user's converted ResNet: the maps' output is added, each map
+    averages to its logit, the logits are unchanged and the card follows the new file; a model
+    whose head is not global average pooling and one linear layer is refused."""
+    from pipeline import cam
+
+    model = lively("resnet18", 3, 0)
+    src = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), src)
+    out = run(_image_args(src, "--arch", "resnet18"), tmp_path)
+    x = np.random.default_rng(2).normal(0, 1, (2, 3, 64, 64)).astype(np.float32)
+    before = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"image": x})[0]
+    cam.update(out)
+    card = json.loads(out.with_suffix(".card.json").read_text())
+    assert card["sha256"] == common.sha256_file(out)
+    e = card["explanation"]
+    assert e["method"] == "cam" and e["output"] == "cam" and e["grid"] == [2, 2]
+    assert [o["name"] for o in card["outputs"]][-1] == "cam"
+    logits, maps = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        ["logits", "cam"], {"image": x})
+    assert maps.shape == (2, 3, 2, 2)
+    assert np.abs(logits - before).max() == 0.0
+    assert np.abs(maps.mean(axis=(2, 3)) - logits).max() <= 1e-4
+    _check_parity(out, model)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save(_small().state_dict(), other / "weights.pth")
+    small = run(_image_args(other / "weights.pth", "--arch", "mobilenet_v3_small"), other)
+    with pytest.raises(SystemExit, match="global average pool|Gemm"):
+        cam.update(small)
