@@ -38,7 +38,22 @@ pub struct ModelCard {
     pub explanation: Option<ExplanationSpec>,
 }
 
-pub use crate::explain::ExplanationSpec;
+/// What a card says about explaining its model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum ExplanationSpec {
+    /// TreeSHAP on a trees file next to the card (`tabular.trees.json`).
+    Treeshap {
+        file: String,
+        sha256: String,
+        size_bytes: u64,
+    },
+    /// Class activation maps: the model's output `output`, `[N, classes, grid[0], grid[1]]`.
+    Cam { output: String, grid: [usize; 2] },
+    /// A method this build does not know: the model serves, unexplained.
+    #[serde(other)]
+    Unsupported,
+}
 
 /// Tabular or image model (the shared domain type).
 pub use medchain_core::domain::Modality;

@@ -11,27 +11,11 @@ pub mod treeshap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::card::ExplanationSpec;
 use crate::card::ModelCard;
-
-/// What a card says about explaining its model.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum ExplanationSpec {
-    /// TreeSHAP on a trees file next to the card (`tabular.trees.json`).
-    Treeshap {
-        file: String,
-        sha256: String,
-        size_bytes: u64,
-    },
-    /// Class activation maps: the model's output `output`, `[N, classes, grid[0], grid[1]]`.
-    Cam { output: String, grid: [usize; 2] },
-    /// A method this build does not know: the model serves, unexplained.
-    #[serde(other)]
-    Unsupported,
-}
 
 /// A loaded model's explainer, read and verified with the model.
 #[derive(Debug)]
