@@ -59,17 +59,10 @@ pub fn measure(
                 .preprocessing
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("image card without preprocessing"))?;
-            let prep = || {
+            let (times, p) = timed(runs, || {
                 image::prepare(bytes, pre, &settings.images).map_err(|e| anyhow::anyhow!("{e:?}"))
-            };
-            let mut p = prep()?;
-            for i in 0..runs + 3 {
-                let start = Instant::now();
-                p = std::hint::black_box(prep()?);
-                if i >= 3 {
-                    prep_times.push(start.elapsed().as_secs_f64() * 1e3);
-                }
-            }
+            })?;
+            prep_times = times;
             let shape = vec![1, 3, i64::from(p.height), i64::from(p.width)];
             prep_size = (p.width, p.height);
             let out = card.logits_output().unwrap_or("logits");
@@ -96,7 +89,6 @@ pub fn measure(
         }
     }
     times.sort_by(f64::total_cmp);
-    prep_times.sort_by(f64::total_cmp);
     Ok(Floor {
         model_id: card.model_id.clone(),
         model_version: card.version.clone(),
@@ -180,17 +172,10 @@ fn cam_cost(
         let json = serde_json::to_vec(&map)?;
         Ok((png, json.len()))
     };
-    let mut post = Vec::with_capacity(runs);
-    for i in 0..runs + 3 {
-        let start = Instant::now();
-        std::hint::black_box(step()?);
-        if i >= 3 {
-            post.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+    let (post, _) = timed(runs, step)?;
     let (sizes, heap) = medchain_tests::alloc::thread_peak_during(step);
     let (data_url_bytes, json_bytes) = sizes?;
-    for v in [&mut plain, &mut with_maps, &mut post] {
+    for v in [&mut plain, &mut with_maps] {
         v.sort_by(f64::total_cmp);
     }
     let (p, m, e) = (
@@ -250,18 +235,30 @@ pub fn preprocess_p50(
         .preprocessing
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("image card without preprocessing"))?;
+    let (times, _) = timed(runs, || {
+        image::prepare(bytes, pre, &settings.images).map_err(|e| anyhow::anyhow!("{e:?}"))
+    })?;
+    Ok(percentile(&times, 50.0))
+}
+
+/// `f` called 3 times untimed, then `runs` times timed: the times (ms, sorted) and the last
+/// result.
+fn timed<T>(
+    runs: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<f64>, T)> {
+    let mut last = f()?;
+    for _ in 0..2 {
+        last = std::hint::black_box(f()?);
+    }
     let mut times = Vec::with_capacity(runs);
-    for i in 0..runs + 3 {
+    for _ in 0..runs {
         let start = Instant::now();
-        std::hint::black_box(
-            image::prepare(bytes, pre, &settings.images).map_err(|e| anyhow::anyhow!("{e:?}"))?,
-        );
-        if i >= 3 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
+        last = std::hint::black_box(f()?);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    Ok(percentile(&times, 50.0))
+    Ok((times, last))
 }
 
 /// What explaining a tabular prediction costs: TreeSHAP on `record` `runs` times, and once on

@@ -233,8 +233,10 @@ impl Ensemble {
         phi
     }
 
-    /// The margin the trees give `row` (their leaves' sum).
-    pub fn margin(&self, row: &[f32]) -> f64 {
+    /// The margin the trees give `row` (their leaves' sum), computed apart from the
+    /// contributions: what the tests hold `base_value()` plus their sum to.
+    #[cfg(test)]
+    fn margin(&self, row: &[f32]) -> f64 {
         let base = self.base_value - self.trees.iter().map(|t| t.expected_value(0)).sum::<f64>();
         base + self.trees.iter().map(|t| t.leaf_value(row)).sum::<f64>()
     }
@@ -448,6 +450,7 @@ impl Tree {
         }
     }
 
+    #[cfg(test)]
     fn leaf_value(&self, row: &[f32]) -> f64 {
         let mut i = 0;
         loop {
