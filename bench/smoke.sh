@@ -82,8 +82,13 @@ if [len(s["runs"]) for s in b["sides"]] != [20, 10]:
     problems.append(f"baseline: runs per side {[len(s['runs']) for s in b['sides']]}")
 for s in b["sides"]:
     for run in s["runs"]:
-        if run["load"]["failed"] or not run["load"]["ok"] or run["cpu_us_per_request"] <= 0:
-            problems.append(f"baseline: {s['name']} {run['endpoint']} {run['route']}: {run['load']}")
+        # CPU comes from /proc in 10-ms ticks: a quick run of 20 tabular requests at ~60 us
+        # each can read 0, so each run's figure must be there and not negative, and the
+        # side's sum (its image runs take milliseconds a request) above zero.
+        if run["load"]["failed"] or not run["load"]["ok"] or run["cpu_us_per_request"] < 0:
+            problems.append(f"baseline: {s['name']} {run['endpoint']} {run['route']}: {run['load']}, CPU {run['cpu_us_per_request']}")
+    if not sum(run["cpu_us_per_request"] for run in s["runs"]) > 0:
+        problems.append(f"baseline: {s['name']}: no CPU measured in any run")
     if not all(f["ok"] for f in s["first_predictions"]) or not s["peak_rss_mb"] > s["idle_rss_mb"] > 0:
         problems.append(f"baseline: {s['name']}: {s['first_predictions']}, RSS {s['idle_rss_mb']} → {s['peak_rss_mb']}")
 md = (out / "BENCHMARKS.md").read_text()
