@@ -39,6 +39,7 @@ pub fn measure(
     // end-to-end time adds to the floor before any HTTP.
     let mut prep_times = Vec::new();
     let mut explain = None;
+    let mut kept_rgb = Vec::new();
     let mut prep_size = (0, 0);
     let (shape, data, output) = match input {
         Input::Tabular(body) => {
@@ -59,10 +60,16 @@ pub fn measure(
                 .preprocessing
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("image card without preprocessing"))?;
-            let (times, p) = timed(runs, || {
-                image::prepare(bytes, pre, &settings.images).map_err(|e| anyhow::anyhow!("{e:?}"))
+            // Timed as a plain prediction prepares; the RGB8 image a map's overlay is drawn on
+            // is the resized image itself (no copy) for a card without a crop.
+            let (times, _) = timed(runs, || {
+                image::prepare(bytes, pre, &settings.images, false)
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))
             })?;
             prep_times = times;
+            let mut p = image::prepare(bytes, pre, &settings.images, true)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            kept_rgb = p.rgb.take().unwrap_or_default();
             let shape = vec![1, 3, i64::from(p.height), i64::from(p.width)];
             prep_size = (p.width, p.height);
             let out = card.logits_output().unwrap_or("logits");
@@ -71,9 +78,16 @@ pub fn measure(
     };
     // An image model with class activation maps: what one costs beside the prediction.
     let cam = match (input, &card.explanation) {
-        (Input::Image(_), Some(explain::ExplanationSpec::Cam { output: maps, .. })) => Some(
-            cam_cost(&mut session, &card, maps, (&shape, &data), &prep_size, runs)?,
-        ),
+        (Input::Image(_), Some(explain::ExplanationSpec::Cam { output: maps, .. })) => {
+            Some(cam_cost(
+                &mut session,
+                &card,
+                maps,
+                (&shape, &data),
+                (&kept_rgb, prep_size),
+                runs,
+            )?)
+        }
         _ => None,
     };
     let mut times = Vec::with_capacity(runs);
@@ -112,16 +126,16 @@ pub fn measure(
 /// for the logits alone and for the logits and the maps, in alternating order (what the maps'
 /// node adds, if ONNX Runtime prunes it when they are not asked for; the service runs every
 /// output, so plain predictions pay for the node too: it is one 1×1 convolution of the last
-/// feature map); then what the service does with the maps, timed alone: the copy of the
-/// preprocessed image it keeps, the map of the predicted class, its peak, the overlay PNG, the
-/// data URL and the map's JSON. Its memory is the most heap that step holds at once (this
+/// feature map); then what the service does with the maps, timed alone: the map of the
+/// predicted class, its peak, the overlay PNG on the RGB8 image preprocessing kept, the data
+/// URL and the map's JSON. Its memory is the most heap that step holds at once (this
 /// binary's counting allocator).
 fn cam_cost(
     session: &mut ort::session::Session,
     card: &ModelCard,
     maps_output: &str,
     (shape, data): (&[i64], &[f32]),
-    &(width, height): &(u32, u32),
+    (rgb, (width, height)): (&[u8], (u32, u32)),
     runs: usize,
 ) -> anyhow::Result<CamCost> {
     use ort::session::{OutputSelector, RunOptions};
@@ -165,8 +179,7 @@ fn cam_cost(
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(k, _)| k);
     let step = || -> anyhow::Result<(usize, usize)> {
-        let kept = data.to_vec();
-        let map = explain::cam::explain(card, &maps, k, &kept, width, height)
+        let map = explain::cam::explain(card, &maps, k, rgb, width, height)
             .map_err(anyhow::Error::msg)?;
         let png = map.overlay_png.as_ref().map_or(0, String::len);
         let json = serde_json::to_vec(&map)?;
@@ -236,7 +249,7 @@ pub fn preprocess_p50(
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("image card without preprocessing"))?;
     let (times, _) = timed(runs, || {
-        image::prepare(bytes, pre, &settings.images).map_err(|e| anyhow::anyhow!("{e:?}"))
+        image::prepare(bytes, pre, &settings.images, false).map_err(|e| anyhow::anyhow!("{e:?}"))
     })?;
     Ok(percentile(&times, 50.0))
 }

@@ -72,7 +72,7 @@ fn tensor_of(disease: &str, jpeg: &[u8]) -> anyhow::Result<Vec<f32>> {
     let pre = card
         .preprocessing
         .ok_or_else(|| anyhow::anyhow!("the retina card has no preprocessing"))?;
-    let p = medchain_serving::inputs::image::prepare(jpeg, &pre, &settings.images)
+    let p = medchain_serving::inputs::image::prepare(jpeg, &pre, &settings.images, false)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(p.tensor)
 }

@@ -82,13 +82,15 @@ pub fn image_upload(data: &[u8]) {
     // The decode budget's estimate reads the header of anything uploaded, before `prepare`
     // has vetted it: it must not panic or hang on any input.
     let _ = decode_cost(data, pre);
-    match prepare(data, pre, &LIMITS) {
+    // Kept as an overlay would keep it (`?explain=cam`).
+    match prepare(data, pre, &LIMITS, true) {
         Ok(p) => {
             let (w, h) = pre.input_size();
             let (w, h) = (w as usize, h as usize);
             assert_eq!((p.width as usize, p.height as usize), (w, h));
             assert_eq!(p.tensor.len(), 3 * w * h);
             assert!(p.tensor.iter().all(|x| x.is_finite()));
+            assert_eq!(p.rgb.map(|rgb| rgb.len()), Some(3 * w * h));
         }
         Err(e) => client_error(&e),
     }

@@ -133,13 +133,15 @@ pub async fn record(
 /// service's decode slots and, before decoding starts, what the decode will hold of its
 /// decode budget. Returns the model's input and, when `digest`, the upload's sha256 (the
 /// recorded input of a prediction that names a patient). `hold` (the upload's share of the
-/// upload buffer) is given back once the file is decoded.
+/// upload buffer) is given back once the file is decoded. With `keep_rgb` the model's input is
+/// kept as RGB8 too (for an overlay).
 pub async fn decode(
     models: Arc<DiseaseModels>,
     bytes: Vec<u8>,
     hold: Option<UploadHold>,
     pre: Preprocessing,
     digest: bool,
+    keep_rgb: bool,
 ) -> ApiResult<(Prepared, Option<[u8; 32]>)> {
     let span = tracing::Span::current();
     let _decode_slot = models
@@ -171,7 +173,7 @@ pub async fn decode(
             Some(cost) => Some(runtime.block_on(budget.reserve(cost))),
             None => None,
         };
-        let prepared = prepare(&bytes, &pre, &models.image_limits)?;
+        let prepared = prepare(&bytes, &pre, &models.image_limits, keep_rgb)?;
         // The uploaded bytes are the recorded input; hashed only when there is a patient.
         let digest = digest.then(|| medchain_core::audit::sha256(&bytes));
         drop(bytes);

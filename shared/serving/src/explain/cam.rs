@@ -6,7 +6,7 @@ use base64::Engine;
 use serde::Serialize;
 
 use super::ExplanationSpec;
-use crate::card::{ChannelOrder, ModelCard, Preprocessing};
+use crate::card::ModelCard;
 
 /// One class's map, as a prediction answers it.
 #[derive(Debug, Clone, Serialize)]
@@ -43,13 +43,13 @@ pub struct Peak {
 }
 
 /// Class `k`'s map out of the model's maps (its card's `cam` output, batch 1), with its peak
-/// and its overlay on the preprocessed image (`tensor`, `width`×`height`): what an image
-/// prediction asked with `?explain=cam` answers.
+/// and its overlay on the model's input (`rgb`: RGB8, `width`×`height`, as preprocessing kept
+/// it): what an image prediction asked with `?explain=cam` answers.
 pub fn explain(
     card: &ModelCard,
     maps: &[f32],
     k: usize,
-    tensor: &[f32],
+    rgb: &[u8],
     width: u32,
     height: u32,
 ) -> Result<ClassMap, String> {
@@ -63,11 +63,7 @@ pub fn explain(
             card.classes.len()
         )
     })?;
-    let pre = card
-        .preprocessing
-        .as_ref()
-        .ok_or_else(|| "no preprocessing".to_string())?;
-    let png = overlay_png(tensor, width, height, pre, &grid)?;
+    let png = overlay_png(rgb, width, height, &grid)?;
     Ok(ClassMap {
         method: "cam",
         class_index: k,
@@ -139,8 +135,8 @@ impl Grid {
     }
 }
 
-/// The overlay's heat-map weight (the image's is the rest).
-const ALPHA: f32 = 0.45;
+/// The overlay's heat-map weight, in 256ths (0.45); the image's is the rest.
+const ALPHA: u16 = 115;
 
 /// Pixel `i` of `n` on a grid of `cells`: the two cells whose centres it lies between and the
 /// second one's weight (bilinear between cell centres, held flat beyond the outer ones).
@@ -170,64 +166,70 @@ fn colour(v: f32) -> [f32; 3] {
     ]
 }
 
-/// The heat map blended over the preprocessed image (`tensor`: `[3, height, width]`, normalised
-/// as `pre` says), as a PNG.
-pub fn overlay_png(
-    tensor: &[f32],
-    width: u32,
-    height: u32,
-    pre: &Preprocessing,
-    grid: &Grid,
-) -> Result<Vec<u8>, String> {
-    let plane = (width * height) as usize;
-    if tensor.len() != 3 * plane {
+/// The heat colours for the map's value in 256 steps, weighted by α, the 128 that rounds
+/// included.
+static PALETTE: std::sync::LazyLock<[[u16; 3]; 256]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|i| {
+        colour(i as f32 / 255.0).map(|c| (c * 255.0 * f32::from(ALPHA) + 128.0).round() as u16)
+    })
+});
+
+/// The heat map blended over an RGB8 image (`rgb`: `height` rows of `width` pixels), as a PNG.
+pub fn overlay_png(rgb: &[u8], width: u32, height: u32, grid: &Grid) -> Result<Vec<u8>, String> {
+    encode_png(&blend(rgb, width, height, grid)?, width, height)
+}
+
+/// The heat map blended over an RGB8 image (`rgb`: `height` rows of `width` pixels).
+///
+/// In 8.8 fixed point: a pixel's channel is `(v·(256 − α) + colour·α + 128) >> 8`, the heat
+/// colour (already weighted, rounding included) looked up once per pixel from 256 steps of the
+/// map's value. The sum stays below 2¹⁶: 255·141 + 255·115 + 128 = 65,408.
+fn blend(rgb: &[u8], width: u32, height: u32, grid: &Grid) -> Result<Vec<u8>, String> {
+    let (w, h) = (width as usize, height as usize);
+    if rgb.len() != 3 * w * h || w == 0 || h == 0 {
         return Err(format!(
-            "a {width}×{height} image needs {} values, got {}",
-            3 * plane,
-            tensor.len()
+            "a {width}×{height} image needs {} bytes, got {}",
+            3 * w * h,
+            rgb.len()
         ));
     }
-    // Back to 0–255 from (v·scale − mean) / std, in RGB order: v = t·(std/scale) + mean/scale.
-    let order = match pre.channel_order {
-        ChannelOrder::Rgb => [0, 1, 2],
-        ChannelOrder::Bgr => [2, 1, 0],
-    };
-    let gain = order.map(|c| pre.std[c] / pre.scale * (1.0 - ALPHA));
-    let offset = order.map(|c| pre.mean[c] / pre.scale * (1.0 - ALPHA));
-    let planes = order.map(|c| &tensor[c * plane..(c + 1) * plane]);
-    // The heat colours, already weighted, for the map's value in 256 steps, one table a channel.
-    let palette: [Vec<f32>; 3] = std::array::from_fn(|k| {
-        (0..256)
-            .map(|i| colour(i as f32 / 255.0)[k] * 255.0 * ALPHA + offset[k] + 0.5)
-            .collect()
-    });
-    // Bilinear between cell centres: each column's two cells and weight, computed once.
+    let palette = &*PALETTE;
+    // Bilinear between cell centres, separably: each grid row interpolated across the image's
+    // width once (0–255 in quarters), then each image row between two of those (in 64ths), in
+    // 16-bit integers (which vectorise on any x86-64).
     let (gw, gh) = (grid.width, grid.height);
     let columns: Vec<(usize, usize, f32)> = (0..width).map(|x| between(x, width, gw)).collect();
-    let mut rgb = vec![0u8; 3 * plane];
-    let w = width as usize;
-    let (mut row_values, mut heat) = (vec![0.0f32; gw], vec![0u8; w]);
-    for y in 0..height {
-        let (r0, r1, fy) = between(y, height, gh);
-        for (c, v) in row_values.iter_mut().enumerate() {
-            *v = grid.values[r0 * gw + c] * (1.0 - fy) + grid.values[r1 * gw + c] * fy;
-        }
-        for (h, &(c0, c1, fx)) in heat.iter_mut().zip(&columns) {
-            let v = row_values[c0] * (1.0 - fx) + row_values[c1] * fx;
-            *h = (v.clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
-        }
-        let start = y as usize * w;
-        let out = &mut rgb[3 * start..3 * (start + w)];
-        for k in 0..3 {
-            let (src, pal) = (&planes[k][start..start + w], &palette[k]);
-            for ((px, &t), &h) in out.chunks_exact_mut(3).zip(src).zip(&heat) {
-                // `as u8` saturates (below 0 is 0, above 255 is 255); the table adds the 0.5
-                // that rounds.
-                px[k] = (t * gain[k] + pal[usize::from(h)]) as u8;
-            }
+    let mut lines = vec![0u16; gh * w];
+    for (line, cells) in lines.chunks_exact_mut(w).zip(grid.values.chunks_exact(gw)) {
+        for (v, &(c0, c1, fx)) in line.iter_mut().zip(&columns) {
+            let value = (cells[c0] * (1.0 - fx) + cells[c1] * fx).clamp(0.0, 1.0);
+            *v = (value * 255.0 * 4.0).round() as u16;
         }
     }
-    encode_png(&rgb, width, height)
+    let mut out = vec![0u8; rgb.len()];
+    // A row at a time, in passes that each run straight through: the map's value at each
+    // pixel, its heat colour, then the blend (the first and last vectorise).
+    let (mut heat, mut colours) = (vec![0u8; w], vec![0u16; 3 * w]);
+    for (y, (src, dst)) in rgb
+        .chunks_exact(3 * w)
+        .zip(out.chunks_exact_mut(3 * w))
+        .enumerate()
+    {
+        let (r0, r1, fy) = between(y as u32, height, gh);
+        let fy = (fy * 64.0).round() as u16;
+        let (a, b) = (&lines[r0 * w..(r0 + 1) * w], &lines[r1 * w..(r1 + 1) * w]);
+        // At most 1020·64 + 128 (< 2¹⁶), back to 0–255 rounded.
+        for x in 0..w {
+            heat[x] = ((a[x] * (64 - fy) + b[x] * fy + 128) >> 8) as u8;
+        }
+        for (c, &h) in colours.chunks_exact_mut(3).zip(&heat) {
+            c.copy_from_slice(&palette[usize::from(h)]);
+        }
+        for ((d, &s), &c) in dst.iter_mut().zip(src).zip(&colours) {
+            *d = ((u16::from(s) * (256 - ALPHA) + c) >> 8) as u8;
+        }
+    }
+    Ok(out)
 }
 
 /// An RGB image as a PNG.
@@ -275,24 +277,40 @@ mod tests {
 
     #[test]
     fn the_overlay_is_a_png_of_the_image_with_the_map_over_it() {
-        let pre: Preprocessing = serde_json::from_value(serde_json::json!({
-            "resize": {"width": 4, "height": 4, "filter": "bilinear_antialiased", "keep_aspect": false},
-            "exif_orientation": true, "channel_order": "RGB", "scale": 1.0 / 255.0,
-            "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW"
-        }))
-        .unwrap();
         // A mid-grey 4×4 image; the map high in the top-left cell only.
-        let tensor = vec![0.5f32; 3 * 16];
+        let rgb = vec![128u8; 3 * 16];
         let g = class_map(&[1.0, 0.0, 0.0, 0.0], 1, 2, 2, 0).unwrap();
-        let png = overlay_png(&tensor, 4, 4, &pre, &g).unwrap();
+        let png = overlay_png(&rgb, 4, 4, &g).unwrap();
         let img = image::load_from_memory(&png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (4, 4));
         // Red over grey at the top left, blue over grey at the bottom right.
         let (tl, br) = (img.get_pixel(0, 0).0, img.get_pixel(3, 3).0);
         assert!(tl[0] > 150 && tl[2] < 100, "{tl:?}");
-        // Exactly: grey 127.5 × 0.55 + the top colour (0.85, 0, 0) × 255 × 0.45, rounded.
-        assert_eq!(tl, [168, 70, 70]);
+        // Exactly: (128 × 141 + the top colour (0.85, 0, 0) × 255 × 115 + 128) / 256, rounded
+        // down: 168.4, 71.0, 71.0.
+        assert_eq!(tl, [168, 71, 71]);
         assert!(br[2] > tl[2] && br[0] < 100, "{br:?}");
-        assert!(overlay_png(&tensor[1..], 4, 4, &pre, &g).is_err());
+        // Every pixel within one level of the blend in floating point, for the map's value at it
+        // to within one of its 256 steps (the heat is interpolated in fixed point).
+        let g = class_map(&[0.0, 1.0, 0.3, 0.71], 1, 2, 2, 0).unwrap();
+        for v in [0u8, 37, 128, 200, 255] {
+            let png = overlay_png(&[v; 3 * 16], 4, 4, &g).unwrap();
+            let img = image::load_from_memory(&png).unwrap().to_rgb8();
+            for (x, y, px) in img.enumerate_pixels() {
+                let step = (g.at(x, y, 4, 4) * 255.0).round();
+                let near = [-1.0, 0.0, 1.0].into_iter().any(|d| {
+                    let want =
+                        colour((step + d) / 255.0).map(|c| f32::from(v) * 0.55 + c * 255.0 * 0.45);
+                    (0..3).all(|k| (f32::from(px.0[k]) - want[k]).abs() <= 1.0)
+                });
+                assert!(
+                    near,
+                    "{v} at ({x}, {y}): {:?}, map {}",
+                    px.0,
+                    g.at(x, y, 4, 4)
+                );
+            }
+        }
+        assert!(overlay_png(&rgb[1..], 4, 4, &g).is_err());
     }
 }

@@ -57,6 +57,9 @@ pub struct ImageLimits {
 pub struct Prepared {
     /// `[3, H, W]` float32, normalised.
     pub tensor: Vec<f32>,
+    /// The same image as RGB8, `H×W×3` (before normalisation, in RGB order whatever the
+    /// model's), when asked for: what a heat-map overlay is drawn on.
+    pub rgb: Option<Vec<u8>>,
     pub width: u32,
     pub height: u32,
     /// The image as uploaded: format and size.
@@ -82,7 +85,8 @@ fn corrupt(e: impl std::fmt::Display) -> ApiError {
 /// at its peak, bytes, from the header alone — the largest of its steps: the decoder's own
 /// buffers and output (see `jpeg` for JPEG; for PNG its output at the file's bit depth and
 /// channels, palette expanded, and its row buffers), the RGB copy unless the output is 8-bit
-/// RGB, the EXIF-turned copy, the resize's intermediate rows, and the tensor. Checked against a
+/// RGB, the EXIF-turned copy, the resize's intermediate rows, the tensor and the crop an overlay
+/// keeps (when the card crops). Checked against a
 /// counting allocator over a corpus of every kind accepted (`tests/tests/decode_memory.rs`).
 /// `None` when the header cannot be read — [`prepare`] then answers with the precise error.
 pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
@@ -129,11 +133,23 @@ pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
     let tensor = 3 * u64::from(tw) * u64::from(th) * 4;
     let resized = 3 * u64::from(rw) * u64::from(rh);
     let resize = rgb + resample::scratch_bytes(w, h, rw, rh) + resized;
+    // The crop kept for an overlay, when one is asked for and the card crops.
+    let cropped = if (rw, rh) == (tw, th) {
+        0
+    } else {
+        3 * u64::from(tw) * u64::from(th)
+    };
     Some(
-        [decoder, converted, turned, resize, resized + tensor]
-            .into_iter()
-            .max()
-            .unwrap_or(0)
+        [
+            decoder,
+            converted,
+            turned,
+            resize,
+            resized + tensor + cropped,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
             + FIXED_BYTES,
     )
 }
@@ -225,11 +241,13 @@ fn accepted_format(bytes: &[u8]) -> Result<ImageFormat, ApiError> {
     Ok(format)
 }
 
-/// Decodes and preprocesses an upload for a model with preprocessing `pre`.
+/// Decodes and preprocesses an upload for a model with preprocessing `pre`; with `keep_rgb`,
+/// also keeps the model's input as RGB8 (`Prepared::rgb`).
 pub fn prepare(
     bytes: &[u8],
     pre: &Preprocessing,
     limits: &ImageLimits,
+    keep_rgb: bool,
 ) -> Result<Prepared, ApiError> {
     let format = accepted_format(bytes)?;
     let jpeg_header = match format {
@@ -279,8 +297,18 @@ pub fn prepare(
     let resized = resize(&rgb, rw, rh, pre);
     drop(rgb);
     let (tw, th) = pre.input_size();
+    let tensor = normalise(&resized, rw, rh, pre);
+    // The resized image is already the model's input unless the card crops it (no copy then).
+    let rgb = keep_rgb.then(|| {
+        if (rw, rh) == (tw, th) {
+            resized
+        } else {
+            crop(&resized, rw, rh, pre)
+        }
+    });
     Ok(Prepared {
-        tensor: normalise(&resized, rw, rh, pre),
+        tensor,
+        rgb,
         width: tw,
         height: th,
         format: if format == ImageFormat::Jpeg {
@@ -341,6 +369,18 @@ fn resize(rgb: &RgbImage, tw: u32, th: u32, pre: &Preprocessing) -> Vec<u8> {
         th as usize,
         pre.resize.filter,
     )
+}
+
+/// The centre crop of the resized HWC u8 image (`w`×`h`), still HWC u8.
+fn crop(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<u8> {
+    let (tw, th) = pre.input_size();
+    let (left, top) = pre.crop_origin(w, h);
+    let mut out = Vec::with_capacity(3 * (tw * th) as usize);
+    for y in 0..th as usize {
+        let row = (top as usize + y) * w as usize + left as usize;
+        out.extend_from_slice(&hwc[row * 3..(row + tw as usize) * 3]);
+    }
+    out
 }
 
 /// The centre crop of the resized HWC u8 image (`w`×`h`) → CHW f32 in the model's channel order,
@@ -443,7 +483,8 @@ mod tests {
             pre.check().unwrap_or_else(|e| panic!("{name}: {e}"));
             let bytes =
                 std::fs::read(dir.join(case["input"].as_str().expect("input"))).expect("png");
-            let got = prepare(&bytes, &pre, &limits()).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let got =
+                prepare(&bytes, &pre, &limits(), true).unwrap_or_else(|e| panic!("{name}: {e:?}"));
             let raw =
                 std::fs::read(dir.join(case["tensor"].as_str().expect("tensor"))).expect("f32");
             let want: Vec<f32> = raw
@@ -461,6 +502,23 @@ mod tests {
                 .fold(0f32, f32::max);
             // One 8-bit level is 1/255/std ≈ 0.017 here; float32 rounding is below 1e-6.
             assert!(worst <= 1e-5, "{name}: max |diff| {worst}");
+            // The kept RGB8 image is the tensor's image: the same crop, in RGB order.
+            let rgb = got.rgb.as_ref().expect("kept");
+            let (w, h) = (got.width as usize, got.height as usize);
+            assert_eq!(rgb.len(), 3 * w * h, "{name}: RGB length");
+            let order = match pre.channel_order {
+                ChannelOrder::Rgb => [0, 1, 2],
+                ChannelOrder::Bgr => [2, 1, 0],
+            };
+            for (i, px) in rgb.chunks_exact(3).enumerate() {
+                for (c, &from) in order.iter().enumerate() {
+                    let v = (f32::from(px[from]) * pre.scale - pre.mean[c]) / pre.std[c];
+                    let t = got.tensor[c * w * h + i];
+                    assert!((v - t).abs() <= 1e-4, "{name}: pixel {i} channel {c}");
+                }
+            }
+            let plain = prepare(&bytes, &pre, &limits(), false).expect("again");
+            assert!(plain.rgb.is_none() && plain.tensor == got.tensor, "{name}");
         }
     }
 
@@ -498,12 +556,13 @@ mod tests {
                 image::Rgb([0, 0, 250])
             }
         });
-        let upright = prepare(&jpeg(&img, 95), &pre(), &limits()).expect("plain");
+        let upright = prepare(&jpeg(&img, 95), &pre(), &limits(), false).expect("plain");
         assert!(red_at(&upright.tensor, 20, 112) > 1.5 && red_at(&upright.tensor, 200, 112) < 0.0);
         let rotated = prepare(
             &medchain_tests::with_orientation(&jpeg(&img, 95), 6),
             &pre(),
             &limits(),
+            false,
         )
         .expect("with exif");
         assert_eq!((rotated.original_width, rotated.original_height), (80, 40));
@@ -525,7 +584,7 @@ mod tests {
             ])
         });
         let bytes = jpeg(&img, 92);
-        let scaled = prepare(&bytes, &pre(), &limits()).expect("scaled");
+        let scaled = prepare(&bytes, &pre(), &limits(), false).expect("scaled");
         assert_eq!(scaled.decode_scale, 4);
         let full_size = jpeg::Plan {
             dct_scale: 8,
@@ -550,7 +609,7 @@ mod tests {
     fn small_jpegs_are_decoded_in_full() {
         let img = RgbImage::from_pixel(600, 400, image::Rgb([10, 20, 30]));
         assert_eq!(
-            prepare(&jpeg(&img, 90), &pre(), &limits())
+            prepare(&jpeg(&img, 90), &pre(), &limits(), false)
                 .expect("ok")
                 .decode_scale,
             1
@@ -564,7 +623,7 @@ mod tests {
             max_megapixels: 5.0,
             ..limits()
         };
-        let err = prepare(&jpeg(&img, 50), &pre(), &small).expect_err("too many pixels");
+        let err = prepare(&jpeg(&img, 50), &pre(), &small, false).expect_err("too many pixels");
         assert_eq!(err.problem().status, 413);
     }
 }

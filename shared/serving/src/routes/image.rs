@@ -37,8 +37,16 @@ pub(super) async fn predict(
         hold,
     } = upload;
     let digest = patient_id.is_some();
-    let (prepared, digest) =
-        decode(models.clone().into_inner(), image, Some(hold), pre, digest).await?;
+    // The overlay is drawn on the model's input: its RGB8 image is kept only when asked for.
+    let (mut prepared, digest) = decode(
+        models.clone().into_inner(),
+        image,
+        Some(hold),
+        pre,
+        digest,
+        explain.is_some(),
+    )
+    .await?;
     let audit_input = patient_id.zip(digest);
     let info = ImageInfo {
         format: prepared.format,
@@ -51,14 +59,16 @@ pub(super) async fn predict(
         name: card.logits_output().unwrap_or("logits").to_string(),
         int64: false,
     }];
-    // The overlay is drawn on the preprocessed image: kept only when asked for.
-    let kept = explain.as_ref().map(|e| {
+    if let Some(e) = &explain {
         wanted.push(Wanted {
             name: e.output.clone(),
             int64: false,
         });
-        (prepared.tensor.clone(), prepared.width, prepared.height)
-    });
+    }
+    let kept = prepared
+        .rgb
+        .take()
+        .map(|rgb| (rgb, prepared.width, prepared.height));
     let (outputs, ms) = crate::inference::run(
         model,
         &permit,
@@ -76,13 +86,13 @@ pub(super) async fn predict(
         )));
     };
     let mut p = Prediction::new(&card, softmax(&logits), ms, Some(info))?;
-    if let (Some(e), Some(OutputData::F32(maps)), Some((tensor, w, h))) =
+    if let (Some(e), Some(OutputData::F32(maps)), Some((rgb, w, h))) =
         (explain, outputs.next(), kept)
     {
         let k = e.class.unwrap_or(p.result.class_index);
         // Milliseconds of work (the overlay is a PNG): off the request threads.
         let internal = |e: String| ApiError::Internal(anyhow::anyhow!("class activation map: {e}"));
-        let map = tokio::task::spawn_blocking(move || cam::explain(&card, &maps, k, &tensor, w, h))
+        let map = tokio::task::spawn_blocking(move || cam::explain(&card, &maps, k, &rgb, w, h))
             .await
             .map_err(|e| internal(e.to_string()))?
             .map_err(internal)?;

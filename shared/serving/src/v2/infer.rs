@@ -463,11 +463,12 @@ async fn files_run(
     for (i, file) in files.into_iter().enumerate() {
         // The body's share of the upload buffer goes back with the last file decoded.
         let last_hold = if i + 1 == n { hold.take() } else { None };
-        let (prepared, d) = inference::decode(state.clone(), file, last_hold, pre.clone(), record)
-            .await
-            .map_err(|e| {
-                V2Error::from(e).context(&format!("input `{IMAGE_BYTES_INPUT}`, element {i}"))
-            })?;
+        let (prepared, d) =
+            inference::decode(state.clone(), file, last_hold, pre.clone(), record, false)
+                .await
+                .map_err(|e| {
+                    V2Error::from(e).context(&format!("input `{IMAGE_BYTES_INPUT}`, element {i}"))
+                })?;
         let dims = (prepared.height, prepared.width);
         if *size.get_or_insert(dims) != dims {
             return Err(V2Error::bad(format!(

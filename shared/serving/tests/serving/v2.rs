@@ -333,6 +333,7 @@ async fn image_files_and_preprocessed_tensors_equal_the_json_api() {
         &bytes,
         c.preprocessing.as_ref().expect("preprocessing"),
         &settings.images,
+        false,
     )
     .expect("prepare");
     let tensor: Vec<f64> = prepared.tensor.iter().map(|&x| f64::from(x)).collect();
