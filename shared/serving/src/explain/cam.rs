@@ -235,8 +235,8 @@ fn blend(rgb: &[u8], width: u32, height: u32, grid: &Grid) -> Result<Vec<u8>, St
 /// An RGB image as a PNG.
 fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
     let mut png = Vec::new();
-    // Fast compression: the overlay is made per request, and its size matters less than the
-    // time (a 224×224 overlay is ~100 KB either way).
+    // Fast compression (fdeflate): the overlay is made per request. A 224×224 overlay is ~64 KB
+    // with the Sub filter; Up and Paeth make it 50 and 45 KB but take 10–40% longer.
     let encoder = image::codecs::png::PngEncoder::new_with_quality(
         &mut png,
         image::codecs::png::CompressionType::Fast,
