@@ -86,8 +86,8 @@ fn corrupt(e: impl std::fmt::Display) -> ApiError {
 /// buffers and output (see `jpeg` for JPEG; for PNG its output at the file's bit depth and
 /// channels, palette expanded, and its row buffers), the RGB copy unless the output is 8-bit
 /// RGB, the EXIF-turned copy, the resize's intermediate rows, the tensor and the crop an overlay
-/// keeps (when the card crops). Checked against a
-/// counting allocator over a corpus of every kind accepted (`tests/tests/decode_memory.rs`).
+/// keeps (when the card crops). Checked against a counting allocator over a corpus of every
+/// kind accepted (`tests/tests/decode_memory.rs`).
 /// `None` when the header cannot be read — [`prepare`] then answers with the precise error.
 pub fn decode_cost(bytes: &[u8], pre: &Preprocessing) -> Option<u64> {
     let format = image::guess_format(bytes).ok()?;
@@ -371,14 +371,27 @@ fn resize(rgb: &RgbImage, tw: u32, th: u32, pre: &Preprocessing) -> Vec<u8> {
     )
 }
 
+/// The rows of the centre crop of the resized HWC u8 image (`w`×`h`), each HWC u8.
+fn crop_rows<'a>(
+    hwc: &'a [u8],
+    w: u32,
+    h: u32,
+    pre: &Preprocessing,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let (tw, th) = pre.input_size();
+    let (left, top) = pre.crop_origin(w, h);
+    (0..th as usize).map(move |y| {
+        let row = (top as usize + y) * w as usize + left as usize;
+        &hwc[row * 3..(row + tw as usize) * 3]
+    })
+}
+
 /// The centre crop of the resized HWC u8 image (`w`×`h`), still HWC u8.
 fn crop(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<u8> {
     let (tw, th) = pre.input_size();
-    let (left, top) = pre.crop_origin(w, h);
     let mut out = Vec::with_capacity(3 * (tw * th) as usize);
-    for y in 0..th as usize {
-        let row = (top as usize + y) * w as usize + left as usize;
-        out.extend_from_slice(&hwc[row * 3..(row + tw as usize) * 3]);
+    for row in crop_rows(hwc, w, h, pre) {
+        out.extend_from_slice(row);
     }
     out
 }
@@ -388,7 +401,6 @@ fn crop(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<u8> {
 /// scale is 1/255, as `ToTensor` divides).
 fn normalise(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<f32> {
     let (tw, th) = pre.input_size();
-    let (left, top) = pre.crop_origin(w, h);
     let plane = (tw * th) as usize;
     let mut out = vec![0f32; 3 * plane];
     let order = match pre.channel_order {
@@ -403,9 +415,7 @@ fn normalise(hwc: &[u8], w: u32, h: u32, pre: &Preprocessing) -> Vec<f32> {
             f32::from(v) * pre.scale
         }
     };
-    for y in 0..th as usize {
-        let row = (top as usize + y) * w as usize + left as usize;
-        let src = &hwc[row * 3..(row + tw as usize) * 3];
+    for (y, src) in crop_rows(hwc, w, h, pre).enumerate() {
         for (x, px) in src.chunks_exact(3).enumerate() {
             let i = y * tw as usize + x;
             for (c, &from) in order.iter().enumerate() {
